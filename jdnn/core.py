@@ -1,0 +1,207 @@
+"""The layer contract, stated once. Every layer in jdnn obeys these three lines:
+
+    init(key, input_shape)                             -> (output_shape, params, state)
+    apply(params, state, x, *, key=None, train=False)  -> (y, new_state)
+    spec                                               -> a frozen, printable description
+
+`input_shape` includes the batch axis (any size); features are on the last axis; images are
+NHWC. `params` and `state` are plain dicts (`{}` when a layer has none), so paths read like
+`2_dense/w`. `key` is keyword-only: combinators split it per child, single layers never do.
+`train` picks batch statistics vs running statistics and dropout on/off at call time.
+
+`spec` tells the rest of jdnn *what* a layer is without running it: the NumPy reference, the
+summary table, diagrams and checkpoints are all built from it. Layers never import those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+
+Array = jax.Array
+Shape = tuple[int, ...]
+Params = Mapping[str, Any]
+State = Mapping[str, Any]
+InitFn = Callable[[Array, Shape], tuple[Shape, Params, State]]
+ApplyFn = Callable[..., tuple[Array, State]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What a layer is: its kind, its hyper-parameters and (for a combinator) its children.
+
+    Specs are immutable, hashable and printable; `repr(spec)` reads like the code that built the
+    layer, e.g. `serial(Dense(features=3), Sigmoid())`.
+
+    Attributes:
+        kind: the constructor's name, e.g. `"Dense"` or `"serial"`.
+        hparams: `(name, value)` pairs of hyper-parameters, in constructor order. Values are
+            plain Python (int, float, str, bool, None, tuples of those).
+        children: the specs of the layers a combinator wraps, in order.
+    """
+
+    kind: str
+    hparams: tuple[tuple[str, Any], ...] = ()
+    children: tuple[Spec, ...] = ()
+
+    def __getitem__(self, name: str) -> Any:
+        for key, value in self.hparams:
+            if key == name:
+                return value
+        raise KeyError(f"{self.kind} has no hyper-parameter {name!r}; it has {self.names}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The hyper-parameter names, in constructor order."""
+        return tuple(key for key, _ in self.hparams)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: `{"kind", "hparams", "children"}`, recursively."""
+        return {
+            "kind": self.kind,
+            "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams},
+            "children": [child.to_dict() for child in self.children],
+        }
+
+    def __repr__(self) -> str:
+        args = [repr(child) for child in self.children]
+        args += [f"{k}={v!r}" for k, v in self.hparams]
+        return f"{self.kind}({', '.join(args)})"
+
+
+def make_spec(kind: str, *children: Spec, **hparams: Any) -> Spec:
+    """Builds a `Spec`; keyword order is kept as the hyper-parameter order."""
+    return Spec(kind, tuple(hparams.items()), tuple(children))
+
+
+class Layer(NamedTuple):
+    """A layer: a pair of pure functions and a description.
+
+    Attributes:
+        init: `init(key, input_shape) -> (output_shape, params, state)`.
+        apply: `apply(params, state, x, *, key=None, train=False) -> (y, new_state)`.
+        spec: a `Spec` describing the layer.
+
+    Example:
+        >>> model = jdnn.serial(jdnn.Dense(3), jdnn.Sigmoid(), jdnn.Dense(1))
+        >>> out_shape, params, state = model.init(jax.random.key(0), (4, 2))
+        >>> y, state = model.apply(params, state, jnp.ones((4, 2)))
+    """
+
+    init: InitFn
+    apply: ApplyFn
+    spec: Spec
+
+    def __repr__(self) -> str:
+        return f"Layer({self.spec!r})"
+
+
+def child_name(index: int, spec: Spec) -> str:
+    """The key a combinator files its `index`-th child under, e.g. `2_dense`."""
+    return f"{index}_{spec.kind.lower()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors that name the layer. A layer raises `LayerError` with its own kind; each combinator it
+# sits in prefixes the child's key on the way out, so the message names the full path.
+
+
+class LayerError(ValueError):
+    """A bad input or hyper-parameter, naming the layer path, what was expected and what came.
+
+    Attributes:
+        kind: the kind of the layer that raised, e.g. `"Dense"`.
+        path: the layer's path inside the model, e.g. `("1_serial", "2_dense")`; `()` at the root.
+        detail: the message without the path.
+    """
+
+    def __init__(self, kind: str, detail: str, path: tuple[str, ...] = ()):
+        self.kind, self.detail, self.path = kind, detail, path
+        where = "/".join(path) if path else "<root>"
+        super().__init__(f"{kind} layer at {where}: {detail}")
+
+    def within(self, name: str) -> LayerError:
+        """The same error, seen from the combinator that files this layer under `name`."""
+        return LayerError(self.kind, self.detail, (name, *self.path))
+
+
+def check_hparam(kind: str, name: str, value: Any, ok: bool, expected: str) -> None:
+    """Raises `ValueError` at construction when a hyper-parameter is invalid."""
+    if not ok:
+        raise ValueError(f"{kind}: {name} must be {expected}, got {value!r}")
+
+
+def positive_ints(kind: str, name: str, value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
+    """Normalizes an int or an n-tuple of ints (e.g. a kernel size) and checks each is >= 1."""
+    values = (value,) * n if isinstance(value, int) else tuple(value)
+    ok = len(values) == n and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    check_hparam(kind, name, value, ok and all(v >= 1 for v in values),
+                 f"a positive int or a tuple of {n} positive ints")
+    return values
+
+
+def padding_mode(kind: str, padding: str) -> str:
+    """Validates a padding name; returns it upper-cased (`"SAME"` or `"VALID"`)."""
+    ok = isinstance(padding, str) and padding.upper() in ("SAME", "VALID")
+    check_hparam(kind, "padding", padding, ok, '"SAME" or "VALID"')
+    return padding.upper()
+
+
+def check_input_shape(kind: str, input_shape: Any, min_rank: int = 1) -> Shape:
+    """Checks an `init` input shape is a tuple of non-negative ints of rank >= `min_rank`."""
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except TypeError:
+        raise LayerError(kind, f"input_shape must be a tuple of ints, got {input_shape!r}") from None
+    if len(shape) < min_rank or any(d < 0 for d in shape):
+        raise LayerError(kind, f"expected an input_shape of rank >= {min_rank} (batch axis first),"
+                               f" got {shape}")
+    return shape
+
+
+def window_output_size(size: int, window: int, stride: int, padding: str) -> int:
+    """Output length of a sliding window (convolution, pooling) along one axis."""
+    if padding == "SAME":
+        return math.ceil(size / stride)
+    return (size - window) // stride + 1
+
+
+def spatial_output_shape(kind: str, shape: Shape, window: tuple[int, int],
+                         strides: tuple[int, int], padding: str, channels: int) -> Shape:
+    """Output shape of a 2-D windowed layer on an NHWC `shape`, with a clear error if too small."""
+    if len(shape) != 4:
+        raise LayerError(kind, f"expected an NHWC input_shape (batch, height, width, channels), "
+                               f"got {shape}; flat images can be reshaped, e.g. to (batch, 8, 8, 1)")
+    height, width = shape[1:3]
+    if padding == "VALID" and (height < window[0] or width < window[1]):
+        raise LayerError(kind, f"input of spatial size {(height, width)} is smaller than the "
+                               f"window {window} with padding 'VALID'; use padding='SAME' or a "
+                               f"smaller window")
+    out_h = window_output_size(height, window[0], strides[0], padding)
+    out_w = window_output_size(width, window[1], strides[1], padding)
+    return (shape[0], out_h, out_w, channels)
+
+
+def check_features(kind: str, x: Array, expected: int, name: str = "features") -> None:
+    """At `apply`: checks the last axis of `x` has `expected` entries."""
+    if x.ndim == 0 or x.shape[-1] != expected:
+        hint = ""
+        if x.ndim <= 1:
+            hint = (f"; an input of rank {x.ndim} has no batch axis: a batch of N examples has "
+                    f"shape (N, {expected}), a single example x[None]")
+        raise LayerError(kind, f"expected input with last axis ({name}) of size {expected}, got an "
+                               f"input of shape {tuple(x.shape)}{hint}")
+
+
+def check_images(kind: str, x: Array, channels: int | None = None) -> None:
+    """At `apply`: checks `x` is an NHWC batch (rank 4) with `channels` on the last axis."""
+    if x.ndim != 4:
+        hint = "; a single image needs a batch axis: x[None]" if x.ndim == 3 else ""
+        raise LayerError(kind, f"expected an NHWC input (batch, height, width, channels) of rank 4, "
+                               f"got an input of shape {tuple(x.shape)}{hint}")
+    if channels is not None:
+        check_features(kind, x, channels, "channels")

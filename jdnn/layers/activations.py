@@ -1,0 +1,113 @@
+"""Activation layers: elementwise nonlinearities (and softmax over the last axis).
+
+Each is `jax.nn`'s function wrapped in the layer contract; only PRelu has a parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jdnn.core import Layer, check_features, check_hparam, check_input_shape, make_spec
+
+
+def _elementwise(kind: str, fn: Callable[[jax.Array], jax.Array], **hparams) -> Layer:
+    def init(key, input_shape):
+        del key
+        return check_input_shape(kind, input_shape), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        del params, key, train
+        return fn(x), state
+
+    return Layer(init, apply, make_spec(kind, **hparams))
+
+
+def Relu() -> Layer:
+    """`max(x, 0)`, elementwise."""
+    return _elementwise("Relu", jax.nn.relu)
+
+
+def Sigmoid() -> Layer:
+    """`1 / (1 + exp(-x))`, elementwise."""
+    return _elementwise("Sigmoid", jax.nn.sigmoid)
+
+
+def Tanh() -> Layer:
+    """`tanh(x)`, elementwise."""
+    return _elementwise("Tanh", jnp.tanh)
+
+
+def LeakyRelu(negative_slope: float = 0.01) -> Layer:
+    """`x` for `x >= 0`, `negative_slope * x` below, elementwise.
+
+    Args:
+        negative_slope: the slope for negative inputs, a finite float `>= 0`.
+    """
+    ok = isinstance(negative_slope, (int, float)) and math.isfinite(negative_slope)
+    check_hparam("LeakyRelu", "negative_slope", negative_slope, ok and negative_slope >= 0,
+                 "a finite float >= 0")
+    slope = float(negative_slope)
+    return _elementwise("LeakyRelu", lambda x: jax.nn.leaky_relu(x, slope), negative_slope=slope)
+
+
+def Gelu(approximate: bool = True) -> Layer:
+    """`x * Phi(x)` (Phi the standard normal CDF), elementwise.
+
+    Args:
+        approximate: use the tanh approximation (JAX's default) instead of the exact erf form.
+    """
+    approx = bool(approximate)
+    return _elementwise("Gelu", lambda x: jax.nn.gelu(x, approximate=approx), approximate=approx)
+
+
+def Elu(alpha: float = 1.0) -> Layer:
+    """`x` for `x > 0`, `alpha * (exp(x) - 1)` below, elementwise.
+
+    Args:
+        alpha: the negative saturation value, a finite float `> 0`.
+    """
+    ok = isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0
+    check_hparam("Elu", "alpha", alpha, ok, "a finite float > 0")
+    a = float(alpha)
+    return _elementwise("Elu", lambda x: jax.nn.elu(x, a), alpha=a)
+
+
+def Softmax() -> Layer:
+    """`exp(x) / sum(exp(x))` over the last axis (computed stably).
+
+    For training a classifier, prefer leaving logits and using
+    `jdnn.losses.softmax_cross_entropy`, which fuses the two stably.
+    """
+    return _elementwise("Softmax", lambda x: jax.nn.softmax(x, axis=-1))
+
+
+def PRelu(alpha_init: float = 0.25) -> Layer:
+    """Parametric ReLU: `x` for `x >= 0`, `alpha * x` below, with `alpha` learned per feature.
+
+    Params: `alpha` of shape `(features,)` (the last axis), initialized to `alpha_init`.
+
+    Args:
+        alpha_init: the initial slope for negative inputs, a finite float.
+
+    Example:
+        >>> _, params, _ = jdnn.PRelu().init(jax.random.key(0), (8, 16))  # params["alpha"]: (16,)
+    """
+    ok = isinstance(alpha_init, (int, float)) and math.isfinite(alpha_init)
+    check_hparam("PRelu", "alpha_init", alpha_init, ok, "a finite float")
+    start = float(alpha_init)
+
+    def init(key, input_shape):
+        del key
+        shape = check_input_shape("PRelu", input_shape, min_rank=2)
+        return shape, {"alpha": jnp.full((shape[-1],), start)}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key, train
+        check_features("PRelu", x, params["alpha"].shape[0])
+        return jnp.where(x >= 0, x, params["alpha"] * x), state
+
+    return Layer(init, apply, make_spec("PRelu", alpha_init=start))

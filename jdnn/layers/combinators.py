@@ -1,0 +1,103 @@
+"""Combinators: layers built from layers. They own the bookkeeping single layers never do:
+threading shapes through `init`, filing each child's params and state under a readable key
+(`"2_dense"`), splitting random keys per child, and naming the child's path in errors."""
+
+from __future__ import annotations
+
+import jax
+
+from jdnn.core import Layer, LayerError, check_hparam, child_name, make_spec
+
+
+def _check_layers(kind: str, layers: tuple) -> None:
+    for i, layer in enumerate(layers):
+        check_hparam(kind, f"layer {i}", layer, isinstance(layer, Layer),
+                     "a jdnn Layer (did you forget to call the constructor, e.g. Relu()?)")
+
+
+def _split(key, n: int):
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def serial(*layers: Layer) -> Layer:
+    """Layers applied one after another: `serial(f, g, h)(x) = h(g(f(x)))`.
+
+    Params and state are dicts with one entry per layer, keyed `"{index}_{kind}"` in lower case,
+    e.g. `{"0_dense": {"w", "b"}, "1_relu": {}, "2_dense": {"w", "b"}}`.
+
+    Args:
+        *layers: the layers, first to last.
+
+    Returns:
+        A `Layer` whose spec has the layers' specs as children.
+
+    Example:
+        >>> model = jdnn.serial(jdnn.Dense(128), jdnn.Relu(), jdnn.Dense(10))
+        >>> out_shape, params, state = model.init(jax.random.key(0), (32, 784))
+        >>> logits, state = model.apply(params, state, x)
+    """
+    _check_layers("serial", layers)
+    names = [child_name(i, layer.spec) for i, layer in enumerate(layers)]
+
+    def init(key, input_shape):
+        params, state, shape = {}, {}, input_shape
+        for name, layer, layer_key in zip(names, layers, _split(key, len(layers))):
+            try:
+                shape, params[name], state[name] = layer.init(layer_key, shape)
+            except LayerError as error:
+                raise error.within(name) from None
+        return shape, params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        new_state = {}
+        for name, layer, layer_key in zip(names, layers, _split(key, len(layers))):
+            try:
+                x, new_state[name] = layer.apply(params[name], state[name], x, key=layer_key,
+                                                 train=train)
+            except LayerError as error:
+                raise error.within(name) from None
+        return x, new_state
+
+    return Layer(init, apply, make_spec("serial", *(layer.spec for layer in layers)))
+
+
+def residual(layer: Layer) -> Layer:
+    """A skip connection around `layer`: `y = x + layer(x)`.
+
+    The inner layer must keep the shape. Its params and state are filed under `"0_{kind}"`.
+
+    Args:
+        layer: the inner layer (often a `serial`).
+
+    Returns:
+        A `Layer` with the inner layer's spec as its only child.
+
+    Example:
+        >>> block = jdnn.residual(jdnn.serial(jdnn.Dense(64), jdnn.Relu(), jdnn.Dense(64)))
+    """
+    _check_layers("residual", (layer,))
+    name = child_name(0, layer.spec)
+
+    def init(key, input_shape):
+        try:
+            out_shape, params, state = layer.init(key, input_shape)
+        except LayerError as error:
+            raise error.within(name) from None
+        if tuple(out_shape) != tuple(input_shape):
+            raise LayerError("residual", f"the inner layer maps {tuple(input_shape)} to "
+                                         f"{tuple(out_shape)}, but y = x + layer(x) needs the "
+                                         f"shape kept; make the inner layer's output match")
+        return tuple(input_shape), {name: params}, {name: state}
+
+    def apply(params, state, x, *, key=None, train=False):
+        try:
+            y, inner_state = layer.apply(params[name], state[name], x, key=key, train=train)
+        except LayerError as error:
+            raise error.within(name) from None
+        if y.shape != x.shape:
+            raise LayerError("residual", f"the inner layer maps {tuple(x.shape)} to "
+                                         f"{tuple(y.shape)}, but y = x + layer(x) needs the "
+                                         f"shape kept")
+        return x + y, {name: inner_state}
+
+    return Layer(init, apply, make_spec("residual", layer.spec))

@@ -1,0 +1,62 @@
+"""BatchNorm: normalize each feature with batch statistics in training, running ones after."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from jdnn.core import Layer, check_features, check_hparam, check_input_shape, make_spec
+
+
+def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
+    """Batch normalization over every axis but the last (the features or channels).
+
+    `train=True`: normalize with the batch mean and (biased) variance, and move the running
+    statistics toward them: `running = momentum * running + (1 - momentum) * batch`.
+    `train=False`: normalize with the running statistics. Then `y = scale * x_hat + bias`.
+
+    Params: `scale` (ones) and `bias` (zeros), shape `(features,)`.
+    State: `mean` (zeros) and `var` (ones), shape `(features,)`.
+
+    Args:
+        momentum: how much of the running statistics survives each step, in `[0, 1)`.
+        eps: added to the variance before the square root, `> 0`.
+
+    Returns:
+        A shape-preserving `Layer` with parameters and state.
+
+    Example:
+        >>> bn = jdnn.BatchNorm(momentum=0.99)
+        >>> _, params, state = bn.init(jax.random.key(0), (32, 128))
+        >>> y, state = bn.apply(params, state, x, train=True)
+    """
+    ok = isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0
+    check_hparam("BatchNorm", "momentum", momentum, ok, "a float in [0, 1)")
+    check_hparam("BatchNorm", "eps", eps, isinstance(eps, (int, float)) and eps > 0, "a float > 0")
+    momentum, eps = float(momentum), float(eps)
+
+    def init(key, input_shape):
+        del key
+        shape = check_input_shape("BatchNorm", input_shape, min_rank=2)
+        features = shape[-1]
+        params = {"scale": jnp.ones((features,)), "bias": jnp.zeros((features,))}
+        state = {"mean": jnp.zeros((features,)), "var": jnp.ones((features,))}
+        return shape, params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key
+        check_features("BatchNorm", x, params["scale"].shape[0])
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            new_state = {
+                "mean": momentum * state["mean"] + (1.0 - momentum) * lax.stop_gradient(mean),
+                "var": momentum * state["var"] + (1.0 - momentum) * lax.stop_gradient(var),
+            }
+        else:
+            mean, var, new_state = state["mean"], state["var"], state
+        x_hat = (x - mean) * lax.rsqrt(var + eps)
+        return x_hat * params["scale"] + params["bias"], new_state
+
+    return Layer(init, apply, make_spec("BatchNorm", momentum=momentum, eps=eps))

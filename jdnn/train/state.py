@@ -1,0 +1,55 @@
+"""TrainState: everything a training run carries from one step to the next, as one pytree."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jdnn.core import Layer, Shape
+
+
+class TrainState(NamedTuple):
+    """Parameters, layer state, optimizer state, random key and step count.
+
+    A `NamedTuple`, hence a pytree: it goes into `jax.jit` whole and comes back whole, and the
+    compiled step donates it, so a state passed to a step must not be used again.
+
+    Attributes:
+        params: the model's parameters (a dict pytree, paths like `2_dense/w`).
+        state: the model's non-trainable state (batch-norm running statistics).
+        opt_state: the optax optimizer's state.
+        key: the random key the next step's dropout keys are split from.
+        step: the number of steps taken, an int32 scalar array.
+    """
+
+    params: Any
+    state: Any
+    opt_state: optax.OptState
+    key: jax.Array
+    step: jax.Array
+
+    @classmethod
+    def create(cls, model: Layer, optimizer: optax.GradientTransformation, key: jax.Array | int,
+               input_shape: Shape) -> TrainState:
+        """Initializes the model and the optimizer.
+
+        Args:
+            model: the network, a jdnn `Layer`.
+            optimizer: any optax `GradientTransformation` (SGD, Adam, RMSprop, chains, schedules).
+            key: a `jax.random.key` (or an int seed); split into the init key and the state's key.
+            input_shape: the input's shape with its batch axis, e.g. `(32, 784)`.
+
+        Returns:
+            A `TrainState` at step 0.
+
+        Example:
+            >>> ts = jdnn.TrainState.create(model, optax.adam(1e-3), jax.random.key(0), (32, 784))
+        """
+        if isinstance(key, int):
+            key = jax.random.key(key)
+        init_key, key = jax.random.split(key)
+        _, params, state = model.init(init_key, tuple(input_shape))
+        return cls(params, state, optimizer.init(params), key, jnp.zeros((), jnp.int32))

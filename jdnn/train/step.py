@@ -1,0 +1,148 @@
+"""The compiled training and evaluation steps.
+
+One step, read in a single pass: split a dropout key from the state's key; apply the model in
+training mode; per-example loss -> masked mean (+ penalty); `jax.value_and_grad`; the optax
+update; a new `TrainState`. All of it inside one `jax.jit`, with the incoming state donated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jdnn import metrics as metrics_lib
+from jdnn.core import Layer
+from jdnn.train.state import TrainState
+
+Loss = Callable[[jax.Array, jax.Array], jax.Array]
+Metric = Callable[..., jax.Array]
+Metrics = Sequence[str | Metric] | Mapping[str, Metric]
+
+
+def resolve_metrics(metrics: Metrics) -> dict[str, Metric]:
+    """Maps metric names (`"accuracy"`) or functions `fn(predictions, labels, mask)` to a dict."""
+    if isinstance(metrics, Mapping):
+        return dict(metrics)
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    resolved = {}
+    for metric in metrics:
+        if callable(metric):
+            resolved[metric.__name__] = metric
+        elif isinstance(metric, str) and callable(getattr(metrics_lib, metric, None)):
+            resolved[metric] = getattr(metrics_lib, metric)
+        else:
+            raise ValueError(f"unknown metric {metric!r}: give a name from jdnn.metrics (e.g. "
+                             f"'accuracy') or a function fn(predictions, labels, mask)")
+    return resolved
+
+
+def masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Mean of per-example `values` `(B,)` over the examples where `mask` `(B,)` is set."""
+    if mask is None:
+        return jnp.mean(values)
+    weights = mask.astype(values.dtype)
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _per_example(loss: Loss, outputs: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
+    values = loss(outputs, y)
+    if values.shape != (x.shape[0],):
+        raise ValueError(f"the loss must return one value per example, shape ({x.shape[0]},), "
+                         f"got shape {tuple(values.shape)}; jdnn.losses are per-example — a loss "
+                         f"that already averages should drop its mean")
+    return values
+
+
+def _check_mask(mask: jax.Array | None, x: jax.Array) -> None:
+    if mask is not None and mask.shape != (x.shape[0],):
+        raise ValueError(f"mask must have shape ({x.shape[0]},), one entry per example, got "
+                         f"shape {tuple(mask.shape)}")
+
+
+def make_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
+                    penalty: Callable[[Any], jax.Array] | None = None,
+                    metrics: Metrics = ()) -> Callable:
+    """Builds `step(train_state, x, y, mask=None) -> (train_state, metrics)`, jitted once.
+
+    The step applies the model with `train=True` and a dropout key split from
+    `train_state.key`, averages the per-example `loss` over the examples where `mask` is set
+    (all, by default), adds `penalty(params)` if given, differentiates with respect to the
+    params, and applies the optax update. The incoming `train_state` is donated: use the one
+    returned.
+
+    Args:
+        model: the network.
+        loss: a per-example loss `loss(outputs, y) -> (B,)`, e.g. `jdnn.losses.mse`.
+        optimizer: any optax `GradientTransformation`.
+        penalty: optional `penalty(params) -> scalar` added to the loss, e.g.
+            `jdnn.regularizers.penalty(l2=1e-4)`.
+        metrics: extra metrics computed on the training batch's outputs: names from
+            `jdnn.metrics` (`"accuracy"`) or functions `fn(predictions, labels, mask)`.
+
+    Returns:
+        The compiled step. Its metrics dict holds `"loss"` (the masked mean data loss), then
+        `"penalty"` if a penalty is given, then each requested metric; all scalars.
+
+    Example:
+        >>> step = jdnn.make_train_step(model, jdnn.losses.softmax_cross_entropy, optax.adam(1e-3))
+        >>> train_state, m = step(train_state, x, y)   # x: (B, ...), y: (B,)
+    """
+    metric_fns = resolve_metrics(metrics)
+
+    def objective(params, state, x, y, mask, key):
+        outputs, new_state = model.apply(params, state, x, key=key, train=True)
+        data_loss = masked_mean(_per_example(loss, outputs, y, x), mask)
+        extra = penalty(params) if penalty is not None else jnp.zeros((), data_loss.dtype)
+        return data_loss + extra, (data_loss, extra, outputs, new_state)
+
+    def step(train_state: TrainState, x, y, mask=None):
+        _check_mask(mask, x)
+        key, dropout_key = jax.random.split(train_state.key)
+        grads, (data_loss, extra, outputs, new_state) = jax.grad(objective, has_aux=True)(
+            train_state.params, train_state.state, x, y, mask, dropout_key)
+        updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
+        params = optax.apply_updates(train_state.params, updates)
+        report = {"loss": data_loss}
+        if penalty is not None:
+            report["penalty"] = extra
+        report.update({name: fn(outputs, y, mask) for name, fn in metric_fns.items()})
+        return TrainState(params, new_state, opt_state, key, train_state.step + 1), report
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callable:
+    """Builds `eval_step(train_state, x, y, mask=None) -> metrics`, jitted, in eval mode.
+
+    The model runs with `train=False` (running batch-norm statistics, no dropout); nothing is
+    donated or updated.
+
+    Args:
+        model: the network.
+        loss: a per-example loss `loss(outputs, y) -> (B,)`.
+        metrics: names from `jdnn.metrics` or functions `fn(predictions, labels, mask)`; pass
+            none by default (`("accuracy",)` for a classifier).
+
+    Returns:
+        The compiled function; its dict holds `"loss"` and each metric, masked means.
+
+    Example:
+        >>> evaluate = jdnn.make_eval_step(model, jdnn.losses.softmax_cross_entropy,
+        ...                                metrics=("accuracy",))
+        >>> evaluate(train_state, x_test, y_test)   # {"loss": ..., "accuracy": ...}
+    """
+    metric_fns = resolve_metrics(metrics)
+
+    def eval_step(train_state: TrainState, x, y, mask=None):
+        _check_mask(mask, x)
+        outputs, _ = model.apply(train_state.params, train_state.state, x, train=False)
+        report = {"loss": masked_mean(_per_example(loss, outputs, y, x), mask)}
+        report.update({name: fn(outputs, y, mask) for name, fn in metric_fns.items()})
+        return report
+
+    return jax.jit(eval_step)
