@@ -1,0 +1,22 @@
+"""jdnn: a functional deep-neural-network library for JAX.
+
+A model is data plus pure functions: `Layer(init, apply, spec)`. Parameters, state, random keys
+and optimizer state go in as arguments and come out as results, so `jax.grad`, `jax.jit`,
+`jax.vmap` and sharding compose with every layer. See `jdnn.core` for the contract.
+"""
+
+from jdnn import losses, metrics, regularizers
+from jdnn.core import Layer, LayerError, Spec
+from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Elu, Flatten, Gelu,
+                         LeakyRelu, MaxPool2D, PRelu, Relu, Sigmoid, Softmax, Tanh, residual,
+                         serial)
+from jdnn.train import TrainState, make_eval_step, make_train_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Flatten", "Gelu", "Layer",
+    "LayerError", "LeakyRelu", "MaxPool2D", "PRelu", "Relu", "Sigmoid", "Softmax", "Spec", "Tanh",
+    "TrainState", "losses", "make_eval_step", "make_train_step", "metrics", "regularizers",
+    "residual", "serial", "__version__",
+]

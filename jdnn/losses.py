@@ -33,16 +33,16 @@ def _check_batched(loss: str, name: str, x: Array, example: str) -> None:
                          f"shape {example}, e.g. {name}[None] for a single example")
 
 
-def _shape_hint(p_shape: tuple, t_shape: tuple) -> str:
+def _shape_hint(t_name: str, p_shape: tuple, t_shape: tuple) -> str:
     if t_shape == (*p_shape, 1):
-        return "; drop the trailing axis of size 1 (labels[..., 0]) or reshape them"
+        return f"; drop the trailing axis of size 1 with {t_name}[..., 0]"
     if t_shape and p_shape and t_shape[0] != p_shape[0]:
         return "; the batch sizes differ, check that both come from the same batch"
     return ""
 
 
 def _match(loss: str, p_name: str, t_name: str, predictions: Array, targets: Array) -> Array:
-    """`targets` checked against `predictions`'s shape; `(B,)` targets for `(B, 1)` become `(B, 1)`.
+    """Checks `targets` has `predictions`'s shape; `(B,)` targets for `(B, 1)` become `(B, 1)`.
 
     Raises:
         ValueError: naming `loss`, both shapes and the fix, for any other mismatch.
@@ -54,9 +54,12 @@ def _match(loss: str, p_name: str, t_name: str, predictions: Array, targets: Arr
     if predictions.ndim >= 2 and p_shape[-1] == 1 and t_shape == p_shape[:-1]:
         return targets[..., None]
     also = f" or {p_shape[:-1]}" if predictions.ndim >= 2 and p_shape[-1] == 1 else ""
+    hint = _shape_hint(t_name, p_shape, t_shape)
+    if predictions.ndim >= 2 and t_shape == p_shape[:-1]:
+        hint = (f"; if the {t_name} are class indices, use softmax_cross_entropy or one-hot them "
+                f"with jax.nn.one_hot({t_name}, {p_shape[-1]})")
     raise ValueError(f"{loss}: {p_name} have shape {p_shape} but {t_name} have shape {t_shape}; "
-                     f"{t_name} must have the {p_name}' shape {p_shape}{also}"
-                     f"{_shape_hint(p_shape, t_shape)}")
+                     f"{t_name} must have the {p_name}' shape {p_shape}{also}{hint}")
 
 
 def _per_example(x: Array) -> Array:
@@ -117,7 +120,7 @@ def _check_smoothing(label_smoothing: float | Array) -> float | Array:
         return label_smoothing
     try:
         value = float(label_smoothing)
-        ok = not isinstance(label_smoothing, bool) and 0.0 <= value < 1.0
+        ok = not isinstance(label_smoothing, (bool, str, bytes)) and 0.0 <= value < 1.0
     except (TypeError, ValueError):
         ok = False
     if not ok:
@@ -141,7 +144,7 @@ def _softmax_labels(logits: Array, labels: Array) -> tuple[Array, bool]:
         return labels, False
     if label_shape == shape[:-1] and jnp.issubdtype(labels.dtype, jnp.integer):
         return labels, True
-    hint = _shape_hint(shape[:-1], label_shape)
+    hint = _shape_hint("labels", shape[:-1], label_shape)
     if label_shape == shape[:-1]:
         hint = f"; these {labels.dtype} labels look like class indices: use labels.astype(int)"
     raise ValueError(f"{loss}: logits have shape {shape} but labels have shape {label_shape}; "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import jax
 
-from jdnn.core import Layer, LayerError, check_hparam, child_name, make_spec
+from jdnn.core import Layer, LayerError, Spec, check_hparam, child_name, make_spec
 
 
 def _check_layers(kind: str, layers: tuple) -> None:
@@ -15,8 +15,13 @@ def _check_layers(kind: str, layers: tuple) -> None:
                      "a jdnn Layer (did you forget to call the constructor, e.g. Relu()?)")
 
 
-def _split(key, n: int):
-    return [None] * n if key is None else list(jax.random.split(key, n))
+def child_keys(spec: Spec, key: jax.Array | None) -> list[jax.Array | None]:
+    """The random key each child of a combinator receives: `serial` splits its key into one per
+    child, `residual` hands its key to its only child. `None` stays `None` for every child."""
+    n = len(spec.children)
+    if key is None:
+        return [None] * n
+    return [key] if spec.kind == "residual" else list(jax.random.split(key, n))
 
 
 def serial(*layers: Layer) -> Layer:
@@ -37,11 +42,12 @@ def serial(*layers: Layer) -> Layer:
         >>> logits, state = model.apply(params, state, x)
     """
     _check_layers("serial", layers)
+    spec = make_spec("serial", *(layer.spec for layer in layers))
     names = [child_name(i, layer.spec) for i, layer in enumerate(layers)]
 
     def init(key, input_shape):
         params, state, shape = {}, {}, input_shape
-        for name, layer, layer_key in zip(names, layers, _split(key, len(layers))):
+        for name, layer, layer_key in zip(names, layers, child_keys(spec, key)):
             try:
                 shape, params[name], state[name] = layer.init(layer_key, shape)
             except LayerError as error:
@@ -50,7 +56,7 @@ def serial(*layers: Layer) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         new_state = {}
-        for name, layer, layer_key in zip(names, layers, _split(key, len(layers))):
+        for name, layer, layer_key in zip(names, layers, child_keys(spec, key)):
             try:
                 x, new_state[name] = layer.apply(params[name], state[name], x, key=layer_key,
                                                  train=train)
@@ -58,7 +64,7 @@ def serial(*layers: Layer) -> Layer:
                 raise error.within(name) from None
         return x, new_state
 
-    return Layer(init, apply, make_spec("serial", *(layer.spec for layer in layers)))
+    return Layer(init, apply, spec)
 
 
 def residual(layer: Layer) -> Layer:

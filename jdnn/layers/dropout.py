@@ -8,6 +8,11 @@ import jax.numpy as jnp
 from jdnn.core import Layer, LayerError, check_hparam, check_input_shape, make_spec
 
 
+def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
+    """The boolean mask of kept units Dropout draws from `key`: each True with prob `1 - rate`."""
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
+
+
 def Dropout(rate: float) -> Layer:
     """Inverted dropout: `rate` is the probability of *dropping* a unit.
 
@@ -40,7 +45,7 @@ def Dropout(rate: float) -> Layer:
         if key is None:
             raise LayerError("Dropout", "train=True needs a random key: call apply(..., key=key, "
                                         "train=True), or train=False for evaluation")
-        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        keep = keep_mask(key, rate, x.shape)
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), state
 
     return Layer(init, apply, make_spec("Dropout", rate=rate))

@@ -1,0 +1,75 @@
+"""Metrics: scalar summaries of predictions against labels, with an optional example mask.
+
+The mask is how padded batches stay honest: the last batch of an epoch is padded to full size
+and its padding rows are masked out, so the step compiles once and the numbers stay exact.
+Everything here works under `jax.jit` (shapes are checked at trace time).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jdnn.core import Array
+
+
+def _predicted_and_true(predictions: Array, labels: Array, threshold: float
+                        ) -> tuple[Array, Array]:
+    """The predicted and the true class of each example, both `(B,)`."""
+    p_shape, l_shape = tuple(predictions.shape), tuple(labels.shape)
+    if predictions.ndim not in (1, 2):
+        raise ValueError(f"accuracy: predictions have shape {p_shape}; expected (batch,), "
+                         f"(batch, 1) or (batch, classes); reshape to (batch, classes)")
+    batch = p_shape[0]
+    if predictions.ndim == 2 and p_shape[1] > 1:
+        if l_shape == p_shape:
+            return jnp.argmax(predictions, axis=-1), jnp.argmax(labels, axis=-1)
+        if l_shape == (batch,):
+            return jnp.argmax(predictions, axis=-1), labels
+        raise ValueError(f"accuracy: predictions have shape {p_shape} but labels have shape "
+                         f"{l_shape}; labels must be class indices of shape {(batch,)} or "
+                         f"one-hot of shape {p_shape}")
+    if l_shape not in ((batch,), (batch, 1)):
+        raise ValueError(f"accuracy: single-output predictions have shape {p_shape} but labels "
+                         f"have shape {l_shape}; labels must be 0/1 of shape {(batch,)} or "
+                         f"{(batch, 1)}")
+    return predictions.reshape(batch) > threshold, labels.reshape(batch) > 0.5
+
+
+def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
+             threshold: float = 0.0) -> Array:
+    """The fraction of (unmasked) examples whose predicted class is the label.
+
+    With `C > 1` outputs the predicted class is the argmax. With one output, `(B,)` or `(B, 1)`,
+    it is `predictions > threshold`: the default `0.0` suits logits; pass `threshold=0.5` for
+    sigmoid probabilities. `threshold` is ignored when `C > 1`.
+
+    Args:
+        predictions: `(B, C)` scores (logits or probabilities), or `(B,)` / `(B, 1)` for a
+            binary problem.
+        labels: for `(B, C)` predictions, class indices `(B,)` or one-hot `(B, C)` (compared by
+            argmax); for single outputs, `(B,)` or `(B, 1)` in `{0, 1}` (a label counts as class
+            1 when it is above 0.5).
+        mask: optional `(B,)`, bool or 0/1 floats; examples with mask 0 do not count.
+        threshold: the decision threshold for single-output predictions.
+
+    Returns:
+        A float scalar, `sum(correct * mask) / max(sum(mask), 1)`; `0.0` if all are masked.
+
+    Raises:
+        ValueError: if `predictions`, `labels` or `mask` has an unexpected shape.
+
+    Example:
+        >>> acc = jdnn.metrics.accuracy(logits, y, mask=batch_mask)  # logits (32, 10), y (32,)
+    """
+    predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
+    predicted, true = _predicted_and_true(predictions, labels, threshold)
+    correct = (predicted == true).astype(jnp.float32)
+    if mask is None:
+        return jnp.mean(correct) if correct.size else jnp.zeros((), jnp.float32)
+    mask = jnp.asarray(mask)
+    if tuple(mask.shape) != tuple(correct.shape):
+        raise ValueError(f"accuracy: mask has shape {tuple(mask.shape)} but predictions have "
+                         f"shape {tuple(predictions.shape)}; the mask needs one entry per "
+                         f"example, shape {tuple(correct.shape)}")
+    weights = mask.astype(jnp.float32)
+    return jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0)

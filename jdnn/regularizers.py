@@ -1,0 +1,245 @@
+"""Weight penalties: L1 and L2 as terms added to the loss, and L1 as a proximal optax step.
+
+Which parameters a penalty touches is chosen by path. A leaf's path is its dict keys joined
+with `/`, e.g. `"0_dense/w"` or `"1_batchnorm/scale"`. The default filter, `is_weight`, picks
+the leaves named `w` (Dense and Conv2D kernels) and skips biases (`b`), batch-norm `scale` and
+`bias`, and PRelu `alpha`, as is usual. Any filter can be a callable `path -> bool` or a regex
+string matched with `re.search` against the path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import tree_util
+
+from jdnn.core import Array, Params
+
+Where = Callable[[str], bool] | str
+
+
+def path_of(keypath: tuple[Any, ...]) -> str:
+    """A readable path from a `jax.tree_util` key path, e.g. `"0_dense/w"`.
+
+    Args:
+        keypath: the key path of a leaf, as given by `jax.tree_util.tree_flatten_with_path`.
+
+    Returns:
+        The keys (dict keys, sequence indices, attribute names) joined with `/`; `""` for a
+        bare leaf.
+
+    Example:
+        >>> [jdnn.regularizers.path_of(k) for k, _ in tree_flatten_with_path(params)[0]]
+    """
+    parts = []
+    for entry in keypath:
+        if isinstance(entry, tree_util.DictKey):
+            parts.append(str(entry.key))
+        elif isinstance(entry, tree_util.SequenceKey):
+            parts.append(str(entry.idx))
+        elif isinstance(entry, tree_util.GetAttrKey):
+            parts.append(entry.name)
+        elif isinstance(entry, tree_util.FlattenedIndexKey):
+            parts.append(str(entry.key))
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def leaf_paths(params: Params) -> list[str]:
+    """The paths of every leaf of `params`, in `jax.tree_util` order.
+
+    Example:
+        >>> jdnn.regularizers.leaf_paths({"0_dense": {"w": w, "b": b}})  # ["0_dense/b", ...]
+    """
+    return [path_of(keypath) for keypath, _ in tree_util.tree_flatten_with_path(params)[0]]
+
+
+def is_weight(path: str) -> bool:
+    """The default filter: True for kernels, the leaves named `w` (e.g. `"0_dense/w"`)."""
+    return path.rsplit("/", 1)[-1] == "w"
+
+
+def _selector(where: Where) -> Callable[[str], bool]:
+    """`where` as a predicate on paths; a string is compiled as a regex for `re.search`."""
+    if isinstance(where, str):
+        try:
+            pattern = re.compile(where)
+        except re.error as error:
+            raise ValueError(f"where={where!r} is not a valid regular expression: "
+                             f"{error}") from None
+        return lambda path: pattern.search(path) is not None
+    if callable(where):
+        return where
+    raise TypeError(f"where must be a callable path -> bool or a regex string, got {where!r}")
+
+
+def _selected(params: Params, where: Where) -> list[Array]:
+    select = _selector(where)
+    leaves = tree_util.tree_flatten_with_path(params)[0]
+    return [leaf for keypath, leaf in leaves if select(path_of(keypath))]
+
+
+def _total(terms: list[Array]) -> Array:
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros(())
+
+
+def _sum_over(params: Params, where: Where, fn: Callable[[Array], Array]) -> Array:
+    """`sum(fn(leaf))` over every entry of every selected leaf."""
+    return _total([jnp.sum(fn(leaf)) for leaf in _selected(params, where)])
+
+
+def l1(params: Params, *, where: Where = is_weight) -> Array:
+    """The L1 norm of the selected leaves: `sum(|w|)` over every entry. Its gradient is `sign(w)`.
+
+    Args:
+        params: a params tree, e.g. from `model.init`.
+        where: which leaves count: a callable `path -> bool` or a regex string (`re.search`).
+            The default, `is_weight`, takes the `w` leaves only.
+
+    Returns:
+        A scalar; `0.0` when `where` selects nothing.
+
+    Example:
+        >>> loss = data_loss + 1e-4 * jdnn.regularizers.l1(params)
+    """
+    return _sum_over(params, where, jnp.abs)
+
+
+def l2(params: Params, *, where: Where = is_weight) -> Array:
+    """The squared L2 norm of the selected leaves: `sum(w ** 2)`, with no 1/2, so its gradient
+    is `2 w`.
+
+    Args:
+        params: a params tree, e.g. from `model.init`.
+        where: which leaves count: a callable `path -> bool` or a regex string (`re.search`).
+            The default, `is_weight`, takes the `w` leaves only.
+
+    Returns:
+        A scalar; `0.0` when `where` selects nothing.
+
+    Example:
+        >>> loss = data_loss + 1e-4 * jdnn.regularizers.l2(params, where=r"dense/w$")
+    """
+    return _sum_over(params, where, jnp.square)
+
+
+def _check_strength(owner: str, name: str, value: Any) -> Any:
+    """A concrete strength must be a finite float `>= 0`; a traced one (under vmap) is trusted."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    try:
+        number = float(value)
+        ok = not isinstance(value, (bool, str, bytes)) and math.isfinite(number) and number >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{owner}: {name} must be a finite float >= 0, got {value!r}")
+    return value
+
+
+def penalty(*, l1: float = 0.0, l2: float = 0.0,
+            where: Where = is_weight) -> Callable[[Params], Array]:
+    """A loss term `params -> l1 * sum(|w|) + l2 * sum(w ** 2)` over the selected leaves.
+
+    Args:
+        l1: the L1 strength, a finite float `>= 0`.
+        l2: the L2 strength, a finite float `>= 0` (no 1/2: the gradient is `2 * l2 * w`).
+        where: which leaves count (see `l1`); the default takes the `w` leaves only.
+
+    Returns:
+        A function of a params tree returning a scalar, ready for `make_train_step(...,
+        penalty=...)`.
+
+    Raises:
+        ValueError: if a strength is negative or not finite, or `where` is a bad regex.
+
+    Example:
+        >>> reg = jdnn.regularizers.penalty(l2=1e-4)  # reg(params) is a scalar
+    """
+    l1_strength = _check_strength("penalty", "l1", l1)
+    l2_strength = _check_strength("penalty", "l2", l2)
+    select = _selector(where)
+
+    def apply(params: Params) -> Array:
+        terms = []
+        if isinstance(l1_strength, jax.Array) or l1_strength != 0:
+            terms.append(l1_strength * _sum_over(params, select, jnp.abs))
+        if isinstance(l2_strength, jax.Array) or l2_strength != 0:
+            terms.append(l2_strength * _sum_over(params, select, jnp.square))
+        return _total(terms)
+
+    return apply
+
+
+# ---------------------------------------------------------------------------------------------
+# L1 as a proximal step. A subgradient step on |w| makes weights oscillate around zero and never
+# reach it; the proximal step (soft thresholding) lands on exact zeros.
+
+
+class L1ProximalState(NamedTuple):
+    """The step count, for a scheduled learning rate (like `optax.ScaleByScheduleState`)."""
+
+    count: Array  # shape (), int32
+
+
+def l1_proximal(strength: float, learning_rate: float | optax.Schedule, *,
+                where: Where = is_weight) -> optax.GradientTransformation:
+    """L1 regularization as a proximal (soft-threshold) step, to chain after an optimizer.
+
+    For incoming updates `u` and params `p`, a selected leaf moves to
+    `p' = sign(p + u) * max(|p + u| - t, 0)` with threshold `t = strength * learning_rate`,
+    and the transformation returns `p' - p`; other leaves pass `u` through. Entries whose
+    `|p + u|` is below `t` become exactly zero. With SGD this is proximal gradient descent on
+    `loss + strength * sum(|w|)`; with adaptive optimizers (Adam) it is the usual heuristic.
+
+    Args:
+        strength: the L1 strength, a finite float `>= 0`.
+        learning_rate: the optimizer's learning rate, a float or an optax schedule (a function
+            of the step count, evaluated at the same count as the optimizer's).
+        where: which leaves are thresholded (see `l1`); the default takes the `w` leaves only.
+
+    Returns:
+        An `optax.GradientTransformation` whose `update` needs `params`.
+
+    Raises:
+        ValueError: at construction, for a bad strength, learning rate or regex; in `update`, if
+            `params` is None.
+
+    Example:
+        >>> opt = optax.chain(optax.sgd(lr), jdnn.regularizers.l1_proximal(1e-3, lr))
+    """
+    _check_strength("l1_proximal", "strength", strength)
+    if not callable(learning_rate):
+        _check_strength("l1_proximal", "learning_rate", learning_rate)
+    select = _selector(where)
+
+    def init(params: optax.Params) -> L1ProximalState:
+        del params
+        return L1ProximalState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates: optax.Updates, state: L1ProximalState,
+               params: optax.Params | None = None) -> tuple[optax.Updates, L1ProximalState]:
+        if params is None:
+            raise ValueError("l1_proximal: update needs the current params: call "
+                             "optimizer.update(grads, opt_state, params)")
+        rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        threshold = strength * rate
+
+        def step(keypath, u, p):
+            if not select(path_of(keypath)):
+                return u
+            moved = p + u
+            shrunk = jnp.sign(moved) * jnp.maximum(jnp.abs(moved) - threshold, 0)
+            return (shrunk - p).astype(u.dtype)
+
+        new_updates = tree_util.tree_map_with_path(step, updates, params)
+        return new_updates, L1ProximalState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)

@@ -1,0 +1,293 @@
+"""The layer contract, checked for every layer: shapes, vmap, jit, gradients, params structure.
+
+Each case is a layer, an input shape, how to draw inputs that keep away from kinks (ReLU at 0,
+max-pool ties) and whether the layer has parameters. Family-specific behavior lives in
+test_layers_<family>.py.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jdnn.core import Layer
+from jdnn.layers import (
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Elu,
+    Flatten,
+    Gelu,
+    LeakyRelu,
+    MaxPool2D,
+    PRelu,
+    Relu,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    residual,
+    serial,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    make: Callable[[], Layer]
+    shape: tuple[int, ...]
+    has_params: bool = False
+    inputs: str = "away"  # "away": |x| >= 0.3; "distinct": a permutation of distinct values
+
+    def x(self, seed=0, dtype=np.float32, batch=None):
+        shape = self.shape if batch is None else (batch, *self.shape[1:])
+        rng = np.random.default_rng(seed)
+        if self.inputs == "distinct":
+            n = int(np.prod(shape))
+            return (rng.permutation(n) / n * 4.0 - 2.0).reshape(shape).astype(dtype)
+        x = rng.normal(size=shape)
+        return (x + np.where(x >= 0, 0.3, -0.3)).astype(dtype)
+
+
+VEC = (4, 5)
+IMG = (2, 5, 6, 3)
+
+CASES = [
+    Case("dense", lambda: Dense(3), VEC, has_params=True),
+    Case("dense_no_bias", lambda: Dense(3, use_bias=False), VEC, has_params=True),
+    Case("conv_same_s1", lambda: Conv2D(4, (3, 3)), IMG, has_params=True),
+    Case("conv_same_s2", lambda: Conv2D(4, 3, strides=2), IMG, has_params=True),
+    Case("conv_valid_s1", lambda: Conv2D(4, 3, padding="VALID"), IMG, has_params=True),
+    Case("conv_valid_s2", lambda: Conv2D(4, 3, strides=2, padding="VALID"), IMG, has_params=True),
+    Case("conv_nonsquare_same", lambda: Conv2D(2, (3, 2), strides=(2, 1)), IMG, has_params=True),
+    Case("conv_nonsquare_valid", lambda: Conv2D(2, (2, 3), (1, 2), "VALID"), IMG, has_params=True),
+    Case("maxpool_valid", lambda: MaxPool2D(2), IMG, inputs="distinct"),
+    Case("maxpool_same_s2", lambda: MaxPool2D(3, strides=2, padding="SAME"), IMG,
+         inputs="distinct"),
+    Case("avgpool_valid_strided", lambda: AvgPool2D((3, 2), strides=(2, 1)), IMG),
+    Case("avgpool_same_s2", lambda: AvgPool2D(3, strides=2, padding="SAME"), IMG),
+    Case("avgpool_same_s1", lambda: AvgPool2D(2, strides=1, padding="SAME"), IMG),
+    Case("flatten", Flatten, (2, 3, 4, 2)),
+    Case("dropout", lambda: Dropout(0.5), (4, 6)),
+    Case("batchnorm", BatchNorm, (8, 5), has_params=True),
+    Case("batchnorm_images", lambda: BatchNorm(momentum=0.8), (4, 3, 3, 2), has_params=True),
+    Case("relu", Relu, VEC),
+    Case("sigmoid", Sigmoid, VEC),
+    Case("tanh", Tanh, VEC),
+    Case("leakyrelu", lambda: LeakyRelu(0.2), VEC),
+    Case("prelu", PRelu, VEC, has_params=True),
+    Case("softmax", Softmax, VEC),
+    Case("gelu_tanh", lambda: Gelu(approximate=True), VEC),
+    Case("gelu_erf", lambda: Gelu(approximate=False), VEC),
+    Case("elu", lambda: Elu(0.7), VEC),
+    Case("serial_mlp", lambda: serial(Dense(4), Tanh(), Dropout(0.3), Dense(3)), VEC,
+         has_params=True),
+    Case("serial_cnn", lambda: serial(Conv2D(3, 3), BatchNorm(), Tanh(), AvgPool2D(2), Flatten(),
+                                      Dense(2)), (2, 6, 6, 2), has_params=True),
+    Case("serial_nested", lambda: serial(Dense(4), serial(Dense(3), Sigmoid())), VEC,
+         has_params=True),
+    Case("residual_mlp", lambda: residual(serial(Dense(5), Tanh(), Dense(5))), VEC,
+         has_params=True),
+    Case("residual_conv", lambda: residual(Conv2D(3, 3)), (2, 4, 4, 3), has_params=True),
+]
+
+# Layers whose apply also works on one example without a batch axis.
+UNBATCHED = ["dense", "dense_no_bias", "relu", "sigmoid", "tanh", "leakyrelu", "prelu",
+             "softmax", "gelu_tanh", "gelu_erf", "elu"]
+
+BY_NAME = {case.name: case for case in CASES}
+all_cases = pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+modes = pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+
+
+def _setup(case, key, dtype=np.float32):
+    layer = case.make()
+    out_shape, params, state = layer.init(key, case.shape)
+    return layer, out_shape, params, state, jnp.asarray(case.x(dtype=dtype))
+
+
+def test_every_layer_kind_is_covered():
+    kinds = set()
+
+    def collect(spec):
+        kinds.add(spec.kind)
+        for child in spec.children:
+            collect(child)
+
+    for case in CASES:
+        collect(case.make().spec)
+    assert kinds >= {"Dense", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Dropout",
+                     "BatchNorm", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "PRelu", "Softmax",
+                     "Gelu", "Elu", "serial", "residual"}
+
+
+# --- shapes ----------------------------------------------------------------------------------
+
+
+@all_cases
+@modes
+def test_init_shape_equals_apply_shape(case, train, key):
+    layer, out_shape, params, state, x = _setup(case, key)
+    assert isinstance(out_shape, tuple) and all(isinstance(d, int) for d in out_shape)
+    y, new_state = layer.apply(params, state, x, key=jax.random.key(1), train=train)
+    assert y.shape == out_shape
+    assert y.dtype == x.dtype
+    chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
+
+
+@all_cases
+def test_apply_works_for_any_batch_size(case, key):
+    layer, out_shape, params, state, _ = _setup(case, key)
+    x = jnp.asarray(case.x(batch=3))
+    y, _ = layer.apply(params, state, x, key=jax.random.key(1), train=True)
+    assert y.shape == (3, *out_shape[1:])
+    # init threads whatever batch size it is given
+    assert layer.init(key, (7, *case.shape[1:]))[0] == (7, *out_shape[1:])
+
+
+@all_cases
+def test_params_presence_matches_case(case, key):
+    _, _, params, _, _ = _setup(case, key)
+    assert bool(jax.tree.leaves(params)) == case.has_params
+
+
+# --- vmap ------------------------------------------------------------------------------------
+
+
+@all_cases
+def test_batch_equals_vmap_over_examples(case, key):
+    layer, _, params, state, x = _setup(case, key)
+    batch, _ = layer.apply(params, state, x)
+    per_example = jax.vmap(lambda xi: layer.apply(params, state, xi[None])[0][0])(x)
+    np.testing.assert_allclose(per_example, batch, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [BY_NAME[n] for n in UNBATCHED], ids=lambda c: c.name)
+def test_batch_equals_plain_vmap(case, key):
+    layer, _, params, state, x = _setup(case, key)
+    batch, _ = layer.apply(params, state, x)
+    per_example = jax.vmap(lambda xi: layer.apply(params, state, xi)[0])(x)
+    np.testing.assert_allclose(per_example, batch, rtol=1e-5, atol=1e-5)
+
+
+# --- jit -------------------------------------------------------------------------------------
+
+
+@all_cases
+@modes
+def test_jit_equals_eager(case, train, key):
+    layer, _, params, state, x = _setup(case, key)
+    k = jax.random.key(2)
+    eager = layer.apply(params, state, x, key=k, train=train)
+    jitted = jax.jit(layer.apply, static_argnames="train")(params, state, x, key=k, train=train)
+    chex.assert_trees_all_close(jitted, eager, rtol=1e-5, atol=1e-6)
+
+
+# --- gradients, in float64 -------------------------------------------------------------------
+
+
+@all_cases
+@modes
+def test_grads_wrt_input(case, train):
+    with jax.enable_x64(True):
+        layer, _, params, state, x = _setup(case, jax.random.key(0), dtype=np.float64)
+        assert jax.tree.leaves(params) == [] or jax.tree.leaves(params)[0].dtype == jnp.float64
+        k = jax.random.key(3)
+
+        def f(x):
+            return layer.apply(params, state, x, key=k, train=train)[0]
+
+        check_grads(f, (x,), order=2, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.has_params], ids=lambda c: c.name)
+@modes
+def test_grads_wrt_params(case, train):
+    with jax.enable_x64(True):
+        layer, _, params, state, x = _setup(case, jax.random.key(0), dtype=np.float64)
+        # biases start at zero and BatchNorm at the identity: move off the special point
+        params = jax.tree.map(
+            lambda p: p + 0.1 * jax.random.normal(jax.random.key(4), p.shape, p.dtype), params)
+        assert all(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(params))
+        k = jax.random.key(3)
+
+        def f(params):
+            return layer.apply(params, state, x, key=k, train=train)[0]
+
+        check_grads(f, (params,), order=2, modes=("fwd", "rev"))
+
+
+# --- params and state structure --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make, shape, params, state", [
+    (lambda: Dense(3), (4, 5), {"w": (5, 3), "b": (3,)}, {}),
+    (lambda: Dense(3, use_bias=False), (4, 5), {"w": (5, 3)}, {}),
+    (lambda: Conv2D(4, (3, 2)), (2, 5, 6, 3), {"w": (3, 2, 3, 4), "b": (4,)}, {}),
+    (lambda: Conv2D(4, 3, use_bias=False), (2, 5, 6, 3), {"w": (3, 3, 3, 4)}, {}),
+    (BatchNorm, (4, 5), {"scale": (5,), "bias": (5,)}, {"mean": (5,), "var": (5,)}),
+    (BatchNorm, (2, 3, 3, 2), {"scale": (2,), "bias": (2,)}, {"mean": (2,), "var": (2,)}),
+    (PRelu, (4, 5), {"alpha": (5,)}, {}),
+], ids=["dense", "dense_no_bias", "conv", "conv_no_bias", "batchnorm", "batchnorm_images",
+        "prelu"])
+def test_param_and_state_names_and_shapes(make, shape, params, state, key):
+    _, got_params, got_state = make().init(key, shape)
+    assert jax.tree.map(jnp.shape, got_params) == params
+    assert jax.tree.map(jnp.shape, got_state) == state
+
+
+@pytest.mark.parametrize("make, shape", [
+    (Relu, VEC), (Sigmoid, VEC), (Tanh, VEC), (LeakyRelu, VEC), (Softmax, VEC), (Gelu, VEC),
+    (Elu, VEC), (lambda: Dropout(0.2), VEC), (Flatten, IMG), (lambda: MaxPool2D(2), IMG),
+    (lambda: AvgPool2D(2), IMG),
+], ids=["relu", "sigmoid", "tanh", "leakyrelu", "softmax", "gelu", "elu", "dropout", "flatten",
+        "maxpool", "avgpool"])
+def test_paramless_layers_return_empty_dicts(make, shape, key):
+    layer = make()
+    _, params, state = layer.init(key, shape)
+    assert params == {} and state == {}
+    _, new_state = layer.apply(params, state, jnp.ones(shape), key=key, train=True)
+    assert new_state == {}
+
+
+def test_bn_initial_values(key):
+    _, params, state = BatchNorm().init(key, (4, 3))
+    chex.assert_trees_all_equal(params, {"scale": jnp.ones(3), "bias": jnp.zeros(3)})
+    chex.assert_trees_all_equal(state, {"mean": jnp.zeros(3), "var": jnp.ones(3)})
+
+
+def test_serial_children_are_keyed_by_index_and_kind(key):
+    model = serial(Conv2D(2, 3), BatchNorm(), LeakyRelu(), MaxPool2D(2), Flatten(), Dropout(0.1),
+                   Dense(3), PRelu(), residual(Dense(3)), Dense(2))
+    _, params, state = model.init(key, (2, 4, 4, 1))
+    names = ["0_conv2d", "1_batchnorm", "2_leakyrelu", "3_maxpool2d", "4_flatten", "5_dropout",
+             "6_dense", "7_prelu", "8_residual", "9_dense"]
+    assert list(params) == names and list(state) == names
+    assert set(params["0_conv2d"]) == {"w", "b"}
+    assert set(params["1_batchnorm"]) == {"scale", "bias"}
+    assert set(state["1_batchnorm"]) == {"mean", "var"}
+    assert params["2_leakyrelu"] == {} and state["2_leakyrelu"] == {}
+    assert params["3_maxpool2d"] == {} and params["4_flatten"] == {}
+    assert set(params["7_prelu"]) == {"alpha"}
+    assert set(params["8_residual"]) == {"0_dense"}
+    assert set(params["8_residual"]["0_dense"]) == {"w", "b"}
+    assert params["9_dense"]["w"].shape == (3, 2)
+
+
+def test_nested_serial_params_read_like_paths(key):
+    model = serial(Dense(4), serial(Dense(3), Relu()), Dense(2))
+    _, params, state = model.init(key, (2, 5))
+    assert set(params) == {"0_dense", "1_serial", "2_dense"}
+    assert set(params["1_serial"]) == {"0_dense", "1_relu"}
+    assert params["1_serial"]["0_dense"]["w"].shape == (4, 3)
+    paths = {jax.tree_util.keystr(path, simple=True, separator="/")
+             for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+    assert paths == {"0_dense/w", "0_dense/b", "1_serial/0_dense/w", "1_serial/0_dense/b",
+                     "2_dense/w", "2_dense/b"}
+    assert state == {"0_dense": {}, "1_serial": {"0_dense": {}, "1_relu": {}}, "2_dense": {}}
