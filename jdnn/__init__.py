@@ -7,9 +7,25 @@ and optimizer state go in as arguments and come out as results, so `jax.grad`, `
 
 from jdnn import losses, metrics, regularizers
 from jdnn.core import Layer, LayerError, Spec
-from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Elu, Flatten, Gelu,
-                         LeakyRelu, MaxPool2D, PRelu, Relu, Sigmoid, Softmax, Tanh, residual,
-                         serial)
+from jdnn.layers import (
+                         AvgPool2D,
+                         BatchNorm,
+                         Conv2D,
+                         Dense,
+                         Dropout,
+                         Elu,
+                         Flatten,
+                         Gelu,
+                         LeakyRelu,
+                         MaxPool2D,
+                         PRelu,
+                         Relu,
+                         Sigmoid,
+                         Softmax,
+                         Tanh,
+                         residual,
+                         serial,
+)
 from jdnn.train import TrainState, make_eval_step, make_train_step
 
 __version__ = "0.1.0"

@@ -156,7 +156,8 @@ def check_input_shape(kind: str, input_shape: Any, min_rank: int = 1) -> Shape:
     try:
         shape = tuple(int(d) for d in input_shape)
     except TypeError:
-        raise LayerError(kind, f"input_shape must be a tuple of ints, got {input_shape!r}") from None
+        detail = f"input_shape must be a tuple of ints, got {input_shape!r}"
+        raise LayerError(kind, detail) from None
     if len(shape) < min_rank or any(d < 0 for d in shape):
         raise LayerError(kind, f"expected an input_shape of rank >= {min_rank} (batch axis first),"
                                f" got {shape}")
@@ -175,7 +176,8 @@ def spatial_output_shape(kind: str, shape: Shape, window: tuple[int, int],
     """Output shape of a 2-D windowed layer on an NHWC `shape`, with a clear error if too small."""
     if len(shape) != 4:
         raise LayerError(kind, f"expected an NHWC input_shape (batch, height, width, channels), "
-                               f"got {shape}; flat images can be reshaped, e.g. to (batch, 8, 8, 1)")
+                               f"got {shape}; flat images can be reshaped, e.g. to "
+                               f"(batch, 8, 8, 1)")
     height, width = shape[1:3]
     if padding == "VALID" and (height < window[0] or width < window[1]):
         raise LayerError(kind, f"input of spatial size {(height, width)} is smaller than the "
@@ -201,7 +203,7 @@ def check_images(kind: str, x: Array, channels: int | None = None) -> None:
     """At `apply`: checks `x` is an NHWC batch (rank 4) with `channels` on the last axis."""
     if x.ndim != 4:
         hint = "; a single image needs a batch axis: x[None]" if x.ndim == 3 else ""
-        raise LayerError(kind, f"expected an NHWC input (batch, height, width, channels) of rank 4, "
-                               f"got an input of shape {tuple(x.shape)}{hint}")
+        raise LayerError(kind, f"expected an NHWC input (batch, height, width, channels) of rank "
+                               f"4, got an input of shape {tuple(x.shape)}{hint}")
     if channels is not None:
         check_features(kind, x, channels, "channels")

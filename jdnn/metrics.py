@@ -73,3 +73,7 @@ def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
                          f"example, shape {tuple(correct.shape)}")
     weights = mask.astype(jnp.float32)
     return jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+# The metrics that can be asked for by name (`make_train_step(..., metrics=("accuracy",))`).
+BY_NAME = {"accuracy": accuracy}

@@ -9,6 +9,7 @@ string matched with `re.search` against the path.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -144,8 +145,29 @@ def _check_strength(owner: str, name: str, value: Any) -> Any:
     return value
 
 
-def penalty(*, l1: float = 0.0, l2: float = 0.0,
-            where: Where = is_weight) -> Callable[[Params], Array]:
+@dataclasses.dataclass(frozen=True)
+class Penalty:
+    """The loss term `params -> l1 * sum(|w|) + l2 * sum(w ** 2)` over the leaves `where` selects.
+
+    Built by `penalty`. A callable whose fields say what it computes, so `jdnn.check_gradients`
+    can build its NumPy twin.
+    """
+
+    l1: Any = 0.0
+    l2: Any = 0.0
+    where: Where = is_weight
+
+    def __call__(self, params: Params) -> Array:
+        select = _selector(self.where)
+        terms = []
+        if isinstance(self.l1, jax.Array) or self.l1 != 0:
+            terms.append(self.l1 * _sum_over(params, select, jnp.abs))
+        if isinstance(self.l2, jax.Array) or self.l2 != 0:
+            terms.append(self.l2 * _sum_over(params, select, jnp.square))
+        return _total(terms)
+
+
+def penalty(*, l1: float = 0.0, l2: float = 0.0, where: Where = is_weight) -> Penalty:
     """A loss term `params -> l1 * sum(|w|) + l2 * sum(w ** 2)` over the selected leaves.
 
     Args:
@@ -154,7 +176,7 @@ def penalty(*, l1: float = 0.0, l2: float = 0.0,
         where: which leaves count (see `l1`); the default takes the `w` leaves only.
 
     Returns:
-        A function of a params tree returning a scalar, ready for `make_train_step(...,
+        A `Penalty`: call it on a params tree for a scalar; ready for `make_train_step(...,
         penalty=...)`.
 
     Raises:
@@ -163,19 +185,9 @@ def penalty(*, l1: float = 0.0, l2: float = 0.0,
     Example:
         >>> reg = jdnn.regularizers.penalty(l2=1e-4)  # reg(params) is a scalar
     """
-    l1_strength = _check_strength("penalty", "l1", l1)
-    l2_strength = _check_strength("penalty", "l2", l2)
-    select = _selector(where)
-
-    def apply(params: Params) -> Array:
-        terms = []
-        if isinstance(l1_strength, jax.Array) or l1_strength != 0:
-            terms.append(l1_strength * _sum_over(params, select, jnp.abs))
-        if isinstance(l2_strength, jax.Array) or l2_strength != 0:
-            terms.append(l2_strength * _sum_over(params, select, jnp.square))
-        return _total(terms)
-
-    return apply
+    _selector(where)  # a bad regex or filter fails here, not at the first step
+    return Penalty(_check_strength("penalty", "l1", l1), _check_strength("penalty", "l2", l2),
+                   where)
 
 
 # ---------------------------------------------------------------------------------------------

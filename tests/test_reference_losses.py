@@ -7,6 +7,7 @@ imports JAX.
 """
 
 import ast
+import functools
 import subprocess
 import sys
 import warnings
@@ -110,23 +111,41 @@ masks = pytest.mark.parametrize("mask", MASKS.values(), ids=MASKS.keys())
 
 @cases
 def test_values_match_optax(name, loss, grad, twin, outputs, targets, kw):
-    with jax.enable_x64(True):
-        expected = np.asarray(twin(jnp.asarray(outputs), targets, **kw))
+    expected, _ = _jax_value_and_grad(twin, outputs, targets, np.ones(len(outputs)), kw)
     values = loss(outputs, targets, **kw)
     assert values.shape == (outputs.shape[0],)
     assert values.dtype == np.float64
     np.testing.assert_allclose(values, expected, rtol=1e-12, atol=1e-14)
 
 
+@functools.cache
+def _jitted(loss_fn, label_smoothing):
+    """jit of `loss_fn` and of grad(z -> sum_b weights_b * loss_fn(z, targets)_b), compiled once
+    per loss and shapes (eager JAX would trace the optax code again on every call)."""
+    kw = {} if label_smoothing is None else {"label_smoothing": label_smoothing}
+
+    def value(z, targets):
+        return loss_fn(z, targets, **kw)
+
+    def objective(z, targets, weights):
+        return jnp.sum(weights * loss_fn(z, targets, **kw))
+
+    return jax.jit(value), jax.jit(jax.grad(objective))
+
+
+def _jax_value_and_grad(loss_fn, outputs, targets, weights, kw):
+    """The values and weighted-sum gradient of a JAX loss, in float64, as NumPy arrays."""
+    value, grad = _jitted(loss_fn, kw.get("label_smoothing"))
+    with jax.enable_x64(True):
+        z, t = jnp.asarray(outputs), jnp.asarray(targets)
+        return np.asarray(value(z, t)), np.asarray(grad(z, t, jnp.asarray(weights)))
+
+
 @cases
 @masks
 def test_grads_match_jax_grad(name, loss, grad, twin, outputs, targets, kw, mask):
     weights = ref.mean_weights(mask, outputs.shape[0])
-    with jax.enable_x64(True):
-        def objective(z):
-            return jnp.sum(jnp.asarray(weights) * twin(z, targets, **kw))
-
-        expected = np.asarray(jax.grad(objective)(jnp.asarray(outputs)))
+    _, expected = _jax_value_and_grad(twin, outputs, targets, weights, kw)
     got = grad(outputs, targets, weights, **kw)
     assert got.shape == outputs.shape
     if mask is not None and not mask.any():
@@ -161,11 +180,7 @@ def test_matches_the_jax_twin(name, loss, grad, twin, outputs, targets, kw):
 
     jax_loss = getattr(jdnn.losses, loss.__name__)
     weights = ref.mean_weights(np.array([1, 0, 1, 1, 1, 1]), outputs.shape[0])
-    with jax.enable_x64(True):
-        values = np.asarray(jax_loss(jnp.asarray(outputs), jnp.asarray(targets), **kw))
-        grads = np.asarray(jax.grad(
-            lambda z: jnp.sum(weights * jax_loss(z, jnp.asarray(targets), **kw)))(
-                jnp.asarray(outputs)))
+    values, grads = _jax_value_and_grad(jax_loss, outputs, targets, weights, kw)
     np.testing.assert_allclose(loss(outputs, targets, **kw), values, rtol=1e-12, atol=1e-14)
     assert _rel_err(grad(outputs, targets, weights, **kw), grads) <= 1e-10
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import jax
 from jax import lax
 
-from jdnn.core import (Layer, check_hparam, check_images, check_input_shape, make_spec,
-                       padding_mode, positive_ints, spatial_output_shape)
+from jdnn.core import (
+    Layer,
+    check_hparam,
+    check_images,
+    check_input_shape,
+    make_spec,
+    padding_mode,
+    positive_ints,
+    spatial_output_shape,
+)
 from jdnn.layers import initializers
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")

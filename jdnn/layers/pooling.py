@@ -5,8 +5,15 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from jdnn.core import (Layer, check_images, check_input_shape, make_spec, padding_mode,
-                       positive_ints, spatial_output_shape)
+from jdnn.core import (
+    Layer,
+    check_images,
+    check_input_shape,
+    make_spec,
+    padding_mode,
+    positive_ints,
+    spatial_output_shape,
+)
 
 
 def _pool(kind: str, window, strides, padding, reduce) -> Layer:
@@ -19,7 +26,7 @@ def _pool(kind: str, window, strides, padding, reduce) -> Layer:
     def init(key, input_shape):
         del key
         shape = check_input_shape(kind, input_shape)
-        return spatial_output_shape(kind, shape, size, stride, pad, shape[-1] if shape else 0), {}, {}
+        return spatial_output_shape(kind, shape, size, stride, pad, shape[-1]), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key, train

@@ -38,8 +38,11 @@ def _check(owner: str, name: str, value: float, low: float, high: float = math.i
         number = math.nan
     inside = low <= number < high if high_open else low <= number <= high
     if isinstance(value, bool) or not math.isfinite(number) or not inside:
-        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise ValueError(f"{owner}: {name} must be a finite float in {interval}, got {value!r}")
+        if high == math.inf:
+            within = "" if low == -math.inf else f" >= {low}"
+        else:
+            within = f" in [{low}, {high})" if high_open else f" in [{low}, {high}]"
+        raise ValueError(f"{owner}: {name} must be a finite float{within}, got {value!r}")
     return number
 
 

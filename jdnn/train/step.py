@@ -33,11 +33,12 @@ def resolve_metrics(metrics: Metrics) -> dict[str, Metric]:
     for metric in metrics:
         if callable(metric):
             resolved[metric.__name__] = metric
-        elif isinstance(metric, str) and callable(getattr(metrics_lib, metric, None)):
-            resolved[metric] = getattr(metrics_lib, metric)
+        elif isinstance(metric, str) and metric in metrics_lib.BY_NAME:
+            resolved[metric] = metrics_lib.BY_NAME[metric]
         else:
-            raise ValueError(f"unknown metric {metric!r}: give a name from jdnn.metrics (e.g. "
-                             f"'accuracy') or a function fn(predictions, labels, mask)")
+            raise ValueError(f"unknown metric {metric!r}: give a name from "
+                             f"{sorted(metrics_lib.BY_NAME)} or a function "
+                             f"fn(predictions, labels, mask)")
     return resolved
 
 

@@ -1,0 +1,340 @@
+"""Gradient validation: `jax.grad` against the hand-written NumPy reference and against central
+finite differences, on the same data, parameters and dropout masks.
+
+    report = jdnn.check_gradients(model, params, state, x, y, jdnn.losses.mse)
+    assert report.ok, report
+
+Three computations of d(objective)/d(params), where objective = masked mean of the per-example
+loss + penalty, exactly what `make_train_step` differentiates:
+  1. `jax.grad` of jdnn's model, in the requested dtype;
+  2. the NumPy reference twin built from the model's spec (`jdnn.reference`), in float64;
+  3. central differences of jdnn's objective in float64, on a sample of coordinates per
+     parameter, skipping coordinates where the objective has a kink within the step (a ReLU
+     unit at 0, a max-pool tie): there the left and right slopes disagree.
+
+Errors are relative, `|a - b| / max(|a|, |b|, floor)`, with a floor per parameter (a small
+fraction of its largest gradient) so that entries at rounding-noise level do not dominate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdnn import losses as losses_lib
+from jdnn import reference
+from jdnn.core import Layer, child_name
+from jdnn.layers.combinators import child_keys
+from jdnn.layers.dropout import keep_mask
+from jdnn.regularizers import Penalty, path_of
+from jdnn.train.step import masked_mean
+
+# Tolerances per dtype: jax vs reference, jax vs finite differences, forward outputs.
+TOLERANCES = {
+    "float64": {"reference": 1e-10, "finite_differences": 1e-6, "forward": 1e-10},
+    "float32": {"reference": 2e-3, "finite_differences": 2e-3, "forward": 1e-4},
+}
+FLOOR = 1e-4  # relative errors are floored at this fraction of a parameter's largest gradient
+FD_STEP = 1e-5  # central-difference step, relative to max(1, |p|), in float64
+KINK = 1e-2  # left and right slopes differing by more than this fraction mark a kink
+FD_NOISE = 1e-4  # finite differences resolve gradients down to about this times max(1, |f|)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamCheck:
+    """The comparison for one parameter leaf (errors are maxima over its entries)."""
+
+    path: str
+    shape: tuple[int, ...]
+    reference_abs: float
+    reference_rel: float
+    fd_abs: float | None
+    fd_rel: float | None
+    fd_points: int
+    ok: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Worst:
+    """The single worst entry: which comparison, where, and the two values."""
+
+    comparison: str
+    path: str
+    index: tuple[int, ...]
+    jax: float
+    other: float
+    rel: float
+
+
+@dataclasses.dataclass(frozen=True)
+class GradReport:
+    """The outcome of `check_gradients`.
+
+    Attributes:
+        ok: every comparison within its tolerance.
+        dtype: the dtype jax computed in.
+        params: one `ParamCheck` per parameter path, in tree order.
+        objective: the objective's value (jax); objective_error: relative difference to the
+            reference's.
+        forward_error: the largest relative difference of the model outputs, jax vs reference;
+            state_error: the same for the new layer state (batch-norm running statistics).
+        tolerances: the tolerances used.
+        worst: the worst entry over all comparisons (None if there are no parameters).
+        kinks_skipped: finite-difference coordinates skipped because a kink lay within the step.
+    """
+
+    ok: bool
+    dtype: str
+    params: tuple[ParamCheck, ...]
+    objective: float
+    objective_error: float
+    forward_error: float
+    state_error: float
+    tolerances: dict[str, float]
+    worst: Worst | None
+    kinks_skipped: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the whole report."""
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        tol = self.tolerances
+        lines = [f"gradient check ({self.dtype}): {'OK' if self.ok else 'FAILED'}   "
+                 f"tolerances: reference {tol['reference']:.0e}, finite differences "
+                 f"{tol['finite_differences']:.0e}, forward {tol['forward']:.0e}"]
+        header = f"{'parameter':<28} {'shape':<16} {'vs reference':>13} {'vs finite diff':>15}  "
+        lines += [header + "ok", "-" * (len(header) + 2)]
+        for p in self.params:
+            fd = "-" if p.fd_rel is None else f"{p.fd_rel:.2e} ({p.fd_points})"
+            lines.append(f"{p.path:<28} {str(p.shape):<16} {p.reference_rel:>13.2e} {fd:>15}  "
+                         f"{'yes' if p.ok else 'NO'}")
+        lines.append(f"forward outputs {self.forward_error:.2e}, new state {self.state_error:.2e}, "
+                     f"objective {self.objective:.6g} ({self.objective_error:.2e})"
+                     + (f", {self.kinks_skipped} kinks skipped" if self.kinks_skipped else ""))
+        if self.worst is not None:
+            w = self.worst
+            lines.append(f"worst: {w.path}{list(w.index)} vs {w.comparison}: jax {w.jax:.10g}, "
+                         f"{w.comparison} {w.other:.10g} (rel {w.rel:.2e})")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the reference needs to know about the jax-side loss, penalty and dropout.
+
+
+def _reference_loss(loss: Callable) -> tuple[str, float]:
+    """`(reference loss name, label_smoothing)` for a jdnn loss or a `functools.partial` of one."""
+    fn, args, keywords = loss, (), {}
+    if isinstance(loss, functools.partial):
+        fn, args, keywords = loss.func, loss.args, dict(loss.keywords)
+    smoothing = keywords.pop("label_smoothing", 0.0)
+    for name in ("mse", "binary_cross_entropy", "softmax_cross_entropy"):
+        if fn is getattr(losses_lib, name) and not args and not keywords:
+            return name, float(smoothing)
+    raise ValueError(f"check_gradients needs one of jdnn.losses' functions (mse, "
+                     f"binary_cross_entropy, softmax_cross_entropy, optionally through "
+                     f"functools.partial(..., label_smoothing=a)) to twin it in NumPy, "
+                     f"got {loss!r}")
+
+
+def _reference_penalty(penalty: Any) -> dict[str, Any]:
+    if penalty is None:
+        return {"l1": 0.0, "l2": 0.0}
+    if isinstance(penalty, Penalty):
+        return {"l1": penalty.l1, "l2": penalty.l2, "where": penalty.where}
+    raise ValueError(f"check_gradients needs penalty=jdnn.regularizers.penalty(l1=..., l2=...) "
+                     f"so the reference can twin it, got {penalty!r}")
+
+
+def _dropout_keys(spec, key, path: str = "") -> dict[str, jax.Array]:
+    """The key each Dropout layer draws its mask from, by path, as the combinators hand them."""
+    if spec.kind == "Dropout":
+        return {path: key}
+    found = {}
+    for i, (child, child_key) in enumerate(zip(spec.children, child_keys(spec, key))):
+        name = child_name(i, child)
+        found.update(_dropout_keys(child, child_key, f"{path}/{name}" if path else name))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _cast(tree: Any, dtype: Any) -> Any:
+    """Floating leaves cast to `dtype`; integer leaves (labels) kept."""
+    def cast(a):
+        a = jnp.asarray(a)
+        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    return jax.tree.map(cast, tree)
+
+
+def _numpy64(tree: Any) -> Any:
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def _rel(a: np.ndarray, b: np.ndarray, floor: float) -> np.ndarray:
+    return np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
+
+
+def _max_rel(a: Any, b: Any) -> float:
+    """Largest relative difference between two trees, floored at 1e-300 and each leaf's FLOOR."""
+    worst = 0.0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.size:
+            floor = max(FLOOR * float(np.max(np.abs(y))), 1e-300)
+            worst = max(worst, float(np.max(_rel(x, y, floor))))
+    return worst
+
+
+def check_gradients(model: Layer, params: Any, state: Any, x: Any, y: Any, loss: Callable, *,
+                    key: jax.Array | None = None, train: bool = True, penalty: Any = None,
+                    mask: Any = None, dtype: str = "float64", finite_differences: bool = True,
+                    samples: int = 6, seed: int = 0) -> GradReport:
+    """Checks `jax.grad` of a model's objective against the NumPy reference and finite differences.
+
+    Args:
+        model: the jdnn model.
+        params, state: its parameters and state (from `init`; cast to `dtype`).
+        x: an input batch `(B, ...)`; y: its targets `(B, ...)`.
+        loss: one of `jdnn.losses` (a `functools.partial` for label smoothing).
+        key: the dropout key (default `jax.random.key(0)`); both sides use the same masks.
+        train: training mode (batch statistics, dropout) or evaluation mode.
+        penalty: `jdnn.regularizers.penalty(l1=..., l2=...)` or None.
+        mask: `(B,)`, which examples count.
+        dtype: `"float64"` (tight tolerances) or `"float32"` (looser, see `TOLERANCES`).
+        finite_differences: also compare with central differences (in float64).
+        samples: coordinates per parameter for the finite differences.
+        seed: picks those coordinates.
+
+    Returns:
+        A `GradReport`; `print(report)` shows the table, `report.ok` the verdict.
+
+    Example:
+        >>> report = jdnn.check_gradients(model, params, state, x, y, jdnn.losses.mse)
+        >>> print(report)
+    """
+    if dtype not in TOLERANCES:
+        raise ValueError(f"dtype must be one of {sorted(TOLERANCES)}, got {dtype!r}")
+    loss_name, smoothing = _reference_loss(loss)
+    reg = _reference_penalty(penalty)
+    x_np, y_np = np.asarray(x), np.asarray(y)
+    if x_np.ndim == 0 or y_np.ndim == 0 or x_np.shape[0] != y_np.shape[0]:
+        raise ValueError(f"x and y must have the same number of examples on the batch axis, got "
+                         f"x of shape {x_np.shape} and y of shape {y_np.shape}")
+    key = jax.random.key(0) if key is None else key
+    net = reference.build(model.spec)  # fails early, naming any layer the reference lacks
+
+    with jax.enable_x64(True):
+        jdtype = jnp.dtype(dtype)
+        j_params, j_state, j_x = _cast(params, jdtype), _cast(state, jdtype), _cast(x_np, jdtype)
+        j_y = _cast(y_np, jdtype) if y_np.dtype.kind == "f" else jnp.asarray(y_np)
+        j_mask = None if mask is None else jnp.asarray(mask)
+
+        def objective(p, s, xx, yy):
+            out, new_state = model.apply(p, s, xx, key=key, train=train)
+            value = masked_mean(loss(out, yy), j_mask)
+            return value + (penalty(p) if penalty is not None else 0.0), (out, new_state)
+
+        (value, (outputs, new_state)), grads = jax.jit(
+            jax.value_and_grad(objective, has_aux=True))(j_params, j_state, j_x, j_y)
+        keys = _dropout_keys(model.spec, key)
+
+        def masks(path, shape, rate):  # the very masks jdnn's Dropout layers draw
+            return np.asarray(keep_mask(keys[path], rate, shape))
+
+        ref_value, ref_grads, ref_state = net.loss_and_grads(
+            j_params, j_state, x_np, y_np, loss=loss_name, label_smoothing=smoothing, mask=mask,
+            train=train, masks=masks, **reg)
+        ref_out, _, _ = net.forward(_numpy64(j_params), _numpy64(j_state),
+                                    np.asarray(x_np, np.float64), train=train, masks=masks)
+        fd = _finite_differences(objective, j_params, j_state, j_x, j_y, grads, samples, seed) \
+            if finite_differences else None
+
+    return _report(dtype, grads, ref_grads, fd, float(value), ref_value, outputs, ref_out,
+                   new_state, ref_state)
+
+
+def _finite_differences(objective, params, state, x, y, grads, samples, seed):
+    """Central differences in float64 at `samples` random coordinates per leaf, skipping kinks."""
+    p64 = _cast(params, jnp.float64)
+    s64, x64 = _cast(state, jnp.float64), _cast(x, jnp.float64)
+    y64 = _cast(y, jnp.float64) if jnp.issubdtype(y.dtype, jnp.floating) else y
+    f = jax.jit(lambda p: objective(p, s64, x64, y64)[0])
+    f0 = float(f(p64))
+    rng = np.random.default_rng(seed)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(p64)
+    results, kinks = {}, 0
+    for i, (keypath, leaf) in enumerate(leaves):
+        flat = np.asarray(leaf).ravel()
+        order = rng.permutation(flat.size)
+        points = []
+        for j in order:
+            if len(points) == samples:
+                break
+            h = FD_STEP * max(1.0, abs(float(flat[j])))
+            values = []
+            for sign in (1.0, -1.0):
+                bumped = [lf for _, lf in leaves]
+                bumped[i] = leaf.reshape(-1).at[j].add(sign * h).reshape(leaf.shape)
+                values.append(float(f(jax.tree_util.tree_unflatten(treedef, bumped))))
+            right, left = (values[0] - f0) / h, (f0 - values[1]) / h
+            if abs(right - left) > KINK * max(abs(right), abs(left), 1e-8):
+                kinks += 1
+                continue
+            points.append((np.unravel_index(j, leaf.shape), (values[0] - values[1]) / (2 * h)))
+        results[path_of(keypath)] = points
+    return results, kinks, f0
+
+
+def _worse(current: Worst | None, candidate: Worst, tol: dict[str, float]) -> Worst:
+    """Keeps whichever entry is further past (or closer to) its comparison's tolerance."""
+    def badness(w: Worst) -> float:
+        return w.rel / tol["reference" if w.comparison == "reference" else "finite_differences"]
+
+    return candidate if current is None or badness(candidate) > badness(current) else current
+
+
+def _report(dtype, grads, ref_grads, fd, value, ref_value, outputs, ref_out, new_state,
+            ref_state) -> GradReport:
+    tol = TOLERANCES[dtype]
+    fd_points, kinks, f0 = fd if fd is not None else ({}, 0, value)
+    fd_floor = FD_NOISE * max(1.0, abs(f0))
+    references = {path_of(k): np.asarray(v, np.float64)
+                  for k, v in jax.tree_util.tree_flatten_with_path(ref_grads)[0]}
+    checks, worst = [], None
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        path = path_of(keypath)
+        a, b = np.asarray(leaf, np.float64), references[path]
+        scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
+        rel = _rel(a, b, max(FLOOR * scale, 1e-300))
+        i = np.unravel_index(int(np.argmax(rel)), a.shape) if a.size else ()
+        worst = _worse(worst, Worst("reference", path, tuple(int(j) for j in i),
+                                    float(a[i]), float(b[i]), float(rel[i])), tol)
+        fd_abs = fd_rel = None
+        points = fd_points.get(path, [])
+        if points:
+            errors = [(float(_rel(a[j], d, max(FLOOR * scale, fd_floor))), abs(a[j] - d), j, d)
+                      for j, d in points]
+            fd_rel, fd_abs, j, d = max(errors, key=lambda e: e[0])
+            worst = _worse(worst, Worst("finite differences", path, tuple(int(k) for k in j),
+                                        float(a[j]), float(d), fd_rel), tol)
+        ok = float(np.max(rel, initial=0.0)) <= tol["reference"] and (
+            fd_rel is None or fd_rel <= tol["finite_differences"])
+        checks.append(ParamCheck(path, tuple(a.shape), float(np.max(np.abs(a - b), initial=0.0)),
+                                 float(np.max(rel, initial=0.0)), fd_abs, fd_rel, len(points), ok))
+    forward_error = _max_rel(outputs, ref_out)
+    state_error = _max_rel(new_state, ref_state)
+    objective_error = abs(value - ref_value) / max(abs(ref_value), 1e-300)
+    ok = (all(c.ok for c in checks) and forward_error <= tol["forward"]
+          and state_error <= tol["forward"] and objective_error <= tol["forward"])
+    return GradReport(ok, dtype, tuple(checks), value, objective_error, forward_error,
+                      state_error, dict(tol), worst, kinks)

@@ -1,0 +1,90 @@
+"""BatchNorm, by hand: normalize each feature, then scale and shift it.
+
+For inputs `x` of shape `(..., F)` every axis but the last is "the batch": each of the `F`
+features is normalized over its `m = x.size / F` entries.
+
+    train:  mu = mean(x),  var = mean((x - mu)^2)          (biased: divide by m, not m - 1)
+            running <- momentum * running + (1 - momentum) * batch   (for mean and var alike)
+    eval:   mu, var = the running statistics (which stay unchanged)
+    both:   x_hat = (x - mu) / sqrt(var + eps),   y = scale * x_hat + bias
+
+In training `mu` and `var` are functions of `x`, and the backward goes through them (the
+classic three-term formula); in evaluation they are constants and the layer is affine.
+The running statistics get no gradient: they are state, not parameters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def forward(params, x, *, state, train, momentum, eps):
+    """Batch normalization on the last axis.
+
+    Args:
+        params: `{"scale": (F,), "bias": (F,)}`.
+        x: inputs `(..., F)`, rank >= 2.
+        state: the running statistics `{"mean": (F,), "var": (F,)}`.
+        train: normalize with batch statistics and update `state` (True), or with `state`.
+        momentum: how much of the running statistics survives a training step, in `[0, 1)`.
+        eps: added to the variance before the square root, `> 0`.
+
+    Returns:
+        `(y, cache, new_state)`: `y` of `x`'s shape; the cache for `backward`; the new running
+        statistics (`state` itself when `train` is False). The only forward in the reference
+        that returns three values.
+    """
+    axes = tuple(range(x.ndim - 1))
+    if train:
+        mean = x.mean(axis=axes)
+        var = np.square(x - mean).mean(axis=axes)
+        new_state = {
+            "mean": momentum * state["mean"] + (1.0 - momentum) * mean,
+            "var": momentum * state["var"] + (1.0 - momentum) * var,
+        }
+    else:
+        mean, var, new_state = state["mean"], state["var"], state
+    inv_std = 1.0 / np.sqrt(var + eps)
+    x_hat = (x - mean) * inv_std
+    y = x_hat * params["scale"] + params["bias"]
+    return y, (x_hat, inv_std, train), new_state
+
+
+def backward(params, cache, dy):
+    """Gradients of batch normalization.
+
+    The affine part gives, summing over the `m` entries of each feature,
+
+        dbias  = sum(dy),   dscale = sum(dy * x_hat),   dx_hat = dy * scale.
+
+    Evaluation: `x_hat = (x - mu) * inv_std` with constant `mu` and `inv_std`, so
+    `dx = dx_hat * inv_std`.
+
+    Training: `mu` and `var` depend on `x`. With `dmu_j/dx_i = 1/m` and
+    `dvar/dx_i = 2 (x_i - mu) / m`, the chain rule through `x_hat_j = (x_j - mu) * inv_std`
+    over all `j` in the feature gives
+
+        dx_i = inv_std / m * (m * dx_hat_i - sum_j dx_hat_j - x_hat_i * sum_j dx_hat_j x_hat_j)
+
+    i.e. `dx = scale * inv_std / m * (m * dy - sum(dy) - x_hat * sum(dy * x_hat))`: the
+    component of `dy` along "shift every entry" and along `x_hat` is removed, since the
+    normalization is blind to both.
+
+    Args:
+        params: as in `forward`.
+        cache: from `forward`.
+        dy: the gradient with respect to `y`, `x`'s shape.
+
+    Returns:
+        `(dx, {"scale": (F,), "bias": (F,)})`.
+    """
+    x_hat, inv_std, train = cache
+    axes = tuple(range(dy.ndim - 1))
+    dbias = dy.sum(axis=axes)
+    dscale = (dy * x_hat).sum(axis=axes)
+    if train:
+        m = dy.size // dy.shape[-1]
+        dx = params["scale"] * inv_std / m * (m * dy - dbias - x_hat * dscale)
+    else:
+        dx = dy * params["scale"] * inv_std
+    return dx, {"scale": dscale, "bias": dbias}

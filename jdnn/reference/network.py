@@ -1,0 +1,256 @@
+"""The NumPy twin of a jdnn model, built from its spec alone.
+
+`build(spec)` reads what a model is (its kinds, hyper-parameters and children) and wires the
+hand-written layers of `jdnn.reference.layers` into a network with a forward pass that keeps
+every layer's cache and a backward pass that walks the caches in reverse: backprop, written out.
+Parameters, state and gradients are nested dicts with jdnn's own keys (`"2_dense"`), so the
+gradients have exactly the tree structure of the params `jax.grad` returns.
+
+The spec may be a `jdnn.Spec` or its `to_dict()` form; nothing here imports jdnn's JAX code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jdnn.reference import losses, regularizers
+from jdnn.reference.layers import KINDS
+
+# The hyper-parameters each layer's forward takes from the spec (the rest only matter to init).
+_HPARAMS = {
+    "Conv2D": ("strides", "padding"),
+    "MaxPool2D": ("window", "strides", "padding"),
+    "AvgPool2D": ("window", "strides", "padding"),
+    "LeakyRelu": ("negative_slope",),
+    "Gelu": ("approximate",),
+    "Elu": ("alpha",),
+}
+COMBINATORS = ("serial", "residual")
+
+# `masks(path, shape, rate) -> bool array` gives each Dropout its keep mask (True = kept), or a
+# dict from layer path to mask; `numpy_masks(rng)` draws them with NumPy for reference-only runs.
+Masks = Callable[[str, tuple, float], np.ndarray] | Mapping[str, np.ndarray] | None
+
+
+class UnknownLayerError(ValueError):
+    """The model holds a layer kind the NumPy reference has no twin for."""
+
+
+class Node(NamedTuple):
+    """One layer of the twin: `forward(params, state, x, train, masks) -> (y, cache, state)` and
+    `backward(params, cache, dy) -> (dx, dparams)`."""
+
+    forward: Callable
+    backward: Callable
+
+
+def _normalize(spec: Any) -> tuple[str, dict, list]:
+    """`(kind, hparams, children)` from a `Spec` or its `to_dict()`."""
+    if isinstance(spec, Mapping):
+        return spec["kind"], dict(spec.get("hparams", {})), list(spec.get("children", []))
+    return spec.kind, dict(spec.hparams), list(spec.children)
+
+
+def child_name(index: int, kind: str) -> str:
+    """The key a combinator files its child under: jdnn's convention, `"2_dense"`."""
+    return f"{index}_{kind.lower()}"
+
+
+def _hparam(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _leaf(kind: str, hparams: dict, path: str) -> Node:
+    if kind not in KINDS:
+        where = path or "<root>"
+        raise UnknownLayerError(f"the NumPy reference has no twin for layer kind {kind!r} at "
+                                f"{where}; it knows {sorted(KINDS) + list(COMBINATORS)}. Add a "
+                                f"forward/backward pair to jdnn/reference/layers/ for it.")
+    impl = KINDS[kind]
+    kwargs = {name: _hparam(hparams[name]) for name in _HPARAMS.get(kind, ())}
+
+    if kind == "BatchNorm":
+        def forward(params, state, x, train, masks):
+            return impl.forward(params, x, state=state, train=train,
+                                momentum=hparams["momentum"], eps=hparams["eps"])
+    elif kind == "Dropout":
+        rate = hparams["rate"]
+
+        def forward(params, state, x, train, masks):
+            keep = _mask_for(masks, path, x.shape, rate) if train and rate > 0 else None
+            y, cache = impl.forward(params, x, keep_mask=keep, rate=rate)
+            return y, cache, state
+    else:
+        def forward(params, state, x, train, masks):
+            y, cache = impl.forward(params, x, **kwargs)
+            return y, cache, state
+
+    return Node(forward, impl.backward)
+
+
+def _mask_for(masks: Masks, path: str, shape: tuple, rate: float) -> np.ndarray:
+    if masks is None:
+        raise ValueError(f"Dropout at {path or '<root>'} in training mode needs keep masks: pass "
+                         f"masks=numpy_masks(rng), a dict path -> mask, or train=False")
+    mask = masks[path] if isinstance(masks, Mapping) else masks(path, tuple(shape), rate)
+    mask = np.asarray(mask, bool)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"Dropout at {path}: the keep mask has shape {mask.shape}, the input "
+                         f"{tuple(shape)}")
+    return mask
+
+
+def _serial(children: list[tuple[str, Node]]) -> Node:
+    def forward(params, state, x, train, masks):
+        caches, new_state = [], {}
+        for name, node in children:
+            x, cache, new_state[name] = node.forward(params[name], state[name], x, train, masks)
+            caches.append(cache)
+        return x, caches, new_state
+
+    def backward(params, caches, dy):
+        """Chain rule through the sequence: each layer turns dL/d(its output) into dL/d(its
+        input), last layer first; each layer's dparams are filed under its key."""
+        grads = {}
+        for (name, node), cache in zip(reversed(children), reversed(caches)):
+            dy, grads[name] = node.backward(params[name], cache, dy)
+        return dy, dict(reversed(list(grads.items())))
+
+    return Node(forward, backward)
+
+
+def _residual(name: str, inner: Node) -> Node:
+    def forward(params, state, x, train, masks):
+        y, cache, inner_state = inner.forward(params[name], state[name], x, train, masks)
+        return x + y, cache, {name: inner_state}
+
+    def backward(params, cache, dy):
+        """y = x + f(x), so dL/dx = dy + f'(x)^T dy: the skip path passes dy through unchanged."""
+        dx, dparams = inner.backward(params[name], cache, dy)
+        return dy + dx, {name: dparams}
+
+    return Node(forward, backward)
+
+
+def _build(spec: Any, path: str) -> Node:
+    kind, hparams, children = _normalize(spec)
+    if kind not in COMBINATORS:
+        return _leaf(kind, hparams, path)
+    named = []
+    for i, child in enumerate(children):
+        name = child_name(i, _normalize(child)[0])
+        named.append((name, _build(child, f"{path}/{name}" if path else name)))
+    return _serial(named) if kind == "serial" else _residual(*named[0])
+
+
+def _as_numpy(tree: Any, dtype: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _as_numpy(v, dtype) for k, v in tree.items()}
+    return np.asarray(tree, dtype)
+
+
+class Network:
+    """The NumPy twin of a jdnn model: forward, backward, and the loss with its gradients.
+
+    Args:
+        spec: the model's `spec` (or `spec.to_dict()`).
+
+    Example:
+        >>> net = jdnn.reference.build(model.spec)
+        >>> loss, grads, new_state = net.loss_and_grads(params, state, x, y, loss="mse")
+    """
+
+    def __init__(self, spec: Any):
+        self.spec = spec
+        self.root = _build(spec, "")
+
+    def forward(self, params, state, x, *, train: bool = False, masks: Masks = None):
+        """Runs the network, keeping every layer's cache.
+
+        Args:
+            params: the model's params (nested dicts of arrays, as jdnn's `init` returns).
+            state: the model's state (batch-norm running statistics).
+            x: the input batch, `(B, ...)`.
+            train: batch statistics and dropout (True) or running statistics (False).
+            masks: the dropout keep masks (see `Masks`), needed when training with dropout.
+
+        Returns:
+            `(y, cache, new_state)`.
+        """
+        return self.root.forward(params, state, x, train, masks)
+
+    def backward(self, params, cache, dy):
+        """Backprop from `dy = dL/dy` to `(dL/dx, dL/dparams)`."""
+        return self.root.backward(params, cache, dy)
+
+    def loss_and_grads(self, params, state, x, y, *, loss: str = "softmax_cross_entropy",
+                       label_smoothing: float = 0.0, mask=None, l1: float = 0.0, l2: float = 0.0,
+                       where: Any = regularizers.is_weight, train: bool = True,
+                       masks: Masks = None, dtype: Any = np.float64):
+        """The objective jdnn's train step minimizes, and its gradient w.r.t. every parameter.
+
+        objective = masked mean over examples of `loss(outputs, y)` + l1 * sum|w| + l2 * sum w^2,
+        the penalties over the leaves `where` selects (weights only, by default).
+
+        Args:
+            params, state: as `jdnn`'s `init` returns them (any array type; cast to `dtype`).
+            x: inputs `(B, ...)`; y: targets (integer labels stay integers).
+            loss: `"mse"`, `"binary_cross_entropy"` or `"softmax_cross_entropy"`.
+            label_smoothing: for the softmax cross-entropy.
+            mask: `(B,)`, which examples count (all by default).
+            l1, l2: penalty strengths; where: which leaves they cover (path predicate or regex).
+            train: training mode (batch statistics, dropout).
+            masks: dropout keep masks, when training with dropout.
+            dtype: the float type of the computation (float64 by default).
+
+        Returns:
+            `(objective, grads, new_state)`; `grads` has the params' tree structure.
+        """
+        params, state = _as_numpy(params, dtype), _as_numpy(state, dtype)
+        x = np.asarray(x, dtype)
+        y = np.asarray(y)
+        if y.dtype.kind == "f":
+            y = y.astype(dtype)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; they must "
+                             f"have the same length along the batch axis")
+        outputs, cache, new_state = self.forward(params, state, x, train=train, masks=masks)
+        value_fn, grad_fn = _LOSSES[loss]
+        extra = {"label_smoothing": label_smoothing} if loss == "softmax_cross_entropy" else {}
+        weights = losses.mean_weights(None if mask is None else np.asarray(mask), x.shape[0])
+        objective = float(np.sum(weights * value_fn(outputs, y, **extra)))
+        _, grads = self.backward(params, cache, grad_fn(outputs, y, weights, **extra))
+        if l1:
+            objective += l1 * regularizers.l1(params, where=where)
+            grads = _add(grads, regularizers.l1_grad(params, where=where), l1)
+        if l2:
+            objective += l2 * regularizers.l2(params, where=where)
+            grads = _add(grads, regularizers.l2_grad(params, where=where), l2)
+        return objective, grads, new_state
+
+
+_LOSSES = {
+    "mse": (losses.mse, losses.mse_grad),
+    "binary_cross_entropy": (losses.binary_cross_entropy, losses.binary_cross_entropy_grad),
+    "softmax_cross_entropy": (losses.softmax_cross_entropy, losses.softmax_cross_entropy_grad),
+}
+
+
+def _add(tree, other, scale):
+    if isinstance(tree, Mapping):
+        return {k: _add(v, other[k], scale) for k, v in tree.items()}
+    return tree + scale * other
+
+
+def build(spec: Any) -> Network:
+    """The NumPy twin of the model described by `spec`; raises `UnknownLayerError` for a kind
+    the reference does not know, naming it and its path."""
+    return Network(spec)
+
+
+def numpy_masks(rng: np.random.Generator) -> Callable[[str, tuple, float], np.ndarray]:
+    """Dropout keep masks drawn with NumPy, for training on the reference alone."""
+    return lambda path, shape, rate: rng.random(shape) >= rate
