@@ -40,10 +40,14 @@ TOLERANCES = {
     "float64": {"reference": 1e-10, "finite_differences": 1e-6, "forward": 1e-10},
     "float32": {"reference": 2e-3, "finite_differences": 2e-3, "forward": 1e-4},
 }
-FLOOR = 1e-4  # relative errors are floored at this fraction of a parameter's largest gradient
+# Relative errors are floored at FLOOR times a parameter's largest gradient, and at GLOBAL_FLOOR
+# times the largest gradient of the whole model: a gradient that is exactly zero in theory (a
+# bias right before batch norm) comes out as rounding noise on both sides.
+FLOOR = 1e-4
+GLOBAL_FLOOR = {"float64": 1e-4, "float32": 1e-3}
 FD_STEP = 1e-5  # central-difference step, relative to max(1, |p|), in float64
 KINK = 1e-2  # left and right slopes differing by more than this fraction mark a kink
-FD_NOISE = 1e-4  # finite differences resolve gradients down to about this times max(1, |f|)
+FD_NOISE = 1e-3  # finite differences resolve gradients down to about this times max(1, |f|)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +311,10 @@ def _report(dtype, grads, ref_grads, fd, value, ref_value, outputs, ref_out, new
             ref_state) -> GradReport:
     tol = TOLERANCES[dtype]
     fd_points, kinks, f0 = fd if fd is not None else ({}, 0, value)
-    fd_floor = FD_NOISE * max(1.0, abs(f0))
+    global_scale = max((float(np.max(np.abs(np.asarray(g, np.float64)), initial=0.0))
+                        for g in jax.tree.leaves(grads)), default=0.0)
+    model_floor = max(GLOBAL_FLOOR[dtype] * global_scale, 1e-300)
+    fd_floor = max(FD_NOISE * max(1.0, abs(f0)), model_floor)
     references = {path_of(k): np.asarray(v, np.float64)
                   for k, v in jax.tree_util.tree_flatten_with_path(ref_grads)[0]}
     checks, worst = [], None
@@ -315,7 +322,7 @@ def _report(dtype, grads, ref_grads, fd, value, ref_value, outputs, ref_out, new
         path = path_of(keypath)
         a, b = np.asarray(leaf, np.float64), references[path]
         scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
-        rel = _rel(a, b, max(FLOOR * scale, 1e-300))
+        rel = _rel(a, b, max(FLOOR * scale, model_floor))
         i = np.unravel_index(int(np.argmax(rel)), a.shape) if a.size else ()
         worst = _worse(worst, Worst("reference", path, tuple(int(j) for j in i),
                                     float(a[i]), float(b[i]), float(rel[i])), tol)

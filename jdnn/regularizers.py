@@ -96,6 +96,12 @@ def _sum_over(params: Params, where: Where, fn: Callable[[Array], Array]) -> Arr
     return _total([jnp.sum(fn(leaf)) for leaf in _selected(params, where)])
 
 
+def _abs(w: Array) -> Array:
+    """|w| written as w * sign(w), so that its gradient is sign(w), 0 at w = 0 (the subgradient
+    that leaves a zero weight at zero), where jax.grad(jnp.abs) would give 1 at 0."""
+    return w * jnp.sign(w)
+
+
 def l1(params: Params, *, where: Where = is_weight) -> Array:
     """The L1 norm of the selected leaves: `sum(|w|)` over every entry. Its gradient is `sign(w)`.
 
@@ -110,7 +116,7 @@ def l1(params: Params, *, where: Where = is_weight) -> Array:
     Example:
         >>> loss = data_loss + 1e-4 * jdnn.regularizers.l1(params)
     """
-    return _sum_over(params, where, jnp.abs)
+    return _sum_over(params, where, _abs)
 
 
 def l2(params: Params, *, where: Where = is_weight) -> Array:
@@ -161,7 +167,7 @@ class Penalty:
         select = _selector(self.where)
         terms = []
         if isinstance(self.l1, jax.Array) or self.l1 != 0:
-            terms.append(self.l1 * _sum_over(params, select, jnp.abs))
+            terms.append(self.l1 * _sum_over(params, select, _abs))
         if isinstance(self.l2, jax.Array) or self.l2 != 0:
             terms.append(self.l2 * _sum_over(params, select, jnp.square))
         return _total(terms)

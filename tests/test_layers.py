@@ -6,6 +6,7 @@ test_layers_<family>.py.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import chex
@@ -58,15 +59,16 @@ class Case:
 VEC = (4, 5)
 IMG = (2, 5, 6, 3)
 
+# Weight shapes repeat across cases on purpose: each new shape costs an initializer compile.
 CASES = [
     Case("dense", lambda: Dense(3), VEC, has_params=True),
     Case("dense_no_bias", lambda: Dense(3, use_bias=False), VEC, has_params=True),
-    Case("conv_same_s1", lambda: Conv2D(4, (3, 3)), IMG, has_params=True),
-    Case("conv_same_s2", lambda: Conv2D(4, 3, strides=2), IMG, has_params=True),
-    Case("conv_valid_s1", lambda: Conv2D(4, 3, padding="VALID"), IMG, has_params=True),
-    Case("conv_valid_s2", lambda: Conv2D(4, 3, strides=2, padding="VALID"), IMG, has_params=True),
-    Case("conv_nonsquare_same", lambda: Conv2D(2, (3, 2), strides=(2, 1)), IMG, has_params=True),
-    Case("conv_nonsquare_valid", lambda: Conv2D(2, (2, 3), (1, 2), "VALID"), IMG, has_params=True),
+    Case("conv_same_s1", lambda: Conv2D(3, (3, 3)), IMG, has_params=True),
+    Case("conv_same_s2", lambda: Conv2D(3, 3, strides=2), IMG, has_params=True),
+    Case("conv_valid_s1", lambda: Conv2D(3, 3, padding="VALID"), IMG, has_params=True),
+    Case("conv_valid_s2", lambda: Conv2D(3, 3, strides=2, padding="VALID"), IMG, has_params=True),
+    Case("conv_nonsquare_same", lambda: Conv2D(3, (3, 2), strides=(2, 1)), IMG, has_params=True),
+    Case("conv_nonsquare_valid", lambda: Conv2D(3, (3, 2), (1, 2), "VALID"), IMG, has_params=True),
     Case("maxpool_valid", lambda: MaxPool2D(2), IMG, inputs="distinct"),
     Case("maxpool_same_s2", lambda: MaxPool2D(3, strides=2, padding="SAME"), IMG,
          inputs="distinct"),
@@ -86,15 +88,15 @@ CASES = [
     Case("gelu_tanh", lambda: Gelu(approximate=True), VEC),
     Case("gelu_erf", lambda: Gelu(approximate=False), VEC),
     Case("elu", lambda: Elu(0.7), VEC),
-    Case("serial_mlp", lambda: serial(Dense(4), Tanh(), Dropout(0.3), Dense(3)), VEC,
+    Case("serial_mlp", lambda: serial(Dense(3), Tanh(), Dropout(0.3), Dense(3)), VEC,
          has_params=True),
-    Case("serial_cnn", lambda: serial(Conv2D(3, 3), BatchNorm(), Tanh(), AvgPool2D(2), Flatten(),
-                                      Dense(2)), (2, 6, 6, 2), has_params=True),
-    Case("serial_nested", lambda: serial(Dense(4), serial(Dense(3), Sigmoid())), VEC,
+    Case("serial_cnn", lambda: serial(Conv2D(3, 3, strides=2), BatchNorm(), Tanh(), AvgPool2D(2),
+                                      Flatten(), Dense(3)), IMG, has_params=True),
+    Case("serial_nested", lambda: serial(Dense(3), serial(Dense(3), Sigmoid())), VEC,
          has_params=True),
-    Case("residual_mlp", lambda: residual(serial(Dense(5), Tanh(), Dense(5))), VEC,
+    Case("residual_mlp", lambda: residual(serial(Dense(3), Tanh(), Dense(5))), VEC,
          has_params=True),
-    Case("residual_conv", lambda: residual(Conv2D(3, 3)), (2, 4, 4, 3), has_params=True),
+    Case("residual_conv", lambda: residual(Conv2D(3, 3)), IMG, has_params=True),
 ]
 
 # Layers whose apply also works on one example without a batch axis.
@@ -106,10 +108,23 @@ all_cases = pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 modes = pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 
 
-def _setup(case, key, dtype=np.float32):
+@functools.cache
+def _initialized(case):
     layer = case.make()
-    out_shape, params, state = layer.init(key, case.shape)
-    return layer, out_shape, params, state, jnp.asarray(case.x(dtype=dtype))
+    return (layer, *layer.init(jax.random.key(0), case.shape))
+
+
+def _setup(case, x64=False):
+    """The case's layer, output shape, params, state and input, initialized once per case.
+
+    With `x64` (inside `jax.enable_x64`), params, state and input are cast to float64; that the
+    initializers themselves honor x64 is checked once, in test_init_under_x64_gives_float64.
+    """
+    layer, out_shape, params, state = _initialized(case)
+    x = jnp.asarray(case.x())
+    if x64:
+        params, state, x = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, state, x))
+    return layer, out_shape, params, state, x
 
 
 def test_every_layer_kind_is_covered():
@@ -132,8 +147,8 @@ def test_every_layer_kind_is_covered():
 
 @all_cases
 @modes
-def test_init_shape_equals_apply_shape(case, train, key):
-    layer, out_shape, params, state, x = _setup(case, key)
+def test_init_shape_equals_apply_shape(case, train):
+    layer, out_shape, params, state, x = _setup(case)
     assert isinstance(out_shape, tuple) and all(isinstance(d, int) for d in out_shape)
     y, new_state = layer.apply(params, state, x, key=jax.random.key(1), train=train)
     assert y.shape == out_shape
@@ -143,7 +158,7 @@ def test_init_shape_equals_apply_shape(case, train, key):
 
 @all_cases
 def test_apply_works_for_any_batch_size(case, key):
-    layer, out_shape, params, state, _ = _setup(case, key)
+    layer, out_shape, params, state, _ = _setup(case)
     x = jnp.asarray(case.x(batch=3))
     y, _ = layer.apply(params, state, x, key=jax.random.key(1), train=True)
     assert y.shape == (3, *out_shape[1:])
@@ -152,8 +167,8 @@ def test_apply_works_for_any_batch_size(case, key):
 
 
 @all_cases
-def test_params_presence_matches_case(case, key):
-    _, _, params, _, _ = _setup(case, key)
+def test_params_presence_matches_case(case):
+    _, _, params, _, _ = _setup(case)
     assert bool(jax.tree.leaves(params)) == case.has_params
 
 
@@ -161,16 +176,16 @@ def test_params_presence_matches_case(case, key):
 
 
 @all_cases
-def test_batch_equals_vmap_over_examples(case, key):
-    layer, _, params, state, x = _setup(case, key)
+def test_batch_equals_vmap_over_examples(case):
+    layer, _, params, state, x = _setup(case)
     batch, _ = layer.apply(params, state, x)
     per_example = jax.vmap(lambda xi: layer.apply(params, state, xi[None])[0][0])(x)
     np.testing.assert_allclose(per_example, batch, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", [BY_NAME[n] for n in UNBATCHED], ids=lambda c: c.name)
-def test_batch_equals_plain_vmap(case, key):
-    layer, _, params, state, x = _setup(case, key)
+def test_batch_equals_plain_vmap(case):
+    layer, _, params, state, x = _setup(case)
     batch, _ = layer.apply(params, state, x)
     per_example = jax.vmap(lambda xi: layer.apply(params, state, xi)[0])(x)
     np.testing.assert_allclose(per_example, batch, rtol=1e-5, atol=1e-5)
@@ -181,8 +196,8 @@ def test_batch_equals_plain_vmap(case, key):
 
 @all_cases
 @modes
-def test_jit_equals_eager(case, train, key):
-    layer, _, params, state, x = _setup(case, key)
+def test_jit_equals_eager(case, train):
+    layer, _, params, state, x = _setup(case)
     k = jax.random.key(2)
     eager = layer.apply(params, state, x, key=k, train=train)
     jitted = jax.jit(layer.apply, static_argnames="train")(params, state, x, key=k, train=train)
@@ -211,13 +226,21 @@ SECOND_ORDER = {"dense", "sigmoid", "tanh", "softmax", "gelu_tanh", "gelu_erf", 
 
 def _check_grads(f, args, case):
     order = 2 if case.name in SECOND_ORDER else 1
-    check_grads(f, args, order=order, modes=("rev",))
+    check_grads(jax.jit(f), args, order=order, modes=("rev",))
+
+
+def test_init_under_x64_gives_float64():
+    with jax.enable_x64(True):
+        for layer in (Dense(3), Conv2D(3, 3), BatchNorm(), PRelu()):
+            _, params, state = layer.init(jax.random.key(0), IMG)
+            for leaf in jax.tree.leaves((params, state)):
+                assert leaf.dtype == jnp.float64
 
 
 @pytest.mark.parametrize("case, train", GRAD_CASES)
 def test_grads_wrt_input(case, train):
     with jax.enable_x64(True):
-        layer, _, params, state, x = _setup(case, jax.random.key(0), dtype=np.float64)
+        layer, _, params, state, x = _setup(case, x64=True)
         assert x.dtype == jnp.float64
         k = jax.random.key(3)
         _check_grads(lambda x: layer.apply(params, state, x, key=k, train=train)[0], (x,), case)
@@ -226,11 +249,10 @@ def test_grads_wrt_input(case, train):
 @pytest.mark.parametrize("case, train", PARAM_GRAD_CASES)
 def test_grads_wrt_params(case, train):
     with jax.enable_x64(True):
-        layer, _, params, state, x = _setup(case, jax.random.key(0), dtype=np.float64)
+        layer, _, params, state, x = _setup(case, x64=True)
         # biases start at zero and BatchNorm at the identity: move off the special point
         params = jax.tree.map(
             lambda p: p + 0.1 * jax.random.normal(jax.random.key(4), p.shape, p.dtype), params)
-        assert all(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(params))
         k = jax.random.key(3)
         _check_grads(lambda p: layer.apply(p, state, x, key=k, train=train)[0], (params,), case)
 

@@ -81,7 +81,8 @@ def test_params_match_optax_after_five_steps(make, make_optax):
     expected, _ = _run_optax(make_optax, params, grads)
     _assert_trees_close(got, expected)
     assert got["1_relu"] == {}
-    moved = max(np.abs(a - b).max() for a, b in zip(tree_leaves(got), tree_leaves(params), strict=True))
+    pairs = zip(tree_leaves(got), tree_leaves(params), strict=True)
+    moved = max(np.abs(a - b).max() for a, b in pairs)
     assert moved > 1e-3  # the optimizer really moved the params
 
 
