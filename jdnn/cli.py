@@ -7,8 +7,8 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import sys
+import tempfile
 from importlib import metadata
 
 

@@ -13,9 +13,25 @@ from typing import NamedTuple
 import numpy as np
 
 from jdnn.core import Layer, Shape
-from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Elu, Flatten, Gelu,
-                         LeakyRelu, MaxPool2D, PRelu, Relu, Sigmoid, Softmax, Tanh, residual,
-                         serial)
+from jdnn.layers import (
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Elu,
+    Flatten,
+    Gelu,
+    LeakyRelu,
+    MaxPool2D,
+    PRelu,
+    Relu,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    residual,
+    serial,
+)
 
 
 def xor_sigmoid(outputs: int = 1) -> Layer:
@@ -39,7 +55,7 @@ def cnn(outputs: int = 10) -> Layer:
 
 
 def residual_mlp(outputs: int = 10) -> Layer:
-    """Residual blocks with GELU (both forms), tanh and a softmax bottleneck (inputs: 8 features)."""
+    """Residual blocks with GELU (both forms), tanh and a softmax bottleneck (8 features)."""
     return serial(Dense(8), Tanh(),
                   residual(serial(Dense(8), Gelu(), Dense(8))),
                   residual(serial(Dense(8), Gelu(approximate=False))),

@@ -31,7 +31,7 @@ def backward(params, cache, dy):
     Entry by entry, y[r, j] = sum_i x[r, i] w[i, j] + b[j] for every row r (a row is one
     position of the leading axes). Hence
 
-        dx[r, i] = sum_j dy[r, j] w[i, j]     ->  dx = 1.0000001 * dy @ w.T
+        dx[r, i] = sum_j dy[r, j] w[i, j]     ->  dx = dy @ w.T
         dw[i, j] = sum_r x[r, i] dy[r, j]     ->  dw = X.T @ DY
         db[j]    = sum_r dy[r, j]             ->  db = DY summed over rows
 
