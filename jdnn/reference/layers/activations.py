@@ -13,6 +13,8 @@ At a kink the derivative is a choice; the reference makes the one JAX makes (jax
 
 Each kind is exposed as a namespace with `forward(params, x, **hparams) -> (y, cache)` and
 `backward(params, cache, dy) -> (dx, dparams)`, e.g. `relu.forward`, `gelu.backward`.
+Shapes: `x`, `y`, `dy` and `dx` all share one shape, any rank (PRelu and Softmax act on the
+last axis, which must exist); `params` is `{}` except PRelu's `{"alpha": (F,)}`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ import numpy as np
 
 
 def relu_forward(params, x):
-    """`y = max(x, 0)`. Args: `params` `{}`, `x` any shape. Returns `(y, x)`."""
+    """`y = max(x, 0)`.
+
+    Args:
+        params: `{}`.
+        x: inputs of any shape.
+
+    Returns:
+        `(y, cache)`: `y` of `x`'s shape; the cache is `x`.
+    """
     del params
     return np.maximum(x, 0), x
 
@@ -49,7 +59,12 @@ def sigmoid_forward(params, x):
     Computed with `e = exp(-|x|)`, which never overflows: `1 / (1 + e)` for `x >= 0` and the
     equal `e / (1 + e)` for `x < 0` (accurate even where `y` is tiny).
 
-    Returns `(y, y)`: the backward needs only the output.
+    Args:
+        params: `{}`.
+        x: inputs of any shape.
+
+    Returns:
+        `(y, cache)`: `y` of `x`'s shape; the cache is `y`, all the backward needs.
     """
     del params
     e = np.exp(-np.abs(x))
@@ -71,7 +86,15 @@ def sigmoid_backward(params, cache, dy):
 
 
 def tanh_forward(params, x):
-    """`y = tanh(x)`. Returns `(y, y)`."""
+    """`y = tanh(x)`.
+
+    Args:
+        params: `{}`.
+        x: inputs of any shape.
+
+    Returns:
+        `(y, cache)`: `y` of `x`'s shape; the cache is `y`.
+    """
     del params
     y = np.tanh(x)
     return y, y
@@ -88,7 +111,16 @@ def tanh_backward(params, cache, dy):
 
 
 def leaky_relu_forward(params, x, *, negative_slope):
-    """`y = x` for `x >= 0`, `negative_slope * x` below. Returns `(y, (x, negative_slope))`."""
+    """`y = x` for `x >= 0`, `negative_slope * x` below.
+
+    Args:
+        params: `{}`.
+        x: inputs of any shape.
+        negative_slope: the slope for negative inputs.
+
+    Returns:
+        `(y, cache)`: `y` of `x`'s shape; the cache is `(x, negative_slope)`.
+    """
     del params
     return np.where(x >= 0, x, negative_slope * x), (x, negative_slope)
 
@@ -114,7 +146,7 @@ def prelu_forward(params, x):
         x: inputs `(..., F)`.
 
     Returns:
-        `(y, x)`.
+        `(y, cache)`: `y` of `x`'s shape; the cache is `x`.
     """
     return np.where(x >= 0, x, params["alpha"] * x), x
 
@@ -142,7 +174,16 @@ def prelu_backward(params, cache, dy):
 
 
 def elu_forward(params, x, *, alpha):
-    """`y = x` for `x > 0`, `alpha * (exp(x) - 1)` for `x <= 0`. Returns `(y, (x, y, alpha))`."""
+    """`y = x` for `x > 0`, `alpha * (exp(x) - 1)` for `x <= 0`.
+
+    Args:
+        params: `{}`.
+        x: inputs of any shape.
+        alpha: the negative saturation value.
+
+    Returns:
+        `(y, cache)`: `y` of `x`'s shape; the cache is `(x, y, alpha)`.
+    """
     del params
     y = np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
     return y, (x, y, alpha)
@@ -171,8 +212,13 @@ def gelu_forward(params, x, *, approximate):
     `approximate=True`: `Phi(x) ~ (1 + tanh(u)) / 2` with `u = sqrt(2/pi) (x + 0.044715 x^3)`
     (JAX's default). `approximate=False`: `Phi(x) = erfc(-x / sqrt(2)) / 2` exactly.
 
+    Args:
+        params: `{}`.
+        x: inputs of any shape.
+        approximate: the tanh approximation (True) or the exact erf form (False).
+
     Returns:
-        `(y, cache)` with `y` of `x`'s shape.
+        `(y, cache)`: `y` of `x`'s shape; the cache holds `x` and `tanh(u)` or `Phi(x)`.
     """
     del params
     if approximate:
@@ -210,8 +256,18 @@ def gelu_backward(params, cache, dy):
 
 
 def softmax_forward(params, x):
-    """`y = exp(x) / sum(exp(x))` over the last axis, computed as `exp(x - max(x))` / sum so
-    large inputs cannot overflow (the shift cancels). Returns `(y, y)`."""
+    """`y = exp(x) / sum(exp(x))` over the last axis.
+
+    Computed as `exp(x - max(x)) / sum(exp(x - max(x)))`: the shift cancels, and no `exp`
+    overflows however large the inputs.
+
+    Args:
+        params: `{}`.
+        x: inputs `(..., K)`, normalized over the last axis.
+
+    Returns:
+        `(y, cache)`: `y` of `x`'s shape, each last-axis row summing to 1; the cache is `y`.
+    """
     del params
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     y = e / e.sum(axis=-1, keepdims=True)
