@@ -137,7 +137,13 @@ def check_hparam(kind: str, name: str, value: Any, ok: bool, expected: str) -> N
 
 def positive_ints(kind: str, name: str, value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
     """Normalizes an int or an n-tuple of ints (e.g. a kernel size) and checks each is >= 1."""
-    values = (value,) * n if isinstance(value, int) else tuple(value)
+    if isinstance(value, int):
+        values = (value,) * n
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            values = ()
     ok = len(values) == n and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
     check_hparam(kind, name, value, ok and all(v >= 1 for v in values),
                  f"a positive int or a tuple of {n} positive ints")

@@ -36,7 +36,14 @@ def resolve(kind: str, arg: str, value: str | Initializer) -> tuple[Initializer,
         raise ValueError(f"{kind}: {arg} must be an initializer or the name of one in "
                          f"jax.nn.initializers (e.g. 'lecun_normal', 'he_normal', 'zeros'), "
                          f"got {value!r}")
-    return (factory if value in _DIRECT else factory()), value
+    if value in _DIRECT:
+        return factory, value
+    try:
+        return factory(), value
+    except TypeError:
+        raise ValueError(f"{kind}: {arg} {value!r} names an initializer factory that needs "
+                         f"arguments; pass the initializer itself, e.g. "
+                         f"{arg}=jax.nn.initializers.{value}(...)") from None
 
 
 def _describe(fn: Initializer) -> str:

@@ -1,0 +1,115 @@
+"""BatchNorm: batch statistics in training, running statistics in evaluation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.test_util import check_grads
+
+from jdnn.layers import BatchNorm
+
+EPS = 1e-5
+
+
+def _data(shape=(64, 4), seed=0):
+    rng = np.random.default_rng(seed)
+    offsets, scales = np.array([3.0, -2.0, 0.0, 10.0]), np.array([1.0, 5.0, 0.5, 2.0])
+    return (rng.normal(size=shape) * scales + offsets).astype(np.float32)
+
+
+def test_train_mode_normalizes_each_feature(key):
+    layer = BatchNorm()
+    _, params, state = layer.init(key, (64, 4))
+    y, _ = layer.apply(params, state, jnp.asarray(_data()), train=True)
+    np.testing.assert_allclose(y.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axis=0), 1.0, rtol=1e-3)
+
+
+def test_train_mode_normalizes_images_per_channel(key):
+    layer = BatchNorm()
+    _, params, state = layer.init(key, (4, 3, 3, 4))
+    x = _data((4, 3, 3, 4))
+    y, new_state = layer.apply(params, state, jnp.asarray(x), train=True)
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axis=(0, 1, 2)), 1.0, rtol=1e-3)
+    np.testing.assert_allclose(new_state["mean"], 0.1 * x.mean(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def test_running_statistics_update_exactly(key):
+    layer = BatchNorm(momentum=0.8)
+    _, params, _ = layer.init(key, (64, 4))
+    state = {"mean": jnp.array([1.0, -1.0, 0.5, 2.0]), "var": jnp.array([2.0, 0.5, 1.0, 3.0])}
+    x = _data()
+    _, new_state = layer.apply(params, state, jnp.asarray(x), train=True)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(new_state["mean"],
+                               0.8 * np.asarray(state["mean"]) + 0.2 * x64.mean(axis=0),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new_state["var"],  # the biased batch variance
+                               0.8 * np.asarray(state["var"]) + 0.2 * x64.var(axis=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_running_statistics_converge_to_the_data(key):
+    layer = BatchNorm(momentum=0.5)
+    _, params, state = layer.init(key, (64, 4))
+    x = _data()
+    for _ in range(30):
+        _, state = layer.apply(params, state, jnp.asarray(x), train=True)
+    np.testing.assert_allclose(state["mean"], x.mean(axis=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(state["var"], x.var(axis=0), rtol=1e-4)
+
+
+def test_eval_mode_uses_running_statistics():
+    layer = BatchNorm(eps=EPS)
+    params = {"scale": jnp.array([1.0, 2.0, 0.5, -1.0]), "bias": jnp.array([0.0, 1.0, -1.0, 3.0])}
+    state = {"mean": jnp.array([3.0, -2.0, 0.0, 10.0]), "var": jnp.array([1.0, 25.0, 0.25, 4.0])}
+    x = _data((5, 4))
+    y, new_state = layer.apply(params, state, jnp.asarray(x))
+    p, s = jax.tree.map(np.asarray, (params, state))
+    expected = (x - s["mean"]) / np.sqrt(s["var"] + EPS) * p["scale"] + p["bias"]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    assert new_state is state or jax.tree.all(jax.tree.map(jnp.array_equal, new_state, state))
+
+
+def test_batch_of_one_in_eval_mode(key):
+    layer = BatchNorm()
+    _, params, state = layer.init(key, (8, 4))
+    x = _data((8, 4))
+    for _ in range(5):
+        _, state = layer.apply(params, state, jnp.asarray(x), train=True)
+    batch, _ = layer.apply(params, state, jnp.asarray(x))
+    one, _ = layer.apply(params, state, jnp.asarray(x[:1]))
+    assert np.all(np.abs(np.asarray(one)) > 1e-3)
+    np.testing.assert_allclose(one[0], batch[0], rtol=1e-6)
+
+
+def test_train_mode_gradients_flow_through_batch_statistics(key):
+    layer = BatchNorm()
+    _, params, state = layer.init(key, (16, 4))
+    x = jnp.asarray(_data((16, 4)))
+    # each feature of y sums to zero over the batch whatever x is, so d(sum y)/dx = 0; a layer
+    # that treated the batch mean as a constant would give 1/std per entry instead
+    grad = jax.grad(lambda x: layer.apply(params, state, x, train=True)[0].sum())(x)
+    np.testing.assert_allclose(grad, 0.0, atol=1e-5)
+    with jax.enable_x64(True):
+        _, params, state = layer.init(key, (16, 4))
+        params = {"scale": params["scale"] * 1.5, "bias": params["bias"] + 0.5}
+        x64 = jnp.asarray(_data((16, 4)), jnp.float64)
+
+        def f(x, params):
+            return layer.apply(params, state, x, train=True)[0]
+
+        check_grads(f, (x64, params), order=1, modes=("rev",))
+
+
+def test_momentum_zero_keeps_only_the_last_batch(key):
+    layer = BatchNorm(momentum=0.0)
+    _, params, state = layer.init(key, (64, 4))
+    x = _data()
+    _, new_state = layer.apply(params, state, jnp.asarray(x), train=True)
+    np.testing.assert_allclose(new_state["mean"], x.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_spec():
+    spec = BatchNorm(momentum=0.99, eps=1e-3).spec
+    assert (spec.kind, spec["momentum"], spec["eps"]) == ("BatchNorm", 0.99, 1e-3)
