@@ -25,7 +25,7 @@ Y = jnp.array([0.0, 1.0, 1.0, 0.0])
 
 
 def build_model(relu: bool) -> jdnn.Layer:
-    """2-3-2-1 with sigmoid hidden units (the tutorial's net) or a ReLU variant, emitting a logit."""
+    """2-3-2-1 with sigmoid hidden units (the tutorial's net) or a ReLU variant; emits a logit."""
     if relu:
         return jdnn.serial(jdnn.Dense(8, w_init="he_normal"), jdnn.Relu(),
                            jdnn.Dense(8, w_init="he_normal"), jdnn.Relu(), jdnn.Dense(1))

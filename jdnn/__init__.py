@@ -5,8 +5,9 @@ and optimizer state go in as arguments and come out as results, so `jax.grad`, `
 `jax.vmap` and sharding compose with every layer. See `jdnn.core` for the contract.
 """
 
-from jdnn import losses, metrics, regularizers
+from jdnn import losses, metrics, reference, regularizers
 from jdnn.core import Layer, LayerError, Spec
+from jdnn.gradcheck import GradReport, check_gradients
 from jdnn.layers import (
                          AvgPool2D,
                          BatchNorm,
@@ -31,7 +32,8 @@ from jdnn.train import TrainState, make_eval_step, make_train_step
 __version__ = "0.1.0"
 
 __all__ = [
-    "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Flatten", "Gelu", "Layer",
+    "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Flatten", "Gelu",
+    "GradReport", "Layer", "check_gradients", "reference",
     "LayerError", "LeakyRelu", "MaxPool2D", "PRelu", "Relu", "Sigmoid", "Softmax", "Spec", "Tanh",
     "TrainState", "losses", "make_eval_step", "make_train_step", "metrics", "regularizers",
     "residual", "serial", "__version__",
