@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 Array = jax.Array
 Shape = tuple[int, ...]
@@ -159,11 +160,11 @@ def padding_mode(kind: str, padding: str) -> str:
 
 def check_input_shape(kind: str, input_shape: Any, min_rank: int = 1) -> Shape:
     """Checks an `init` input shape is a tuple of non-negative ints of rank >= `min_rank`."""
-    try:
-        shape = tuple(int(d) for d in input_shape)
-    except TypeError:
-        detail = f"input_shape must be a tuple of ints, got {input_shape!r}"
-        raise LayerError(kind, detail) from None
+    dims = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                               for d in dims):
+        raise LayerError(kind, f"input_shape must be a tuple of ints, got {input_shape!r}")
+    shape = tuple(int(d) for d in dims)
     if len(shape) < min_rank or any(d < 0 for d in shape):
         raise LayerError(kind, f"expected an input_shape of rank >= {min_rank} (batch axis first),"
                                f" got {shape}")

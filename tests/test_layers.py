@@ -168,13 +168,11 @@ def test_init_shape_equals_apply_shape(case, train):
 
 
 @all_cases
-def test_apply_works_for_any_batch_size(case, key):
-    layer, out_shape, params, state, _ = _setup(case)
-    x = jnp.asarray(case.x(batch=3))
-    y, _ = layer.apply(params, state, x, key=jax.random.key(1), train=True)
-    assert y.shape == (3, *out_shape[1:])
-    # init threads whatever batch size it is given
-    assert layer.init(key, (7, *case.shape[1:]))[0] == (7, *out_shape[1:])
+def test_init_threads_any_batch_size(case, key):
+    layer, out_shape, params, _, _ = _setup(case)
+    other_shape, other_params, _ = layer.init(key, (7, *case.shape[1:]))
+    assert other_shape == (7, *out_shape[1:])
+    chex.assert_trees_all_equal_shapes(other_params, params)
 
 
 @all_cases
@@ -216,9 +214,8 @@ def test_jit_equals_eager(case, train):
 
 # --- gradients, in float64 -------------------------------------------------------------------
 
-# Second order too where the layer is smooth and cheap to differentiate twice.
-SECOND_ORDER = {"dense", "sigmoid", "tanh", "softmax", "gelu_tanh", "gelu_erf", "elu",
-                "batchnorm", "residual_mlp"}
+# Second order too for a smooth activation and for batch norm's statistics (each costs a compile).
+SECOND_ORDER = {"gelu_tanh", "batchnorm"}
 
 
 def test_init_under_x64_gives_float64():
@@ -234,8 +231,8 @@ def test_grads_wrt_input_and_params(case, train):
     with jax.enable_x64(True):
         layer, _, params, state, x = _setup(case, x64=True)
         # biases start at zero and BatchNorm at the identity: move off that special point
-        params = jax.tree.map(
-            lambda p: p + 0.1 * jax.random.normal(jax.random.key(4), p.shape, p.dtype), params)
+        rng = np.random.default_rng(4)
+        params = jax.tree.map(lambda p: p + 0.1 * rng.normal(size=p.shape), params)
         assert x.dtype == jnp.float64
         k = jax.random.key(3)
 
