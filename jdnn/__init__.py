@@ -5,29 +5,16 @@ and optimizer state go in as arguments and come out as results, so `jax.grad`, `
 `jax.vmap` and sharding compose with every layer. See `jdnn.core` for the contract.
 """
 
-from jdnn import losses, metrics, reference, regularizers
+from jdnn import data, losses, metrics, reference, regularizers
 from jdnn.core import Layer, LayerError, Spec
 from jdnn.gradcheck import GradReport, check_gradients
-from jdnn.layers import (
-                         AvgPool2D,
-                         BatchNorm,
-                         Conv2D,
-                         Dense,
-                         Dropout,
-                         Elu,
-                         Flatten,
-                         Gelu,
-                         LeakyRelu,
-                         MaxPool2D,
-                         PRelu,
-                         Relu,
-                         Sigmoid,
-                         Softmax,
-                         Tanh,
-                         residual,
-                         serial,
-)
-from jdnn.train import TrainState, make_eval_step, make_train_step
+from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Elu, Flatten, Gelu,
+                         LeakyRelu, MaxPool2D, PRelu, Relu, Sigmoid, Softmax, Tanh, residual,
+                         serial)
+from jdnn.regularizers import freeze
+from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger, ModelCheckpoint,
+                        ReduceLROnPlateau, TerminateOnNaN, TrainState, evaluate, fit,
+                        make_eval_step, make_train_step, predict)
 
 __version__ = "0.1.0"
 
@@ -36,5 +23,7 @@ __all__ = [
     "GradReport", "Layer", "check_gradients", "reference",
     "LayerError", "LeakyRelu", "MaxPool2D", "PRelu", "Relu", "Sigmoid", "Softmax", "Spec", "Tanh",
     "TrainState", "losses", "make_eval_step", "make_train_step", "metrics", "regularizers",
-    "residual", "serial", "__version__",
+    "residual", "serial", "__version__", "CSVLogger", "Callback", "EarlyStopping", "History",
+    "JSONLogger", "ModelCheckpoint", "ReduceLROnPlateau", "TerminateOnNaN", "data", "evaluate",
+    "fit", "freeze", "predict",
 ]

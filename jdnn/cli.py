@@ -1,14 +1,13 @@
-"""The `jdnn` command line: `info`, `gradcheck` (more subcommands arrive with the features they
-drive: `train`, `bench`, `summary`)."""
+"""The `jdnn` command line: `train` (the main job), `gradcheck`, `info` (more subcommands arrive
+with the features they drive: `bench`, `summary`)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import platform
 import sys
-import tempfile
 from importlib import metadata
 
 
@@ -27,8 +26,17 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from jdnn import run
+
+    fields = {f.name for f in dataclasses.fields(run.Config)}
+    config = run.Config(**{k: v for k, v in vars(args).items() if k in fields})
+    run.train(config)
+    return 0
+
+
 def _gradcheck(args: argparse.Namespace) -> int:
-    from jdnn import gradcheck_zoo, zoo
+    from jdnn import gradcheck_zoo, io, zoo
 
     models = list(zoo.MODELS) if args.model == "all" else [args.model]
     loss_names = list(gradcheck_zoo.LOSSES) if args.loss == "all" else [args.loss]
@@ -40,22 +48,11 @@ def _gradcheck(args: argparse.Namespace) -> int:
             print(row.report, end="\n\n")
     print(gradcheck_zoo.table(rows))
     if args.json:
-        _write_json(args.json, gradcheck_zoo.to_json(rows))
+        io.write_text(args.json, json.dumps(gradcheck_zoo.to_json(rows), indent=2))
     for row in rows:
         if not row.report.ok:
             print(f"FAILED {row.model} / {row.loss}: {row.report.worst}", file=sys.stderr)
     return 0 if all(row.report.ok for row in rows) else 1
-
-
-def _write_json(path: str, data) -> None:
-    """Writes JSON atomically: a temporary file in the same folder, then a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
 
 
 def _version() -> str:
@@ -70,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jdnn", description="jdnn: a functional deep-neural-network library for JAX.")
     parser.add_argument("--version", action="version", version=f"jdnn {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(commands)
     info = commands.add_parser("info", help="print versions and devices (for bug reports)")
     info.set_defaults(run=_info)
 
@@ -91,6 +89,36 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--verbose", action="store_true", help="print each report's full table")
     check.set_defaults(run=_gradcheck)
     return parser
+
+
+def _add_train(commands) -> None:
+    from jdnn import run
+
+    defaults = run.Config()
+    train = commands.add_parser(
+        "train", help="train a built-in model on a built-in dataset (the main job)",
+        description="Trains a model with fit() and writes a run directory: config.json, "
+                    "history.json, final.safetensors, summary.json. With no options: an MLP on "
+                    "scikit-learn's bundled digits with Adam.")
+    train.add_argument("--model", choices=run.MODELS, default=defaults.model)
+    train.add_argument("--dataset", choices=run.DATASETS, default=defaults.dataset)
+    train.add_argument("--data-dir", help="folder with the IDX files for mnist/fashion-mnist")
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--optimizer", choices=run.OPTIMIZERS, default=defaults.optimizer)
+    train.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
+    train.add_argument("--l1", type=float, default=0.0, help="L1 penalty strength (weights)")
+    train.add_argument("--l2", type=float, default=0.0, help="L2 penalty strength (weights)")
+    train.add_argument("--dropout", type=float, default=0.0, help="dropout rate before the head")
+    train.add_argument("--batch-norm", action="store_true", help="batch norm after hidden layers")
+    train.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                       help="stop when the test loss has not improved for PATIENCE epochs")
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--out", help="run directory (default runs/<model>-<dataset>-<time>)")
+    train.add_argument("--resume", metavar="PATH", help="continue from a checkpoint")
+    train.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bar")
+    train.set_defaults(run=_train)
 
 
 def main(argv: list[str] | None = None) -> int:

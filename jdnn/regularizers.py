@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -60,6 +60,12 @@ def leaf_paths(params: Params) -> list[str]:
         >>> jdnn.regularizers.leaf_paths({"0_dense": {"w": w, "b": b}})  # ["0_dense/b", ...]
     """
     return [path_of(keypath) for keypath, _ in tree_util.tree_flatten_with_path(params)[0]]
+
+
+def is_under(path: str, prefixes: Sequence[str]) -> bool:
+    """Whether `path` is one of `prefixes` or lies below one: `"0_conv2d/w"` is under
+    `"0_conv2d"`, but not under `"0_conv"`."""
+    return any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
 def is_weight(path: str) -> bool:
@@ -261,3 +267,40 @@ def l1_proximal(strength: float, learning_rate: float | optax.Schedule, *,
         return new_updates, L1ProximalState(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init, update)
+
+
+# ---------------------------------------------------------------------------------------------
+# Freezing: parameters under given paths receive no update (transfer learning).
+
+
+def freeze(optimizer: optax.GradientTransformation, params: Params,
+           paths: Sequence[str]) -> optax.GradientTransformation:
+    """`optimizer` for every parameter except those under `paths`, which are never updated.
+
+    Built on `optax.multi_transform`: frozen leaves get `optax.set_to_zero()` and carry no
+    optimizer state. Pair with `make_train_step(..., frozen_state=paths)` (or `fit`'s) to also
+    keep their batch-norm statistics fixed.
+
+    Args:
+        optimizer: the optimizer for the trainable parameters.
+        params: the parameter tree (its paths decide what is frozen).
+        paths: path prefixes to freeze, e.g. `["0_conv2d", "1_batchnorm"]`.
+
+    Returns:
+        An optax `GradientTransformation`.
+
+    Raises:
+        ValueError: if a prefix matches no parameter (a typo would otherwise freeze nothing).
+
+    Example:
+        >>> tx = jdnn.freeze(optax.adam(1e-3), params, ["0_conv2d", "1_batchnorm"])
+    """
+    prefixes = [paths] if isinstance(paths, str) else list(paths)
+    all_paths = leaf_paths(params)
+    for prefix in prefixes:
+        if not any(is_under(path, [prefix]) for path in all_paths):
+            raise ValueError(f"freeze: no parameter lies under {prefix!r}; the parameter paths "
+                             f"are {all_paths}")
+    labels = tree_util.tree_map_with_path(
+        lambda keypath, _: "frozen" if is_under(path_of(keypath), prefixes) else "trained", params)
+    return optax.multi_transform({"trained": optimizer, "frozen": optax.set_to_zero()}, labels)

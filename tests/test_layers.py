@@ -92,7 +92,7 @@ CASES = [
                                       Flatten(), Dense(3)), IMG, has_params=True),
     Case("serial_nested", lambda: serial(Dense(3), serial(Dense(3), Sigmoid())), VEC,
          has_params=True),
-    Case("residual_mlp", lambda: residual(serial(Dense(3), Tanh(), Dense(5))), VEC,
+    Case("residual_mlp", lambda: residual(serial(Dense(5), Tanh(), Dense(5))), VEC,
          has_params=True),
     Case("residual_conv", lambda: residual(Conv2D(3, 3)), IMG, has_params=True),
 ]
@@ -184,11 +184,18 @@ def test_params_presence_matches_case(case):
 # --- vmap ------------------------------------------------------------------------------------
 
 
-@all_cases
-def test_batch_equals_vmap_over_examples(case):
+# Batch statistics and dropout masks depend on the whole batch, so in train mode only the layers
+# without them are checked; in eval mode every layer is.
+VMAP_CASES = [pytest.param(c, False, id=f"eval-{c.name}") for c in CASES] + [
+    pytest.param(c, True, id=f"train-{c.name}") for c in CASES if not _uses_train(c)]
+
+
+@pytest.mark.parametrize("case, train", VMAP_CASES)
+def test_batch_equals_vmap_over_examples(case, train):
     layer, _, params, state, x = _setup(case)
-    batch, _ = layer.apply(params, state, x)
-    per_example = jax.vmap(lambda xi: layer.apply(params, state, xi[None])[0][0])(x)
+    batch, _ = layer.apply(params, state, x, train=train)
+    per_example = jax.vmap(
+        lambda xi: layer.apply(params, state, xi[None], train=train)[0][0])(x)
     np.testing.assert_allclose(per_example, batch, rtol=1e-5, atol=1e-5)
 
 
@@ -204,12 +211,23 @@ def test_batch_equals_plain_vmap(case):
 
 
 @pytest.mark.parametrize("case, train", MODE_CASES)
-def test_jit_equals_eager(case, train):
+def test_jit_equals_eager_and_compiles_once(case, train):
     layer, _, params, state, x = _setup(case)
     k = jax.random.key(2)
     eager = layer.apply(params, state, x, key=k, train=train)
-    jitted = jax.jit(layer.apply, static_argnames="train")(params, state, x, key=k, train=train)
+
+    traces = []
+
+    @jax.jit
+    def apply(params, state, x, key):
+        traces.append(1)
+        return layer.apply(params, state, x, key=key, train=train)
+
+    jitted = apply(params, state, x, k)
     chex.assert_trees_all_close(jitted, eager, rtol=1e-5, atol=1e-6)
+    # new values of the same shapes, the new state fed back: no retrace
+    apply(params, jitted[1], 2.0 * x, jax.random.key(5))
+    assert len(traces) == 1
 
 
 # --- gradients, in float64 -------------------------------------------------------------------
@@ -283,9 +301,9 @@ def test_bn_initial_values(key):
 
 
 def test_serial_children_are_keyed_by_index_and_kind(key):
-    model = serial(Conv2D(2, 3), BatchNorm(), LeakyRelu(), MaxPool2D(2), Flatten(), Dropout(0.1),
-                   Dense(3), PRelu(), residual(Dense(3)), Dense(2))
-    _, params, state = model.init(key, (2, 4, 4, 1))
+    model = serial(Conv2D(3, 3), BatchNorm(), LeakyRelu(), MaxPool2D(2), Flatten(), Dropout(0.1),
+                   Dense(3), PRelu(), residual(Dense(3)), Dense(3))
+    _, params, state = model.init(key, (2, 4, 4, 3))
     names = ["0_conv2d", "1_batchnorm", "2_leakyrelu", "3_maxpool2d", "4_flatten", "5_dropout",
              "6_dense", "7_prelu", "8_residual", "9_dense"]
     assert list(params) == names and list(state) == names
@@ -297,17 +315,26 @@ def test_serial_children_are_keyed_by_index_and_kind(key):
     assert set(params["7_prelu"]) == {"alpha"}
     assert set(params["8_residual"]) == {"0_dense"}
     assert set(params["8_residual"]["0_dense"]) == {"w", "b"}
-    assert params["9_dense"]["w"].shape == (3, 2)
+    assert params["6_dense"]["w"].shape == (2 * 2 * 3, 3)
 
 
 def test_nested_serial_params_read_like_paths(key):
-    model = serial(Dense(4), serial(Dense(3), Relu()), Dense(2))
+    model = serial(Dense(3), serial(Dense(3), Relu()), Dense(3))
     _, params, state = model.init(key, (2, 5))
     assert set(params) == {"0_dense", "1_serial", "2_dense"}
     assert set(params["1_serial"]) == {"0_dense", "1_relu"}
-    assert params["1_serial"]["0_dense"]["w"].shape == (4, 3)
+    assert params["1_serial"]["0_dense"]["w"].shape == (3, 3)
     paths = {jax.tree_util.keystr(path, simple=True, separator="/")
              for path, _ in jax.tree_util.tree_leaves_with_path(params)}
     assert paths == {"0_dense/w", "0_dense/b", "1_serial/0_dense/w", "1_serial/0_dense/b",
                      "2_dense/w", "2_dense/b"}
     assert state == {"0_dense": {}, "1_serial": {"0_dense": {}, "1_relu": {}}, "2_dense": {}}
+
+
+def test_flatten_keeps_the_batch_axis(key):
+    layer = Flatten()
+    x = jnp.arange(2 * 3 * 4 * 2.0).reshape(2, 3, 4, 2)
+    out_shape, _, _ = layer.init(key, x.shape)
+    y, _ = layer.apply({}, {}, x)
+    assert out_shape == y.shape == (2, 24)
+    np.testing.assert_array_equal(y, np.asarray(x).reshape(2, 24))

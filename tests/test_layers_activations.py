@@ -77,7 +77,7 @@ def test_prelu_slope_gets_a_gradient(key):
 def test_prelu_learns_the_slope_by_gradient_descent(key):
     layer = PRelu(alpha_init=0.25)
     _, params, state = layer.init(key, (32, 2))
-    x = jax.random.normal(jax.random.key(1), (32, 2))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(32, 2)), jnp.float32)
     target = jnp.where(x >= 0, x, 0.1 * x)
 
     def loss(alpha):

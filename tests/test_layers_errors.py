@@ -95,16 +95,16 @@ def test_dense_init_without_batch_axis_hints(key):
 
 
 def test_init_error_names_the_path_expected_and_received(key):
-    model = serial(Dense(4), Relu(), Conv2D(3, 3))
+    model = serial(Dense(3), Relu(), Conv2D(3, 3))
     with pytest.raises(LayerError, match=r"^Conv2D layer at 2_conv2d: expected an NHWC "
                                          r"input_shape \(batch, height, width, channels\), got "
-                                         r"\(2, 4\)"):
+                                         r"\(2, 3\)"):
         model.init(key, (2, 5))
 
 
 def test_init_error_names_the_nested_path(key):
-    model = serial(Dense(4), serial(Conv2D(3, 3), Relu()))
-    with pytest.raises(LayerError, match=r"^Conv2D layer at 1_serial/0_conv2d: .* got \(2, 4\)"):
+    model = serial(Dense(3), serial(Conv2D(3, 3), Relu()))
+    with pytest.raises(LayerError, match=r"^Conv2D layer at 1_serial/0_conv2d: .* got \(2, 3\)"):
         model.init(key, (2, 5))
     model = serial(Relu(), serial(Relu(), Dense(3)))
     with pytest.raises(LayerError, match=r"^Dense layer at 1_serial/1_dense: input_shape \(6,\) "
@@ -138,7 +138,7 @@ def test_init_rejects_bad_shapes(layer, shape, match, key):
 
 
 def _mlp(key):
-    model = serial(Dense(4), Relu(), Dense(3))
+    model = serial(Dense(3), Relu(), Dense(3))
     _, params, state = model.init(key, (2, 5))
     return model, params, state
 
@@ -153,18 +153,18 @@ def test_apply_error_names_path_expected_and_received(key):
 
 def test_apply_error_in_a_later_child(key):
     model, params, state = _mlp(key)
-    params = {**params, "2_dense": Dense(3).init(key, (1, 7))[1]}  # params of another model
-    with pytest.raises(LayerError, match=r"^Dense layer at 2_dense: .* of size 7, got an input "
-                                         r"of shape \(2, 4\)$"):
+    params = {**params, "2_dense": Dense(3).init(key, (1, 5))[1]}  # params of another model
+    with pytest.raises(LayerError, match=r"^Dense layer at 2_dense: .* of size 5, got an input "
+                                         r"of shape \(2, 3\)$"):
         model.apply(params, state, jnp.ones((2, 5)))
 
 
 def test_apply_error_names_the_nested_path(key):
-    model = serial(Dense(4), serial(Dense(3), Relu()))
+    model = serial(Dense(3), serial(Dense(3), Relu()))
     _, params, state = model.init(key, (2, 5))
-    params["1_serial"]["0_dense"] = Dense(3).init(key, (1, 6))[1]
-    with pytest.raises(LayerError, match=r"^Dense layer at 1_serial/0_dense: .* of size 6, got "
-                                         r"an input of shape \(2, 4\)$"):
+    params["1_serial"]["0_dense"] = Dense(3).init(key, (1, 5))[1]
+    with pytest.raises(LayerError, match=r"^Dense layer at 1_serial/0_dense: .* of size 5, got "
+                                         r"an input of shape \(2, 3\)$"):
         model.apply(params, state, jnp.ones((2, 5)))
 
 
@@ -173,11 +173,11 @@ def test_apply_error_names_the_nested_path(key):
                                   r"\(in_features\) of size 5, got an input of shape \(5, 5, 2\)$"),
     (Dense(3), (1, 5), (4,), r"an input of rank 1 has no batch axis: a batch of N examples has "
                              r"shape \(N, 5\), a single example x\[None\]"),
-    (Conv2D(2, 3), (1, 4, 4, 3), (4, 4, 3), r"Conv2D layer at <root>: expected an NHWC input "
+    (Conv2D(3, 3), (1, 4, 4, 3), (4, 4, 3), r"Conv2D layer at <root>: expected an NHWC input "
                                             r"\(batch, height, width, channels\) of rank 4, got "
                                             r"an input of shape \(4, 4, 3\); a single image needs "
                                             r"a batch axis: x\[None\]"),
-    (Conv2D(2, 3), (1, 4, 4, 3), (1, 4, 4, 2), r"Conv2D layer at <root>: expected input with "
+    (Conv2D(3, 3), (1, 4, 4, 3), (1, 4, 4, 2), r"Conv2D layer at <root>: expected input with "
                                                r"last axis \(channels\) of size 3, got an input "
                                                r"of shape \(1, 4, 4, 2\)"),
     (MaxPool2D(2), (1, 4, 4, 3), (4, 4, 3), r"MaxPool2D layer at <root>: .* x\[None\]"),
@@ -199,11 +199,11 @@ def test_apply_errors_surface_under_jit(key):
     with pytest.raises(LayerError, match=r"^Dense layer at 0_dense: .* got an input of shape "
                                          r"\(2, 6\)"):
         jax.jit(model.apply)(params, state, jnp.ones((2, 6)))
-    conv = serial(Relu(), Conv2D(2, 3))
+    conv = serial(Relu(), Conv2D(3, 3))
     _, params, state = conv.init(key, (1, 4, 4, 3))
     with pytest.raises(LayerError, match=r"^Conv2D layer at 1_conv2d: .* x\[None\]"):
         jax.jit(conv.apply)(params, state, jnp.ones((4, 4, 3)))
-    drop = serial(Dense(4), Dropout(0.5))
+    drop = serial(Dense(3), Dropout(0.5))
     _, params, state = drop.init(key, (2, 5))
     with pytest.raises(LayerError, match=r"^Dropout layer at 1_dropout: train=True needs a "
                                          r"random key"):

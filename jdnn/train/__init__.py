@@ -1,6 +1,16 @@
-"""Training: the `TrainState` pytree and the compiled training and evaluation steps."""
+"""Training: the `TrainState` pytree, the compiled steps, `fit` with its callbacks and history,
+and evaluation/prediction over whole datasets."""
 
+from jdnn.train.callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, ModelCheckpoint,
+                                  ReduceLROnPlateau, Run, TerminateOnNaN)
+from jdnn.train.evaluate import evaluate, make_evaluator, predict
+from jdnn.train.fit import fit, make_epoch
+from jdnn.train.history import History
 from jdnn.train.state import TrainState
 from jdnn.train.step import make_eval_step, make_train_step
 
-__all__ = ["TrainState", "make_eval_step", "make_train_step"]
+__all__ = [
+    "CSVLogger", "Callback", "EarlyStopping", "History", "JSONLogger", "ModelCheckpoint",
+    "ReduceLROnPlateau", "Run", "TerminateOnNaN", "TrainState", "evaluate", "fit",
+    "make_epoch", "make_eval_step", "make_evaluator", "make_train_step", "predict",
+]

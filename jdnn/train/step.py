@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jdnn import metrics as metrics_lib
+from jdnn import regularizers
 from jdnn.core import Layer
 from jdnn.train.state import TrainState
 
@@ -65,9 +66,58 @@ def _check_mask(mask: jax.Array | None, x: jax.Array) -> None:
                          f"shape {tuple(mask.shape)}")
 
 
+def _freeze(new_state: Any, old_state: Any, frozen: Sequence[str]) -> Any:
+    """`new_state`, with the leaves under the path prefixes in `frozen` kept at `old_state`."""
+    if not frozen:
+        return new_state
+
+    def pick(keypath, new, old):
+        return old if regularizers.is_under(regularizers.path_of(keypath), frozen) else new
+
+    return jax.tree_util.tree_map_with_path(pick, new_state, old_state)
+
+
+def train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
+                  penalty: Callable[[Any], jax.Array] | None = None, metrics: Metrics = (),
+                  augment: Callable | None = None, frozen_state: Sequence[str] = ()) -> Callable:
+    """The pure, uncompiled training step that `make_train_step` jits and `fit` scans over.
+
+    Arguments as in `make_train_step`. Returns `step(train_state, x, y, mask=None)`.
+    """
+    metric_fns = resolve_metrics(metrics)
+    frozen = tuple(frozen_state)
+
+    def objective(params, state, x, y, mask, key):
+        outputs, new_state = model.apply(params, state, x, key=key, train=True)
+        data_loss = masked_mean(_per_example(loss, outputs, y, x), mask)
+        extra = penalty(params) if penalty is not None else jnp.zeros((), data_loss.dtype)
+        return data_loss + extra, (data_loss, extra, outputs, new_state)
+
+    def step(train_state: TrainState, x, y, mask=None):
+        _check_mask(mask, x)
+        if augment is None:
+            key, dropout_key = jax.random.split(train_state.key)
+        else:
+            key, dropout_key, augment_key = jax.random.split(train_state.key, 3)
+            x = augment(augment_key, x)
+        grads, (data_loss, extra, outputs, new_state) = jax.grad(objective, has_aux=True)(
+            train_state.params, train_state.state, x, y, mask, dropout_key)
+        updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
+        params = optax.apply_updates(train_state.params, updates)
+        new_state = _freeze(new_state, train_state.state, frozen)
+        report = {"loss": data_loss}
+        if penalty is not None:
+            report["penalty"] = extra
+        report.update({name: fn(outputs, y, mask) for name, fn in metric_fns.items()})
+        return TrainState(params, new_state, opt_state, key, train_state.step + 1), report
+
+    return step
+
+
 def make_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
                     penalty: Callable[[Any], jax.Array] | None = None,
-                    metrics: Metrics = ()) -> Callable:
+                    metrics: Metrics = (), augment: Callable | None = None,
+                    frozen_state: Sequence[str] = ()) -> Callable:
     """Builds `step(train_state, x, y, mask=None) -> (train_state, metrics)`, jitted once.
 
     The step applies the model with `train=True` and a dropout key split from
@@ -84,6 +134,10 @@ def make_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransform
             `jdnn.regularizers.penalty(l2=1e-4)`.
         metrics: extra metrics computed on the training batch's outputs: names from
             `jdnn.metrics` (`"accuracy"`) or functions `fn(predictions, labels, mask)`.
+        augment: optional keyed augmentation `augment(key, x) -> x` applied to each batch (see
+            `jdnn.data.augment`), with its own key split from the state's key.
+        frozen_state: path prefixes (e.g. `("0_batchnorm",)`) whose layer state is not updated:
+            batch-norm running statistics stay frozen while fine-tuning.
 
     Returns:
         The compiled step. Its metrics dict holds `"loss"` (the masked mean data loss), then
@@ -93,28 +147,23 @@ def make_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransform
         >>> step = jdnn.make_train_step(model, jdnn.losses.softmax_cross_entropy, optax.adam(1e-3))
         >>> train_state, m = step(train_state, x, y)   # x: (B, ...), y: (B,)
     """
+    step = train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics,
+                         augment=augment, frozen_state=frozen_state)
+    return jax.jit(step, donate_argnums=0)
+
+
+def eval_step_fn(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callable:
+    """The pure, uncompiled evaluation step that `make_eval_step` jits."""
     metric_fns = resolve_metrics(metrics)
 
-    def objective(params, state, x, y, mask, key):
-        outputs, new_state = model.apply(params, state, x, key=key, train=True)
-        data_loss = masked_mean(_per_example(loss, outputs, y, x), mask)
-        extra = penalty(params) if penalty is not None else jnp.zeros((), data_loss.dtype)
-        return data_loss + extra, (data_loss, extra, outputs, new_state)
-
-    def step(train_state: TrainState, x, y, mask=None):
+    def eval_step(train_state: TrainState, x, y, mask=None):
         _check_mask(mask, x)
-        key, dropout_key = jax.random.split(train_state.key)
-        grads, (data_loss, extra, outputs, new_state) = jax.grad(objective, has_aux=True)(
-            train_state.params, train_state.state, x, y, mask, dropout_key)
-        updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
-        params = optax.apply_updates(train_state.params, updates)
-        report = {"loss": data_loss}
-        if penalty is not None:
-            report["penalty"] = extra
+        outputs, _ = model.apply(train_state.params, train_state.state, x, train=False)
+        report = {"loss": masked_mean(_per_example(loss, outputs, y, x), mask)}
         report.update({name: fn(outputs, y, mask) for name, fn in metric_fns.items()})
-        return TrainState(params, new_state, opt_state, key, train_state.step + 1), report
+        return report
 
-    return jax.jit(step, donate_argnums=0)
+    return eval_step
 
 
 def make_eval_step(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callable:
@@ -126,7 +175,7 @@ def make_eval_step(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callab
     Args:
         model: the network.
         loss: a per-example loss `loss(outputs, y) -> (B,)`.
-        metrics: names from `jdnn.metrics` or functions `fn(predictions, labels, mask)`; pass
+        metrics: names from `jdnn.metrics` or functions `fn(predictions, labels, mask)`;
             none by default (`("accuracy",)` for a classifier).
 
     Returns:
@@ -137,13 +186,4 @@ def make_eval_step(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callab
         ...                                metrics=("accuracy",))
         >>> evaluate(train_state, x_test, y_test)   # {"loss": ..., "accuracy": ...}
     """
-    metric_fns = resolve_metrics(metrics)
-
-    def eval_step(train_state: TrainState, x, y, mask=None):
-        _check_mask(mask, x)
-        outputs, _ = model.apply(train_state.params, train_state.state, x, train=False)
-        report = {"loss": masked_mean(_per_example(loss, outputs, y, x), mask)}
-        report.update({name: fn(outputs, y, mask) for name, fn in metric_fns.items()})
-        return report
-
-    return jax.jit(eval_step)
+    return jax.jit(eval_step_fn(model, loss, metrics=metrics))

@@ -1,0 +1,370 @@
+"""IDX files (the format MNIST and Fashion-MNIST ship in): read, write, load and download.
+
+An IDX file is a 4-byte magic number, then one big-endian int32 per dimension, then the data
+in big-endian row-major order. The magic is two zero bytes, a type code and the number of
+dimensions:
+
+    0x08 uint8   0x09 int8   0x0B int16   0x0C int32   0x0D float32   0x0E float64
+
+Files may be gzip-compressed; `read_idx` tells by the gzip magic bytes, not by the name.
+
+Nothing here touches the network except `download_mnist`, and only when called.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_CODES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_CODE_OF = {(np.dtype(big).kind, np.dtype(big).itemsize): code for code, big in _CODES.items()}
+
+DEFAULT_MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+DEFAULT_FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+# The published MD5 digests of the four .gz files, as listed in torchvision's MNIST and
+# FashionMNIST `resources` (every mirror serves the same bytes). SHA-256 digests of the
+# official files are not recorded here; `download_mnist` returns them once computed.
+MNIST_MD5 = dict(zip(MNIST_FILES, (
+    "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+    "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")))
+FASHION_MNIST_MD5 = dict(zip(MNIST_FILES, (
+    "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+    "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")))
+
+
+# ---------------------------------------------------------------------------------------------
+# The format.
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Reads an IDX file, gzip-compressed or raw, into a native-endian NumPy array.
+
+    Args:
+        path: the file; compression is detected from its first bytes, not its name.
+
+    Returns:
+        The array, with the file's shape and dtype (uint8, int8, int16, int32, float32 or
+        float64), writable and in native byte order.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: naming the file, for a corrupt gzip stream, a header that is not IDX (bad
+            magic bytes, unknown type code, too few bytes for the dimensions) or data whose
+            length differs from the product of the dimensions (truncated or overlong file).
+
+    Example:
+        >>> images = read_idx("mnist/train-images-idx3-ubyte.gz")   # uint8 (60000, 28, 28)
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    compressed = raw[:2] == _GZIP_MAGIC
+    if compressed:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ValueError(f"read_idx: {path} is a corrupt or truncated gzip file "
+                             f"({error}); delete it and download it again") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0":
+        raise ValueError(f"read_idx: {path} is not an IDX file: it must start with two zero "
+                         f"bytes, then a type code and a dimension count, but starts with "
+                         f"{raw[:4].hex(' ') or 'nothing (empty file)'}")
+    code, ndim = raw[2], raw[3]
+    if code not in _CODES:
+        known = ", ".join(f"0x{c:02X} {np.dtype(t).name}" for c, t in _CODES.items())
+        raise ValueError(f"read_idx: {path} has an unknown IDX type code 0x{code:02X}; known "
+                         f"codes are {known}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"read_idx: {path} declares {ndim} dimensions, which need a "
+                         f"{header}-byte header, but the file holds only {len(raw)} bytes")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_CODES[code])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = len(raw) - header
+    if actual != expected:
+        kind = "truncated" if actual < expected else "too long"
+        raise ValueError(f"read_idx: {path} is {kind}: its header declares shape {shape} of "
+                         f"{dtype.name}, i.e. {expected} data bytes, but the file holds "
+                         f"{actual} data bytes after the {header}-byte header"
+                         f"{' (uncompressed)' if compressed else ''}")
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = True) -> Path:
+    """Writes `array` as an IDX file (the inverse of `read_idx`).
+
+    The file is gzip-compressed when `compress` is True, whatever its name (by convention,
+    name compressed files `*.gz`). The gzip header carries no timestamp, so equal arrays give
+    byte-identical files (and checksums).
+
+    Args:
+        path: where to write; the parent directory must exist.
+        array: a NumPy array (or anything `np.asarray` takes) of rank >= 1 and dtype uint8,
+            int8, int16, int32, float32 or float64.
+        compress: gzip the file.
+
+    Returns:
+        `path`, as a `Path`.
+
+    Raises:
+        ValueError: for a scalar, an unsupported dtype (e.g. int64: cast to int32 first) or a
+            dimension too large for IDX's int32 sizes.
+
+    Example:
+        >>> write_idx("tiny-labels-idx1-ubyte.gz", np.array([3, 1, 4], np.uint8))
+    """
+    path, array = Path(path), np.asarray(array)
+    code = _CODE_OF.get((array.dtype.kind, array.dtype.itemsize))
+    if code is None:
+        supported = ", ".join(np.dtype(t).name for t in _CODES.values())
+        raise ValueError(f"write_idx: IDX cannot store dtype {array.dtype}; supported: "
+                         f"{supported}. Cast first, e.g. array.astype(np.int32)")
+    if array.ndim == 0 or array.ndim > 255 or max(array.shape) >= 2**31:
+        raise ValueError(f"write_idx: IDX stores arrays of rank 1 to 255 with sizes below 2**31, "
+                         f"got shape {array.shape}")
+    header = struct.pack(f">BBBB{array.ndim}I", 0, 0, code, array.ndim, *array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.dtype(_CODES[code])).tobytes()
+    path.write_bytes(gzip.compress(payload, mtime=0) if compress else payload)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST and Fashion-MNIST from a local directory.
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):  # prefer the compressed file, as downloaded
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _load(path: str | os.PathLike, dataset: str, fashion: bool, layout: str,
+          normalize: bool) -> Split:
+    if layout not in ("nhwc", "flat"):
+        raise ValueError(f'{dataset}: layout must be "nhwc" (N, 28, 28, 1) or "flat" '
+                         f"(N, 784), got {layout!r}")
+    directory = Path(path)
+    stems = [name.removesuffix(".gz") for name in MNIST_FILES]
+    found = {stem: _find(directory, stem) for stem in stems}
+    missing = [stem for stem, file in found.items() if file is None]
+    if missing:
+        call = f"download_mnist({str(directory)!r}{', fashion=True' if fashion else ''})"
+        raise FileNotFoundError(f"{dataset}: {directory} lacks {', '.join(missing)} (each as "
+                                f"is or with .gz); download them with jdnn.data.{call}")
+    splits = []
+    for images_stem, labels_stem in ((stems[0], stems[1]), (stems[2], stems[3])):
+        images, labels = read_idx(found[images_stem]), read_idx(found[labels_stem])
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise ValueError(f"{dataset}: {found[images_stem]} must hold uint8 images of shape "
+                             f"(N, 28, 28), got {images.dtype} of shape {images.shape}")
+        if labels.ndim != 1 or labels.dtype != np.uint8:
+            raise ValueError(f"{dataset}: {found[labels_stem]} must hold uint8 labels of shape "
+                             f"(N,), got {labels.dtype} of shape {labels.shape}")
+        if len(images) != len(labels):
+            raise ValueError(f"{dataset}: {found[images_stem]} holds {len(images)} images but "
+                             f"{found[labels_stem]} holds {len(labels)} labels; the files come "
+                             f"from different sets, download them again")
+        if labels.size and labels.max() >= 10:
+            raise ValueError(f"{dataset}: {found[labels_stem]} holds labels up to "
+                             f"{labels.max()}, but digits/classes lie in [0, 10)")
+        x = images.astype(np.float32)
+        if normalize:
+            x /= 255.0
+        x = x.reshape(len(x), -1) if layout == "flat" else x[..., None]
+        splits.append((x, labels.astype(np.int32)))
+    return splits[0], splits[1]
+
+
+def load_mnist(path: str | os.PathLike, *, layout: str = "nhwc", normalize: bool = True) -> Split:
+    """Loads MNIST from the four IDX files in a local directory (see `download_mnist`).
+
+    Reads `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte` and
+    `t10k-labels-idx1-ubyte`, each gzipped (`.gz`, preferred when both exist) or raw.
+
+    Args:
+        path: the directory holding the files.
+        layout: `"nhwc"` for `(N, 28, 28, 1)` images (for `Conv2D`), `"flat"` for `(N, 784)`
+            rows (for `Dense`).
+        normalize: divide the pixels by 255 so they lie in `[0, 1]`; if False they stay `0..255`
+            (still float32).
+
+    Returns:
+        `((x_train, y_train), (x_test, y_test))`: x float32 `(60000, 28, 28, 1)` and
+        `(10000, 28, 28, 1)` for the official files, y int32 in `[0, 10)`. Other image sizes
+        `H x W` are accepted and give `(N, H, W, 1)` (or `(N, H * W)`).
+
+    Raises:
+        FileNotFoundError: naming the directory and the missing files.
+        ValueError: for a bad `layout`, a corrupt file (see `read_idx`), images that are not
+            uint8 `(N, H, W)`, labels that are not uint8 `(N,)` or outside `[0, 10)`, or image
+            and label counts that differ.
+
+    Example:
+        >>> jdnn.data.download_mnist("~/data/mnist")
+        >>> (x_train, y_train), (x_test, y_test) = jdnn.data.load_mnist("~/data/mnist")
+    """
+    return _load(Path(path).expanduser(), "load_mnist", False, layout, normalize)
+
+
+def load_fashion_mnist(path: str | os.PathLike, *, layout: str = "nhwc",
+                       normalize: bool = True) -> Split:
+    """Loads Fashion-MNIST from a local directory; the files, layout and checks are MNIST's.
+
+    Fashion-MNIST uses MNIST's file names and format: 28x28 grey images of ten kinds of
+    clothing (0 T-shirt/top, 1 trouser, 2 pullover, 3 dress, 4 coat, 5 sandal, 6 shirt,
+    7 sneaker, 8 bag, 9 ankle boot). Keep it in its own directory. See `load_mnist` for the
+    arguments, results and errors.
+
+    Example:
+        >>> jdnn.data.download_mnist("~/data/fashion", fashion=True)
+        >>> (x_train, y_train), _ = jdnn.data.load_fashion_mnist("~/data/fashion", layout="flat")
+    """
+    return _load(Path(path).expanduser(), "load_fashion_mnist", True, layout, normalize)
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloading.
+
+
+def _digests(path: Path) -> dict[str, str]:
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            sha.update(block)
+            md5.update(block)
+    return {"sha256": sha.hexdigest(), "md5": md5.hexdigest()}
+
+
+def _algorithm(name: str, digest: str) -> str:
+    digest = digest.lower()
+    if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+        return "sha256"
+    if len(digest) == 32 and all(c in "0123456789abcdef" for c in digest):
+        return "md5"
+    raise ValueError(f"download_mnist: the checksum for {name} must be a SHA-256 (64 hex digits) "
+                     f"or MD5 (32 hex digits) digest, got {digest!r}")
+
+
+def _download(url: str, target: Path, expected: tuple[str, str] | None, timeout: float) -> str:
+    """Streams `url` into a temp file beside `target`, verifies it, renames it; returns SHA-256.
+
+    The temp file lives in `target`'s directory so `os.replace` is an atomic rename; it is
+    fsynced before the checksum is taken, and removed on any error (or interrupt).
+    """
+    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        out.write(block)
+            except urllib.error.HTTPError as error:
+                raise OSError(f"download_mnist: {url} answered HTTP {error.code} {error.reason}; "
+                              f"check base_url and the file names") from None
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError,
+                    ConnectionError) as error:
+                reason = getattr(error, "reason", error)
+                raise OSError(f"download_mnist: could not download {url}: {reason}; check the "
+                              f"network connection and base_url") from None
+            out.flush()
+            os.fsync(out.fileno())
+        digests = _digests(temp)
+        if expected is not None and digests[expected[0]] != expected[1]:
+            raise ValueError(f"download_mnist: {url} does not match its checksum: expected "
+                             f"{expected[0]} {expected[1]}, got {digests[expected[0]]}. The "
+                             f"download was corrupted or the mirror serves other files; nothing "
+                             f"was saved as {target}")
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return digests["sha256"]
+
+
+def download_mnist(dest: str | os.PathLike, *, base_url: str | None = None,
+                   files: Sequence[str] | None = None,
+                   checksums: Mapping[str, str] | None = None, timeout: float = 30,
+                   fashion: bool = False) -> dict[str, str]:
+    """Downloads the MNIST (or Fashion-MNIST) IDX files into `dest`, verified and atomically.
+
+    Each file is streamed into a temporary file inside `dest`, fsynced, checked against its
+    checksum and only then renamed into place (`os.replace`), so `dest` never holds a partial
+    or corrupt file under the real name, even if the process is killed. A file already present
+    whose checksum matches is not downloaded again; one that does not match is replaced.
+
+    Checksums: by default (`checksums=None`) each standard file is verified against its
+    published MD5 digest (`MNIST_MD5` / `FASHION_MNIST_MD5`, from torchvision's resource
+    lists; every mirror serves the same bytes). Pass a dict `{file name: hex digest}` to use
+    your own; each digest may be SHA-256 (64 hex digits) or MD5 (32). A file the dict does not
+    name (or every file, with `checksums={}`) is downloaded unverified, and an existing copy
+    of it is kept as is. Either way the SHA-256 digest of every file is returned, so it can be
+    pinned for the next call.
+
+    Args:
+        dest: the directory to fill; created if missing.
+        base_url: where the files live; `files` are appended to it. Defaults to
+            `DEFAULT_MNIST_URL`, or `DEFAULT_FASHION_MNIST_URL` when `fashion` is True.
+        files: file names to fetch; defaults to the four standard `.gz` files (`MNIST_FILES`).
+        checksums: `{file name: SHA-256 or MD5 hex digest}`, or None for the published digests.
+        timeout: seconds to wait on the server, per connection and read.
+        fashion: fetch Fashion-MNIST (its default URL and digests) instead of MNIST.
+
+    Returns:
+        `{file name: SHA-256 hex digest}` for every file in `files`.
+
+    Raises:
+        ValueError: on a checksum mismatch (naming the file, URL, expected and actual digests;
+            no file is left behind) or a malformed digest.
+        OSError: if the server cannot be reached or answers with an HTTP error (e.g. 404),
+            naming the URL; no file is left behind.
+
+    Example:
+        >>> digests = jdnn.data.download_mnist("~/data/mnist")    # ~11 MB, four files
+        >>> (x_train, y_train), _ = jdnn.data.load_mnist("~/data/mnist")
+    """
+    if base_url is None:
+        base_url = DEFAULT_FASHION_MNIST_URL if fashion else DEFAULT_MNIST_URL
+    if not base_url.endswith("/"):
+        base_url += "/"
+    files = tuple(MNIST_FILES if files is None else files)
+    if checksums is None:
+        checksums = FASHION_MNIST_MD5 if fashion else MNIST_MD5
+    for name in files:
+        if not name or Path(name).name != name:
+            raise ValueError(f"download_mnist: file names must be plain names without "
+                             f"directories, got {name!r}")
+    expected = {name: (_algorithm(name, checksums[name]), checksums[name].lower())
+                for name in files if name in checksums}
+    dest = Path(dest).expanduser()
+    dest.mkdir(parents=True, exist_ok=True)
+
+    result = {}
+    for name in files:
+        target = dest / name
+        if target.is_file():
+            digests = _digests(target)
+            if name not in expected or digests[expected[name][0]] == expected[name][1]:
+                result[name] = digests["sha256"]
+                continue
+        result[name] = _download(base_url + name, target, expected.get(name), timeout)
+    return result
+

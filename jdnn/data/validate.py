@@ -1,0 +1,256 @@
+"""Checks a dataset against the model and the loss *before* training starts.
+
+A NaN in the inputs, a label the model has no output for, or images of the wrong rank all
+surface late and obscurely once training runs: as a NaN loss after a few epochs, as silent
+garbage (`softmax_cross_entropy` gives NaN for an out-of-range index) or as a shape error deep
+inside a compiled step. `check_data` finds them up front and says what is wrong, where, and how
+to fix it. It reads the model only through `model.init` on an abstract key (no parameters are
+materialized), and the loss only by identity, so it costs one pass over the data.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdnn.core import Layer, LayerError, Shape
+from jdnn.losses import binary_cross_entropy, softmax_cross_entropy
+
+
+def _describe(data: Any) -> str:
+    if isinstance(data, (tuple, list)):
+        return f"a {type(data).__name__} of length {len(data)}"
+    if isinstance(data, dict):
+        return f"a dict with keys {sorted(map(str, data))}"
+    if hasattr(data, "shape") and hasattr(data, "dtype"):
+        return f"a single array of shape {tuple(data.shape)}"
+    return f"{type(data).__name__} {data!r:.60}"
+
+
+def as_arrays(data: Any, name: str = "train_data") -> tuple[np.ndarray, np.ndarray]:
+    """Unpacks an `(x, y)` pair into two NumPy arrays.
+
+    Args:
+        data: a tuple or list `(x, y)` of arrays (NumPy, JAX or nested lists), examples first.
+        name: what the data are called in error messages, e.g. `"validation_data"`.
+
+    Returns:
+        `(x, y)` as NumPy arrays (JAX arrays are copied to the host).
+
+    Raises:
+        ValueError: if `data` is not a pair, or `x` or `y` is None or cannot be made an array.
+
+    Example:
+        >>> x, y = as_arrays((x_train, y_train), "train_data")
+    """
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise ValueError(f"{name} must be an (x, y) pair, got {_describe(data)}; pass e.g. "
+                         f"(x_train, y_train), with the inputs and the targets of the same "
+                         f"examples")
+    arrays = []
+    for part, value in zip(("x", "y"), data):
+        if value is None:
+            raise ValueError(f"{name}: {part} is None; pass an array of {part} values")
+        try:
+            arrays.append(np.asarray(value))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name}: {part} cannot be converted to an array ({error}); "
+                             f"nested lists must be rectangular") from None
+    return arrays[0], arrays[1]
+
+
+def _check_numeric(name: str, part: str, a: np.ndarray) -> None:
+    numeric = a.dtype == np.bool_ or (jnp.issubdtype(a.dtype, jnp.number)
+                                      and not jnp.issubdtype(a.dtype, jnp.complexfloating))
+    if not numeric:
+        raise ValueError(f"{name}: {part} must be an array of real numbers, got dtype "
+                         f"{a.dtype}; convert it, e.g. {part}.astype(np.float32)")
+    if a.ndim == 0:
+        raise ValueError(f"{name}: {part} is a scalar, but needs a first axis with one entry "
+                         f"per example")
+
+
+def _first(mask: np.ndarray) -> tuple[int, ...]:
+    """The index of the first True entry of `mask` (which has at least one)."""
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
+
+
+def _where(part: str, a: np.ndarray, mask: np.ndarray) -> str:
+    """`'3 values ...; the first is y[12] = -1'` for the True entries of `mask`."""
+    index = _first(mask)
+    shown = ", ".join(map(str, index))
+    return f"the first is {part}[{shown}] = {a[index].item()!r}"
+
+
+def _check_finite(name: str, part: str, a: np.ndarray) -> None:
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        return
+    bad = ~np.isfinite(a)
+    count = int(bad.sum())
+    if count:
+        raise ValueError(f"{name}: {part} has {count} non-finite value(s) (NaN or inf); "
+                         f"{_where(part, a, bad)}. Remove or impute them before training")
+
+
+def _loss_kind(loss: Callable | None) -> str | None:
+    """`"softmax"`, `"binary"` or None (unknown: no label checks), unwrapping partials."""
+    while isinstance(loss, functools.partial):
+        loss = loss.func
+    if loss is softmax_cross_entropy:
+        return "softmax"
+    if loss is binary_cross_entropy:
+        return "binary"
+    return None
+
+
+def _output_shape(name: str, model: Layer, x: np.ndarray) -> Shape:
+    """The model's output shape for one example, via an abstract (allocation-free) `init`."""
+    input_shape = (1, *x.shape[1:])
+    found: list[Shape] = []
+
+    def init(key):
+        out_shape, params, state = model.init(key, input_shape)
+        found.append(tuple(out_shape))
+        return params, state
+
+    try:
+        try:
+            jax.eval_shape(init, jax.random.key(0))
+        except LayerError:
+            raise
+        except Exception:  # an init that needs concrete values: run it for real
+            found.clear()
+            init(jax.random.key(0))
+    except LayerError as error:
+        raise ValueError(f"{name}: x of shape {x.shape} does not fit the model: {error}") from None
+    return found[0]
+
+
+def _check_indices(name: str, y: np.ndarray, classes: int | None, out: Shape | None) -> None:
+    """Integer class indices: whole numbers in `[0, classes)`."""
+    if jnp.issubdtype(y.dtype, jnp.floating):
+        fraction = y != np.round(y)
+        if fraction.any():
+            raise ValueError(f"{name}: y has {int(fraction.sum())} non-integer class label(s); "
+                             f"{_where('y', y, fraction)}. Class labels must be whole numbers "
+                             f"in [0, classes)")
+        raise ValueError(f"{name}: y holds class indices as {y.dtype}, but "
+                         f"softmax_cross_entropy needs integer class indices; use "
+                         f"y.astype(np.int32)")
+    negative = y < 0
+    if negative.any():
+        raise ValueError(f"{name}: y has {int(negative.sum())} negative class label(s); "
+                         f"{_where('y', y, negative)}. Class labels must lie in [0, classes)")
+    if classes is not None:
+        high = y >= classes
+        if high.any():
+            raise ValueError(f"{name}: y has class labels up to {int(y.max())} but the model "
+                             f"outputs {classes} classes (output shape {out}); "
+                             f"{int(high.sum())} label(s) are outside [0, {classes}), "
+                             f"{_where('y', y, high)}. Give the last layer one unit per class, "
+                             f"e.g. Dense({int(y.max()) + 1})")
+
+
+def _check_unit_interval(name: str, y: np.ndarray, what: str) -> None:
+    outside = (y < 0) | (y > 1)
+    if outside.any():
+        raise ValueError(f"{name}: y has {int(outside.sum())} value(s) outside [0, 1]; "
+                         f"{_where('y', y, outside)}. {what}")
+
+
+def _check_softmax_labels(name: str, y: np.ndarray, out: Shape | None) -> None:
+    if out is None:  # no model: integer or rank-1 labels are indices, others probabilities
+        if jnp.issubdtype(y.dtype, jnp.integer) or y.ndim == 1:
+            _check_indices(name, y, None, None)
+        else:
+            _check_unit_interval(name, y, "One-hot or probability labels lie in [0, 1]")
+        return
+    if len(out) < 2 or out[-1] < 2:
+        raise ValueError(f"{name}: the model's output shape {out} has no class axis of size >= "
+                         f"2, but softmax_cross_entropy needs one output per class; end the "
+                         f"model with Dense(classes), or use binary_cross_entropy for a single "
+                         f"output unit")
+    classes, n = out[-1], y.shape[0]
+    if y.shape[1:] == out[1:-1]:
+        _check_indices(name, y, classes, out)
+    elif y.shape[1:] == out[1:]:
+        _check_unit_interval(name, y, "One-hot or probability labels lie in [0, 1]")
+    else:
+        raise ValueError(f"{name}: y of shape {y.shape} does not fit the model's output shape "
+                         f"{out} under softmax_cross_entropy: it needs integer class indices "
+                         f"of shape {(n, *out[1:-1])} or one-hot vectors of shape "
+                         f"{(n, *out[1:])}")
+
+
+def _check_binary_labels(name: str, y: np.ndarray, out: Shape | None) -> None:
+    if out is not None:
+        fits = y.shape[1:] == out[1:] or (out[-1] == 1 and y.shape[1:] == out[1:-1])
+        if not fits:
+            hint = ""
+            if out[-1] > 1 and y.shape[1:] == out[1:-1]:
+                hint = (f"; with {out[-1]} outputs and one label per example, these look like "
+                        f"class indices: use softmax_cross_entropy")
+            raise ValueError(f"{name}: y of shape {y.shape} does not fit the model's output "
+                             f"shape {out} under binary_cross_entropy: it needs shape "
+                             f"{(y.shape[0], *out[1:])}{hint}")
+    _check_unit_interval(name, y, "binary_cross_entropy needs labels in {0, 1} (or "
+                                  "probabilities in between); for more than two classes use "
+                                  "softmax_cross_entropy with integer labels")
+
+
+def check_data(x: Any, y: Any, *, model: Layer | None = None, loss: Callable | None = None,
+               name: str = "train_data") -> None:
+    """Raises a clear `ValueError` if `(x, y)` cannot train `model` under `loss`.
+
+    Checked, in order: `x` and `y` are real-valued arrays with a first (example) axis of the
+    same non-zero length; neither holds NaN or inf; with a `model`, `x`'s per-example shape
+    fits it (the model's `LayerError` is re-raised as a `ValueError` naming `x`'s shape). With
+    a known `loss` the labels are checked too:
+
+    - `softmax_cross_entropy`: integer class indices must be whole, non-negative and, with a
+      model, below the number of classes its last axis outputs; float labels of the output's
+      shape (one-hot or probabilities) must lie in `[0, 1]`.
+    - `binary_cross_entropy`: labels must lie in `[0, 1]` and (with a model) have the output's
+      shape, or `(N,)` for a `(N, 1)` output.
+
+    `functools.partial`s of these losses are recognized; any other loss (e.g. `mse`) skips the
+    label checks.
+
+    Args:
+        x: inputs `(N, ...)`.
+        y: targets `(N, ...)`.
+        model: optional; its `init` is traced abstractly on `(1, *x.shape[1:])`.
+        loss: optional per-example loss, e.g. `jdnn.losses.softmax_cross_entropy`.
+        name: what the data are called in messages, e.g. `"validation_data"`.
+
+    Raises:
+        ValueError: naming `name`, what was expected and what was found (with counts and the
+            index of the first offending value).
+
+    Example:
+        >>> (x, y), _ = jdnn.data.digits()
+        >>> model = jdnn.serial(jdnn.Dense(64), jdnn.Relu(), jdnn.Dense(10))
+        >>> check_data(x, y, model=model, loss=jdnn.losses.softmax_cross_entropy)  # passes
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    _check_numeric(name, "x", x)
+    _check_numeric(name, "y", y)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: x has {x.shape[0]} examples but y has {y.shape[0]}; x and y "
+                         f"need one entry per example along their first axis (shapes "
+                         f"{x.shape} and {y.shape})")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: x and y have no examples (shapes {x.shape} and {y.shape})")
+    _check_finite(name, "x", x)
+    _check_finite(name, "y", y)
+    out = _output_shape(name, model, x) if model is not None else None
+    kind = _loss_kind(loss)
+    if kind == "softmax":
+        _check_softmax_labels(name, y, out)
+    elif kind == "binary":
+        _check_binary_labels(name, y, out)

@@ -1,0 +1,113 @@
+"""Evaluation and prediction over whole datasets, in compiled batches on the device."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jdnn.core import Layer
+from jdnn.data.batching import epoch_batches
+from jdnn.data.validate import as_arrays, check_data
+from jdnn.train.state import TrainState
+from jdnn.train.step import Loss, Metrics, eval_step_fn, resolve_metrics
+
+DEFAULT_BATCH_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=64)
+def _evaluator(model: Layer, loss: Loss, metrics: tuple, batch_size: int) -> Callable:
+    step = eval_step_fn(model, loss, metrics=dict(metrics))
+
+    @jax.jit
+    def run(train_state, x, y):
+        n = x.shape[0]
+        indices, masks = epoch_batches(None, n, min(batch_size, n))
+
+        def body(carry, batch):
+            i, mask = batch
+            return carry, step(train_state, x[i], y[i], mask)
+
+        _, reports = lax.scan(body, None, (indices, masks))
+        counts = jnp.sum(masks, axis=1)
+        return {k: jnp.sum(v * counts) / n for k, v in reports.items()}
+
+    return run
+
+
+def make_evaluator(model: Layer, loss: Loss, *, metrics: Metrics = ("accuracy",),
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> Callable:
+    """A compiled `evaluator(train_state, x, y) -> {"loss": ..., metric: ...}` over a dataset.
+
+    The data are cut into padded, masked batches scanned on the device; each value is the mean
+    over all examples. Built once per (model, loss, metrics, batch size) and cached.
+    """
+    return _evaluator(model, loss, tuple(resolve_metrics(metrics).items()), batch_size)
+
+
+def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
+             metrics: Metrics = ("accuracy",), batch_size: int = DEFAULT_BATCH_SIZE
+             ) -> dict[str, float]:
+    """The loss and metrics of a trained model on a dataset, in evaluation mode.
+
+    Args:
+        model: the network.
+        train_state: its trained state (params and batch-norm statistics are used).
+        data: an `(x, y)` pair of arrays, `x` `(N, ...)`, `y` `(N, ...)`.
+        loss: the per-example loss, e.g. `jdnn.losses.softmax_cross_entropy`.
+        metrics: names from `jdnn.metrics` or functions; `()` for regression.
+        batch_size: examples per compiled batch.
+
+    Returns:
+        `{"loss": float, **metrics}`, means over all `N` examples.
+
+    Example:
+        >>> jdnn.evaluate(model, train_state, (x_test, y_test),
+        ...               loss=jdnn.losses.softmax_cross_entropy)   # {"loss": ..., "accuracy": ...}
+    """
+    x, y = as_arrays(data, "data")
+    check_data(x, y, model=model, loss=loss, name="data")
+    report = make_evaluator(model, loss, metrics=metrics, batch_size=batch_size)(
+        train_state, jnp.asarray(x), jnp.asarray(y))
+    return {name: float(value) for name, value in report.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _predictor(model: Layer, batch_size: int) -> Callable:
+    @jax.jit
+    def run(train_state, x):
+        n = x.shape[0]
+        indices, _ = epoch_batches(None, n, min(batch_size, n))
+
+        def body(carry, i):
+            y, _ = model.apply(train_state.params, train_state.state, x[i], train=False)
+            return carry, y
+
+        _, outputs = lax.scan(body, None, indices)
+        return outputs.reshape(-1, *outputs.shape[2:])[:n]
+
+    return run
+
+
+def predict(model: Layer, train_state: TrainState, x: Any, *,
+            batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """The model's outputs on `x` in evaluation mode (no dropout, running statistics).
+
+    Args:
+        model: the network.
+        train_state: its trained state.
+        x: inputs `(N, ...)`.
+        batch_size: examples per compiled batch.
+
+    Returns:
+        The outputs `(N, ...)` as a NumPy array (logits, for a classifier).
+
+    Example:
+        >>> labels = jdnn.predict(model, train_state, x_test).argmax(-1)
+    """
+    return np.asarray(_predictor(model, batch_size)(train_state, jnp.asarray(x)))

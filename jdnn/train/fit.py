@@ -1,0 +1,186 @@
+"""fit: a thin host loop around compiled epochs.
+
+By default the data go to the device once and each epoch is ONE compiled `lax.scan` over its
+batches: the permutation (from the state's key), the padding mask, every step. Python runs once
+per epoch, for validation, callbacks, the progress bar and the history. `mode="step"` keeps the
+data on the host and dispatches one compiled step per batch, for datasets that do not fit on
+the device; it draws the same permutations.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from tqdm.auto import tqdm
+
+from jdnn.core import Layer
+from jdnn.data.batching import epoch_batches, num_batches
+from jdnn.data.validate import as_arrays, check_data
+from jdnn.train.callbacks import Callback, Run
+from jdnn.train.evaluate import DEFAULT_BATCH_SIZE, make_evaluator
+from jdnn.train.history import History
+from jdnn.train.state import TrainState
+from jdnn.train.step import Loss, Metrics, train_step_fn
+
+MODES = ("scan", "step")
+
+
+def weighted_means(reports: dict, masks: jax.Array) -> dict:
+    """Per-batch means `(steps,)` (each over its real examples) -> means over all real examples."""
+    counts = jnp.sum(masks, axis=1)
+    return {k: jnp.sum(v * counts) / jnp.sum(counts) for k, v in reports.items()}
+
+
+def _epoch_plan(train_state: TrainState, n: int, batch_size: int, drop_remainder: bool):
+    """Splits this epoch's permutation key off the state's key; returns the batches' plan."""
+    key, order_key = jax.random.split(train_state.key)
+    indices, masks = epoch_batches(order_key, n, batch_size, drop_remainder=drop_remainder)
+    return train_state._replace(key=key), indices, masks
+
+
+def make_epoch(step: Callable, n: int, batch_size: int, *,
+               drop_remainder: bool = False) -> Callable:
+    """One epoch as one compiled program: `epoch(train_state, x, y) -> (train_state, means)`.
+
+    `x` and `y` are device arrays of all `n` examples; `means` holds each metric averaged over
+    the epoch's real (unpadded) examples. The incoming state is donated.
+    """
+
+    def epoch(train_state, x, y):
+        train_state, indices, masks = _epoch_plan(train_state, n, batch_size, drop_remainder)
+
+        def body(state, batch):
+            i, mask = batch
+            return step(state, x[i], y[i], mask)
+
+        train_state, reports = lax.scan(body, train_state, (indices, masks))
+        return train_state, weighted_means(reports, masks)
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def _host_epoch(step: Callable, n: int, batch_size: int, drop_remainder: bool) -> Callable:
+    """The per-step mode: the same plan, but each batch gathered on the host and sent alone."""
+    plan = jax.jit(lambda ts: _epoch_plan(ts, n, batch_size, drop_remainder), donate_argnums=0)
+
+    def epoch(train_state, x, y):
+        train_state, indices, masks = plan(train_state)
+        reports = []
+        for i, mask in zip(np.asarray(indices), np.asarray(masks)):
+            train_state, report = step(train_state, x[i], y[i], mask)
+            reports.append(report)
+        stacked = {k: jnp.stack([r[k] for r in reports]) for k in reports[0]}
+        return train_state, weighted_means(stacked, masks)
+
+    return epoch
+
+
+def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientTransformation,
+        epochs: int, batch_size: int, key: jax.Array | int, validation_data: Any = None,
+        metrics: Metrics = ("accuracy",), penalty: Callable | None = None,
+        augment: Callable | None = None, callbacks: Sequence[Callback] = (),
+        progress: bool = True, train_state: TrainState | None = None, mode: str = "scan",
+        drop_remainder: bool = False, frozen_state: Sequence[str] = (),
+        eval_batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[TrainState, History]:
+    """Trains `model` on `train_data` for `epochs` epochs.
+
+    Each epoch draws a permutation from the train state's key, cuts the data into batches of
+    `batch_size` (the last one padded and masked, or dropped), and runs the compiled training
+    step on each; then evaluates `validation_data`, records the history and runs the callbacks.
+    The step is compiled once for the whole run.
+
+    Args:
+        model: the network.
+        train_data: an `(x, y)` pair of arrays, `x` `(N, ...)`, `y` `(N, ...)`.
+        loss: a per-example loss, e.g. `jdnn.losses.softmax_cross_entropy`.
+        optimizer: any optax `GradientTransformation` (schedules work as they are).
+        epochs: epochs to run (more, when resuming from `train_state`).
+        batch_size: examples per step.
+        key: initializes the model (when `train_state` is None) and seeds shuffling and dropout.
+        validation_data: an optional `(x, y)` pair evaluated after each epoch (`val_*` keys).
+        metrics: names from `jdnn.metrics` or functions; `()` for regression.
+        penalty: optional `penalty(params) -> scalar`, e.g. `jdnn.regularizers.penalty(l2=1e-4)`.
+        augment: optional keyed augmentation `augment(key, x) -> x` applied to every batch.
+        callbacks: e.g. `EarlyStopping`, `ModelCheckpoint`, `ReduceLROnPlateau`,
+            `TerminateOnNaN`, `CSVLogger`.
+        progress: show a tqdm bar (only when stderr is a terminal).
+        train_state: resume from this state (e.g. `jdnn.checkpoint.restore(...).train_state(opt)`);
+            the epoch count continues from its step.
+        mode: `"scan"` (the data on the device, an epoch per compiled call) or `"step"` (the data
+            on the host, a compiled call per batch; for datasets larger than the device).
+        drop_remainder: drop the last, short batch instead of padding and masking it.
+        frozen_state: path prefixes whose layer state (batch-norm statistics) stays fixed.
+        eval_batch_size: examples per compiled batch when validating.
+
+    Returns:
+        `(train_state, history)`.
+
+    Example:
+        >>> (x, y), (x_test, y_test) = jdnn.data.digits()
+        >>> model = jdnn.serial(jdnn.Dense(128), jdnn.Relu(), jdnn.Dense(10))
+        >>> train_state, history = jdnn.fit(model, (x, y),
+        ...     loss=jdnn.losses.softmax_cross_entropy, optimizer=optax.adam(1e-3),
+        ...     epochs=20, batch_size=64, key=jax.random.key(0), validation_data=(x_test, y_test))
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not (isinstance(epochs, int) and epochs >= 0 and isinstance(batch_size, int)
+            and batch_size >= 1):
+        raise ValueError(f"epochs must be an int >= 0 and batch_size an int >= 1, got "
+                         f"epochs={epochs!r}, batch_size={batch_size!r}")
+    x, y = as_arrays(train_data, "train_data")
+    check_data(x, y, model=model, loss=loss, name="train_data")
+    validation = None
+    if validation_data is not None:
+        validation = as_arrays(validation_data, "validation_data")
+        check_data(*validation, model=model, loss=loss, name="validation_data")
+        validation = tuple(jnp.asarray(a) for a in validation)
+    if train_state is None:
+        train_state = TrainState.create(model, optimizer, key, (batch_size, *x.shape[1:]))
+
+    n = x.shape[0]
+    step = train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics,
+                         augment=augment, frozen_state=frozen_state)
+    if mode == "scan":
+        run_epoch = make_epoch(step, n, batch_size, drop_remainder=drop_remainder)
+        x, y = jnp.asarray(x), jnp.asarray(y)
+    else:
+        run_epoch = _host_epoch(jax.jit(step, donate_argnums=0), n, batch_size, drop_remainder)
+    evaluator = (make_evaluator(model, loss, metrics=metrics, batch_size=eval_batch_size)
+                 if validation is not None else None)
+
+    start = int(train_state.step) // num_batches(n, batch_size, drop_remainder=drop_remainder)
+    run = Run(model, train_state, History(), epoch=start)
+    for callback in callbacks:
+        callback.on_train_begin(run)
+    bar = tqdm(range(start + 1, start + epochs + 1), desc="fit", unit="epoch",
+               disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
+    for epoch in bar:
+        began = time.perf_counter()
+        run.train_state, means = run_epoch(run.train_state, x, y)
+        record = {"epoch": epoch, **{k: float(v) for k, v in means.items()}}
+        if evaluator is not None:
+            val = evaluator(run.train_state, *validation)
+            record.update({f"val_{k}": float(v) for k, v in val.items()})
+        record["seconds"] = time.perf_counter() - began
+        run.history.append(record)
+        run.epoch = epoch
+        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("epoch",
+                                                                               "seconds")})
+        for callback in callbacks:
+            callback.on_epoch_end(run)
+        if run.stop_reason is not None:
+            break
+    bar.close()
+    run.history.stop_reason = run.stop_reason
+    for callback in callbacks:
+        callback.on_train_end(run)
+    return run.train_state, run.history
