@@ -29,6 +29,7 @@ from jdnn.regularizers import path_of
 from jdnn.train.state import TrainState
 
 PathLike = str | os.PathLike
+_LEAF = tree_util.tree_structure(0)
 
 
 def _join(prefix: str, path: str) -> str:
@@ -41,6 +42,9 @@ def _flatten_dicts(tree: Any, prefix: str) -> tuple[Any, list[tuple[str, Any]]]:
     The skeleton keeps what flattening loses: empty dicts (`"1_relu": {}`) and key order.
     """
     if not isinstance(tree, Mapping):
+        if tree_util.tree_structure(tree) != _LEAF:  # a tuple would be stacked into one array
+            raise CheckpointError(f"{prefix}: params and state must be nested dicts of arrays "
+                                  f"(jdnn's layer contract), found a {type(tree).__name__}")
         return None, [(prefix, tree)]
     skeleton, leaves = {}, []
     for key, sub in tree.items():
@@ -139,7 +143,7 @@ def save(path: PathLike, train_state: TrainState, model: Layer, *,
         "params": {"tree": params_tree, "paths": [n[len("params/"):] for n, _ in params_leaves]},
         "state": {"tree": state_tree, "paths": [n[len("state/"):] for n, _ in state_leaves]},
         "opt_state": {"paths": opt_paths, "num_leaves": len(opt_paths), "treedef": str(opt_def)},
-        "step": int(np.asarray(train_state.step)),
+        "step": np.asarray(train_state.step).tolist(),  # an int (a list for an ensemble)
         "key": _key_info(train_state.key),
         "metadata": diff.jsonable(metadata),
     }

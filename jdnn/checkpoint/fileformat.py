@@ -124,7 +124,9 @@ def decode(data: bytes, source: str) -> tuple[dict[str, np.ndarray], dict[str, A
     try:
         manifest = json.loads(header["__metadata__"][MANIFEST_KEY])
         entries = manifest["tensors"]
-    except (KeyError, TypeError, ValueError):
+        if not all(isinstance(entry, dict) for entry in entries.values()):
+            raise TypeError("a tensor entry is not a dict")
+    except (AttributeError, KeyError, TypeError, ValueError):
         raise CheckpointError(f"{source}: a safetensors file, but not a jdnn checkpoint (no "
                               f"readable '{MANIFEST_KEY}' manifest in its header metadata)"
                               ) from None
@@ -159,7 +161,8 @@ def _check_tensor(name: str, view: Mapping[str, Any],
                       f"{entry.get('dtype')}{list(shape)} in the manifest")
     dtype = jnp.dtype(entry["dtype"])
     if len(view["data"]) != math.prod(shape) * dtype.itemsize:
-        return None, f"{name} has {len(view['data'])} bytes, its shape and dtype need more"
+        return None, (f"{name} has {len(view['data'])} bytes, its shape and dtype need "
+                      f"{math.prod(shape) * dtype.itemsize}")
     array = np.frombuffer(view["data"], dtype=dtype).reshape(shape)
     if _digest(array) != entry.get("sha256"):
         return None, f"{name} fails its checksum"

@@ -23,7 +23,8 @@ class MatchReport:
         kept: leaves left as given because the checkpoint has no leaf at their path.
         skipped_shape_mismatch: leaves left as given because the saved leaf's shape or dtype
             differs (e.g. a classification head with a new number of classes).
-        unused: saved leaves that no given leaf asked for.
+        unused: saved leaves of the trees given (`state/` only if `state` was) that no given
+            leaf asked for.
     """
 
     loaded: list[str]
@@ -82,6 +83,6 @@ def restore_matching(path: str | os.PathLike, params: Params, *,
     params = tree_util.tree_map_with_path(take("params"), params)
     if state is not None:
         state = tree_util.tree_map_with_path(take("state"), state)
-    unused = [name for name in arrays if name.startswith(("params/", "state/"))
-              and name not in used]
+    asked = ("params/",) if state is None else ("params/", "state/")
+    unused = [name for name in sorted(arrays) if name.startswith(asked) and name not in used]
     return params, state, MatchReport(loaded, kept, skipped, unused)

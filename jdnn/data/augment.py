@@ -1,12 +1,14 @@
 """Data augmentation as pure keyed functions: `augment(key, x) -> x`.
 
-Each constructor checks its arguments and returns a function of a random key and a batch. The
-key is split into one per example, so every example gets its own shift, crop or flip, and the
-same key always gives the same batch. The functions are traceable: they run inside `jax.jit`
+Each constructor checks its arguments and returns a function of a random key and a batch. One
+draw from the key gives every example its own shift, crop offset or flip, and the same key
+always gives the same batch. The functions are traceable: they run inside `jax.jit`
 (shifts and crop offsets are traced values, never Python ints), under `jax.vmap` over a
 leading axis of keys and batches, and inside the compiled training step
 (`make_train_step(..., augment=...)`). Images are NHWC batches `(B, H, W, C)`;
-`gaussian_noise` takes any shape.
+`gaussian_noise` takes any shape. The work is done by module-level jitted functions with the
+hyper-parameters static, so even eager calls run compiled, and every augmentation built with
+the same arguments shares one compilation per input shape.
 
     augment = compose(random_shift(2), random_flip(), gaussian_noise(0.05))
     x_aug = augment(jax.random.key(0), x)         # x: (B, 28, 28, 1)
@@ -14,6 +16,7 @@ leading axis of keys and batches, and inside the compiled training step
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -53,9 +56,20 @@ def _images(fn: str, x: Array) -> Array:
     return x
 
 
-def _per_example(one: Callable[[Array, Array], Array], key: Array, x: Array) -> Array:
-    """Applies `one(key, image)` to each image of the batch with its own key."""
-    return jax.vmap(one)(jax.random.split(key, x.shape[0]), x)
+def _flat(sample: Callable, key: Array, shape: tuple[int, ...], *args) -> Array:
+    """`sample(key, shape)`, drawn flat and reshaped: XLA compiles a 1-D draw several times
+    faster than a multi-dimensional one, and the values are just as random."""
+    return sample(key, (math.prod(shape),), *args).reshape(shape)
+
+
+def _uniform_ints(key: Array, shape: tuple[int, ...], counts: Array) -> Array:
+    """Integers uniform in `[0, counts)` (broadcast along the last axis), from one uniform draw.
+
+    For the small ranges of shifts and crops this is as uniform as `jax.random.randint`, and it
+    compiles to about half the code (randint draws twice to stay unbiased for huge ranges).
+    """
+    u = _flat(jax.random.uniform, key, shape)
+    return jnp.minimum(jnp.floor(u * counts).astype(jnp.int32), counts - 1)
 
 
 def random_shift(max_shift: int | tuple[int, int]) -> Augmentation:
@@ -79,17 +93,24 @@ def random_shift(max_shift: int | tuple[int, int]) -> Augmentation:
     """
     max_dy, max_dx = _int_pair("random_shift", "max_shift", max_shift, 0)
 
-    def shift_one(key, image):
-        limit = jnp.array([max_dy, max_dx])
-        dy, dx = jax.random.randint(key, (2,), -limit, limit + 1)
-        padded = jnp.pad(image, ((max_dy, max_dy), (max_dx, max_dx), (0, 0)))
-        # Output pixel (i, j) reads input pixel (i - dy, j - dx): the content moves by (dy, dx).
-        return lax.dynamic_slice(padded, (max_dy - dy, max_dx - dx, 0), image.shape)
-
     def augment(key: Array, x: Array) -> Array:
-        return _per_example(shift_one, key, _images("random_shift", x))
+        return _shift(key, _images("random_shift", x), max_dy, max_dx)
 
     return augment
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _shift(key: Array, x: Array, max_dy: int, max_dx: int) -> Array:
+    limit = jnp.array([max_dy, max_dx])
+    shifts = _uniform_ints(key, (x.shape[0], 2), 2 * limit + 1) - limit   # (B, 2): dy, dx
+    padded = jnp.pad(x, ((0, 0), (max_dy, max_dy), (max_dx, max_dx), (0, 0)))
+
+    def shift_one(image, shift):
+        # Output pixel (i, j) reads input pixel (i - dy, j - dx): the content moves by (dy, dx).
+        start = (max_dy - shift[0], max_dx - shift[1], 0)
+        return lax.dynamic_slice(image, start, x.shape[1:])
+
+    return jax.vmap(shift_one)(padded, shifts)
 
 
 def random_crop(size: int | tuple[int, int], padding: int | tuple[int, int] = 0
@@ -116,12 +137,6 @@ def random_crop(size: int | tuple[int, int], padding: int | tuple[int, int] = 0
     crop_h, crop_w = _int_pair("random_crop", "size", size, 1)
     pad_y, pad_x = _int_pair("random_crop", "padding", padding, 0)
 
-    def crop_one(key, image):
-        padded = jnp.pad(image, ((pad_y, pad_y), (pad_x, pad_x), (0, 0)))
-        room = jnp.array([padded.shape[0] - crop_h, padded.shape[1] - crop_w])
-        top, left = jax.random.randint(key, (2,), 0, room + 1)
-        return lax.dynamic_slice(padded, (top, left, 0), (crop_h, crop_w, image.shape[-1]))
-
     def augment(key: Array, x: Array) -> Array:
         x = _images("random_crop", x)
         height, width = x.shape[1] + 2 * pad_y, x.shape[2] + 2 * pad_x
@@ -130,9 +145,21 @@ def random_crop(size: int | tuple[int, int], padding: int | tuple[int, int] = 0
                              f"padded images {(height, width)} (images {tuple(x.shape[1:3])} "
                              f"with padding {(pad_y, pad_x)}); use a smaller size or more "
                              f"padding")
-        return _per_example(crop_one, key, x)
+        return _crop(key, x, crop_h, crop_w, pad_y, pad_x)
 
     return augment
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _crop(key: Array, x: Array, crop_h: int, crop_w: int, pad_y: int, pad_x: int) -> Array:
+    padded = jnp.pad(x, ((0, 0), (pad_y, pad_y), (pad_x, pad_x), (0, 0)))
+    room = jnp.array([padded.shape[1] - crop_h, padded.shape[2] - crop_w])
+    corners = _uniform_ints(key, (x.shape[0], 2), room + 1)   # (B, 2): top, left
+
+    def crop_one(image, corner):
+        return lax.dynamic_slice(image, (corner[0], corner[1], 0), (crop_h, crop_w, x.shape[3]))
+
+    return jax.vmap(crop_one)(padded, corners)
 
 
 def random_flip(horizontal: bool = True, vertical: bool = False, p: float = 0.5
@@ -162,19 +189,22 @@ def random_flip(horizontal: bool = True, vertical: bool = False, p: float = 0.5
     if not (horizontal or vertical):
         raise ValueError("random_flip: horizontal and vertical are both False, so nothing would "
                          "flip; enable at least one")
-
-    def flip_one(key, image):
-        key_h, key_v = jax.random.split(key)
-        if horizontal:
-            image = jnp.where(jax.random.bernoulli(key_h, p), image[:, ::-1], image)
-        if vertical:
-            image = jnp.where(jax.random.bernoulli(key_v, p), image[::-1], image)
-        return image
+    horizontal, vertical = bool(horizontal), bool(vertical)
 
     def augment(key: Array, x: Array) -> Array:
-        return _per_example(flip_one, key, _images("random_flip", x))
+        return _flip(key, _images("random_flip", x), horizontal, vertical, p)
 
     return augment
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _flip(key: Array, x: Array, horizontal: bool, vertical: bool, p: float) -> Array:
+    flips = _flat(jax.random.uniform, key, (x.shape[0], 2, 1, 1, 1)) < p   # per example, axis
+    if horizontal:
+        x = jnp.where(flips[:, 0], x[:, :, ::-1], x)
+    if vertical:
+        x = jnp.where(flips[:, 1], x[:, ::-1], x)
+    return x
 
 
 def gaussian_noise(stddev: float) -> Augmentation:
@@ -200,9 +230,14 @@ def gaussian_noise(stddev: float) -> Augmentation:
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise ValueError(f"gaussian_noise: x must be floating point, got {x.dtype}; cast it "
                              f"first, e.g. x.astype(jnp.float32) / 255")
-        return x + (stddev * jax.random.normal(key, x.shape, x.dtype)).astype(x.dtype)
+        return _noise(key, x, stddev)
 
     return augment
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _noise(key: Array, x: Array, stddev: float) -> Array:
+    return x + (stddev * _flat(jax.random.normal, key, x.shape, x.dtype)).astype(x.dtype)
 
 
 def compose(*augmentations: Augmentation) -> Augmentation:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 from jdnn.core import (
@@ -20,6 +23,43 @@ from jdnn.layers import initializers
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
+# The convolution and its two gradients, each written as a convolution in XLA's canonical
+# NHWC/HWIO layout. jax's own transpose rules emit the gradients in other layouts, which XLA:CPU
+# canonicalizes when a step is compiled on its own but not inside a `lax.scan`/`while` body,
+# where the weight gradient then ran ~50x slower (see PERFORMANCE_NOTES); `fit` scans whole
+# epochs, so jdnn states the gradients itself. Reverse mode only: no `jax.jvp` through Conv2D.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
+           pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """Cross-correlation of NHWC `x` with HWIO `w`; `pads` are ((top, bottom), (left, right))."""
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DIMENSIONS)
+
+
+def _conv2d_forward(x, w, strides, pads):
+    return conv2d(x, w, strides, pads), (x, w)
+
+
+def _conv2d_backward(strides, pads, residuals, dy):
+    """dL/dx: dy (dilated by the strides) correlated with the flipped kernel, in/out swapped;
+    dL/dw[i, j, c, o] = sum over b, h, w of x_pad[b, h*s + i, w*s + j, c] * dy[b, h, w, o]: a
+    correlation of x (channels as batch) with dy (batch as channels) dilated by the strides."""
+    x, w = residuals
+    kh, kw = w.shape[:2]
+    flipped = jnp.transpose(jnp.flip(w, (0, 1)), (0, 1, 3, 2))
+    dx_pads = tuple((k - 1 - low, size + low - 1 - (out - 1) * s)
+                    for k, (low, _), size, out, s in zip((kh, kw), pads, x.shape[1:3],
+                                                         dy.shape[1:3], strides))
+    dx = lax.conv_general_dilated(dy, flipped, (1, 1), dx_pads, lhs_dilation=strides,
+                                  dimension_numbers=_DIMENSIONS)
+    dw = lax.conv_general_dilated(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)),
+                                  (1, 1), pads, rhs_dilation=strides,
+                                  dimension_numbers=_DIMENSIONS)
+    return dx, jnp.transpose(dw, (1, 2, 0, 3))[:kh, :kw]
+
+
+conv2d.defvjp(_conv2d_forward, _conv2d_backward)
+
+
 def Conv2D(features: int, kernel_size: int | tuple[int, int], strides: int | tuple[int, int] = 1,
            padding: str = "SAME", *, use_bias: bool = True,
            w_init: str | initializers.Initializer = "lecun_normal",
@@ -29,7 +69,10 @@ def Conv2D(features: int, kernel_size: int | tuple[int, int], strides: int | tup
     Params: `w` of shape `(kh, kw, in_channels, features)` (HWIO) and, with `use_bias`, `b` of
     shape `(features,)`. With `padding="SAME"` the output is `ceil(H / stride)` high, with
     `"VALID"` it is `(H - kh) // stride + 1` (likewise for the width); SAME pads like
-    TensorFlow (the extra row/column, if any, at the bottom/right).
+    TensorFlow (the extra row/column, if any, at the bottom/right). Differentiable in reverse
+    mode to any order (`jax.grad`, `jax.vjp`, per-example gradients); its gradients are written
+    out for speed inside compiled loops, so forward mode (`jax.jvp`, `jax.jacfwd`) is not
+    available through it.
 
     Args:
         features: output channels, a positive int.
@@ -69,7 +112,8 @@ def Conv2D(features: int, kernel_size: int | tuple[int, int], strides: int | tup
     def apply(params, state, x, *, key=None, train=False):
         del key, train
         check_images("Conv2D", x, params["w"].shape[2])
-        y = lax.conv_general_dilated(x, params["w"], stride, pad, dimension_numbers=_DIMENSIONS)
+        pads = tuple(lax.padtype_to_pads(x.shape[1:3], kernel, stride, pad))
+        y = conv2d(x, params["w"], stride, tuple(tuple(p) for p in pads))
         return (y + params["b"] if use_bias else y), state
 
     return Layer(init, apply, spec)
