@@ -16,14 +16,16 @@ from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger,
                         ReduceLROnPlateau, TerminateOnNaN, TrainState, evaluate, fit,
                         make_eval_step, make_train_step, predict)
 
+from jdnn import checkpoint  # noqa: E402  (after train: checkpoints hold a TrainState)
+
 __version__ = "0.1.0"
 
 __all__ = [
-    "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Flatten", "Gelu",
-    "GradReport", "Layer", "check_gradients", "reference",
-    "LayerError", "LeakyRelu", "MaxPool2D", "PRelu", "Relu", "Sigmoid", "Softmax", "Spec", "Tanh",
-    "TrainState", "losses", "make_eval_step", "make_train_step", "metrics", "regularizers",
-    "residual", "serial", "__version__", "CSVLogger", "Callback", "EarlyStopping", "History",
-    "JSONLogger", "ModelCheckpoint", "ReduceLROnPlateau", "TerminateOnNaN", "data", "evaluate",
-    "fit", "freeze", "predict",
+    "AvgPool2D", "BatchNorm", "CSVLogger", "Callback", "Conv2D", "Dense", "Dropout",
+    "EarlyStopping", "Elu", "Flatten", "Gelu", "GradReport", "History", "JSONLogger", "Layer",
+    "LayerError", "LeakyRelu", "MaxPool2D", "ModelCheckpoint", "PRelu", "ReduceLROnPlateau",
+    "Relu", "Sigmoid", "Softmax", "Spec", "Tanh", "TerminateOnNaN", "TrainState",
+    "__version__", "check_gradients", "checkpoint", "data", "evaluate", "fit", "freeze",
+    "losses", "make_eval_step", "make_train_step", "metrics", "predict", "reference",
+    "regularizers", "residual", "serial",
 ]

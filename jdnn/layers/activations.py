@@ -14,6 +14,12 @@ import jax.numpy as jnp
 from jdnn.core import Layer, check_features, check_hparam, check_input_shape, make_spec
 
 
+def float_dtype():
+    """The default float dtype (float32, or float64 with x64 enabled), strongly typed: a Python
+    float would make a weakly-typed parameter, and the optimizer state would change type once."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
 def _elementwise(kind: str, fn: Callable[[jax.Array], jax.Array], **hparams) -> Layer:
     def init(key, input_shape):
         del key
@@ -103,7 +109,7 @@ def PRelu(alpha_init: float = 0.25) -> Layer:
     def init(key, input_shape):
         del key
         shape = check_input_shape("PRelu", input_shape, min_rank=2)
-        return shape, {"alpha": jnp.full((shape[-1],), start)}, {}
+        return shape, {"alpha": jnp.full((shape[-1],), start, dtype=float_dtype())}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
