@@ -13,7 +13,7 @@ from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Elu, Flat
                          serial)
 from jdnn.regularizers import freeze
 from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger, ModelCheckpoint,
-                        ReduceLROnPlateau, TerminateOnNaN, TrainState, evaluate, fit,
+                        PrintLogger, ReduceLROnPlateau, TerminateOnNaN, TrainState, evaluate, fit,
                         make_eval_step, make_train_step, predict)
 
 from jdnn import checkpoint  # noqa: E402  (after train: checkpoints hold a TrainState)
@@ -21,11 +21,10 @@ from jdnn import checkpoint  # noqa: E402  (after train: checkpoints hold a Trai
 __version__ = "0.1.0"
 
 __all__ = [
-    "AvgPool2D", "BatchNorm", "CSVLogger", "Callback", "Conv2D", "Dense", "Dropout",
-    "EarlyStopping", "Elu", "Flatten", "Gelu", "GradReport", "History", "JSONLogger", "Layer",
-    "LayerError", "LeakyRelu", "MaxPool2D", "ModelCheckpoint", "PRelu", "ReduceLROnPlateau",
-    "Relu", "Sigmoid", "Softmax", "Spec", "Tanh", "TerminateOnNaN", "TrainState",
-    "__version__", "check_gradients", "checkpoint", "data", "evaluate", "fit", "freeze",
-    "losses", "make_eval_step", "make_train_step", "metrics", "predict", "reference",
-    "regularizers", "residual", "serial",
+    "__version__", "AvgPool2D", "BatchNorm", "Callback", "check_gradients", "checkpoint", "Conv2D",
+    "CSVLogger", "data", "Dense", "Dropout", "EarlyStopping", "Elu", "evaluate", "fit", "Flatten",
+    "freeze", "Gelu", "GradReport", "History", "JSONLogger", "Layer", "LayerError", "LeakyRelu",
+    "losses", "make_eval_step", "make_train_step", "MaxPool2D", "metrics", "ModelCheckpoint",
+    "predict", "PRelu", "PrintLogger", "ReduceLROnPlateau", "reference", "regularizers", "Relu",
+    "residual", "serial", "Sigmoid", "Softmax", "Spec", "Tanh", "TerminateOnNaN", "TrainState",
 ]

@@ -19,7 +19,7 @@ import optax
 from jdnn import checkpoint, data, io, losses, regularizers
 from jdnn.core import Layer
 from jdnn.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Relu, serial
-from jdnn.train import EarlyStopping, TerminateOnNaN, evaluate, fit
+from jdnn.train import EarlyStopping, PrintLogger, TerminateOnNaN, evaluate, fit
 
 DATASETS = ("digits", "xor", "moons", "mnist", "fashion-mnist")
 MODELS = ("mlp", "cnn")
@@ -132,7 +132,7 @@ def train(config: Config, log=print) -> dict[str, Any]:
         log(f"resumed from {config.resume} at step {int(train_state.step)}")
     penalty = (regularizers.penalty(l1=config.l1, l2=config.l2)
                if config.l1 or config.l2 else None)
-    callbacks = [TerminateOnNaN()]
+    callbacks = [TerminateOnNaN(), PrintLogger(log if log is not print else None)]
     if config.early_stopping is not None:
         callbacks.append(EarlyStopping("val_loss", patience=config.early_stopping))
     loss = losses.softmax_cross_entropy
@@ -141,12 +141,6 @@ def train(config: Config, log=print) -> dict[str, Any]:
         batch_size=config.batch_size, key=jax.random.key(config.seed),
         validation_data=(x_test, y_test), penalty=penalty, callbacks=callbacks,
         progress=config.progress, train_state=train_state)
-    for record in history.records:
-        log(f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  accuracy "
-            f"{record['accuracy']:.4f}  test loss {record['val_loss']:.4f}  test accuracy "
-            f"{record['val_accuracy']:.4f}  ({record['seconds']:.2f}s)")
-    if history.stop_reason:
-        log(history.stop_reason)
     history.to_json(out / "history.json")
     checkpoint.save(out / "final.safetensors", train_state, model,
                     metadata={"config": dataclasses.asdict(config)})

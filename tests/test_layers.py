@@ -7,6 +7,7 @@ test_layers_<family>.py.
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 
 import chex
@@ -46,14 +47,13 @@ class Case:
     has_params: bool = False
     inputs: str = "away"  # "away": |x| >= 0.3; "distinct": a permutation of distinct values
 
-    def x(self, seed=0, dtype=np.float32, batch=None):
-        shape = self.shape if batch is None else (batch, *self.shape[1:])
-        rng = np.random.default_rng(seed)
+    def x(self):
+        rng = np.random.default_rng(0)
         if self.inputs == "distinct":
-            n = int(np.prod(shape))
-            return (rng.permutation(n) / n * 4.0 - 2.0).reshape(shape).astype(dtype)
-        x = rng.normal(size=shape)
-        return (x + np.where(x >= 0, 0.3, -0.3)).astype(dtype)
+            n = math.prod(self.shape)
+            return (rng.permutation(n) / n * 4.0 - 2.0).reshape(self.shape).astype(np.float32)
+        x = rng.normal(size=self.shape)
+        return (x + np.where(x >= 0, 0.3, -0.3)).astype(np.float32)
 
 
 VEC = (4, 5)

@@ -2,12 +2,13 @@
 disk, device-resident batching with padding and masks, keyed augmentation, and the checks that
 stop bad data before training starts."""
 
+from jdnn.data import augment
 from jdnn.data.batching import epoch_batches, num_batches
 from jdnn.data.datasets import digits, moons, spirals, xor
 from jdnn.data.idx import download_mnist, load_fashion_mnist, load_mnist, read_idx, write_idx
 from jdnn.data.validate import as_arrays, check_data
 
 __all__ = [
-    "as_arrays", "check_data", "digits", "download_mnist", "epoch_batches", "load_fashion_mnist",
+    "as_arrays", "augment", "check_data", "digits", "download_mnist", "epoch_batches", "load_fashion_mnist",
     "load_mnist", "moons", "num_batches", "read_idx", "spirals", "write_idx", "xor",
 ]

@@ -338,7 +338,7 @@ def download_mnist(dest: str | os.PathLike, *, base_url: str | None = None,
             naming the URL; no file is left behind.
 
     Example:
-        >>> digests = jdnn.data.download_mnist("~/data/mnist")    # ~11 MB, four files
+        >>> digests = jdnn.data.download_mnist("~/data/mnist")    # about 12 MB, four files
         >>> (x_train, y_train), _ = jdnn.data.load_mnist("~/data/mnist")
     """
     if base_url is None:

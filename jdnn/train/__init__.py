@@ -2,7 +2,7 @@
 and evaluation/prediction over whole datasets."""
 
 from jdnn.train.callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, ModelCheckpoint,
-                                  ReduceLROnPlateau, Run, TerminateOnNaN)
+                                  PrintLogger, ReduceLROnPlateau, Run, TerminateOnNaN)
 from jdnn.train.evaluate import evaluate, make_evaluator, predict
 from jdnn.train.fit import fit, make_epoch
 from jdnn.train.history import History
@@ -10,7 +10,7 @@ from jdnn.train.state import TrainState
 from jdnn.train.step import make_eval_step, make_train_step
 
 __all__ = [
-    "CSVLogger", "Callback", "EarlyStopping", "History", "JSONLogger", "ModelCheckpoint",
-    "ReduceLROnPlateau", "Run", "TerminateOnNaN", "TrainState", "evaluate", "fit",
-    "make_epoch", "make_eval_step", "make_evaluator", "make_train_step", "predict",
+    "Callback", "CSVLogger", "EarlyStopping", "evaluate", "fit", "History", "JSONLogger",
+    "make_epoch", "make_eval_step", "make_evaluator", "make_train_step", "ModelCheckpoint",
+    "predict", "PrintLogger", "ReduceLROnPlateau", "Run", "TerminateOnNaN", "TrainState",
 ]

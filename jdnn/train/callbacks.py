@@ -242,6 +242,30 @@ class ModelCheckpoint(Callback):
         return found[-1] if found else None
 
 
+class PrintLogger(Callback):
+    """Prints one line per epoch, e.g. `epoch   3  loss 0.2104  accuracy 0.9412  val_loss ...`
+    (through tqdm, so a progress bar stays intact)."""
+
+    def __init__(self, print_fn=None):
+        self.print_fn = print_fn
+
+    def on_epoch_end(self, run: Run) -> None:
+        record = run.history.records[-1]
+        values = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch",
+                                                                                 "seconds"))
+        line = f"epoch {record['epoch']:3d}  {values}  ({record['seconds']:.2f}s)"
+        if self.print_fn is not None:
+            self.print_fn(line)
+        else:
+            from tqdm.auto import tqdm
+
+            tqdm.write(line)
+
+    def on_train_end(self, run: Run) -> None:
+        if run.stop_reason:
+            (self.print_fn or print)(run.stop_reason)
+
+
 class CSVLogger(Callback):
     """Rewrites `path` (atomically) after every epoch with the history as CSV, one row each."""
 

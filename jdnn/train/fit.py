@@ -83,6 +83,11 @@ def _host_epoch(step: Callable, n: int, batch_size: int, drop_remainder: bool) -
     return epoch
 
 
+def _ordered(report: dict) -> dict[str, float]:
+    """Host floats, the loss first (compiled dicts come back sorted by key)."""
+    return {k: float(report[k]) for k in sorted(report, key=lambda k: (k != "loss", k))}
+
+
 def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientTransformation,
         epochs: int, batch_size: int, key: jax.Array | int, validation_data: Any = None,
         metrics: Metrics = ("accuracy",), penalty: Callable | None = None,
@@ -166,10 +171,10 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     for epoch in bar:
         began = time.perf_counter()
         run.train_state, means = run_epoch(run.train_state, x, y)
-        record = {"epoch": epoch, **{k: float(v) for k, v in means.items()}}
+        record = {"epoch": epoch, **_ordered(means)}
         if evaluator is not None:
             val = evaluator(run.train_state, *validation)
-            record.update({f"val_{k}": float(v) for k, v in val.items()})
+            record.update({f"val_{k}": v for k, v in _ordered(val).items()})
         record["seconds"] = time.perf_counter() - began
         run.history.append(record)
         run.epoch = epoch
