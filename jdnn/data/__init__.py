@@ -10,5 +10,6 @@ from jdnn.data.validate import as_arrays, check_data
 
 __all__ = [
     "as_arrays", "augment", "check_data", "digits", "download_mnist", "epoch_batches",
-    "load_fashion_mnist", "load_mnist", "moons", "num_batches", "read_idx", "spirals", "write_idx", "xor",
+    "load_fashion_mnist", "load_mnist", "moons", "num_batches", "read_idx", "spirals",
+    "write_idx", "xor",
 ]
