@@ -31,7 +31,11 @@ def _train(args: argparse.Namespace) -> int:
 
     fields = {f.name for f in dataclasses.fields(run.Config)}
     config = run.Config(**{k: v for k, v in vars(args).items() if k in fields})
-    run.train(config)
+    try:
+        run.train(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"jdnn train: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

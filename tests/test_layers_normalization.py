@@ -99,7 +99,7 @@ def test_train_mode_gradients_flow_through_batch_statistics(key):
         def f(x, params):
             return layer.apply(params, state, x, train=True)[0]
 
-        check_grads(f, (x64, params), order=1, modes=("rev",))
+        check_grads(jax.jit(f), (x64, params), order=1, modes=("rev",))
 
 
 def test_momentum_zero_keeps_only_the_last_batch(key):

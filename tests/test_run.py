@@ -1,0 +1,88 @@
+"""`jdnn train`, the main job: defaults, options, run directory, resume, errors."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from jdnn import checkpoint, data
+from jdnn.cli import main
+
+
+def _train(capsys, *args):
+    code = main(["train", "--no-progress", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_default_run_reaches_97_percent_and_writes_a_run_directory(tmp_path, capsys):
+    code, out, _ = _train(capsys, "--out", str(tmp_path))
+    assert code == 0
+    assert "mlp on digits" in out
+    assert len(re.findall(r"^epoch +\d+ ", out, re.M)) == 30  # per-epoch progress
+    accuracy = float(re.search(r"test accuracy (\d\.\d+)", out.splitlines()[-1]).group(1))
+    assert accuracy >= 0.97
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["test_accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["records"]) == 30
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["optimizer"] == "adam" and config["dataset"] == "digits"
+    restored = checkpoint.restore(tmp_path / "final.safetensors")
+    assert int(restored.step) == 30 * 43  # 1,347 examples in batches of 32
+
+
+def test_resume_continues_from_a_checkpoint(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _train(capsys, "--epochs", "2", "--out", str(first))[0] == 0
+    code, out, _ = _train(capsys, "--epochs", "2", "--out", str(second), "--resume",
+                          str(first / "final.safetensors"))
+    assert code == 0 and "resumed from" in out
+    records = json.loads((second / "history.json").read_text())["records"]
+    assert [r["epoch"] for r in records] == [3, 4]
+
+
+def test_options_reach_the_model_and_the_config(tmp_path, capsys):
+    code, out, _ = _train(capsys, "--optimizer", "momentum", "--lr", "0.05", "--l2", "1e-4",
+                          "--dropout", "0.2", "--batch-norm", "--early-stopping", "2",
+                          "--epochs", "3", "--batch-size", "64", "--seed", "3",
+                          "--out", str(tmp_path))
+    assert code == 0
+    assert "BatchNorm" in out and "Dropout(rate=0.2)" in out
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["optimizer"], config["lr"], config["l2"], config["batch_size"]) == (
+        "momentum", 0.05, 1e-4, 64)
+    assert config["early_stopping"] == 2 and config["batch_norm"] is True
+
+
+@pytest.mark.parametrize("model,dataset", [("cnn", "digits"), ("mlp", "moons"), ("mlp", "xor")])
+def test_other_models_and_datasets_run(tmp_path, capsys, model, dataset):
+    code, out, _ = _train(capsys, "--model", model, "--dataset", dataset, "--epochs", "2",
+                          "--out", str(tmp_path))
+    assert code == 0 and f"{model} on {dataset}" in out
+    assert (tmp_path / "final.safetensors").exists()
+
+
+def test_mnist_reads_idx_files_from_data_dir(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        data.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz",
+                       rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        data.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz",
+                       rng.integers(0, 10, n, dtype=np.uint8))
+    code, out, _ = _train(capsys, "--dataset", "mnist", "--data-dir", str(folder), "--model",
+                          "cnn", "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert code == 0 and "64 train, 32 test" in out
+
+
+def test_bad_combinations_exit_2_with_a_message(tmp_path, capsys):
+    code, _, err = _train(capsys, "--dataset", "mnist", "--out", str(tmp_path))
+    assert code == 2 and "--data-dir" in err and "download_mnist" in err
+    code, _, err = _train(capsys, "--model", "cnn", "--dataset", "moons", "--out", str(tmp_path))
+    assert code == 2 and "needs images" in err
+    code, _, err = _train(capsys, "--dataset", "mnist", "--data-dir", str(tmp_path / "none"),
+                          "--out", str(tmp_path))
+    assert code == 2 and "download_mnist" in err
