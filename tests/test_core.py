@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pickle
 
 import jax.numpy as jnp
 import numpy as np
@@ -124,6 +125,14 @@ def test_layer_error_names_kind_and_path():
     assert (nested.kind, nested.detail, nested.path) == ("Dense", "bad input",
                                                          ("1_serial", "0_dense"))
     assert error.path == ()  # within() returns a new error
+
+
+def test_layer_error_survives_pickling():
+    # errors cross process boundaries (multiprocessing, parallel runs) by pickle
+    error = pickle.loads(pickle.dumps(LayerError("Dense", "bad input", ("1_serial", "0_dense"))))
+    assert isinstance(error, LayerError)
+    assert str(error) == "Dense layer at 1_serial/0_dense: bad input"
+    assert (error.kind, error.detail, error.path) == ("Dense", "bad input", ("1_serial", "0_dense"))
 
 
 # --- construction-time checks ----------------------------------------------------------------

@@ -4,13 +4,13 @@ and evaluation/prediction over whole datasets."""
 from jdnn.train.callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, ModelCheckpoint,
                                   PrintLogger, ReduceLROnPlateau, Run, TerminateOnNaN)
 from jdnn.train.evaluate import evaluate, make_evaluator, predict
-from jdnn.train.fit import fit, make_epoch
+from jdnn.train.fit import epoch_fn, fit, make_epoch
 from jdnn.train.history import History
 from jdnn.train.state import TrainState
 from jdnn.train.step import make_eval_step, make_train_step
 
 __all__ = [
-    "Callback", "CSVLogger", "EarlyStopping", "evaluate", "fit", "History", "JSONLogger",
+    "Callback", "CSVLogger", "EarlyStopping", "epoch_fn", "evaluate", "fit", "History", "JSONLogger",
     "make_epoch", "make_eval_step", "make_evaluator", "make_train_step", "ModelCheckpoint",
     "predict", "PrintLogger", "ReduceLROnPlateau", "Run", "TerminateOnNaN", "TrainState",
 ]

@@ -46,12 +46,14 @@ def _epoch_plan(train_state: TrainState, n: int, batch_size: int, drop_remainder
     return train_state._replace(key=key), indices, masks
 
 
-def make_epoch(step: Callable, n: int, batch_size: int, *,
-               drop_remainder: bool = False) -> Callable:
-    """One epoch as one compiled program: `epoch(train_state, x, y) -> (train_state, means)`.
+def epoch_fn(step: Callable, n: int, batch_size: int, *,
+             drop_remainder: bool = False) -> Callable:
+    """One epoch as a pure function `epoch(train_state, x, y) -> (train_state, means)`.
 
-    `x` and `y` are device arrays of all `n` examples; `means` holds each metric averaged over
-    the epoch's real (unpadded) examples. The incoming state is donated.
+    `x` and `y` hold all `n` examples (device arrays); the batches are gathered from them by the
+    epoch's key-driven plan and scanned with `step`; `means` holds each metric averaged over the
+    epoch's real (unpadded) examples. Uncompiled: `make_epoch` jits it, `jax.vmap` can batch it
+    (ensembles, hyper-parameter search).
     """
 
     def epoch(train_state, x, y):
@@ -64,7 +66,14 @@ def make_epoch(step: Callable, n: int, batch_size: int, *,
         train_state, reports = lax.scan(body, train_state, (indices, masks))
         return train_state, weighted_means(reports, masks)
 
-    return jax.jit(epoch, donate_argnums=0)
+    return epoch
+
+
+def make_epoch(step: Callable, n: int, batch_size: int, *,
+               drop_remainder: bool = False) -> Callable:
+    """`epoch_fn` compiled, with the incoming train state donated."""
+    return jax.jit(epoch_fn(step, n, batch_size, drop_remainder=drop_remainder),
+                   donate_argnums=0)
 
 
 def _host_epoch(step: Callable, n: int, batch_size: int, drop_remainder: bool) -> Callable:
