@@ -125,6 +125,9 @@ class LayerError(ValueError):
         where = "/".join(path) if path else "<root>"
         super().__init__(f"{kind} layer at {where}: {detail}")
 
+    def __reduce__(self):
+        return (LayerError, (self.kind, self.detail, self.path))
+
     def within(self, name: str) -> LayerError:
         """The same error, seen from the combinator that files this layer under `name`."""
         return LayerError(self.kind, self.detail, (name, *self.path))
@@ -136,19 +139,27 @@ def check_hparam(kind: str, name: str, value: Any, ok: bool, expected: str) -> N
         raise ValueError(f"{kind}: {name} must be {expected}, got {value!r}")
 
 
+def positive_int(kind: str, name: str, value: Any) -> int:
+    """A positive int hyper-parameter (NumPy ints accepted, bools and floats not), as `int`."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+    check_hparam(kind, name, value, ok, "a positive int")
+    return int(value)
+
+
 def positive_ints(kind: str, name: str, value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
     """Normalizes an int or an n-tuple of ints (e.g. a kernel size) and checks each is >= 1."""
-    if isinstance(value, int):
+    if isinstance(value, (int, np.integer)):
         values = (value,) * n
     else:
         try:
             values = tuple(value)
         except TypeError:
             values = ()
-    ok = len(values) == n and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    ok = len(values) == n and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                  for v in values)
     check_hparam(kind, name, value, ok and all(v >= 1 for v in values),
                  f"a positive int or a tuple of {n} positive ints")
-    return values
+    return tuple(int(v) for v in values)
 
 
 def padding_mode(kind: str, padding: str) -> str:

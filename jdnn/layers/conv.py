@@ -8,16 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jdnn.core import (
-    Layer,
-    check_hparam,
-    check_images,
-    check_input_shape,
-    make_spec,
-    padding_mode,
-    positive_ints,
-    spatial_output_shape,
-)
+from jdnn.core import (Layer, check_images, check_input_shape, make_spec, padding_mode,
+                       positive_int, positive_ints, spatial_output_shape)
 from jdnn.layers import initializers
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -90,8 +82,7 @@ def Conv2D(features: int, kernel_size: int | tuple[int, int], strides: int | tup
         >>> conv = jdnn.Conv2D(32, (3, 3), padding="SAME")
         >>> out_shape, params, _ = conv.init(jax.random.key(0), (64, 28, 28, 1))  # (64, 28, 28, 32)
     """
-    ok = isinstance(features, int) and not isinstance(features, bool) and features >= 1
-    check_hparam("Conv2D", "features", features, ok, "a positive int")
+    features = positive_int("Conv2D", "features", features)
     kernel = positive_ints("Conv2D", "kernel_size", kernel_size, 2)
     stride = positive_ints("Conv2D", "strides", strides, 2)
     pad = padding_mode("Conv2D", padding)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import jax
 
-from jdnn.core import Layer, LayerError, check_features, check_hparam, check_input_shape, make_spec
+from jdnn.core import (Layer, LayerError, check_features, check_input_shape, make_spec,
+                       positive_int)
 from jdnn.layers import initializers
 
 
@@ -29,8 +30,7 @@ def Dense(features: int, *, use_bias: bool = True, w_init: str | initializers.In
         >>> layer = jdnn.Dense(10, w_init="he_normal")
         >>> out_shape, params, state = layer.init(jax.random.key(0), (32, 64))  # (32, 10)
     """
-    ok = isinstance(features, int) and not isinstance(features, bool) and features >= 1
-    check_hparam("Dense", "features", features, ok, "a positive int")
+    features = positive_int("Dense", "features", features)
     w_fn, w_name = initializers.resolve("Dense", "w_init", w_init)
     b_fn, b_name = initializers.resolve("Dense", "b_init", b_init)
     spec = make_spec("Dense", features=features, use_bias=bool(use_bias), w_init=w_name,

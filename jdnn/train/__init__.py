@@ -10,7 +10,8 @@ from jdnn.train.state import TrainState
 from jdnn.train.step import make_eval_step, make_train_step
 
 __all__ = [
-    "Callback", "CSVLogger", "EarlyStopping", "epoch_fn", "evaluate", "fit", "History", "JSONLogger",
-    "make_epoch", "make_eval_step", "make_evaluator", "make_train_step", "ModelCheckpoint",
-    "predict", "PrintLogger", "ReduceLROnPlateau", "Run", "TerminateOnNaN", "TrainState",
+    "Callback", "CSVLogger", "EarlyStopping", "epoch_fn", "evaluate", "fit", "History",
+    "JSONLogger", "make_epoch", "make_eval_step", "make_evaluator", "make_train_step",
+    "ModelCheckpoint", "predict", "PrintLogger", "ReduceLROnPlateau", "Run", "TerminateOnNaN",
+    "TrainState",
 ]
