@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 from importlib import metadata
@@ -125,6 +126,21 @@ def _add_train(commands) -> None:
     train.set_defaults(run=_train)
 
 
+def enable_compilation_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache, so a second run of a command reuses the
+    compiled programs of the first. The folder is `$JDNN_CACHE_DIR`, else
+    `~/.cache/jdnn/jax`; `JDNN_CACHE_DIR=off` disables it. Returns the folder (None if off)."""
+    import jax
+
+    folder = os.environ.get("JDNN_CACHE_DIR", os.path.expanduser("~/.cache/jdnn/jax"))
+    if folder.lower() in ("", "off", "0", "none"):
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the `jdnn` command; returns its exit status."""
     parser = build_parser()
@@ -132,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    enable_compilation_cache()
     return args.run(args)
 
 

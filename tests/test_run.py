@@ -3,6 +3,7 @@
 import json
 import re
 
+import jax
 import numpy as np
 import pytest
 
@@ -86,3 +87,17 @@ def test_bad_combinations_exit_2_with_a_message(tmp_path, capsys):
     code, _, err = _train(capsys, "--dataset", "mnist", "--data-dir", str(tmp_path / "none"),
                           "--out", str(tmp_path))
     assert code == 2 and "download_mnist" in err
+
+
+def test_the_cli_turns_on_the_persistent_compilation_cache(tmp_path, monkeypatch):
+    from jdnn.cli import enable_compilation_cache
+
+    monkeypatch.setenv("JDNN_CACHE_DIR", str(tmp_path / "cache"))
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        assert enable_compilation_cache() == str(tmp_path / "cache")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+        monkeypatch.setenv("JDNN_CACHE_DIR", "off")
+        assert enable_compilation_cache() is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
