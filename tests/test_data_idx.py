@@ -14,14 +14,8 @@ import types
 import numpy as np
 import pytest
 
-from jdnn.data.idx import (
-    MNIST_FILES,
-    download_mnist,
-    load_fashion_mnist,
-    load_mnist,
-    read_idx,
-    write_idx,
-)
+from jdnn.data.download import download_mnist
+from jdnn.data.idx import MNIST_FILES, load_fashion_mnist, load_mnist, read_idx, write_idx
 
 # --- the format ------------------------------------------------------------------------------
 

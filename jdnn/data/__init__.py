@@ -5,7 +5,8 @@ stop bad data before training starts."""
 from jdnn.data import augment
 from jdnn.data.batching import epoch_batches, num_batches
 from jdnn.data.datasets import digits, moons, spirals, xor
-from jdnn.data.idx import download_mnist, load_fashion_mnist, load_mnist, read_idx, write_idx
+from jdnn.data.download import download_mnist
+from jdnn.data.idx import load_fashion_mnist, load_mnist, read_idx, write_idx
 from jdnn.data.validate import as_arrays, check_data
 
 __all__ = [

@@ -1,0 +1,320 @@
+"""summary: a model's layers as a table of shapes, parameter counts and FLOPs, from its spec.
+
+Nothing runs: the parameter and state trees come from `jax.eval_shape(model.init, ...)` and
+each layer's output shape from the `init` of a twin of that layer rebuilt from its spec
+(`rebuild`), traced abstractly too. Rows are listed in the order data flows: every layer of
+the model, leaves and combinators alike, nested combinators' children indented under them.
+
+FLOPs convention (per example, inference, `train=False`):
+
+- a multiply-add counts as 2 FLOPs; bias additions are not counted (the usual convention);
+- `Dense`: `2 * in * out` (times the positions for inputs of rank > 2);
+- `Conv2D`: `2 * kh * kw * cin * cout * Hout * Wout` (padded positions counted as real);
+- `MaxPool2D` / `AvgPool2D`: one operation per window element per output, `wh * ww` each;
+- elementwise activations (ReLU, sigmoid, tanh, ...) and `PRelu`: 1 per element;
+  `Softmax`: 3 per element (exp, sum, divide);
+- `BatchNorm`: 4 per element (subtract, multiply by `rsqrt(var + eps)`, scale, shift);
+- `residual`: its inner layer's plus 1 per element for the addition;
+- `Dropout` (the identity at inference) and `Flatten`: 0.
+
+Example:
+    >>> print(jdnn.summary.summary(jdnn.serial(jdnn.Dense(3), jdnn.Sigmoid(), jdnn.Dense(1)),
+    ...                            (1, 2)))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+
+from jdnn import layers
+from jdnn.core import Layer, Shape, Spec, child_name
+
+COMBINATORS = ("serial", "residual")
+ELEMENTWISE = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Gelu", "Elu", "PRelu")
+FLOPS_PER_ELEMENT = {**dict.fromkeys(ELEMENTWISE, 1), "Softmax": 3, "BatchNorm": 4,
+                     "Dropout": 0, "Flatten": 0}
+FLOPS_CONVENTION = ("per example at inference; a multiply-add is 2 FLOPs, bias additions not "
+                    "counted; Dense 2*in*out, Conv2D 2*kh*kw*cin*cout*Hout*Wout, pooling wh*ww "
+                    "per output, activations 1/element (softmax 3), BatchNorm 4/element, "
+                    "residual add 1/element, Dropout and Flatten 0")
+
+
+class UnknownKindError(ValueError):
+    """A spec names a layer kind that is not one of jdnn's own layers."""
+
+
+@functools.cache
+def rebuild(spec: Spec) -> Layer:
+    """A twin of the layer `spec` describes, built by calling jdnn's constructor again.
+
+    The twin's `apply` is the original's (the hyper-parameters are the constructor's
+    arguments); its `init` may differ only when the original was given an initializer function
+    instead of a name (those are recorded as `"<name>"`): the twin then uses the default one.
+    Use the twin with the original's params, never for fresh ones.
+
+    Args:
+        spec: a jdnn `Spec`, e.g. `model.spec` or one of its children.
+
+    Returns:
+        A `Layer` with the same spec kind and hyper-parameters.
+
+    Raises:
+        UnknownKindError: for a kind that is not a jdnn layer (a user's own layer).
+
+    Example:
+        >>> dense = rebuild(model.spec.children[0])
+        >>> y, _ = dense.apply(params["0_dense"], {}, x)
+    """
+    if spec.kind == "serial":
+        return layers.serial(*(rebuild(child) for child in spec.children))
+    if spec.kind == "residual":
+        return layers.residual(rebuild(spec.children[0]))
+    if spec.kind not in layers.__all__:
+        raise UnknownKindError(f"cannot rebuild layer kind {spec.kind!r} from its spec: it is not "
+                               f"one of jdnn's layers ({', '.join(layers.__all__)})")
+    hparams = {name: value for name, value in spec.hparams
+               if not (name in ("w_init", "b_init") and str(value).startswith("<"))}
+    return getattr(layers, spec.kind)(**hparams)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One layer of the table.
+
+    Attributes:
+        path: the layer's path in the params tree, e.g. `"2_residual/0_serial/1_gelu"`.
+        kind: its spec kind, e.g. `"Dense"`.
+        depth: 0 for the model's own layers, +1 per enclosing combinator.
+        output_shape: with the batch axis of the summary's input shape; None if unknown.
+        params: the number of trainable scalars (a combinator: its children's sum).
+        state: the number of state scalars (batch-norm statistics).
+        flops: FLOPs per example (see the module docstring); None if unknown.
+    """
+
+    path: str
+    kind: str
+    depth: int
+    output_shape: Shape | None
+    params: int
+    state: int
+    flops: int | None
+
+    @property
+    def name(self) -> str:
+        """The last part of the path, e.g. `"1_gelu"`."""
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """The table `summary` returns: print it, or read `rows`, the totals, or `to_dict()`.
+
+    Attributes:
+        spec: the model's spec.
+        input_shape: the input shape summarized, batch axis first.
+        output_shape: the model's output shape.
+        rows: one `Row` per layer, in data-flow order.
+        params: trainable scalars in total; state: state scalars in total.
+        param_bytes, state_bytes: their sizes in bytes (from the dtypes `init` gives).
+        flops: FLOPs per example for the whole model (None if a layer's is unknown).
+    """
+
+    spec: Spec
+    input_shape: Shape
+    output_shape: Shape
+    rows: tuple[Row, ...]
+    params: int
+    state: int
+    param_bytes: int
+    state_bytes: int
+    flops: int | None
+
+    @property
+    def total(self) -> int:
+        """Parameters plus state: every scalar a checkpoint holds for the model."""
+        return self.params + self.state
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of parameters plus state."""
+        return self.param_bytes + self.state_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: shapes, one dict per row, totals and the FLOPs convention."""
+        return {
+            "model": self.spec.to_dict(),
+            "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
+            "layers": [{**dataclasses.asdict(row), "output_shape": None if row.output_shape
+                        is None else list(row.output_shape)} for row in self.rows],
+            "totals": {"params": self.params, "trainable": self.params, "state": self.state,
+                       "total": self.total, "param_bytes": self.param_bytes,
+                       "state_bytes": self.state_bytes, "bytes": self.bytes,
+                       "flops": self.flops},
+            "flops_convention": FLOPS_CONVENTION,
+        }
+
+    def __str__(self) -> str:
+        header = ("Layer", "Kind", "Output shape", "Params", "State", "FLOPs/example")
+        body = [("  " * row.depth + row.name, row.kind, _shape_text(row.output_shape),
+                 f"{row.params:,}", f"{row.state:,}", _count_text(row.flops))
+                for row in self.rows]
+        widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+        left = (True, True, True, False, False, False)
+
+        def line(cells):
+            return "  ".join(c.ljust(w) if lj else c.rjust(w)
+                             for c, w, lj in zip(cells, widths, left)).rstrip()
+
+        rule = "-" * len(line(header))
+        totals = [
+            f"Input {_shape_text(self.input_shape)} -> output {_shape_text(self.output_shape)}",
+            f"Parameters (trainable): {self.params:,} ({_bytes_text(self.param_bytes)})",
+            f"State (non-trainable):  {self.state:,} ({_bytes_text(self.state_bytes)})",
+            f"Total:                  {self.total:,} ({_bytes_text(self.bytes)})",
+            f"FLOPs per example:      {_count_text(self.flops)} (multiply-add = 2)",
+        ]
+        return "\n".join([line(header), rule, *(line(cells) for cells in body), rule, *totals])
+
+    __repr__ = __str__
+
+
+def _shape_text(shape: Shape | None) -> str:
+    return "?" if shape is None else str(tuple(shape))
+
+
+def _count_text(count: int | None) -> str:
+    return "?" if count is None else f"{count:,}"
+
+
+def _bytes_text(size: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs of one layer, from its spec and its per-example input and output shapes.
+
+
+def layer_flops(spec: Spec, input_shape: Shape, output_shape: Shape) -> int | None:
+    """FLOPs per example of a leaf layer (see the module docstring); None for an unknown kind.
+
+    Args:
+        spec: the layer's spec.
+        input_shape: its input shape, batch axis first (the batch size is divided out).
+        output_shape: its output shape, batch axis first.
+
+    Example:
+        >>> layer_flops(jdnn.Dense(10).spec, (1, 64), (1, 10))
+        1280
+    """
+    outputs = math.prod(output_shape[1:])
+    if spec.kind == "Dense":
+        return 2 * input_shape[-1] * outputs
+    if spec.kind == "Conv2D":
+        kh, kw = spec["kernel_size"]
+        return 2 * kh * kw * input_shape[-1] * outputs
+    if spec.kind in ("MaxPool2D", "AvgPool2D"):
+        return math.prod(spec["window"]) * outputs
+    if spec.kind in FLOPS_PER_ELEMENT:
+        return FLOPS_PER_ELEMENT[spec.kind] * outputs
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The walk: data-flow order, shapes threaded through each leaf's twin, counts read off the trees.
+
+
+def _leaf_shape(spec: Spec, input_shape: Shape | None) -> Shape | None:
+    if input_shape is None:
+        return None
+    try:
+        layer = rebuild(spec)
+    except UnknownKindError:
+        return None
+    found = []
+
+    def init(key):
+        shape, params, state = layer.init(key, input_shape)
+        found.append(tuple(shape))
+        return params, state
+
+    jax.eval_shape(init, jax.random.key(0))
+    return found[0]
+
+
+def _size(tree: Any) -> tuple[int, int]:
+    leaves = jax.tree.leaves(tree)
+    return (sum(math.prod(leaf.shape) for leaf in leaves),
+            sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in leaves))
+
+
+def _walk(spec: Spec, path: str, depth: int, shape: Shape | None, params: Any, state: Any,
+          rows: list[Row]) -> tuple[Shape | None, int | None]:
+    """Appends the rows of `spec` and its children; returns its output shape and FLOPs."""
+    index = len(rows)
+    if spec.kind in COMBINATORS:
+        child_depth = depth + 1 if path else depth
+        flops: int | None = 0
+        out = shape
+        for i, child in enumerate(spec.children):
+            name = child_name(i, child)
+            out, child_flops = _walk(child, f"{path}/{name}" if path else name, child_depth,
+                                     out, params[name], state[name], rows)
+            flops = None if flops is None or child_flops is None else flops + child_flops
+        if spec.kind == "residual":
+            out = shape
+            flops = None if flops is None or shape is None else flops + math.prod(shape[1:])
+    else:
+        out = _leaf_shape(spec, shape)
+        flops = None if out is None else layer_flops(spec, shape, out)
+    if path:  # the root combinator's row is the totals
+        row = Row(path, spec.kind, depth, out, _size(params)[0], _size(state)[0], flops)
+        rows.insert(index, row)
+    return out, flops
+
+
+def summary(model: Layer, input_shape: Shape) -> Summary:
+    """The layer table of `model` for inputs of `input_shape`: shapes, counts, FLOPs.
+
+    Computed from the spec and `jax.eval_shape(model.init, ...)`: no parameter is drawn and
+    nothing is applied, so it is instant even for large models.
+
+    Args:
+        model: a jdnn `Layer`.
+        input_shape: the input shape with its batch axis, as `model.init` takes it, e.g.
+            `(1, 784)` or `(32, 28, 28, 1)`. FLOPs are per example whatever the batch size.
+
+    Returns:
+        A `Summary`: `print` it for the table, or read its rows, totals and `to_dict()`.
+
+    Raises:
+        LayerError: if the model does not accept `input_shape` (from `model.init`).
+
+    Example:
+        >>> model = jdnn.serial(jdnn.Conv2D(8, 3), jdnn.Relu(), jdnn.Flatten(), jdnn.Dense(10))
+        >>> print(jdnn.summary.summary(model, (1, 8, 8, 1)))
+    """
+    shape = tuple(int(d) for d in input_shape)
+    found = []
+
+    def init(key):
+        out, params, state = model.init(key, shape)
+        found.append(tuple(out))
+        return params, state
+
+    params, state = jax.eval_shape(init, jax.random.key(0))
+    rows: list[Row] = []
+    _, flops = _walk(model.spec, "", 0, shape, params, state, rows)
+    if model.spec.kind not in COMBINATORS:
+        rows = [Row(model.spec.kind.lower(), model.spec.kind, 0, found[0], _size(params)[0],
+                    _size(state)[0], flops)]
+    (n_params, param_bytes), (n_state, state_bytes) = _size(params), _size(state)
+    return Summary(model.spec, shape, found[0], tuple(rows), n_params, n_state, param_bytes,
+                   state_bytes, flops)

@@ -1,0 +1,281 @@
+"""Per-example gradients: the gradient of each example's own loss, with a leading batch axis.
+
+    grads = jdnn.per_example_grads(model, loss, params, state, x, y, key=key)  # leaves (B, ...)
+    clipped, norms = jdnn.clip_and_aggregate(grads, l2_norm_clip=1.0)
+
+Each example runs as a batch of one (`x[i][None]`) under `jax.vmap(jax.grad(...))`, with its own
+dropout key. Batch norm in training mode couples the examples of a batch, so a per-example
+gradient needs a rule; `per_example_grads` offers two and refuses to guess (see its docstring).
+The rules are implemented by rebuilding the model from its spec with a batch-norm twin
+(`rebuild`), the same mechanism `jdnn.ghost` uses to tap each layer's input and output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from jdnn import layers as layers_lib
+from jdnn.core import Layer, Spec, child_name
+from jdnn.train.step import masked_mean
+
+Loss = Callable[[jax.Array, jax.Array], jax.Array]
+Path = tuple[str, ...]
+EXAMPLES = "examples"  # the vmap axis name batch-norm statistics are averaged over
+BATCH_NORM_RULES = ("batch_stats", "running")
+
+
+class PerExampleAux(NamedTuple):
+    """What `per_example_grads(..., return_aux=True)` returns beside the gradients.
+
+    Attributes:
+        loss: `(B,)` each example's loss (0 where `mask` is False).
+        outputs: `(B, ...)` each example's model output.
+        state: the new layer state, once for the batch (see `per_example_grads`).
+    """
+
+    loss: jax.Array
+    outputs: jax.Array
+    state: Any
+
+
+# ---------------------------------------------------------------------------------------------
+# Rebuilding a model from its spec, so single layers can be swapped for twins.
+
+
+def rebuild(spec: Spec, wrap: Callable[[Path, Spec, Layer], Layer] | None = None,
+            path: Path = ()) -> Layer:
+    """A twin of the model `spec` describes, built from jdnn's own constructors.
+
+    Combinators are rebuilt with `serial`/`residual`, so params, state and dropout keys are
+    laid out exactly as in the original; each leaf layer is rebuilt from its kind and
+    hyper-parameters and handed to `wrap(path, spec, layer)`, which may return a replacement.
+    Initializers are not recorded faithfully in specs and are not needed here: a twin is for
+    `apply` only.
+
+    Raises:
+        ValueError: for a layer kind that is not one of jdnn's (a user-defined layer).
+    """
+    if spec.kind in ("serial", "residual"):
+        children = [rebuild(child, wrap, (*path, child_name(i, child)))
+                    for i, child in enumerate(spec.children)]
+        return getattr(layers_lib, spec.kind)(*children)
+    if spec.kind not in layers_lib.__all__:
+        where = "/".join(path) or "<root>"
+        raise ValueError(f"cannot rebuild the layer {spec.kind!r} at {where}: batch-norm rules "
+                         f"and ghost clipping rebuild the model from its spec and know only "
+                         f"jdnn's layers {sorted(layers_lib.__all__)}")
+    hparams = {name: "zeros" if name in ("w_init", "b_init") else value
+               for name, value in spec.hparams}
+    layer = getattr(layers_lib, spec.kind)(**hparams)
+    return wrap(path, spec, layer) if wrap is not None else layer
+
+
+def subtree(tree: Any, path: Path) -> Any:
+    """The entry of a nested dict at `path`, e.g. `params["1_serial"]["0_dense"]`."""
+    for name in path:
+        tree = tree[name]
+    return tree
+
+
+def has_batch_norm(spec: Spec) -> bool:
+    """Whether a BatchNorm layer appears anywhere in the model `spec` describes."""
+    return spec.kind == "BatchNorm" or any(has_batch_norm(c) for c in spec.children)
+
+
+def check_batch_norm_rule(spec: Spec, train: bool, batch_norm: str | None) -> str | None:
+    """The batch-norm rule to apply (`None`: none needed), or a `ValueError` saying why not."""
+    if batch_norm is not None and batch_norm not in BATCH_NORM_RULES:
+        raise ValueError(f"batch_norm must be None or one of {BATCH_NORM_RULES}, got "
+                         f"{batch_norm!r}")
+    if not train:
+        if batch_norm == "batch_stats":
+            raise ValueError("batch_norm='batch_stats' needs train=True: with train=False batch "
+                             "norm already uses the running statistics")
+        return None
+    if not has_batch_norm(spec):
+        return None
+    if batch_norm is None:
+        raise ValueError("per-example gradients are ill-defined for BatchNorm in training mode "
+                         "(each example's output depends on the whole batch); choose a rule: "
+                         "batch_norm='batch_stats' (normalize with the batch's statistics, held "
+                         "fixed) or batch_norm='running' (normalize with the running "
+                         "statistics), or pass train=False")
+    return batch_norm
+
+
+def batch_norm_twin(spec: Spec, rule: str, axis_name: str | None = None) -> Layer:
+    """A BatchNorm that normalizes with statistics held fixed (no gradient through them).
+
+    `rule="batch_stats"`: the batch's mean and (biased) variance, over every axis but the last
+    and, when `axis_name` is given, also over that vmap axis (each example then holds a batch of
+    one); the running statistics are updated from them as BatchNorm's training mode does.
+    `rule="running"`: the running statistics, left unchanged. Either way dropout elsewhere in the
+    model still sees `train=True`.
+    """
+    stock = layers_lib.BatchNorm(spec["momentum"], spec["eps"])
+    momentum = spec["momentum"]
+
+    def pmean(value):
+        return value if axis_name is None else lax.pmean(value, axis_name)
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key, train
+        if rule == "running":
+            return stock.apply(params, state, x, train=False)
+        axes = tuple(range(x.ndim - 1))
+        mean = pmean(jnp.mean(x, axis=axes))
+        var = pmean(jnp.mean(jnp.square(x - mean), axis=axes))
+        stats = {"mean": lax.stop_gradient(mean), "var": lax.stop_gradient(var)}
+        y, _ = stock.apply(params, stats, x, train=False)
+        return y, {k: momentum * state[k] + (1.0 - momentum) * stats[k] for k in stats}
+
+    return Layer(stock.init, apply, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example gradients by vmap(grad).
+
+
+def check_batch(x: jax.Array, y: jax.Array, mask: jax.Array | None) -> int:
+    """The batch size, after checking `x`, `y` and `mask` agree on it."""
+    if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y need the same leading batch axis, got shapes "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if mask is not None and tuple(mask.shape) != (x.shape[0],):
+        raise ValueError(f"mask must have shape ({x.shape[0]},), one entry per example, got "
+                         f"shape {tuple(mask.shape)}")
+    return x.shape[0]
+
+
+def per_example_grads(model: Layer, loss: Loss, params: Any, state: Any, x: jax.Array,
+                      y: jax.Array, *, key: jax.Array | None = None, train: bool = True,
+                      mask: jax.Array | None = None, batch_norm: str | None = None,
+                      return_aux: bool = False) -> Any:
+    """The gradient of each example's loss with respect to the params, stacked on a batch axis.
+
+    Example `i`'s gradient is `grad(loss(model(x[i][None]), y[i][None])[0])`: its own loss,
+    not divided by the batch size. It is computed by `jax.vmap(jax.grad(...))`, each example a
+    batch of one, so every layer (Flatten, Conv2D) sees the rank it expects.
+
+    Dropout: example `i` runs with key `jax.random.split(key, B)[i]`, so its dropout masks are
+    those a batch of one draws from that key: they differ from the rows of the masks a batched
+    forward draws from `key` (both are valid dropout; the gradients are for these masks).
+
+    Batch norm (`train=True` only; with `train=False` it uses the running statistics and is
+    per-example already). Each example's output depends on the whole batch through the batch
+    statistics, so its own gradient is not defined until a rule says what is held fixed:
+      - `batch_norm=None` (default): a model with BatchNorm raises `ValueError`; never a silent
+        answer (under a plain vmap each example would be normalized by its own statistics).
+      - `"batch_stats"`: normalize with the statistics of the whole batch (every row, `mask`
+        ignored, as BatchNorm does in `make_train_step`) as the per-example forward computes
+        them, treated as constants: no gradient flows through them. The running statistics are
+        updated from them once. The per-example gradients then do not sum to the batched
+        gradient, which also flows through the statistics.
+      - `"running"`: normalize with the running statistics (as in evaluation) while dropout
+        stays on; the state is returned unchanged. The natural choice for DP-SGD, where batch
+        statistics would mix the examples a privacy guarantee keeps apart.
+
+    Args:
+        model: the network.
+        loss: a per-example loss `loss(outputs, y) -> (B,)`, e.g. `jdnn.losses.mse`.
+        params, state: the model's parameters and layer state.
+        x: `(B, ...)` inputs; y: `(B, ...)` targets.
+        key: the dropout key (needed with `train=True` if the model has Dropout).
+        train: training mode (dropout, batch statistics) or evaluation mode.
+        mask: optional `(B,)` bool; the gradients and losses of masked-out examples are zero.
+        batch_norm: the batch-norm rule, `None`, `"batch_stats"` or `"running"` (see above).
+        return_aux: also return a `PerExampleAux(loss, outputs, state)`.
+
+    Returns:
+        The gradients, the params' tree with a leading `(B,)` axis on every leaf; with
+        `return_aux`, `(grads, aux)`.
+
+    Raises:
+        ValueError: for BatchNorm in training mode without a rule, an unknown rule, mismatched
+            batch axes, or a loss that does not return one value per example.
+
+    Example:
+        >>> grads = jdnn.per_example_grads(model, jdnn.losses.softmax_cross_entropy, params,
+        ...                                state, x, y, key=jax.random.key(1))
+        >>> grads["0_dense"]["w"].shape                       # (B, in_features, features)
+    """
+    batch = check_batch(x, y, mask)
+    rule = check_batch_norm_rule(model.spec, train, batch_norm)
+    if rule is not None:
+        def wrap(path, spec, layer):
+            del path
+            return batch_norm_twin(spec, rule, EXAMPLES) if spec.kind == "BatchNorm" else layer
+
+        model = rebuild(model.spec, wrap)
+
+    def example_loss(p, x_i, y_i, key_i):
+        outputs, new_state = model.apply(p, state, x_i[None], key=key_i, train=train)
+        value = loss(outputs, y_i[None])
+        if value.shape != (1,):
+            raise ValueError(f"the loss must return one value per example, shape (1,) for a "
+                             f"batch of one, got shape {tuple(value.shape)}")
+        return value[0], (value[0], outputs[0], new_state)
+
+    keys = None if key is None else jax.random.split(key, batch)
+    grads, (losses, outputs, new_state) = jax.vmap(
+        jax.grad(example_loss, has_aux=True), in_axes=(None, 0, 0, 0), axis_name=EXAMPLES)(
+        params, x, y, keys)
+    if mask is not None:
+        def keep(g):
+            return jnp.where(mask.reshape((batch,) + (1,) * (g.ndim - 1)), g, 0)
+
+        grads, losses = jax.tree.map(keep, grads), keep(losses)
+    if not return_aux:
+        return grads
+    return grads, PerExampleAux(losses, outputs, jax.tree.map(lambda s: s[0], new_state))
+
+
+# ---------------------------------------------------------------------------------------------
+# Clipping.
+
+
+def clip_and_aggregate(per_example: Any, l2_norm_clip: float, *,
+                       mask: jax.Array | None = None) -> tuple[Any, jax.Array]:
+    """Clips each example's gradient to global L2 norm `l2_norm_clip` and averages them.
+
+    Example `i`'s gradient `g_i` (its slice of every leaf) is scaled by
+    `min(1, l2_norm_clip / ||g_i||)`, the clipping of DP-SGD (Abadi et al., 2016), through
+    `optax.transforms.per_example_global_norm_clip`; the mean is over the examples where
+    `mask` is set.
+
+    Args:
+        per_example: a gradient tree with a leading `(B,)` axis on every leaf, as
+            `per_example_grads` returns.
+        l2_norm_clip: the largest L2 norm an example's gradient keeps, `> 0`.
+        mask: optional `(B,)` bool; masked-out examples count neither in the sum nor the mean.
+
+    Returns:
+        `(mean, norms)`: the mean clipped gradient (the params' tree) and `(B,)` the norms of the
+        per-example gradients before clipping (0 for masked-out examples).
+
+    Example:
+        >>> grad, norms = jdnn.clip_and_aggregate(per_example, 1.0)
+    """
+    leaves, treedef = jax.tree.flatten(per_example)
+    batch = leaves[0].shape[0]
+    if mask is not None:
+        leaves = [jnp.where(mask.reshape((batch,) + (1,) * (g.ndim - 1)), g, 0) for g in leaves]
+    norms = jax.vmap(optax.tree.norm)(leaves)
+    total, _ = optax.transforms.per_example_global_norm_clip(leaves, l2_norm_clip)
+    count = batch if mask is None else jnp.maximum(jnp.sum(mask), 1)
+    return jax.tree.unflatten(treedef, [g / count for g in total]), norms
+
+
+def masked_count(batch: int, mask: jax.Array | None) -> jax.Array:
+    """How many examples count: `B`, or the number set in `mask` (at least 1)."""
+    return jnp.asarray(batch, jnp.float32) if mask is None else jnp.maximum(
+        jnp.sum(mask.astype(jnp.float32)), 1.0)
+
+
+__all__ = ["PerExampleAux", "clip_and_aggregate", "masked_mean", "per_example_grads", "rebuild"]

@@ -1,0 +1,231 @@
+"""The network diagram: every neuron of a small dense net, colored by its activation, with the
+weights as edges; a block diagram of layers, shapes and parameter counts for anything larger.
+
+A "small dense net" is a `serial` of `Dense` layers, each followed by any elementwise
+activations (and dropout, the identity at inference), with at most `max_units` inputs and units
+per layer: the 2-3-2-1 XOR net of the tutorials is the model case. A column is drawn per
+`Dense` layer, and its nodes show the layer's output after the activations that follow it, i.e.
+what the next layer receives; the last column is the model's output (logits, if the model ends
+on a `Dense`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch
+
+from jdnn.core import Layer, child_name
+from jdnn.summary import summary
+from jdnn.viz.common import FAMILY_COLORS, NEGATIVE, POSITIVE, family, finish, new_figure
+from jdnn.viz.common import one_example
+from jdnn.viz.trace import layer_outputs
+
+FOLLOWERS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Gelu", "Elu", "PRelu", "Softmax",
+             "Dropout")
+CMAP = "viridis"
+
+
+def dense_columns(model: Layer, params: Any, max_units: int = 16
+                  ) -> list[tuple[str, str, str]] | None:
+    """The columns of the neuron diagram, or None if `model` is not a small dense net.
+
+    Returns:
+        One `(dense_path, last_path, label)` per `Dense` layer: the layer, the path whose output
+        its nodes show (the last activation after it), and a label like `"Dense(3)\\nSigmoid"`.
+    """
+    spec = model.spec
+    if spec.kind != "serial" or not spec.children or spec.children[0].kind != "Dense":
+        return None
+    columns: list[list[str]] = []
+    for i, child in enumerate(spec.children):
+        name = child_name(i, child)
+        if child.kind == "Dense":
+            if child["features"] > max_units:
+                return None
+            columns.append([name, name, f"Dense({child['features']})"])
+        elif child.kind in FOLLOWERS:
+            columns[-1][1] = name
+            if child.kind != "Dropout":
+                columns[-1][2] += f"\n{child.kind}"
+        else:
+            return None
+    first = np.shape(params[columns[0][0]]["w"])[0]
+    return None if first > max_units else [tuple(column) for column in columns]
+
+
+def node_activations(model: Layer, params: Any, state: Any, x: Any) -> list[np.ndarray]:
+    """The values the neuron diagram colors its nodes by, one array per column.
+
+    Computed by replaying the model layer by layer in inference mode (`train=False`), so the
+    last column equals `model.apply(params, state, x[None])[0][0]`.
+
+    Args:
+        model: a small dense net (see the module docstring).
+        params: its parameters; state: its state (None if it has none).
+        x: ONE example, `(features,)` (or a batch of one).
+
+    Returns:
+        `[x, column 1, ..., output]`: 1-D arrays, the input first.
+
+    Example:
+        >>> acts = node_activations(model, params, {}, np.array([1.0, 0.0]))  # XOR: 2, 3, 2, 1
+    """
+    columns = dense_columns(model, params, max_units=np.iinfo(np.int32).max)
+    if columns is None:
+        raise ValueError(f"node_activations needs a serial of Dense layers and elementwise "
+                         f"activations, got {model.spec}")
+    batch = one_example(x)
+    outputs = layer_outputs(model, params, state, batch)
+    return [batch[0], *(np.asarray(outputs[last])[0] for _, last, _ in columns)]
+
+
+def _node_positions(sizes: list[int]) -> list[np.ndarray]:
+    return [np.column_stack([np.full(n, c, float), (n - 1) / 2 - np.arange(n)])
+            for c, n in enumerate(sizes)]
+
+
+def _draw_neurons(ax, columns, params, values, value_range, colorbar) -> dict[str, Any]:
+    weights = [np.asarray(params[dense]["w"]) for dense, _, _ in columns]
+    sizes = [weights[0].shape[0], *(w.shape[1] for w in weights)]
+    positions = _node_positions(sizes)
+    scale = max(float(np.max(np.abs(w))) for w in weights) or 1.0
+    segments, colors, widths = [], [], []
+    for c, w in enumerate(weights):
+        for i, j in np.ndindex(w.shape):
+            segments.append([positions[c][i], positions[c + 1][j]])
+            strength = abs(w[i, j]) / scale
+            rgb = POSITIVE if w[i, j] >= 0 else NEGATIVE
+            colors.append((*_rgb(rgb), 0.25 + 0.75 * strength))
+            widths.append(0.4 + 4.0 * strength)
+    ax.add_collection(LineCollection(segments, colors=colors, linewidths=widths, zorder=1))
+
+    flat = None if values is None else np.concatenate([np.ravel(v) for v in values])
+    if value_range is None:
+        value_range = (0.0, 1.0) if flat is None else (min(0.0, float(flat.min())),
+                                                        max(1.0, float(flat.max())))
+    norm, cmap = Normalize(*value_range), colormaps[CMAP]
+    node_colors = []
+    for c, xy in enumerate(positions):
+        face = (np.tile([1.0, 1.0, 1.0, 1.0], (len(xy), 1)) if values is None
+                else cmap(norm(np.asarray(values[c], float))))
+        node_colors.append(face)
+        ax.scatter(xy[:, 0], xy[:, 1], s=900, c=face, edgecolors="black", linewidths=1.0,
+                   zorder=2)
+        if values is not None:
+            for (px, py), value, rgba in zip(xy, values[c], face):
+                light = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] > 0.55
+                ax.text(px, py, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if light else "white", zorder=3)
+    labels = ["input", *(label for _, _, label in columns)]
+    labels[-1] = labels[-1].replace("Dense", "output\nDense", 1)
+    bottom = -max(sizes) / 2 - 0.2
+    for c, label in enumerate(labels):
+        ax.text(c, bottom, label, ha="center", va="top", fontsize=8)
+    ax.set_xlim(-0.5, len(sizes) - 0.5)
+    ax.set_ylim(bottom - 0.9, max(sizes) / 2 + 0.1)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if colorbar and values is not None:
+        mappable = ax.figure.colorbar(_mappable(norm, cmap), ax=ax, shrink=0.6)
+        mappable.set_label("activation")
+    return {"mode": "neurons", "activations": values, "node_colors": node_colors,
+            "value_range": value_range, "weights": weights, "cmap": CMAP}
+
+
+def _rgb(color: str) -> tuple[float, float, float]:
+    return tuple(int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+
+
+def _mappable(norm, cmap):
+    from matplotlib.cm import ScalarMappable
+
+    return ScalarMappable(norm=norm, cmap=cmap)
+
+
+def _draw_blocks(ax, table) -> dict[str, Any]:
+    rows = [("input", "", table.input_shape, None, 0), *(
+        (row.name, row.kind, row.output_shape, row.params, row.depth) for row in table.rows)]
+    height = len(rows)
+    ax.plot([0.5, 0.5], [0.5, -height + 0.5], color="#555555", lw=1.2, zorder=0)
+    for i, (name, kind, shape, count, depth) in enumerate(rows):
+        color = "#ffffff" if not kind else FAMILY_COLORS[family(kind)]
+        x0 = 0.05 + 0.06 * depth
+        box = FancyBboxPatch((x0, -i - 0.38), 0.9 - 0.06 * depth, 0.76,
+                             boxstyle="round,pad=0,rounding_size=0.12", facecolor=color,
+                             edgecolor="#333333", alpha=0.9 if kind != "serial" else 0.5)
+        ax.add_patch(box)
+        shape_text = "?" if shape is None else "x".join(str(d) for d in shape[1:])
+        left = f"{name}  {kind}" if kind else "input"
+        ax.text(x0 + 0.02, -i, left, va="center", ha="left", fontsize=8, family="monospace")
+        right = shape_text if count is None else f"{shape_text}   {count:,} params"
+        ax.text(0.93, -i, right, va="center", ha="right", fontsize=8, family="monospace")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-height + 0.4, 0.6)
+    ax.axis("off")
+    ax.set_title(f"{table.params:,} parameters, {table.state:,} state, "
+                 f"{table.flops if table.flops is not None else '?'} FLOPs/example",
+                 fontsize=9)
+    return {"mode": "blocks", "summary": table.to_dict()}
+
+
+def draw_network(model: Layer, params: Any = None, state: Any = None, x: Any = None, *,
+                 input_shape: tuple[int, ...] | None = None, path=None, ax=None,
+                 max_units: int = 16, value_range: tuple[float, float] | None = None,
+                 colorbar: bool = True, dpi: float = 100) -> Figure:
+    """Draws `model`: its neurons if it is a small dense net, else a block diagram of layers.
+
+    Neurons: each node is colored by its activation for the example `x` (white if no `x`) and
+    labeled with the value; each edge's color is the sign of its weight (blue positive, red
+    negative) and its width and opacity grow with `|w|`. Blocks: one box per layer (combinators'
+    children indented) with its output shape and parameter count, from `jdnn.summary`.
+
+    Args:
+        model: a jdnn `Layer`.
+        params: its parameters (needed for the neuron diagram).
+        state: its state (None if it has none).
+        x: one example `(features,)` whose activations color the nodes (optional).
+        input_shape: for the block diagram when no `x` is given, batch axis first.
+        path: save the figure there (`.png`, `.svg`, `.pdf`).
+        ax: draw into these axes instead of a new figure.
+        max_units: the largest layer drawn neuron by neuron.
+        value_range: `(low, high)` of the node colormap (default: the values', covering [0, 1]).
+        colorbar: add a colorbar for the node values.
+        dpi: the figure's resolution.
+
+    Returns:
+        The `Figure`; `fig.jdnn_data` holds what it shows: `"activations"` (one array per
+        column, as `node_activations` returns), `"node_colors"` (RGBA per node),
+        `"value_range"`, `"weights"`, or, for a block diagram, `"summary"`.
+
+    Example:
+        >>> fig = draw_network(model, params, {}, np.array([1.0, 0.0]), path="xor.png")
+    """
+    columns = None if params is None else dense_columns(model, params, max_units)
+    if columns is not None:
+        sizes = [np.shape(params[columns[0][0]]["w"])[0],
+                 *(np.shape(params[d]["w"])[1] for d, _, _ in columns)]
+        fig = ax.figure if ax is not None else new_figure(1.6 * len(sizes) + 1.2,
+                                                          0.7 * max(sizes) + 1.4, dpi)
+        ax = ax if ax is not None else fig.add_subplot()
+        values = None if x is None else node_activations(model, params, state, x)
+        data = _draw_neurons(ax, columns, params, values, value_range, colorbar)
+        if values is not None:
+            shown = ", ".join(f"{v:.3g}" for v in values[0])
+            ax.set_title(f"input ({shown}) -> output "
+                         f"{', '.join(f'{v:.3g}' for v in values[-1])}", fontsize=9)
+        return finish(fig, path, **data)
+    if x is not None:
+        input_shape = one_example(x).shape
+    if input_shape is None:
+        raise ValueError(f"draw_network: a block diagram of {model.spec.kind} needs the input's "
+                         f"shape: pass x (one example) or input_shape, e.g. (1, 28, 28, 1)")
+    table = summary(model, tuple(input_shape))
+    fig = ax.figure if ax is not None else new_figure(7.0, 0.38 * len(table.rows) + 1.0, dpi)
+    ax = ax if ax is not None else fig.add_subplot()
+    return finish(fig, path, **_draw_blocks(ax, table))

@@ -1,0 +1,65 @@
+"""Every layer's output for an input: a model's forward pass replayed layer by layer from its
+spec, so pictures and statistics can look inside a model that only exposes `apply`.
+
+Each leaf is a twin rebuilt from its spec (`jdnn.summary.rebuild`) and applied to its own
+params and state; combinators are replayed with the same key splitting as `serial` and
+`residual`, so the last output equals `model.apply(...)` exactly (tests check it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from jdnn.core import Layer, Spec, child_name
+from jdnn.layers.combinators import child_keys
+from jdnn.summary import rebuild
+
+
+def _replay(spec: Spec, path: str, params: Any, state: Any, x: jax.Array,
+            key: jax.Array | None, train: bool, outputs: dict[str, jax.Array]) -> jax.Array:
+    if path:
+        outputs[path] = x  # a placeholder, so paths come out in data-flow (pre-)order
+    if spec.kind in ("serial", "residual"):
+        y = x
+        for i, (child, child_key) in enumerate(zip(spec.children, child_keys(spec, key))):
+            name = child_name(i, child)
+            y = _replay(child, f"{path}/{name}" if path else name, params[name], state[name], y,
+                        child_key, train, outputs)
+        if spec.kind == "residual":
+            y = x + y
+    else:
+        y, _ = rebuild(spec).apply(params, state, x, key=key, train=train)
+    if path:
+        outputs[path] = y
+    return y
+
+
+def layer_outputs(model: Layer | Spec, params: Any, state: Any, x: jax.Array, *,
+                  key: jax.Array | None = None, train: bool = False) -> dict[str, jax.Array]:
+    """The output of every layer of `model` on `x`, keyed by layer path, in data-flow order.
+
+    Works under `jax.jit` and `jax.grad`. With `train=True` batch norm uses batch statistics
+    and dropout needs `key`, exactly as in `model.apply`.
+
+    Args:
+        model: a jdnn `Layer` (or its spec).
+        params: its parameters; state: its state (`{}` or None when it has none).
+        x: a batch of inputs `(B, ...)`.
+        key: the key `model.apply` would get.
+        train: training or inference mode.
+
+    Returns:
+        `{path: output}` for every layer, leaves and combinators (e.g. `"0_dense"`,
+        `"2_residual/0_serial/1_gelu"`); the model's own output under the key `""`.
+
+    Example:
+        >>> outs = layer_outputs(model, params, state, x)
+        >>> outs["1_sigmoid"].shape   # (B, 3): the first hidden layer's activations
+    """
+    spec = model.spec if isinstance(model, Layer) else model
+    outputs: dict[str, jax.Array] = {}
+    outputs[""] = _replay(spec, "", params, {} if state is None else state, x, key, train,
+                          outputs)
+    return outputs
