@@ -16,7 +16,7 @@ from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger,
                         PrintLogger, ReduceLROnPlateau, TerminateOnNaN, TrainState, evaluate, fit,
                         make_eval_step, make_train_step, predict)
 
-from jdnn import checkpoint  # noqa: E402  (after train: checkpoints hold a TrainState)
+from jdnn import checkpoint, parallel  # noqa: E402  (both build on jdnn.train)
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "CSVLogger", "data", "Dense", "Dropout", "EarlyStopping", "Elu", "evaluate", "fit", "Flatten",
     "freeze", "Gelu", "GradReport", "History", "JSONLogger", "Layer", "LayerError", "LeakyRelu",
     "losses", "make_eval_step", "make_train_step", "MaxPool2D", "metrics", "ModelCheckpoint",
-    "predict", "PRelu", "PrintLogger", "ReduceLROnPlateau", "reference", "regularizers", "Relu",
-    "residual", "serial", "Sigmoid", "Softmax", "Spec", "Tanh", "TerminateOnNaN", "TrainState",
+    "parallel", "predict", "PRelu", "PrintLogger", "ReduceLROnPlateau", "reference", "regularizers",
+    "Relu", "residual", "serial", "Sigmoid", "Softmax", "Spec", "Tanh", "TerminateOnNaN",
+    "TrainState",
 ]

@@ -112,7 +112,7 @@ def _auto(mesh: Mesh) -> Mesh:
 
 
 def _axis_size(mesh: Mesh, axis: str) -> int:
-    if axis not in mesh.axis_names:
+    if axis not in _auto(mesh).axis_names:
         raise ValueError(f"the mesh has no axis {axis!r}; its axes are {mesh.axis_names}: pass "
                          f"axis= one of them, or build the mesh with jdnn.parallel.data_mesh()")
     return mesh.shape[axis]
@@ -137,7 +137,9 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         mesh: the mesh, e.g. `jdnn.parallel.data_mesh()`.
 
     Returns:
-        The same tree, each leaf a `jax.Array` with a replicated `NamedSharding`.
+        The same tree, each leaf a `jax.Array` with a replicated `NamedSharding`. A leaf that
+        already lives on a device of the mesh may share its buffer with the result; since the
+        epoch donates its train state, keep using only the returned tree.
 
     Example:
         >>> train_state = jdnn.parallel.replicate(train_state, mesh)
@@ -166,6 +168,11 @@ def put_data(tree: Any, mesh: Mesh) -> Any:
 
 def check_batch_size(batch_size: int, mesh: Mesh, axis: str = DATA_AXIS) -> int:
     """Raises a `ValueError` unless `batch_size` splits evenly over the mesh's `axis`.
+
+    Args:
+        batch_size: examples per step over all devices.
+        mesh: the mesh.
+        axis: the mesh axis the batch is split along.
 
     Returns:
         The number of examples each device computes per step.
@@ -225,7 +232,8 @@ def make_parallel_epoch(step: Callable, n: int, batch_size: int, mesh: Mesh, *,
         axis: the mesh axis the batch is split along.
 
     Returns:
-        The compiled epoch; its outputs are replicated over the mesh.
+        The compiled epoch; its outputs are replicated over the mesh. Pass it the data from
+        `put_data` once, not per call: other placements are copied to every device each epoch.
 
     Raises:
         ValueError: `batch_size` not divisible by the size of `axis`, or no such axis.

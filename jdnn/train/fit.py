@@ -103,7 +103,8 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         augment: Callable | None = None, callbacks: Sequence[Callback] = (),
         progress: bool = True, train_state: TrainState | None = None, mode: str = "scan",
         drop_remainder: bool = False, frozen_state: Sequence[str] = (),
-        eval_batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[TrainState, History]:
+        eval_batch_size: int = DEFAULT_BATCH_SIZE, mesh: Any = None
+        ) -> tuple[TrainState, History]:
     """Trains `model` on `train_data` for `epochs` epochs.
 
     Each epoch draws a permutation from the train state's key, cuts the data into batches of
@@ -133,6 +134,10 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         drop_remainder: drop the last, short batch instead of padding and masking it.
         frozen_state: path prefixes whose layer state (batch-norm statistics) stays fixed.
         eval_batch_size: examples per compiled batch when validating.
+        mesh: a `jax.sharding.Mesh` with a data axis (`jdnn.parallel.data_mesh()`): data-parallel
+            training, each batch split across the devices, the train state replicated, the
+            gradients all-reduced by XLA; batch-norm statistics are the global batch's.
+            `batch_size` must be a multiple of the device count; scan mode only.
 
     Returns:
         `(train_state, history)`.
@@ -163,7 +168,16 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     n = x.shape[0]
     step = train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics,
                          augment=augment, frozen_state=frozen_state)
-    if mode == "scan":
+    if mesh is not None:
+        if mode != "scan":
+            raise ValueError(f"mesh= trains data-parallel in mode='scan' only, got mode={mode!r}")
+        from jdnn import parallel  # parallel builds on this module
+
+        run_epoch = parallel.make_parallel_epoch(step, n, batch_size, mesh,
+                                                 drop_remainder=drop_remainder)
+        train_state = parallel.replicate(train_state, mesh)
+        x, y = parallel.put_data((x, y), mesh)
+    elif mode == "scan":
         run_epoch = make_epoch(step, n, batch_size, drop_remainder=drop_remainder)
         x, y = jnp.asarray(x), jnp.asarray(y)
     else:
