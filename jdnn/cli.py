@@ -1,5 +1,4 @@
-"""The `jdnn` command line: `train` (the main job), `gradcheck`, `info` (more subcommands arrive
-with the features they drive: `bench`, `summary`)."""
+"""The `jdnn` command line: `train` (the main job), `gradcheck`, `summary`, `bench`, `info`."""
 
 from __future__ import annotations
 
@@ -40,6 +39,32 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _builtin_models() -> dict:
+    """The built-in models by name: `jdnn train`'s digits MLP and CNN and the gradcheck zoo,
+    each as `(model, input_shape)` with a batch of one."""
+    from jdnn import run, zoo
+
+    models = {f"digits-{name}": (run.build(run.Config(model=name), 10), shape) for name, shape
+              in (("mlp", (1, 64)), ("cnn", (1, 8, 8, 1)))}
+    models.update({name: (entry.build(10), (1, *entry.example_shape))
+                   for name, entry in zoo.MODELS.items()})
+    return models
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from jdnn.summary import summary
+
+    models = _builtin_models()
+    names = list(models) if args.model == "all" else [args.model]
+    tables = {name: summary(*models[name]) for name in names}
+    if args.json:
+        print(json.dumps({name: table.to_dict() for name, table in tables.items()}, indent=2))
+    else:
+        for name, table in tables.items():
+            print(f"== {name}\n{table}\n")
+    return 0
+
+
 def _gradcheck(args: argparse.Namespace) -> int:
     from jdnn import gradcheck_zoo, io, zoo
 
@@ -76,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print versions and devices (for bug reports)")
     info.set_defaults(run=_info)
 
+    summary = commands.add_parser(
+        "summary", help="print the layer table (shapes, parameters, FLOPs) of built-in models")
+    summary.add_argument("--model", default="all",
+                         choices=["all", "digits-mlp", "digits-cnn", *_zoo_names()])
+    summary.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    summary.set_defaults(run=_summary)
+
     from jdnn.gradcheck_zoo import LOSSES, MODES
     from jdnn.zoo import MODELS
 
@@ -94,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--verbose", action="store_true", help="print each report's full table")
     check.set_defaults(run=_gradcheck)
     return parser
+
+
+def _zoo_names() -> list[str]:
+    from jdnn.zoo import MODELS
+
+    return list(MODELS)
 
 
 def _add_train(commands) -> None:

@@ -112,7 +112,8 @@ def train(config: Config, log=print) -> dict[str, Any]:
     """Runs the job; returns a summary (test loss and accuracy, paths, epochs, seconds).
 
     Writes into the run directory: `config.json`, `history.json`, `final.safetensors` (the
-    trained state, resumable with `--resume`) and `summary.json`.
+    trained state, resumable with `--resume`), `curves.png` (and `boundary.png` for 2-D data)
+    and `summary.json`.
     """
     began = time.perf_counter()
     (x, y), (x_test, y_test) = load(config)
@@ -142,12 +143,17 @@ def train(config: Config, log=print) -> dict[str, Any]:
         validation_data=(x_test, y_test), penalty=penalty, callbacks=callbacks,
         progress=config.progress, train_state=train_state)
     history.to_json(out / "history.json")
+    from jdnn import viz  # matplotlib only when a run is written
+
+    plots = viz.save_run_plots(out, history, model=model, train_state=train_state,
+                               data=(x_test, y_test))
     checkpoint.save(out / "final.safetensors", train_state, model,
                     metadata={"config": dataclasses.asdict(config)})
     test = evaluate(model, train_state, (x_test, y_test), loss=loss)
     summary = {"test_loss": test["loss"], "test_accuracy": test["accuracy"],
                "epochs": len(history), "seconds": time.perf_counter() - began,
-               "run_directory": str(out), "checkpoint": str(out / "final.safetensors")}
+               "run_directory": str(out), "checkpoint": str(out / "final.safetensors"),
+               "plots": [str(p) for p in plots]}
     io.write_text(out / "summary.json", json.dumps(summary, indent=2))
     log(f"test accuracy {test['accuracy']:.4f} (test loss {test['loss']:.4f}) after "
         f"{len(history)} epochs in {summary['seconds']:.1f}s; wrote {out}")

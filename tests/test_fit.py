@@ -205,3 +205,20 @@ def test_bad_arguments_and_data_fail_before_training():
         _fit(data=(bad, y))
     with pytest.raises(ValueError, match="does not fit the model"):
         _fit(model=jdnn.serial(jdnn.Conv2D(4, 3), jdnn.Flatten(), jdnn.Dense(3)))
+
+
+def test_padding_repeats_real_examples_not_one_copy():
+    """Batch norm sees the padded rows: they must be real, distinct examples."""
+    idx, mask = epoch_batches(jax.random.key(0), 67, 64)
+    padding = np.asarray(idx)[~np.asarray(mask)]
+    assert len(padding) == 61 and len(set(padding.tolist())) == 61
+    small, small_mask = epoch_batches(jax.random.key(0), 3, 8)
+    assert sorted(np.asarray(small)[0][:3].tolist()) == [0, 1, 2]
+    assert set(np.asarray(small).ravel().tolist()) == {0, 1, 2}
+
+
+def test_serial_names_missing_state_entries():
+    model = _mlp()
+    _, params, _ = model.init(jax.random.key(0), (2, 6))
+    with pytest.raises(ValueError, match=r"state have no entry '0_dense'.*that init returned"):
+        model.apply(params, {}, np.ones((2, 6), np.float32))

@@ -30,6 +30,7 @@ def test_default_run_reaches_97_percent_and_writes_a_run_directory(tmp_path, cap
     assert len(history["records"]) == 30
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["optimizer"] == "adam" and config["dataset"] == "digits"
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     restored = checkpoint.restore(tmp_path / "final.safetensors")
     assert int(restored.step) == 30 * 43  # 1,347 examples in batches of 32
 
@@ -63,6 +64,7 @@ def test_other_models_and_datasets_run(tmp_path, capsys, model, dataset):
                           "--out", str(tmp_path))
     assert code == 0 and f"{model} on {dataset}" in out
     assert (tmp_path / "final.safetensors").exists()
+    assert (tmp_path / "boundary.png").exists() == (dataset in ("moons", "xor"))
 
 
 def test_mnist_reads_idx_files_from_data_dir(tmp_path, capsys):
@@ -101,3 +103,12 @@ def test_the_cli_turns_on_the_persistent_compilation_cache(tmp_path, monkeypatch
         assert enable_compilation_cache() is None
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def test_summary_prints_the_builtin_models(capsys):
+    assert main(["summary", "--model", "digits-mlp"]) == 0
+    out = capsys.readouterr().out
+    assert "1_dense" in out and "Parameters (trainable)" in out
+    assert main(["summary", "--json"]) == 0
+    tables = json.loads(capsys.readouterr().out)
+    assert {"digits-mlp", "digits-cnn", "xor_sigmoid", "mlp", "cnn", "residual"} <= set(tables)

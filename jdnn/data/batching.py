@@ -1,8 +1,9 @@
 """Batching on the device: one key-driven permutation per epoch, cut into equal batches.
 
 Every batch has the same shape, so the compiled step is traced once: the last, short batch is
-padded (with index 0) and masked, or dropped when asked. The indices are computed inside the
-compiled epoch from a key, so the data never leave the device and no host copy happens per step.
+padded (with the epoch's first examples, seen again) and masked, or dropped when asked. The
+indices are computed inside the compiled epoch from a key, so the data never leave the device
+and no host copy happens per step.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def epoch_batches(key: jax.Array | None, n: int, batch_size: int, *,
         jax.random.permutation(key, n).astype(jnp.int32))
     total = steps * batch_size
     if total > n:
-        order = jnp.concatenate([order, jnp.zeros(total - n, jnp.int32)])
+        # Pad with the epoch's first examples again (real, distinct data), never with copies
+        # of one example: the loss masks the padding out, but batch-norm statistics see it.
+        order = jnp.tile(order, math.ceil(total / n))
     mask = jnp.arange(total) < n
     return order[:total].reshape(steps, batch_size), mask[:total].reshape(steps, batch_size)

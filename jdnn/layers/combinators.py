@@ -57,6 +57,11 @@ def serial(*layers: Layer) -> Layer:
     def apply(params, state, x, *, key=None, train=False):
         new_state = {}
         for name, layer, layer_key in zip(names, layers, child_keys(spec, key)):
+            if name not in params or name not in state:
+                missing = "params" if name not in params else "state"
+                raise LayerError("serial", f"the {missing} have no entry {name!r} (they have "
+                                           f"{sorted(params if missing == 'params' else state)}); "
+                                           f"pass the params and state that init returned")
             try:
                 x, new_state[name] = layer.apply(params[name], state[name], x, key=layer_key,
                                                  train=train)

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from jdnn.core import Layer, Spec
 from jdnn.viz.common import finish, new_figure
+from jdnn.viz.trace import compiled_apply, full_state
 
 CHUNK = 65536
 
@@ -66,7 +67,7 @@ def _labels(y: Any) -> np.ndarray:
 
 
 def decision_grid(model: Layer, params: Any, state: Any, x: Any, *, resolution: int = 200,
-                  margin: float = 0.15, threshold: float | None = None) -> Grid:
+                  margin: float = 0.25, threshold: float | None = None) -> Grid:
     """Evaluates `model` (inference mode) on a `resolution` x `resolution` grid around `x`.
 
     Args:
@@ -81,7 +82,7 @@ def decision_grid(model: Layer, params: Any, state: Any, x: Any, *, resolution: 
         A `Grid`.
 
     Example:
-        >>> grid = decision_grid(model, params, {}, x, resolution=50)
+        >>> grid = decision_grid(model, params, None, x, resolution=50)
         >>> grid.classes.shape   # (50, 50)
     """
     x = np.asarray(x)
@@ -92,8 +93,8 @@ def decision_grid(model: Layer, params: Any, state: Any, x: Any, *, resolution: 
     axes = [np.linspace(lo - p, hi + p, resolution) for lo, hi, p in zip(low, high, pad)]
     xx, yy = np.meshgrid(*axes)
     points = np.column_stack([xx.ravel(), yy.ravel()]).astype(x.dtype)
-    state = {} if state is None else state
-    chunks = [np.asarray(model.apply(params, state, jnp.asarray(points[i:i + CHUNK]))[0])
+    state, apply = full_state(model, state), compiled_apply(model)
+    chunks = [np.asarray(apply(params, state, jnp.asarray(points[i:i + CHUNK])))
               for i in range(0, len(points), CHUNK)]
     outputs = np.concatenate(chunks).reshape(len(points), -1)
     single = outputs.shape[1] == 1
@@ -134,7 +135,9 @@ def plot_decision_boundary(model: Layer, params: Any, state: Any, x: Any, y: Any
     colors = [colormaps["tab10"](i % 10) for i in range(n_classes)]
     cmap = ListedColormap(colors)
     levels = np.arange(n_classes + 1) - 0.5
-    fig = ax.figure if ax is not None else new_figure(5.0, 4.4, dpi)
+    spans = grid.xx[0, -1] - grid.xx[0, 0], grid.yy[-1, 0] - grid.yy[0, 0]
+    fig = ax.figure if ax is not None else new_figure(
+        5.0, float(np.clip(4.2 * spans[1] / spans[0], 2.4, 6.0)) + 0.7, dpi)
     ax = ax if ax is not None else fig.add_subplot()
     ax.contourf(grid.xx, grid.yy, grid.classes, levels=levels, cmap=cmap, alpha=0.35)
     ax.contour(grid.xx, grid.yy, grid.classes, levels=levels[1:-1], colors="black",
@@ -142,8 +145,8 @@ def plot_decision_boundary(model: Layer, params: Any, state: Any, x: Any, y: Any
     x = np.asarray(x)
     ax.scatter(x[:, 0], x[:, 1], c=labels, cmap=cmap, vmin=-0.5, vmax=n_classes - 0.5,
                edgecolors="black", linewidths=0.6, s=80 if len(x) <= 20 else 18, zorder=3)
-    outputs = np.asarray(model.apply(params, {} if state is None else state,
-                                     jnp.asarray(x))[0]).reshape(len(x), -1)
+    outputs = np.asarray(compiled_apply(model)(params, full_state(model, state),
+                                               jnp.asarray(x))).reshape(len(x), -1)
     predicted = predicted_class(outputs, grid.threshold or 0.0)
     accuracy = float(np.mean(predicted == labels))
     ax.set_title(title if title is not None else

@@ -78,8 +78,15 @@ def save(fig: Figure, path) -> pathlib.Path:
     return path
 
 
+def mappable(norm, cmap: str):
+    """A `ScalarMappable` for a colorbar of values drawn with `cmap` under `norm`."""
+    from matplotlib.cm import ScalarMappable
+
+    return ScalarMappable(norm=norm, cmap=cmap)
+
+
 def one_example(x, name: str = "x") -> np.ndarray:
-    """`x` as a batch of one example: `(F,)` or `(1, F)` -> `(1, F)`, `(H, W, C)` -> `(1, H, W, C)`."""
+    """`x` as a batch of one: `(F,)` or `(1, F)` -> `(1, F)`; `(H, W, C)` -> `(1, H, W, C)`."""
     x = np.asarray(x)
     if x.ndim in (1, 3):
         return x[None]

@@ -122,25 +122,26 @@ def plot_history(history: History | Mapping | Sequence, *, path=None,
     if has_lr:
         ax = axes[len(names)]
         series["lr"] = _series(records, "lr")
-        ax.plot(*series["lr"], color="#8172b2", drawstyle="steps-post")
+        ax.plot(*series["lr"], color="#8172b2", drawstyle="steps-pre")
         ax.set_yscale("log")
         ax.set_title("learning rate")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
 
-    for ax in axes[:panels]:
+    for i, ax in enumerate(axes[:panels]):  # the first panel's legend explains the lines
         if best is not None:
             ax.axvline(best[0], color=BEST, ls="--", lw=1,
-                       label=f"best epoch {best[0]} ({best[1]} {best[2]:.4g})")
+                       label=None if i else f"best epoch {best[0]} ({best[1]} {best[2]:.4g})")
         if stop_epoch is not None:
             ax.axvline(stop_epoch, color=STOP, ls=":", lw=1.5,
-                       label=f"stopped after epoch {stop_epoch}")
+                       label=None if i else f"stopped after epoch {stop_epoch}")
     if best is not None:
         name = best[1][4:] if best[1].startswith("val_") else best[1]
         if name in names:
             axes[names.index(name)].plot([best[0]], [best[2]], "o", color=BEST, zorder=3)
     for ax in axes[:panels]:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     if stop_reason:
         fig.suptitle("\n".join(textwrap.wrap(stop_reason, 110)), fontsize=8, color=STOP)
     return finish(fig, path, series=series, best=best, stop_epoch=stop_epoch,

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from jdnn.core import Layer
 from jdnn.viz.common import finish, new_figure, one_example
-from jdnn.viz.trace import layer_outputs
+from jdnn.viz.trace import compiled_outputs, full_state
 
 
 def _grid(count: int, tile: float, dpi: float, extra_width: float = 0.0):
@@ -116,7 +116,7 @@ def plot_feature_maps(model: Layer, params: Any, state: Any, x: Any, *, layer: s
         >>> plot_feature_maps(model, params, state, x_test[0], layer="2_relu", path="maps.png")
     """
     batch = one_example(x)
-    outputs = layer_outputs(model, params, state, batch)
+    outputs = compiled_outputs(model)(params, full_state(model, state), batch)
     if layer not in outputs or not layer:
         raise KeyError(f"no layer {layer!r} in {model.spec.kind}; its layers are "
                        f"{[p for p in outputs if p]}")

@@ -29,7 +29,7 @@ from jdnn.core import Layer, child_name
 from jdnn.regularizers import path_of
 from jdnn.train.callbacks import Callback, Run
 from jdnn.viz.common import finish, new_figure
-from jdnn.viz.trace import layer_outputs
+from jdnn.viz.trace import full_state, layer_outputs
 
 SIGMOID_BAND, TANH_BAND = 0.05, 0.95
 
@@ -133,7 +133,7 @@ class GradientFlow(Callback):
         """Measures `params` now, appends the record to `records` and returns it."""
         if self._probe is None or self._probe[0] is not model:
             self._probe = (model, make_probe(model, self.loss, self.key))
-        values = _host(self._probe[1](params, {} if state is None else state, self.x, self.y),
+        values = _host(self._probe[1](params, full_state(model, state), self.x, self.y),
                        list(_kinds(model.spec)))
         record = {"epoch": int(epoch), **values}
         self.records.append(record)
@@ -163,7 +163,7 @@ def _as_runs(source: Any) -> dict[str, list[dict]]:
 
 
 def plot_gradient_flow(source: GradientFlow | Sequence[Mapping] | Mapping[str, Any], *,
-                       path=None, dpi: float = 100) -> Figure:
+                       path=None, weights_only: bool = True, dpi: float = 100) -> Figure:
     """Plots gradient flow: norms per layer over training, norms across depth, activation stats.
 
     One row of three panels per run: (1) each layer's gradient norm over the epochs (log scale,
@@ -190,7 +190,7 @@ def plot_gradient_flow(source: GradientFlow | Sequence[Mapping] | Mapping[str, A
     fig = new_figure(13.0, 3.3 * len(runs), dpi)
     axes = fig.subplots(len(runs), 3, squeeze=False)
     for row, (name, records) in zip(axes, runs.items()):
-        _plot_run(row, name, records)
+        _plot_run(row, name, records, weights_only)
     for column in range(2):
         low = min(ax.get_ylim()[0] for ax in axes[:, column])
         high = max(ax.get_ylim()[1] for ax in axes[:, column])
@@ -199,10 +199,13 @@ def plot_gradient_flow(source: GradientFlow | Sequence[Mapping] | Mapping[str, A
     return finish(fig, path, runs=runs)
 
 
-def _plot_run(row, name: str, records: list[dict]) -> None:
+def _plot_run(row, name: str, records: list[dict], weights_only: bool) -> None:
     over_time, across_depth, stats = row
     epochs = [r["epoch"] for r in records]
     layers = _layers(records, "grad_norms")
+    weighted = [p for p in layers if p.rpartition("/")[2].endswith(("_dense", "_conv2d"))]
+    if weights_only and weighted:
+        layers = weighted
     cmap = colormaps["viridis"]
     for i, layer in enumerate(layers):
         color = cmap(i / max(len(layers) - 1, 1) * 0.9)

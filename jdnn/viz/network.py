@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.collections import LineCollection
+from matplotlib.collections import LineCollection, PatchCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyBboxPatch
+from matplotlib.patches import Circle, FancyBboxPatch
 
 from jdnn.core import Layer, child_name
 from jdnn.summary import summary
-from jdnn.viz.common import FAMILY_COLORS, NEGATIVE, POSITIVE, family, finish, new_figure
-from jdnn.viz.common import one_example
-from jdnn.viz.trace import layer_outputs
+from jdnn.viz.common import (FAMILY_COLORS, NEGATIVE, POSITIVE, family, finish, mappable,
+                             new_figure, one_example)
+from jdnn.viz.trace import compiled_outputs, full_state
 
 FOLLOWERS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Gelu", "Elu", "PRelu", "Softmax",
              "Dropout")
@@ -81,13 +81,21 @@ def node_activations(model: Layer, params: Any, state: Any, x: Any) -> list[np.n
         raise ValueError(f"node_activations needs a serial of Dense layers and elementwise "
                          f"activations, got {model.spec}")
     batch = one_example(x)
-    outputs = layer_outputs(model, params, state, batch)
+    outputs = compiled_outputs(model)(params, full_state(model, state), batch)
     return [batch[0], *(np.asarray(outputs[last])[0] for _, last, _ in columns)]
 
 
+DX, RADIUS, LABEL_ROOM = 1.6, 0.32, 1.1  # column spacing, node radius, room for labels (rows)
+
+
 def _node_positions(sizes: list[int]) -> list[np.ndarray]:
-    return [np.column_stack([np.full(n, c, float), (n - 1) / 2 - np.arange(n)])
+    return [np.column_stack([np.full(n, DX * c), (n - 1) / 2 - np.arange(n)])
             for c, n in enumerate(sizes)]
+
+
+def _extent(sizes: list[int]) -> tuple[float, float]:
+    """Width and height of the neuron diagram in data units (one unit = one node row)."""
+    return DX * (len(sizes) - 1) + 1.2, max(sizes) + LABEL_ROOM
 
 
 def _draw_neurons(ax, columns, params, values, value_range, colorbar) -> dict[str, Any]:
@@ -101,39 +109,54 @@ def _draw_neurons(ax, columns, params, values, value_range, colorbar) -> dict[st
             segments.append([positions[c][i], positions[c + 1][j]])
             strength = abs(w[i, j]) / scale
             rgb = POSITIVE if w[i, j] >= 0 else NEGATIVE
-            colors.append((*_rgb(rgb), 0.25 + 0.75 * strength))
-            widths.append(0.4 + 4.0 * strength)
+            colors.append((*_rgb(rgb), 0.2 + 0.8 * strength))
+            widths.append(0.3 + 4.0 * strength)
     ax.add_collection(LineCollection(segments, colors=colors, linewidths=widths, zorder=1))
 
-    flat = None if values is None else np.concatenate([np.ravel(v) for v in values])
+    # The default scale spans the input and hidden values (and [0, 1]); outputs, often logits
+    # far outside it, saturate the colormap rather than wash out the hidden layers' contrast.
+    inner = None if values is None else np.concatenate([np.ravel(v) for v in values[:-1]])
     if value_range is None:
-        value_range = (0.0, 1.0) if flat is None else (min(0.0, float(flat.min())),
-                                                        max(1.0, float(flat.max())))
+        value_range = (0.0, 1.0) if inner is None else (min(0.0, float(inner.min())),
+                                                         max(1.0, float(inner.max())))
     norm, cmap = Normalize(*value_range), colormaps[CMAP]
+    width, height = _extent(sizes)
+    box = ax.get_position()
+    fig_w, fig_h = ax.figure.get_size_inches()
+    unit = min(box.width * fig_w / width, box.height * fig_h / height)  # inches per row
+    fontsize = float(np.clip(unit * 72 * 2 * RADIUS / 2.8, 3.5, 8.0))
     node_colors = []
     for c, xy in enumerate(positions):
-        face = (np.tile([1.0, 1.0, 1.0, 1.0], (len(xy), 1)) if values is None
+        face = (np.ones((len(xy), 4)) if values is None
                 else cmap(norm(np.asarray(values[c], float))))
         node_colors.append(face)
-        ax.scatter(xy[:, 0], xy[:, 1], s=900, c=face, edgecolors="black", linewidths=1.0,
-                   zorder=2)
+        circles = PatchCollection([Circle(p, RADIUS) for p in xy], facecolors=face,
+                                  edgecolors="black", linewidths=1.0, zorder=2)
+        ax.add_collection(circles)
         if values is not None:
             for (px, py), value, rgba in zip(xy, values[c], face):
                 light = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] > 0.55
-                ax.text(px, py, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(px, py, f"{value:.2f}", ha="center", va="center", fontsize=fontsize,
                         color="black" if light else "white", zorder=3)
     labels = ["input", *(label for _, _, label in columns)]
     labels[-1] = labels[-1].replace("Dense", "output\nDense", 1)
-    bottom = -max(sizes) / 2 - 0.2
+    top = (max(sizes) - 1) / 2 + 0.5
     for c, label in enumerate(labels):
-        ax.text(c, bottom, label, ha="center", va="top", fontsize=8)
-    ax.set_xlim(-0.5, len(sizes) - 0.5)
-    ax.set_ylim(bottom - 0.9, max(sizes) / 2 + 0.1)
+        ax.text(DX * c, -top + 0.05, label, ha="center", va="top", fontsize=min(8.0, fontsize + 1))
+    ax.text(-0.55, top - height + 0.05, "edges: blue w > 0, red w < 0, width ~ |w|",
+            fontsize=min(7.0, fontsize), color="#555555", va="bottom")
+    ax.set_xlim(-0.6, width - 0.6)
+    ax.set_ylim(top - height, top)
     ax.set_aspect("equal")
     ax.axis("off")
     if colorbar and values is not None:
-        mappable = ax.figure.colorbar(_mappable(norm, cmap), ax=ax, shrink=0.6)
-        mappable.set_label("activation")
+        every = np.concatenate([np.ravel(v) for v in values])
+        extend = {(False, False): "neither", (True, False): "min", (False, True): "max",
+                  (True, True): "both"}[(bool(every.min() < value_range[0]),
+                                         bool(every.max() > value_range[1]))]
+        bar = ax.figure.colorbar(mappable(norm, cmap), ax=ax, shrink=0.7, pad=0.02,
+                                 extend=extend)
+        bar.set_label("activation")
     return {"mode": "neurons", "activations": values, "node_colors": node_colors,
             "value_range": value_range, "weights": weights, "cmap": CMAP}
 
@@ -142,34 +165,60 @@ def _rgb(color: str) -> tuple[float, float, float]:
     return tuple(int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
 
 
-def _mappable(norm, cmap):
-    from matplotlib.cm import ScalarMappable
+def describe(spec) -> str:
+    """A short label of a layer, e.g. `Dense(10)`, `Conv2D(32, 3x3, /2, VALID)`, `Dropout(0.25)`."""
+    if spec.kind == "Dense":
+        return f"Dense({spec['features']})"
+    if spec.kind in ("Conv2D", "MaxPool2D", "AvgPool2D"):
+        size = spec["kernel_size"] if spec.kind == "Conv2D" else spec["window"]
+        parts = [f"{size[0]}x{size[1]}"]
+        if spec.kind == "Conv2D":
+            parts.insert(0, str(spec["features"]))
+        if spec["strides"] != ((1, 1) if spec.kind == "Conv2D" else size):
+            parts.append(f"/{spec['strides'][0]}" if len(set(spec["strides"])) == 1
+                         else f"/{spec['strides']}")
+        if spec["padding"] != ("SAME" if spec.kind == "Conv2D" else "VALID"):
+            parts.append(spec["padding"])
+        return f"{spec.kind}({', '.join(parts)})"
+    if spec.kind == "Dropout":
+        return f"Dropout({spec['rate']:g})"
+    return spec.kind
 
-    return ScalarMappable(norm=norm, cmap=cmap)
+
+def _specs_by_path(spec, path: str = "") -> dict[str, Any]:
+    found = {path: spec}
+    for i, child in enumerate(spec.children):
+        name = child_name(i, child)
+        found.update(_specs_by_path(child, f"{path}/{name}" if path else name))
+    return found
 
 
 def _draw_blocks(ax, table) -> dict[str, Any]:
+    specs = _specs_by_path(table.spec)
     rows = [("input", "", table.input_shape, None, 0), *(
-        (row.name, row.kind, row.output_shape, row.params, row.depth) for row in table.rows)]
+        (row.name, describe(specs.get(row.path, table.spec)), row.output_shape, row.params,
+         row.depth) for row in table.rows)]
     height = len(rows)
-    ax.plot([0.5, 0.5], [0.5, -height + 0.5], color="#555555", lw=1.2, zorder=0)
+    ax.plot([0.5, 0.5], [0.0, -height + 1.0], color="#555555", lw=1.2, zorder=0)
     for i, (name, kind, shape, count, depth) in enumerate(rows):
-        color = "#ffffff" if not kind else FAMILY_COLORS[family(kind)]
+        color = "#ffffff" if not kind else FAMILY_COLORS[family(kind.partition("(")[0])]
         x0 = 0.05 + 0.06 * depth
         box = FancyBboxPatch((x0, -i - 0.38), 0.9 - 0.06 * depth, 0.76,
                              boxstyle="round,pad=0,rounding_size=0.12", facecolor=color,
-                             edgecolor="#333333", alpha=0.9 if kind != "serial" else 0.5)
+                             edgecolor="#333333", zorder=1)
         ax.add_patch(box)
         shape_text = "?" if shape is None else "x".join(str(d) for d in shape[1:])
         left = f"{name}  {kind}" if kind else "input"
-        ax.text(x0 + 0.02, -i, left, va="center", ha="left", fontsize=8, family="monospace")
+        ax.text(x0 + 0.02, -i, left, va="center", ha="left", fontsize=8, family="monospace",
+                zorder=2)
         right = shape_text if count is None else f"{shape_text}   {count:,} params"
-        ax.text(0.93, -i, right, va="center", ha="right", fontsize=8, family="monospace")
+        ax.text(0.93, -i, right, va="center", ha="right", fontsize=8, family="monospace",
+                zorder=2)
     ax.set_xlim(0, 1)
     ax.set_ylim(-height + 0.4, 0.6)
     ax.axis("off")
-    ax.set_title(f"{table.params:,} parameters, {table.state:,} state, "
-                 f"{table.flops if table.flops is not None else '?'} FLOPs/example",
+    flops = "?" if table.flops is None else f"{table.flops:,}"
+    ax.set_title(f"{table.params:,} parameters, {table.state:,} state, {flops} FLOPs/example",
                  fontsize=9)
     return {"mode": "blocks", "summary": table.to_dict()}
 
@@ -194,7 +243,8 @@ def draw_network(model: Layer, params: Any = None, state: Any = None, x: Any = N
         path: save the figure there (`.png`, `.svg`, `.pdf`).
         ax: draw into these axes instead of a new figure.
         max_units: the largest layer drawn neuron by neuron.
-        value_range: `(low, high)` of the node colormap (default: the values', covering [0, 1]).
+        value_range: `(low, high)` of the node colormap (default: the input and hidden
+            values', covering [0, 1]; outputs outside it saturate).
         colorbar: add a colorbar for the node values.
         dpi: the figure's resolution.
 
@@ -210,8 +260,11 @@ def draw_network(model: Layer, params: Any = None, state: Any = None, x: Any = N
     if columns is not None:
         sizes = [np.shape(params[columns[0][0]]["w"])[0],
                  *(np.shape(params[d]["w"])[1] for d, _, _ in columns)]
-        fig = ax.figure if ax is not None else new_figure(1.6 * len(sizes) + 1.2,
-                                                          0.7 * max(sizes) + 1.4, dpi)
+        width, height = _extent(sizes)
+        unit = min(1.0, 6.5 / height, 8.0 / width)
+        fig = ax.figure if ax is not None else new_figure(
+            unit * width + (1.3 if colorbar and x is not None else 0.3), unit * height + 0.5,
+            dpi)
         ax = ax if ax is not None else fig.add_subplot()
         values = None if x is None else node_activations(model, params, state, x)
         data = _draw_neurons(ax, columns, params, values, value_range, colorbar)

@@ -8,6 +8,8 @@ params and state; combinators are replayed with the same key splitting as `seria
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -36,6 +38,20 @@ def _replay(spec: Spec, path: str, params: Any, state: Any, x: jax.Array,
     return y
 
 
+def empty_state(spec: Spec) -> Any:
+    """The state tree of a model without stateful layers: `{}` per leaf, nested by child key."""
+    if spec.kind == "BatchNorm":
+        raise ValueError("this model has BatchNorm layers, whose running statistics are state: "
+                         "pass the model's state (e.g. train_state.state), not None")
+    return {child_name(i, child): empty_state(child) for i, child in enumerate(spec.children)}
+
+
+def full_state(model: Layer | Spec, state: Any) -> Any:
+    """`state`, or the empty state tree when it is None or `{}` (for models without state)."""
+    spec = model.spec if isinstance(model, Layer) else model
+    return empty_state(spec) if not state else state
+
+
 def layer_outputs(model: Layer | Spec, params: Any, state: Any, x: jax.Array, *,
                   key: jax.Array | None = None, train: bool = False) -> dict[str, jax.Array]:
     """The output of every layer of `model` on `x`, keyed by layer path, in data-flow order.
@@ -60,6 +76,18 @@ def layer_outputs(model: Layer | Spec, params: Any, state: Any, x: jax.Array, *,
     """
     spec = model.spec if isinstance(model, Layer) else model
     outputs: dict[str, jax.Array] = {}
-    outputs[""] = _replay(spec, "", params, {} if state is None else state, x, key, train,
-                          outputs)
+    outputs[""] = _replay(spec, "", params, full_state(spec, state), x, key, train, outputs)
     return outputs
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_outputs(model: Layer) -> Callable[..., dict[str, jax.Array]]:
+    """`layer_outputs` for `model` in inference mode, jitted once per model:
+    `fn(params, state, x) -> {path: output}` (state must be the full tree, see `full_state`)."""
+    return jax.jit(lambda params, state, x: layer_outputs(model, params, state, x))
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_apply(model: Layer) -> Callable[..., jax.Array]:
+    """`model.apply` in inference mode, jitted once per model: `fn(params, state, x) -> y`."""
+    return jax.jit(lambda params, state, x: model.apply(params, state, x)[0])
