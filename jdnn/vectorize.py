@@ -22,7 +22,6 @@ from jax import lax
 
 from jdnn import layers as layers_lib
 from jdnn.core import Layer, Spec, child_name
-from jdnn.train.step import masked_mean
 
 Loss = Callable[[jax.Array, jax.Array], jax.Array]
 Path = tuple[str, ...]
@@ -65,14 +64,17 @@ def rebuild(spec: Spec, wrap: Callable[[Path, Spec, Layer], Layer] | None = None
         children = [rebuild(child, wrap, (*path, child_name(i, child)))
                     for i, child in enumerate(spec.children)]
         return getattr(layers_lib, spec.kind)(*children)
-    if spec.kind not in layers_lib.__all__:
+    hparams = {name: "zeros" if name in ("w_init", "b_init") else value
+               for name, value in spec.hparams}
+    try:
+        if spec.kind not in layers_lib.__all__ or spec.children:
+            raise TypeError
+        layer = getattr(layers_lib, spec.kind)(**hparams)
+    except TypeError:
         where = "/".join(path) or "<root>"
         raise ValueError(f"cannot rebuild the layer {spec.kind!r} at {where}: batch-norm rules "
                          f"and ghost clipping rebuild the model from its spec and know only "
-                         f"jdnn's layers {sorted(layers_lib.__all__)}")
-    hparams = {name: "zeros" if name in ("w_init", "b_init") else value
-               for name, value in spec.hparams}
-    layer = getattr(layers_lib, spec.kind)(**hparams)
+                         f"jdnn's layers {sorted(layers_lib.__all__)}") from None
     return wrap(path, spec, layer) if wrap is not None else layer
 
 
@@ -270,12 +272,3 @@ def clip_and_aggregate(per_example: Any, l2_norm_clip: float, *,
     total, _ = optax.transforms.per_example_global_norm_clip(leaves, l2_norm_clip)
     count = batch if mask is None else jnp.maximum(jnp.sum(mask), 1)
     return jax.tree.unflatten(treedef, [g / count for g in total]), norms
-
-
-def masked_count(batch: int, mask: jax.Array | None) -> jax.Array:
-    """How many examples count: `B`, or the number set in `mask` (at least 1)."""
-    return jnp.asarray(batch, jnp.float32) if mask is None else jnp.maximum(
-        jnp.sum(mask.astype(jnp.float32)), 1.0)
-
-
-__all__ = ["PerExampleAux", "clip_and_aggregate", "masked_mean", "per_example_grads", "rebuild"]

@@ -1,0 +1,200 @@
+"""Ghost clipping and DP-SGD (`jdnn.ghost`): equal to the naive `vmap(grad)` route, norms and
+clipped mean gradients alike; the DP step's update, noise scale and reproducibility."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jdnn
+from jdnn.ghost import ghost_clipped_grad, make_dp_train_step, outer_sq_norms
+from jdnn.vectorize import clip_and_aggregate, per_example_grads
+
+LOSS = jdnn.losses.softmax_cross_entropy
+B = 6
+MASK = np.array([True, True, False, True, True, True])
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _setup(model, shape, label_shape=None, seed=0):
+    """Random params (NumPy-drawn: compiling initializers would dominate the tests' time), unit
+    batch-norm state, inputs and labels in [0, 3)."""
+    rng = np.random.default_rng(seed)
+    _, params, state = jax.eval_shape(lambda k: model.init(k, shape), jax.random.key(seed))
+    params = jax.tree.map(lambda s: jnp.asarray(0.5 * rng.normal(size=s.shape), s.dtype), params)
+    state = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), state)
+    x = jnp.asarray(rng.normal(size=shape), jnp.zeros(()).dtype)
+    y = jnp.asarray(rng.integers(0, 3, size=label_shape or shape[:1]))
+    return params, state, x, y
+
+
+CASES = {
+    "mlp": (lambda: jdnn.serial(jdnn.Dense(8), jdnn.Relu(), jdnn.Dense(7, use_bias=False),
+                                jdnn.PRelu(), jdnn.Dense(3)), (B, 5), None, None),
+    "mlp_batch_stats": (lambda: jdnn.serial(jdnn.Dense(8), jdnn.BatchNorm(), jdnn.Tanh(),
+                                            jdnn.Dense(3)), (B, 5), None, "batch_stats"),
+    "mlp_running": (lambda: jdnn.serial(jdnn.Dense(8), jdnn.BatchNorm(), jdnn.Tanh(),
+                                        jdnn.Dense(3)), (B, 5), None, "running"),
+    "cnn": (lambda: jdnn.serial(jdnn.Conv2D(3, 3), jdnn.Relu(), jdnn.MaxPool2D(2),
+                                jdnn.Conv2D(4, (2, 3), strides=2, padding="VALID",
+                                            use_bias=False),
+                                jdnn.Flatten(), jdnn.Dense(3)), (B, 8, 8, 2), None, None),
+    "cnn_batch_stats": (lambda: jdnn.serial(jdnn.Conv2D(4, 3, strides=2), jdnn.BatchNorm(),
+                                            jdnn.Elu(), jdnn.Flatten(), jdnn.Dense(3)),
+                        (B, 6, 6, 2), None, "batch_stats"),
+    "sequence_residual": (lambda: jdnn.serial(
+        jdnn.Dense(6), jdnn.Relu(), jdnn.residual(jdnn.serial(jdnn.Dense(6), jdnn.Gelu(),
+                                                              jdnn.Dense(6))),
+        jdnn.Dense(3)), (B, 4, 5), (B, 4), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_ghost_equals_naive_vmap_grad_then_clip(x64, case):
+    build, shape, label_shape, rule = CASES[case]
+    model = build()
+    params, state, x, y = _setup(model, shape, label_shape)
+    mask = jnp.asarray(MASK)
+
+    @jax.jit
+    def both(clip):
+        per_example = per_example_grads(model, LOSS, params, state, x, y, mask=mask,
+                                        batch_norm=rule)
+        naive = clip_and_aggregate(per_example, clip, mask=mask)
+        ghost = ghost_clipped_grad(model, LOSS, params, state, x, y, l2_norm_clip=clip,
+                                   mask=mask, batch_norm=rule)
+        return naive, ghost
+
+    for clip in (0.3, 1e6):  # most examples clipped; none clipped
+        (naive, naive_norms), (ghost, ghost_norms) = both(clip)
+        np.testing.assert_allclose(ghost_norms, naive_norms, rtol=1e-10)
+        assert np.all(np.asarray(naive_norms)[MASK] > 0) and naive_norms[2] == 0
+        chex.assert_trees_all_close(ghost, naive, rtol=1e-10, atol=1e-14)
+
+
+def test_ghost_equals_naive_in_float32():
+    model = CASES["mlp"][0]()
+    params, state, x, y = _setup(model, (B, 5))
+
+    @jax.jit
+    def both():
+        per_example = per_example_grads(model, LOSS, params, state, x, y, train=False)
+        return (clip_and_aggregate(per_example, 0.5),
+                ghost_clipped_grad(model, LOSS, params, state, x, y, l2_norm_clip=0.5,
+                                   train=False))
+
+    (naive, naive_norms), (ghost, ghost_norms) = both()
+    np.testing.assert_allclose(ghost_norms, naive_norms, rtol=1e-5)
+    chex.assert_trees_all_close(ghost, naive, rtol=1e-5, atol=1e-7)
+
+
+def test_ghost_with_dropout_uses_the_batched_forward_masks(x64):
+    model = jdnn.serial(jdnn.Dense(8), jdnn.Relu(), jdnn.Dropout(0.5), jdnn.Dense(3))
+    params, state, x, y = _setup(model, (B, 5))
+    key = jax.random.key(4)
+
+    @jax.jit
+    def both():
+        # Independently: the Jacobian of the batched forward's per-example losses (examples do
+        # not interact without batch norm), drawn with the same key.
+        jacobian = jax.jacrev(lambda p: LOSS(model.apply(p, state, x, key=key, train=True)[0],
+                                             y))(params)
+        return (clip_and_aggregate(jacobian, 0.5),
+                ghost_clipped_grad(model, LOSS, params, state, x, y, l2_norm_clip=0.5, key=key))
+
+    (naive, naive_norms), (ghost, ghost_norms) = both()
+    np.testing.assert_allclose(ghost_norms, naive_norms, rtol=1e-10)
+    chex.assert_trees_all_close(ghost, naive, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("positions, k, o", [(1, 5, 4), (3, 20, 30), (12, 4, 3)],
+                         ids=["one_row", "gram", "explicit"])
+def test_outer_sq_norms_both_forms(x64, positions, k, o):
+    rng = np.random.default_rng(0)
+    xs, deltas = rng.normal(size=(B, positions, k)), rng.normal(size=(B, positions, o))
+    expected = np.sum(np.einsum("bpk,bpo->bko", xs, deltas) ** 2, axis=(1, 2))
+    np.testing.assert_allclose(outer_sq_norms(jnp.asarray(xs), jnp.asarray(deltas)), expected,
+                               rtol=1e-12)
+
+
+def test_ghost_needs_a_batch_norm_rule_and_jdnn_layers():
+    model = CASES["mlp_batch_stats"][0]()
+    params, state, x, y = _setup(model, (B, 5))
+    with pytest.raises(ValueError, match="ill-defined for BatchNorm in training mode"):
+        ghost_clipped_grad(model, LOSS, params, state, x, y, l2_norm_clip=1.0)
+    custom = jdnn.Layer(jdnn.Relu().init, jdnn.Relu().apply, jdnn.Spec("MyLayer"))
+    model = jdnn.serial(jdnn.Dense(4), custom, jdnn.Dense(3))
+    params, state, x, y = _setup(model, (B, 5))
+    with pytest.raises(ValueError, match="cannot rebuild the layer 'MyLayer' at 1_mylayer"):
+        ghost_clipped_grad(model, LOSS, params, state, x, y, l2_norm_clip=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The DP-SGD step.
+
+
+def _train_state(model, optimizer, shape, seed=0):
+    params, state, x, y = _setup(model, shape, seed=seed)
+    ts = jdnn.TrainState(params, state, optimizer.init(params), jax.random.key(seed),
+                         jnp.zeros((), jnp.int32))
+    return ts, x, y
+
+
+def _copy(tree):
+    return jax.tree.map(lambda a: a.copy(), tree)
+
+
+def test_dp_step_without_noise_applies_the_clipped_mean_gradient():
+    model, optimizer = jdnn.serial(jdnn.Dense(8), jdnn.Relu(), jdnn.Dense(3)), optax.sgd(0.1)
+    ts, x, y = _train_state(model, optimizer, (B, 5))
+    mask = jnp.asarray(MASK)
+    clipped, norms = jax.jit(lambda: clip_and_aggregate(
+        per_example_grads(model, LOSS, ts.params, ts.state, x, y, mask=mask), 0.5, mask=mask))()
+    expected = jax.tree.map(lambda p, g: np.asarray(p) - 0.1 * np.asarray(g), ts.params, clipped)
+    for method in ("ghost", "vmap"):
+        step = make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=0.5, noise_multiplier=0.0,
+                                  method=method, metrics=("accuracy",))
+        new, metrics = step(_copy(ts), x, y, mask)
+        chex.assert_trees_all_close(new.params, expected, rtol=1e-5, atol=1e-7)
+        assert int(new.step) == 1 and set(metrics) == {"loss", "clipped", "grad_norm",
+                                                       "accuracy"}
+        np.testing.assert_allclose(metrics["grad_norm"], np.mean(np.asarray(norms)[MASK]),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(metrics["clipped"], np.mean(np.asarray(norms)[MASK] > 0.5))
+
+
+def test_dp_step_noise_has_the_stated_scale_and_is_reproducible_from_the_key():
+    model, optimizer = jdnn.serial(jdnn.Dense(40), jdnn.Relu(), jdnn.Dense(3)), optax.sgd(1.0)
+    ts, x, y = _train_state(model, optimizer, (B, 30))
+    clip, sigma = 0.5, 2.0
+    noiseless = make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=clip,
+                                   noise_multiplier=0.0)(_copy(ts), x, y)[0].params
+    step = make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=clip,
+                              noise_multiplier=sigma)
+    first = step(_copy(ts), x, y)[0]
+    again = step(_copy(ts), x, y)[0]
+    other = step(_copy(ts._replace(key=jax.random.key(99))), x, y)[0]
+    noise = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(noiseless),
+                                                           jax.tree.leaves(first.params))])
+    assert noise.size > 1300
+    std = sigma * clip / B  # on the mean: sigma * C on the sum, divided by the batch
+    assert abs(np.std(noise) / std - 1) < 0.1 and abs(np.mean(noise)) < 0.1 * std
+    chex.assert_trees_all_equal(first.params, again.params)
+    assert not np.allclose(first.params["2_dense"]["w"], other.params["2_dense"]["w"])
+    assert not np.array_equal(first.key, ts.key)
+
+
+def test_dp_step_rejects_bad_settings():
+    model, optimizer = jdnn.serial(jdnn.Dense(3)), optax.sgd(0.1)
+    with pytest.raises(ValueError, match="method must be one of"):
+        make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=1.0, noise_multiplier=1.0,
+                           method="fast")
+    with pytest.raises(ValueError, match="need l2_norm_clip > 0"):
+        make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=0.0, noise_multiplier=1.0)
