@@ -289,3 +289,12 @@ def test_wrong_input_shape_names_the_layer_path_through_the_step():
     step = jdnn.make_train_step(model, jdnn.losses.softmax_cross_entropy, optimizer)
     with pytest.raises(ValueError, match=r"Dense layer at 0_dense: .*size 5.*\(16, 4\)"):
         step(ts, x[:, :4], y)
+
+
+def test_from_params_wraps_existing_parameters():
+    model, optimizer = _mlp(), optax.adam(1e-3)
+    _, params, state = model.init(jax.random.key(5), (4, 5))
+    ts = jdnn.TrainState.from_params(params, state, optimizer, 3)
+    chex.assert_trees_all_equal(ts.params, params)
+    chex.assert_trees_all_equal_structs(ts.opt_state, optimizer.init(params))
+    assert int(ts.step) == 0

@@ -98,7 +98,8 @@ def _ordered(report: dict) -> dict[str, float]:
 
 
 def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientTransformation,
-        epochs: int, batch_size: int, key: jax.Array | int, validation_data: Any = None,
+        epochs: int, batch_size: int, key: jax.Array | int | None = None,
+        validation_data: Any = None,
         metrics: Metrics = ("accuracy",), penalty: Callable | None = None,
         augment: Callable | None = None, callbacks: Sequence[Callback] = (),
         progress: bool = True, train_state: TrainState | None = None, mode: str = "scan",
@@ -119,7 +120,8 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         optimizer: any optax `GradientTransformation` (schedules work as they are).
         epochs: epochs to run (more, when resuming from `train_state`).
         batch_size: examples per step.
-        key: initializes the model (when `train_state` is None) and seeds shuffling and dropout.
+        key: initializes the model and seeds shuffling and dropout; required unless
+            `train_state` is given (resuming continues from that state's own key).
         validation_data: an optional `(x, y)` pair evaluated after each epoch (`val_*` keys).
         metrics: names from `jdnn.metrics` or functions; `()` for regression.
         penalty: optional `penalty(params) -> scalar`, e.g. `jdnn.regularizers.penalty(l2=1e-4)`.
@@ -128,7 +130,7 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
             `TerminateOnNaN`, `CSVLogger`.
         progress: show a tqdm bar (only when stderr is a terminal).
         train_state: resume from this state (e.g. `jdnn.checkpoint.restore(...).train_state(opt)`);
-            the epoch count continues from its step.
+            the epoch count continues from its step. It is donated: use the returned one.
         mode: `"scan"` (the data on the device, an epoch per compiled call) or `"step"` (the data
             on the host, a compiled call per batch; for datasets larger than the device).
         drop_remainder: drop the last, short batch instead of padding and masking it.
@@ -163,6 +165,8 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         check_data(*validation, model=model, loss=loss, name="validation_data")
         validation = tuple(jnp.asarray(a) for a in validation)
     if train_state is None:
+        if key is None:
+            raise ValueError("fit needs key= to initialize the model (or train_state= to resume)")
         train_state = TrainState.create(model, optimizer, key, (batch_size, *x.shape[1:]))
 
     n = x.shape[0]

@@ -53,3 +53,17 @@ class TrainState(NamedTuple):
         init_key, key = jax.random.split(key)
         _, params, state = model.init(init_key, tuple(input_shape))
         return cls(params, state, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+
+    @classmethod
+    def from_params(cls, params: Any, state: Any, optimizer: optax.GradientTransformation,
+                    key: jax.Array | int) -> TrainState:
+        """A state at step 0 around existing params and layer state (e.g. partially restored
+        for fine-tuning), with a fresh optimizer state.
+
+        Example:
+            >>> params, state, report = jdnn.checkpoint.restore_matching(path, fresh_params)
+            >>> ts = jdnn.TrainState.from_params(params, state, optax.adam(1e-3), 0)
+        """
+        if isinstance(key, int):
+            key = jax.random.key(key)
+        return cls(params, state, optimizer.init(params), key, jnp.zeros((), jnp.int32))

@@ -1,0 +1,116 @@
+"""The examples run end to end, briefly, and print what they promise.
+
+Each test runs one example as a subprocess (`python examples/X.py` with few epochs) and checks
+its output. Most of each run is importing JAX and compiling, so the tests gain from running on
+every core (`pytest -n auto`, the project's default).
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jdnn
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TIMEOUT_S = 600
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs `examples/{script}` with `args` in the repository root; returns the finished run."""
+    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=EXAMPLES.parent,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def output_of(script: str, *args: str) -> str:
+    """The stdout of a run that must succeed."""
+    result = run(script, *args)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def fake_mnist(directory: Path) -> Path:
+    """A tiny MNIST-shaped directory: 64 train and 32 test random 28x28 images, gzipped IDX."""
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        jdnn.data.write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        jdnn.data.write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+def number(output: str, label: str) -> float:
+    """The value printed on the line `label: value`, checked to be an accuracy."""
+    match = re.search(rf"^{label}: ([0-9.]+)", output, re.MULTILINE)
+    assert match, f"no {label!r} line in:\n{output}"
+    value = float(match.group(1))
+    assert 0.0 <= value <= 1.0, f"{label} = {value}"
+    return value
+
+
+def test_xor():
+    assert "accuracy 100%" in output_of("xor.py")
+
+
+def test_quickstart():
+    output = output_of("quickstart.py")
+    assert re.search(r"^epoch 15: .*test accuracy [0-9.]+%$", output, re.MULTILINE), output
+    assert "predicted:" in output
+
+
+def test_gradcheck():
+    # The correct model passes (the script asserts it); the buggy tanh is caught.
+    assert "failing parameters: ['0_dense/b', '0_dense/w']" in output_of("gradcheck.py")
+
+
+def test_digits_mlp():
+    output = output_of("digits_mlp.py", "--epochs", "2", "--seed", "1")
+    assert len(re.findall(r"^epoch +\d+: loss .* val_accuracy ", output, re.MULTILINE)) == 2
+    number(output, "test accuracy")
+
+
+def test_digits_cnn_augment():
+    output = output_of("digits_cnn.py", "--epochs", "1", "--augment")
+    assert len(re.findall(r"^epoch +\d+: ", output, re.MULTILINE)) == 1
+    number(output, "test accuracy")
+
+
+def test_regularization():
+    output = output_of("regularization.py", "--epochs", "2", "--train-size", "100")
+    for method in ("none", "L2", "dropout", "batch norm", "early stopping"):
+        match = re.search(rf"^{method} +([0-9.]+) +([0-9.]+) +(-?[0-9.]+) +(\d+)$", output,
+                          re.MULTILINE)
+        assert match, f"no row for {method!r} in:\n{output}"
+        train, test, gap, epochs = map(float, match.groups())
+        assert 0 <= train <= 1 and 0 <= test <= 1
+        assert gap == pytest.approx(train - test, abs=2e-3)
+        assert 1 <= epochs <= 2
+
+
+def test_transfer_learning():
+    output = output_of("transfer_learning.py", "--epochs", "1", "--pretrain-epochs", "1",
+                       "--per-class", "5")
+    assert "body unchanged by fine-tuning: True" in output
+    # The old head was left in the file: only the body was asked for.
+    assert re.search(r"^unused from the checkpoint 2: .*params/1_dense/w", output, re.MULTILINE)
+    number(output, "fine-tuned accuracy")
+    number(output, "from-scratch accuracy")
+
+
+def test_mnist(tmp_path):
+    data = fake_mnist(tmp_path / "mnist")
+    output = output_of("mnist.py", "--data-dir", str(data), "--epochs", "1", "--subset", "40")
+    assert "train (36, 28, 28, 1), validation (4, 28, 28, 1), test (32, 28, 28, 1)" in output
+    number(output, "test accuracy")
+
+
+def test_mnist_without_data(tmp_path):
+    result = run("mnist.py", "--data-dir", str(tmp_path / "nowhere"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "jdnn.data.download_mnist(" in result.stderr
+    assert "test accuracy" not in result.stdout
