@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true", help="print JSON instead of tables")
     summary.set_defaults(run=_summary)
 
+    bench = commands.add_parser(
+        "bench", help="run the benchmark suite (jdnn vs the NumPy reference, raw JAX, peers)",
+        description="Runs jdnn's benchmark suite; options after 'bench' (e.g. --quick, --only, "
+                    "--out) are passed to it.")
+    bench.add_argument("--quick", action="store_true", help="the ~2-minute subset")
+
     from jdnn.gradcheck_zoo import LOSSES, MODES
     from jdnn.zoo import MODELS
 
@@ -181,6 +187,12 @@ def enable_compilation_cache() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the `jdnn` command; returns its exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the suite parses its own options
+        enable_compilation_cache()
+        from jdnn.bench.run import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

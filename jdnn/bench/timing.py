@@ -5,7 +5,9 @@ The method, in the order a measurement happens:
 1. Warm-up: each variant runs once untimed (the first call compiles; its excess over a steady
    call is reported apart as the compile time), then once more.
 2. Rounds: the variants run interleaved, A B C A B C ..., so a burst of load from another
-   process hits every variant of a round alike.
+   process hits every variant of a round alike. By default each round starts one variant later
+   (A B C, B C A, C A B, ...), so no variant always runs right after the same neighbour (whose
+   BLAS threads may still be spinning) or always first.
 3. Before each timed chunk: a short pause (NumPy's and PyTorch's BLAS threads keep spinning for a
    moment after a call and would steal cores from the next variant) and one untimed warm call.
 4. Each timed chunk blocks until its results are ready (`block_until_ready`; PyTorch on the CPU
@@ -35,7 +37,7 @@ class Variant:
     Attributes:
         name: a short label, e.g. `"jdnn_step"`.
         run: the timed chunk.
-        warm: an untimed call run just before each timed chunk; defaults to `run`.
+        warm: an untimed call run just before each timed chunk (None: no warm call).
         steps: how many training steps one chunk holds (times are divided by it).
     """
 
@@ -75,31 +77,39 @@ def summarize(values: Sequence[float]) -> Summary:
                    int(data.size))
 
 
+def schedule(count: int, rounds: int, rotate: bool = True) -> list[list[int]]:
+    """The order of the variants in each round: `[[0, 1, 2], [1, 2, 0], ...]` when rotating,
+    `[[0, 1, 2], [0, 1, 2], ...]` when not. Every round holds every variant exactly once."""
+    return [[(r * rotate + i) % count for i in range(count)] for r in range(rounds)]
+
+
 def interleave(variants: Sequence[Variant], rounds: int, *, pause_s: float = 0.02,
-               warm: bool = True, clock: Clock = time.perf_counter,
+               warm: bool = True, rotate: bool = True, clock: Clock = time.perf_counter,
                sleep: Callable[[float], None] = time.sleep) -> dict[str, list[float]]:
-    """Times `variants` in `rounds` rounds, in the order A B C A B C ...
+    """Times `variants` in `rounds` interleaved rounds (see `schedule`).
 
     Args:
         variants: the contenders; names must be unique.
         rounds: how many rounds (each variant is timed once per round).
         pause_s: the pause before each timed chunk (lets other libraries' BLAS threads idle).
         warm: run each variant's `warm` call (untimed) before its timed chunk.
+        rotate: start each round one variant later (A B C, B C A, ...); else A B C, A B C.
         clock, sleep: injectable for tests.
 
     Returns:
-        `{name: [seconds per step, one per round]}`, rounds in order.
+        `{name: [seconds per step, one per round]}`, rounds in order, so that entry `r` of
+        every variant comes from the same round.
     """
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must be unique, got {names}")
     times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(rounds):
-        for variant in variants:
+    for order in schedule(len(variants), rounds, rotate):
+        for variant in (variants[i] for i in order):
             if pause_s > 0:
                 sleep(pause_s)
-            if warm:
-                (variant.warm or variant.run)()
+            if warm and variant.warm is not None:
+                variant.warm()
             began = clock()
             variant.run()
             times[variant.name].append((clock() - began) / variant.steps)

@@ -133,10 +133,23 @@ def plan(w: Workload) -> list[Op]:
     for i, spec in enumerate(model.spec.children):
         _check_supported(spec)
         layer = _child_layer(model, i)
-        out_shape = layer.init(jax.random.key(0), shape)[0]
+        out_shape = _out_shape(layer, shape)
         ops.append(Op(child_name(i, spec), _KINDS[spec.kind], shape[1:], tuple(out_shape[1:])))
         shape = out_shape
     return ops
+
+
+def _out_shape(layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A layer's output shape, traced abstractly (nothing computed, nothing compiled)."""
+    found = []
+
+    def init(key):
+        out, params, state = layer.init(key, shape)
+        found.append(tuple(out))
+        return params, state
+
+    jax.eval_shape(init, jax.random.key(0))
+    return found[0]
 
 
 def _check_supported(spec) -> None:
@@ -208,7 +221,9 @@ class Problem:
 def make_problem(w: Workload) -> Problem:
     """Initializes jdnn's model for the workload and draws its data."""
     model = build_model(w)
-    _, params, state = model.init(jax.random.key(w.seed), (w.batch, *w.example_shape))
+    # One compiled init instead of one compilation per initializer shape (op by op).
+    init = jax.jit(model.init, static_argnums=1)
+    _, params, state = init(jax.random.key(w.seed), (w.batch, *w.example_shape))
     x, y = make_data(w)
     to_numpy = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
     return Problem(w, model, plan(w), to_numpy(params), to_numpy(state), x, y)

@@ -74,14 +74,14 @@ def nnx_model(problem: Problem, params: dict):
 
     model = Net(problem.ops, nnx.Rngs(0))
     for name, layer in model.layers.items():
-        layer.kernel.value = jnp.array(params[name]["w"])
-        layer.bias.value = jnp.array(params[name]["b"])
+        layer.kernel[...] = jnp.array(params[name]["w"])
+        layer.bias[...] = jnp.array(params[name]["b"])
     return model
 
 
 def _nnx_params(problem: Problem, model) -> dict:
-    return _to_jdnn(problem, lambda name: (model.layers[name].kernel.value,
-                                           model.layers[name].bias.value))
+    return _to_jdnn(problem, lambda name: (model.layers[name].kernel[...],
+                                           model.layers[name].bias[...]))
 
 
 def _nnx_train_step(w: Workload):
@@ -141,11 +141,16 @@ def build_nnx_split(problem: Problem) -> Runner:
 
 def nnx_loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, dict]:
     nnx = require("flax.nnx", "flax")
-    model = nnx_model(problem, params)
-    loss, grads = nnx.value_and_grad(lambda m: _loss(problem.workload, m(x), y))(model)
+    w = problem.workload
+
+    @nnx.jit
+    def value_and_grad(model, x, y):
+        return nnx.value_and_grad(lambda m: _loss(w, m(x), y))(model)
+
+    loss, grads = value_and_grad(nnx_model(problem, params), jnp.asarray(x), jnp.asarray(y))
     layers = grads["layers"]
-    return float(loss), _to_jdnn(problem, lambda name: (layers[name]["kernel"].value,
-                                                        layers[name]["bias"].value))
+    return float(loss), _to_jdnn(problem, lambda name: (layers[name]["kernel"][...],
+                                                        layers[name]["bias"][...]))
 
 
 # --- linen -----------------------------------------------------------------------------------
@@ -206,9 +211,9 @@ def build_linen(problem: Problem) -> Runner:
 
 def linen_loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, dict]:
     net = linen_module(problem)
-    loss, grads = jax.value_and_grad(
-        lambda p: _loss(problem.workload, net.apply({"params": p}, x), y))(
-        _linen_params(problem, params))
+    value_and_grad = jax.jit(jax.value_and_grad(
+        lambda p, x, y: _loss(problem.workload, net.apply({"params": p}, x), y)))
+    loss, grads = value_and_grad(_linen_params(problem, params), jnp.asarray(x), jnp.asarray(y))
     return float(loss), _to_jdnn(problem, lambda name: (grads[name]["kernel"],
                                                         grads[name]["bias"]))
 

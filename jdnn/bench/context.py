@@ -1,0 +1,37 @@
+"""What every benchmark receives: how hard to measure, and the machine's measured limits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jdnn.bench.compare import FULL, QUICK, Settings
+
+
+@dataclasses.dataclass
+class Context:
+    """Shared by the benchmarks of one run.
+
+    Attributes:
+        quick: the ~2-minute subset (fewer workloads, rounds and shorter chunks).
+        settings: rounds, chunk length and pause for `compare`.
+        limits: the machine's GEMM peak and bandwidth (from `machine.limits`), once measured.
+    """
+
+    quick: bool = False
+    settings: Settings = FULL
+    limits: dict | None = None
+
+    @classmethod
+    def create(cls, quick: bool, rounds: int | None = None) -> Context:
+        settings = QUICK if quick else FULL
+        if rounds is not None:
+            settings = dataclasses.replace(settings, rounds=rounds)
+        return cls(quick, settings)
+
+    @property
+    def gemm_peak(self) -> float | None:
+        return None if self.limits is None else self.limits["gemm_peak_gflops"]
+
+    @property
+    def bandwidth(self) -> float | None:
+        return None if self.limits is None else self.limits["bandwidth_gbs"]["median"]

@@ -1,0 +1,164 @@
+"""Diagnostics behind the findings: measured in the same run, so the report's explanations of
+its misses rest on numbers, not on memory.
+
+- `page_faults`: minor page faults and kernel (system) time per training step, one step per
+  dispatch against eight steps inside one `lax.scan`. XLA:CPU takes a fresh temporary buffer
+  from `malloc` for each execution; above glibc's mmap threshold (32 MB at most) that is fresh
+  `mmap`ed memory, so every execution page-faults its whole temporary buffer in again.
+- `epoch_overhead`: where a small net's scan-fused epoch spends its time: jdnn's epoch as it
+  is, without the per-step key split (no layer of these models uses randomness), with the
+  permutation drawn on the host instead of by `jax.random.permutation` in the epoch, both, the
+  raw-JAX scan floor, and the permutation alone.
+- `dispatch`: how long one dispatched call takes to return to Python (async dispatch), jdnn's
+  step against the raw-JAX step, on the digits MLP.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jdnn.bench import timing, workloads
+from jdnn.bench.context import Context
+from jdnn.bench.sides import SIDES, jdnn_side, raw_jax
+from jdnn.data.batching import epoch_batches
+from jdnn.train import make_epoch
+from jdnn.train.fit import weighted_means
+from jdnn.train.step import masked_mean, train_step_fn
+
+
+def page_faults(w: workloads.Workload, steps: int = 8) -> dict:
+    """Minor faults, system time and wall time per step: per-step dispatch vs a scan of 8."""
+    problem = workloads.make_problem(w)
+    x, y = (jnp.asarray(a) for a in problem.batch(0))
+    step = train_step_fn(problem.model, jdnn_side.loss_fn(w), jdnn_side.optimizer(w))
+    one = jax.jit(lambda ts, x, y: step(ts, x, y)[0], donate_argnums=0)
+    many = jax.jit(lambda ts, x, y: lax.scan(lambda c, _: (step(c, x, y)[0], None), ts, None,
+                                             length=steps)[0], donate_argnums=0)
+    temp = one.lower(jdnn_side.train_state(problem), x, y).compile().memory_analysis()
+    out = {"workload": w.name, "temp_mb": temp.temp_size_in_bytes / 2**20}
+    for name, fn, calls in (("per_step", one, steps), (f"scan_{steps}", many, 1)):
+        ts = jax.block_until_ready(fn(jdnn_side.train_state(problem), x, y))
+        before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        for _ in range(calls):
+            ts = fn(ts, x, y)
+        jax.block_until_ready(ts)
+        wall, after = time.perf_counter() - began, resource.getrusage(resource.RUSAGE_SELF)
+        out[name] = {"minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+                     "system_ms_per_step": (after.ru_stime - before.ru_stime) / steps * 1e3,
+                     "wall_ms_per_step": wall / steps * 1e3}
+    return out
+
+
+def _step_without_key(problem):
+    """jdnn's step minus the per-step `jax.random.split` (what it would be for models with no
+    stochastic layer): same objective, same optax update, same step counter."""
+    w, model = problem.workload, problem.model
+    loss, tx = jdnn_side.loss_fn(w), jdnn_side.optimizer(w)
+
+    def step(ts, x, y, mask=None):
+        def objective(params):
+            out, _ = model.apply(params, ts.state, x, train=True)
+            return masked_mean(loss(out, y), mask)
+
+        value, grads = jax.value_and_grad(objective)(ts.params)
+        updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
+        return ts._replace(params=optax.apply_updates(ts.params, updates), opt_state=opt_state,
+                           step=ts.step + 1), {"loss": value}
+
+    return step
+
+
+def _epoch(problem, step, host_order: bool):
+    w = problem.workload
+
+    def epoch(ts, x, y, order):
+        if host_order:
+            indices, masks = order, jnp.ones(order.shape, bool)
+        else:
+            key, order_key = jax.random.split(ts.key)
+            indices, masks = epoch_batches(order_key, w.examples, w.batch)
+            ts = ts._replace(key=key)
+        ts, reports = lax.scan(lambda s, b: step(s, x[b[0]], y[b[0]], b[1]), ts, (indices, masks))
+        return ts, weighted_means(reports, masks)
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def epoch_overhead(ctx: Context, w: workloads.Workload, epochs: int = 4) -> dict:
+    problem = workloads.make_problem(w)
+    x, y = jnp.asarray(problem.x), jnp.asarray(problem.y)
+    order = jnp.asarray(np.random.default_rng(0).permutation(w.examples).astype(np.int32)
+                        .reshape(w.batches, w.batch))
+    step = train_step_fn(problem.model, jdnn_side.loss_fn(w), jdnn_side.optimizer(w))
+    keyless = _step_without_key(problem)
+    as_is = make_epoch(step, w.examples, w.batch)
+    epochs_fns = {"jdnn_epoch (as is)": lambda ts, x, y, o: as_is(ts, x, y),
+                  "no key split per step": _epoch(problem, keyless, False),
+                  "host permutation": _epoch(problem, step, True),
+                  "both": _epoch(problem, keyless, True)}
+    calls = {}
+    for name, fn in epochs_fns.items():
+        box = [jdnn_side.train_state(problem)]
+
+        def run(fn=fn, box=box):
+            ts = box[0]
+            for _ in range(epochs):
+                ts, _ = fn(ts, x, y, order)
+            box[0] = jax.block_until_ready(ts)
+
+        calls[name] = run
+    floor = SIDES["raw_jax_scan"].build(problem)
+    calls["raw_jax_scan (floor)"] = lambda: floor.run(epochs * w.batches)
+    plan = jax.jit(lambda k: epoch_batches(k, w.examples, w.batch))
+    key = jax.random.key(1)
+    calls["permutation alone"] = lambda: [jax.block_until_ready(plan(key)) for _ in range(epochs)]
+    for call in calls.values():
+        call()
+    times = timing.interleave([timing.Variant(n, c, steps=epochs * w.batches)
+                               for n, c in calls.items()], ctx.settings.rounds + 4,
+                              pause_s=ctx.settings.pause_s)
+    return {"workload": w.name, "description": w.describe(),
+            "sides": timing.table(times, "jdnn_epoch (as is)")}
+
+
+def dispatch(calls: int = 300) -> dict:
+    """Median time for one dispatched step to return, and the loop's time per step."""
+    problem = workloads.make_problem(workloads.digits_mlp())
+    w = problem.workload
+    x, y = (jnp.asarray(a) for a in problem.batch(0))
+    jdnn_step = jax.jit(train_step_fn(problem.model, jdnn_side.loss_fn(w),
+                                      jdnn_side.optimizer(w)), donate_argnums=0)
+    raw_step = jax.jit(raw_jax.make_step(problem), donate_argnums=(0, 1))
+    state = {"jdnn": (jdnn_side.train_state(problem),),
+             "raw_jax": (raw_jax.to_raw(problem, problem.params),)}
+    state["raw_jax"] += (raw_jax.opt_init(w, state["raw_jax"][0]),)
+    fns = {"jdnn": lambda s: jdnn_step(*s, x, y)[:1], "raw_jax": lambda s: raw_step(*s, x, y)[:2]}
+    out = {}
+    for name, fn in fns.items():
+        s = jax.block_until_ready(fn(fn(state[name])))
+        returns, began = [], time.perf_counter()
+        for _ in range(calls):
+            t = time.perf_counter()
+            s = fn(s)
+            returns.append(time.perf_counter() - t)
+        jax.block_until_ready(s)
+        out[name] = {"call_returns_us": float(np.median(returns)) * 1e6,
+                     "us_per_step": (time.perf_counter() - began) / calls * 1e6}
+    return out
+
+
+def run(ctx: Context) -> dict:
+    print("  page faults per step", flush=True)
+    faults = [page_faults(workloads.cnn(64)), page_faults(workloads.mlp(1024))]
+    print("  small-net epoch decomposition", flush=True)
+    small = [epoch_overhead(ctx, workloads.digits_mlp()), epoch_overhead(ctx, workloads.xor())]
+    print("  dispatch", flush=True)
+    return {"results": {"page_faults": faults, "epoch_overhead": small,
+                        "dispatch": dispatch()}, "targets": []}

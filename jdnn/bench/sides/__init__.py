@@ -1,0 +1,13 @@
+"""The sides of every comparison, by key. Each is built from the same `Problem`."""
+
+from jdnn.bench.sides import equinox_side, flax_side, jdnn_side, numpy_side, raw_jax, torch_side
+from jdnn.bench.sides.base import Runner, Side, Skipped, require
+
+SIDES: dict[str, Side] = {side.name: side for side in (
+    jdnn_side.STEP, jdnn_side.EPOCH, numpy_side.SIDE, raw_jax.STEP, raw_jax.SCAN,
+    flax_side.NNX_JIT, flax_side.NNX_SPLIT, flax_side.LINEN, equinox_side.SIDE, torch_side.SIDE,
+    torch_side.ONE_THREAD)}
+
+PEERS = ("nnx_jit", "nnx_split", "linen", "equinox", "torch", "torch_1thread")
+
+__all__ = ["PEERS", "Runner", "SIDES", "Side", "Skipped", "require"]

@@ -1,0 +1,152 @@
+"""Equinox: a module of `eqx.nn` layers called per example under `jax.vmap`, trained with
+`eqx.filter_jit` and `eqx.filter_value_and_grad`, optax updates (its documented pattern).
+
+Equinox is channel-first: `Linear.weight` is `(out, in)` (jdnn's `w` transposed), `Conv2d` takes
+`(C, H, W)` images with an `(O, I, kh, kw)` weight and an `(O, 1, 1)` bias, and flattening
+`(C, H, W)` orders the dense layer's rows differently (see `flatten_permutation`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdnn.bench.sides.base import Runner, Side, batches, require
+from jdnn.bench.sides.jdnn_side import optimizer
+from jdnn.bench.workloads import Problem, flatten_permutation
+
+
+def channel_first(x: np.ndarray) -> np.ndarray:
+    """NHWC -> NCHW (flat inputs unchanged)."""
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
+
+
+def to_channel_first(problem: Problem, params: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """jdnn params -> `[(weight, bias), ...]` in the channel-first `(out, in)` / OIHW layout
+    (shared with PyTorch); `bias` is `(out,)`."""
+    out, perm = [], None
+    for op in problem.ops:
+        if op.kind == "flatten":
+            perm = flatten_permutation(op)
+        elif op.kind == "dense":
+            w = params[op.name]["w"]
+            w = w[perm] if perm is not None else w
+            perm = None
+            out.append((np.ascontiguousarray(w.T), np.asarray(params[op.name]["b"])))
+        elif op.kind == "conv":
+            w = np.ascontiguousarray(np.asarray(params[op.name]["w"]).transpose(3, 2, 0, 1))
+            out.append((w, np.asarray(params[op.name]["b"])))
+    return out
+
+
+def from_channel_first(problem: Problem, pairs: list) -> dict:
+    """The inverse of `to_channel_first`: `[(weight, bias), ...]` back to jdnn's tree."""
+    tree, layer, perm = {}, iter(pairs), None
+    for op in problem.ops:
+        tree[op.name] = {}
+        if op.kind == "flatten":
+            perm = flatten_permutation(op)
+        elif op.kind in ("dense", "conv"):
+            weight, bias = (np.asarray(a) for a in next(layer))
+            if op.kind == "conv":
+                w = weight.transpose(2, 3, 1, 0)
+            else:
+                w = weight.T
+                if perm is not None:
+                    w = np.empty_like(w)
+                    w[perm] = weight.T
+                perm = None
+            tree[op.name] = {"w": np.ascontiguousarray(w), "b": bias.reshape(-1)}
+    return tree
+
+
+def eqx_model(problem: Problem, params: dict):
+    eqx = require("equinox")
+
+    class Net(eqx.Module):
+        layers: tuple
+        kinds: tuple = eqx.field(static=True)
+
+        def __call__(self, x):
+            for kind, layer in zip(self.kinds, self.layers):
+                if kind in ("dense", "conv", "maxpool"):
+                    x = layer(x)
+                elif kind == "relu":
+                    x = jax.nn.relu(x)
+                elif kind == "sigmoid":
+                    x = jax.nn.sigmoid(x)
+                else:
+                    x = x.reshape(-1)
+            return x
+
+    keys = iter(jax.random.split(jax.random.key(0), len(problem.ops)))
+    pairs = iter(to_channel_first(problem, params))
+    layers = []
+    for op in problem.ops:
+        if op.kind == "dense":
+            layer = eqx.nn.Linear(op.in_shape[-1], op.out_shape[-1], key=next(keys))
+        elif op.kind == "conv":
+            layer = eqx.nn.Conv2d(op.in_shape[-1], op.out_shape[-1], 3, padding=1,
+                                  key=next(keys))
+        elif op.kind == "maxpool":
+            layer = eqx.nn.MaxPool2d(2, 2)
+        else:
+            layer = None
+        if op.kind in ("dense", "conv"):
+            weight, bias = next(pairs)
+            layer = eqx.tree_at(lambda m: (m.weight, m.bias), layer,
+                                (jnp.array(weight), jnp.array(bias).reshape(layer.bias.shape)))
+        layers.append(layer)
+    return Net(tuple(layers), tuple(op.kind for op in problem.ops))
+
+
+def _loss(problem: Problem, model, x, y):
+    import optax
+
+    logits = jax.vmap(model)(x)
+    if problem.workload.classes == 1:
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits[:, 0], y))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+
+def _pairs(model) -> list:
+    return [(layer.weight, layer.bias) for layer in model.layers if hasattr(layer, "weight")]
+
+
+def build(problem: Problem) -> Runner:
+    eqx = require("equinox")
+    model = eqx_model(problem, problem.params)
+    tx = optimizer(problem.workload)
+    opt_state = tx.init(eqx.filter(model, eqx.is_array))
+
+    @eqx.filter_jit
+    def step(model, opt_state, x, y):
+        loss, grads = eqx.filter_value_and_grad(lambda m: _loss(problem, m, x, y))(model)
+        updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+
+    cursor = batches(problem, lambda x, y: (jnp.asarray(channel_first(x)), jnp.asarray(y)))
+    box = [model, opt_state]
+
+    def run(n: int) -> None:
+        model, opt_state = box
+        for _ in range(n):
+            model, opt_state, _ = step(model, opt_state, *cursor.next())
+        box[:] = jax.block_until_ready([model, opt_state])
+
+    return Runner(run, lambda: from_channel_first(problem, _pairs(box[0])))
+
+
+def loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, dict]:
+    eqx = require("equinox")
+    model = eqx_model(problem, params)
+    value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(
+        lambda m, x, y: _loss(problem, m, x, y)))
+    loss, grads = value_and_grad(model, jnp.asarray(channel_first(np.asarray(x))),
+                                 jnp.asarray(y))
+    return float(loss), from_channel_first(problem, _pairs(grads))
+
+
+SIDE = Side("equinox", "Equinox, eqx.filter_jit step, per-example modules under vmap",
+            build, loss_and_grads, "equinox")

@@ -1,0 +1,396 @@
+"""Hyper-parameter search that trains every configuration of a structure at once.
+
+A configuration's hyper-parameters are of two kinds:
+
+- vectorized: `learning_rate` and `momentum` (held in the optimizer state by
+  `optax.inject_hyperparams`), `l1` and `l2` (the penalty's strengths, traced), `dropout` (the
+  rate of every `TunableDropout` layer, held in the layer state) and `seed` (the member's key
+  is `jax.random.fold_in(key, seed)`). Configurations that differ only in these are members of
+  one stacked `TrainState`, trained by one compiled program (`jdnn.ensemble.train_members`).
+- structural: everything else. `model_fn(**structural)` builds the model (layer widths, depth);
+  `optimizer` (an optax name or factory) and `batch_size` are read by the search itself.
+  Configurations are grouped by their structural values: one program per group.
+
+Every member stops early on its own (`patience`): it is frozen by masking, and the program
+stays the same. Without `seed` in the space every trial starts from the same initialization and
+data order (common random numbers), so the comparison measures the hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jdnn import io
+from jdnn.core import Layer, LayerError, check_hparam, check_input_shape, make_spec
+from jdnn.ensemble import prepare_data, stack, train_members
+from jdnn.layers.dropout import keep_mask
+from jdnn.regularizers import Penalty, path_of
+from jdnn.train.fit import epoch_fn
+from jdnn.train.history import History
+from jdnn.train.state import TrainState
+from jdnn.train.step import Loss, Metrics, resolve_metrics, train_step_fn
+
+VECTORIZED = ("learning_rate", "momentum", "l1", "l2", "dropout", "seed")
+DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform")
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+def TunableDropout(rate: float = 0.0) -> Layer:
+    """Dropout whose rate is data, in the layer's state (`{"rate": ...}`), so that the members
+    of a vectorized search each drop their own fraction; `search` sets it from `dropout`.
+
+    Otherwise it is `jdnn.Dropout(rate)`: inverted dropout, the same masks from the same key.
+
+    Example:
+        >>> model = jdnn.serial(jdnn.Dense(128), jdnn.Relu(), TunableDropout(), jdnn.Dense(10))
+    """
+    ok = isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0.0 <= rate < 1.0
+    check_hparam("TunableDropout", "rate", rate, ok, "a drop probability in [0, 1)")
+
+    def init(key, input_shape):
+        del key
+        shape = check_input_shape("TunableDropout", input_shape)
+        return shape, {}, {"rate": jnp.asarray(rate, jnp.float32)}
+
+    def apply(params, state, x, *, key=None, train=False):
+        del params
+        if not train:
+            return x, state
+        if key is None:
+            raise LayerError("TunableDropout", "train=True needs a random key")
+        keep = keep_mask(key, state["rate"], x.shape)
+        return jnp.where(keep, x / (1.0 - state["rate"]), jnp.zeros_like(x)), state
+
+    return Layer(init, apply, make_spec("TunableDropout", rate=float(rate)))
+
+
+def _is_distribution(value: Any) -> bool:
+    return isinstance(value, tuple) and bool(value) and value[0] in DISTRIBUTIONS
+
+
+def _choices(name: str, value: Any) -> list:
+    if isinstance(value, (list, tuple)) and not _is_distribution(value):
+        if not value:
+            raise ValueError(f"space[{name!r}] is an empty list; give at least one value")
+        return list(value)
+    if _is_distribution(value):
+        raise ValueError(f"space[{name!r}] = {value!r} is a distribution: grid search needs a "
+                         f"list of values (or use strategy='random')")
+    return [value]
+
+
+def grid(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the space's lists (a scalar is a fixed value), first name slowest.
+
+    Example:
+        >>> grid({"learning_rate": [1e-3, 1e-2], "width": [64, 128]})   # 4 configurations
+    """
+    names = list(space)
+    return [dict(zip(names, combo))
+            for combo in itertools.product(*(_choices(n, space[n]) for n in names))]
+
+
+def _draw(rng: np.random.Generator, name: str, value: Any) -> Any:
+    if not _is_distribution(value):
+        options = _choices(name, value)
+        return options[int(rng.integers(len(options)))]
+    if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value[1:]) \
+            or not value[1] < value[2]:
+        raise ValueError(f"space[{name!r}] = {value!r}: a distribution is (kind, low, high) with "
+                         f"low < high, kind one of {DISTRIBUTIONS}")
+    kind, low, high = value
+    if kind == "log_uniform":
+        if low <= 0:
+            raise ValueError(f"space[{name!r}] = {value!r}: log_uniform needs low > 0")
+        return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+    if kind == "int_uniform":
+        return int(rng.integers(math.ceil(low), math.floor(high) + 1))
+    return float(rng.uniform(low, high))
+
+
+def sample(space: Mapping[str, Any], trials: int, key: jax.Array | int) -> list[dict[str, Any]]:
+    """`trials` configurations drawn at random, reproducibly from `key`.
+
+    A list is a choice; `("uniform", a, b)`, `("log_uniform", a, b)` (a > 0) and
+    `("int_uniform", a, b)` (both ends included) are distributions; a scalar is fixed.
+
+    Example:
+        >>> sample({"learning_rate": ("log_uniform", 1e-4, 1e-1), "width": [64, 128]}, 8, 0)
+    """
+    if not (isinstance(trials, int) and trials >= 1):
+        raise ValueError(f"strategy='random' needs trials, an int >= 1, got {trials!r}")
+    key = jax.random.key(key) if isinstance(key, int) else key
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    return [{name: _draw(rng, name, value) for name, value in space.items()}
+            for _ in range(trials)]
+
+
+def _check(config: dict[str, Any]) -> None:
+    """Raises a clear error for a vectorized value out of its range."""
+    rules = {"learning_rate": (lambda v: v > 0, "a float > 0"),
+             "momentum": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
+             "l1": (lambda v: v >= 0, "a float >= 0"), "l2": (lambda v: v >= 0, "a float >= 0"),
+             "dropout": (lambda v: 0 <= v < 1, "a float in [0, 1)")}
+    for name, (ok, expected) in rules.items():
+        value = config.get(name)
+        if name in config and not (isinstance(value, (int, float, np.number))
+                                   and not isinstance(value, bool)
+                                   and math.isfinite(value) and ok(value)):
+            raise ValueError(f"{name} must be {expected}, got {value!r} in {config}")
+    for name, low in (("seed", 0), ("batch_size", 1)):
+        value = config.get(name)
+        if name in config and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                               or value < low):
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r} in {config}")
+
+
+def _optimizer(kind: str | Callable, learning_rate: Any, momentum: Any):
+    """`optax.inject_hyperparams(kind)(learning_rate=..., momentum or b1=...)`."""
+    factory = getattr(optax, kind, None) if isinstance(kind, str) else kind
+    if not callable(factory):
+        raise ValueError(f"optimizer must be an optax optimizer's name (e.g. 'adam', 'sgd') or a "
+                         f"factory f(learning_rate, ...) -> GradientTransformation, got {kind!r}")
+    kwargs = {"learning_rate": learning_rate}
+    if momentum is not None:
+        names = inspect.signature(factory).parameters
+        slot = "momentum" if "momentum" in names else "b1" if "b1" in names else None
+        if slot is None:
+            raise ValueError(f"optimizer {kind!r} takes neither momentum nor b1")
+        kwargs[slot] = momentum
+    return optax.inject_hyperparams(factory)(**kwargs)
+
+
+def _set_dropout(state: Any, rates: jax.Array) -> tuple[Any, int]:
+    """Stacked layer state with every `TunableDropout` rate set per member; and their count."""
+    found = []
+
+    def put(keypath, leaf):
+        parts = path_of(keypath).split("/")
+        if parts[-1] == "rate" and len(parts) > 1 and parts[-2].endswith("_tunabledropout"):
+            found.append(parts)
+            return rates.astype(leaf.dtype)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(put, state), len(found)
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """The outcome of `search`.
+
+    Attributes:
+        rows: one dict per trial, best first: `rank`, `trial` (its index in the enumeration),
+            its hyper-parameters, its metrics at the chosen epoch (the best one with
+            `restore_best`, else the last), `epoch` (that epoch), `epochs` (epochs run) and
+            `stopped` ("early stopping", "non-finite loss" or ""; the history says more).
+        metric, mode: what the rows are sorted by.
+        configs: every trial's hyper-parameters, indexed by trial.
+        history: one `History` per trial, indexed by trial.
+        best_config, best_train_state, best_model: the best trial's hyper-parameters, trained
+            `TrainState` (un-stacked) and model (`model_fn(**structural)`).
+    """
+
+    rows: list[dict[str, Any]]
+    metric: str
+    mode: str
+    configs: list[dict[str, Any]]
+    history: list[History]
+    members: dict[int, tuple] = dataclasses.field(repr=False, default_factory=dict)
+
+    @property
+    def best_config(self) -> dict[str, Any]:
+        return dict(self.configs[self.rows[0]["trial"]])
+
+    @property
+    def best_train_state(self) -> TrainState:
+        return self.train_state(self.rows[0]["trial"])
+
+    @property
+    def best_model(self) -> Layer:
+        return self.model(self.rows[0]["trial"])
+
+    def train_state(self, trial: int) -> TrainState:
+        """Trial `trial`'s trained state (its best epoch's with `restore_best`), un-stacked."""
+        _, stacked, j = self.members[trial]
+        return jax.tree.map(lambda leaf: leaf[j], stacked)
+
+    def model(self, trial: int) -> Layer:
+        """The model trial `trial` trained."""
+        return self.members[trial][0]
+
+    def __str__(self) -> str:
+        columns = list(self.rows[0]) if self.rows else []
+
+        def cell(v):
+            return f"{v:.4g}" if isinstance(v, float) else str(v) if v != "" else "-"
+
+        table = [columns] + [[cell(row[c]) for c in columns] for row in self.rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+        lines = ["  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in table]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return (f"search: {len(self.rows)} trials by {self.metric} ({self.mode})\n"
+                + "\n".join(lines) + f"\nbest: {self.best_config}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the metric, the best config, the rows and each trial's history."""
+        return {"metric": self.metric, "mode": self.mode, "best_config": self.best_config,
+                "rows": self.rows, "configs": self.configs,
+                "history": [h.to_dict() for h in self.history]}
+
+    def to_json(self, path) -> None:
+        """Writes `to_dict()` as JSON, atomically."""
+        io.write_text(path, json.dumps(self.to_dict(), indent=2))
+
+
+def _train_group(model_fn: Callable, configs: list[dict], data: Any, validation_data: Any, *,
+                 key: jax.Array, batch_size: int, optimizer: Any, loss: Loss, metrics: Metrics,
+                 **engine: Any):
+    """Builds one structure's model and trains all its configurations as one stack."""
+    structural = {n: v for n, v in configs[0].items() if n not in VECTORIZED}
+    batch_size = int(structural.pop("batch_size", batch_size))
+    kind = structural.pop("optimizer", optimizer)
+    model = model_fn(**structural)
+    x, y, validation = prepare_data(model, loss, data, validation_data)
+    momentum = [c.get("momentum") for c in configs]
+    states = stack([TrainState.create(model, _optimizer(kind, c.get("learning_rate",
+                                                                     DEFAULT_LEARNING_RATE), m),
+                                      jax.random.fold_in(key, int(c.get("seed", 0))),
+                                      (batch_size, *x.shape[1:]))
+                    for c, m in zip(configs, momentum)])
+    if "dropout" in configs[0]:
+        state, found = _set_dropout(states.state, jnp.asarray([c["dropout"] for c in configs]))
+        if not found:
+            raise ValueError(f"'dropout' is in the space but the model model_fn built has no "
+                             f"TunableDropout layer to set it on: {model.spec}")
+        states = states._replace(state=state)
+    step_optimizer = _optimizer(kind, DEFAULT_LEARNING_RATE, None if momentum[0] is None else 0.0)
+    hparams = {n: jnp.asarray([c[n] for c in configs], jnp.float32)
+               for n in ("l1", "l2") if n in configs[0]}
+
+    def member_epoch(train_state, hp, x, y):
+        step = train_step_fn(model, loss, step_optimizer, penalty=Penalty(**hp) if hp else None,
+                             metrics=metrics)
+        return epoch_fn(step, x.shape[0], batch_size)(train_state, x, y)
+
+    trained = train_members(model, states, hparams, member_epoch, x, y, validation, loss=loss,
+                            metrics=metrics, **engine)
+    return model, trained
+
+
+def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], *, loss: Loss,
+           epochs: int, batch_size: int, key: jax.Array | int, strategy: str = "grid",
+           trials: int | None = None, validation_data: Any = None,
+           metric: str = "val_accuracy", mode: str = "max", optimizer: str | Callable = "adam",
+           patience: int | None = None, restore_best: bool = True,
+           metrics: Metrics = ("accuracy",), epochs_per_call: int = 10,
+           progress: bool = True) -> SearchResult:
+    """Trains one model per configuration of `space`, vectorized, and ranks them by `metric`.
+
+    Configurations that differ only in vectorized hyper-parameters (`VECTORIZED`) train
+    together in one compiled program; each structure (the other values) gets its own. Trial
+    `t` trains exactly like `jdnn.fit(model_fn(**structural), data, optimizer=optax.<kind>(lr,
+    ...), penalty=jdnn.regularizers.penalty(l1=..., l2=...), key=jax.random.fold_in(key,
+    seed), ...)` with `TunableDropout` layers at rate `dropout` (equal up to float rounding).
+
+    Args:
+        model_fn: builds the model from the structural hyper-parameters, as keyword arguments
+            (none if the space has none); put `TunableDropout()` where `dropout` applies.
+        data: the training `(x, y)` pair.
+        space: name -> a list of values, a fixed scalar, or (random search) a distribution
+            `("uniform" | "log_uniform" | "int_uniform", low, high)`. Names in `VECTORIZED`
+            are vectorized; `optimizer` and `batch_size` are structural and read here; all
+            other names go to `model_fn`. Without `learning_rate` it is 1e-3.
+        loss, epochs, batch_size, metrics: as in `jdnn.fit`.
+        key: seeds the random sampling and, folded with each trial's `seed` (0 if absent),
+            the trial's initialization, data order and dropout.
+        strategy: `"grid"` (every combination of the lists) or `"random"` (`trials` draws).
+        trials: the number of random configurations.
+        validation_data: the `(x, y)` pair the `val_*` metrics are computed on every epoch.
+        metric: the record entry to rank by, e.g. `"val_accuracy"`, `"val_loss"`, `"loss"`.
+        mode: `"max"` or `"min"`: whether a larger `metric` is better.
+        optimizer: an optax optimizer's name or factory `f(learning_rate, ...)`, wrapped in
+            `optax.inject_hyperparams`; `momentum` goes to its `momentum` (SGD, RMSprop) or
+            `b1` (Adam-like) argument.
+        patience: stop a trial after this many epochs without improving `metric`; None trains
+            every trial for all epochs. A trial whose loss is not finite stops at once.
+        restore_best: rank, and return the state of, each trial's best epoch, not its last.
+        epochs_per_call: the most epochs per compiled call.
+        progress: show a tqdm bar per structure (only when stderr is a terminal).
+
+    Returns:
+        A `SearchResult`: `print(result)` shows the table, best first.
+
+    Example:
+        >>> def model_fn(width):
+        ...     return jdnn.serial(jdnn.Dense(width), jdnn.Relu(), TunableDropout(),
+        ...                        jdnn.Dense(10))
+        >>> result = search(model_fn, train, {"width": [64, 128],
+        ...                 "learning_rate": ("log_uniform", 1e-4, 1e-1),
+        ...                 "dropout": ("uniform", 0.0, 0.5)}, strategy="random", trials=16,
+        ...                 loss=jdnn.losses.softmax_cross_entropy, epochs=20, batch_size=32,
+        ...                 key=0, validation_data=test)
+        >>> print(result); result.best_config
+    """
+    if strategy not in ("grid", "random"):
+        raise ValueError(f"strategy must be 'grid' or 'random', got {strategy!r}")
+    if strategy == "grid" and trials is not None:
+        raise ValueError("trials is for strategy='random'; a grid runs every combination")
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    if patience is not None and not (isinstance(patience, int) and patience >= 1):
+        raise ValueError(f"patience must be an int >= 1 or None, got {patience!r}")
+    names = ["loss", *resolve_metrics(metrics)]
+    names += [f"val_{n}" for n in names] if validation_data is not None else []
+    if metric not in names:
+        raise ValueError(f"metric {metric!r} is not recorded; choose one of {names}"
+                         + ("" if validation_data is not None else
+                            " (val_* metrics need validation_data)"))
+    key = jax.random.key(key) if isinstance(key, int) else key
+    configs = grid(space) if strategy == "grid" else sample(space, trials, key)
+    for config in configs:
+        _check(config)
+    groups: dict[str, list[int]] = {}
+    for t, config in enumerate(configs):
+        structure = sorted((n, v) for n, v in config.items() if n not in VECTORIZED)
+        groups.setdefault(repr(structure), []).append(t)
+
+    rows, history, members = [None] * len(configs), [None] * len(configs), {}
+    for g, group in enumerate(groups.values()):
+        model, trained = _train_group(
+            model_fn, [configs[t] for t in group], data, validation_data, key=key,
+            batch_size=batch_size, optimizer=optimizer, loss=loss, metrics=metrics,
+            epochs=epochs, monitor=metric, mode=mode, patience=patience,
+            keep_best=restore_best, epochs_per_call=epochs_per_call, progress=progress,
+            desc=f"search {g + 1}/{len(groups)}")
+        stacked = trained.best_state if restore_best else trained.train_state
+        for j, t in enumerate(group):
+            h = history[t] = trained.histories[j]
+            chosen = int(trained.best_epoch[j]) if restore_best and trained.best_epoch[j] \
+                else len(h)
+            record = h.records[chosen - 1] if chosen else {}
+            rows[t] = {"trial": t, **configs[t],
+                       **{k: v for k, v in record.items() if k not in ("epoch", "seconds")},
+                       "epoch": chosen, "epochs": len(h),
+                       "stopped": (h.stop_reason or "").split(":")[0].split(" at ")[0]}
+            members[t] = (model, stacked, j)
+
+    sign = -1.0 if mode == "max" else 1.0
+
+    def order(row):
+        value = row.get(metric, math.nan)
+        return (not math.isfinite(value), sign * value if math.isfinite(value) else 0.0,
+                row["trial"])
+
+    rows = [{"rank": r + 1, **row} for r, row in enumerate(sorted(rows, key=order))]
+    return SearchResult(rows, metric, mode, configs, history, members)

@@ -1,0 +1,303 @@
+"""Tests of the benchmark harness itself (jdnn.bench): never timing assertions.
+
+The interleaving order, the statistics, ratios within rounds, the FLOP counts, that every peer
+trains the same model (same loss and gradients from the same parameters), that a missing peer
+is reported as skipped, and that the report writer produces valid JSON and markdown.
+"""
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from jdnn.bench import compare, report, roofline, targets, timing, workloads
+from jdnn.bench.sides import SIDES, Skipped, require
+from jdnn.bench.sides.equinox_side import from_channel_first, to_channel_first
+
+# --- timing -----------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A clock that each variant advances by a known amount, so timings are exact."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _variants(log, clock, costs, steps=1):
+    def make(name):
+        def run():
+            log.append(name)
+            clock.now += costs[name][len([n for n in log if n == name]) - 1]
+
+        return timing.Variant(name, run, warm=lambda: log.append(f"warm {name}"), steps=steps)
+
+    return [make(name) for name in costs]
+
+
+def test_interleave_runs_variants_in_rounds_a_b_c_a_b_c():
+    log, clock = [], FakeClock()
+    costs = {name: [1.0] * 2 for name in "ABC"}
+    timing.interleave(_variants(log, clock, costs), 2, pause_s=0, warm=False, rotate=False,
+                      clock=clock)
+    assert log == ["A", "B", "C", "A", "B", "C"]
+
+
+def test_interleave_rotates_the_start_of_each_round_by_default():
+    log, clock = [], FakeClock()
+    costs = {name: [1.0] * 3 for name in "ABC"}
+    timing.interleave(_variants(log, clock, costs), 3, pause_s=0, warm=False, clock=clock)
+    assert log == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
+    assert timing.schedule(3, 3) == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+
+
+def test_interleave_pauses_and_warms_before_every_timed_chunk():
+    log, clock, pauses = [], FakeClock(), []
+    costs = {name: [1.0] for name in "AB"}
+    timing.interleave(_variants(log, clock, costs), 1, pause_s=0.5, clock=clock,
+                      sleep=pauses.append, rotate=False)
+    assert log == ["warm A", "A", "warm B", "B"]
+    assert pauses == [0.5, 0.5]
+
+
+def test_interleave_records_seconds_per_step_in_round_order():
+    log, clock = [], FakeClock()
+    costs = {"A": [4.0, 8.0], "B": [2.0, 6.0]}
+    times = timing.interleave(_variants(log, clock, costs, steps=2), 2, pause_s=0, warm=False,
+                              clock=clock)
+    assert times == {"A": [2.0, 4.0], "B": [1.0, 3.0]}
+
+
+def test_interleave_rejects_duplicate_names():
+    variant = timing.Variant("A", lambda: None)
+    with pytest.raises(ValueError, match="unique"):
+        timing.interleave([variant, variant], 1, pause_s=0)
+
+
+def test_summarize_median_and_interquartile_range():
+    s = timing.summarize([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert (s.median, s.q1, s.q3, s.iqr, s.min, s.max, s.n) == (3.0, 2.0, 4.0, 2.0, 1.0, 100.0, 5)
+    even = timing.summarize([1.0, 2.0, 3.0, 4.0])  # linear interpolation between order stats
+    assert (even.median, even.q1, even.q3) == (2.5, 1.75, 3.25)
+    with pytest.raises(ValueError):
+        timing.summarize([])
+
+
+def test_ratios_are_taken_within_each_round():
+    # A slow round (load) hits both sides: per-round ratios stay at 2, while the ratio of the
+    # medians would mix rounds.
+    times = {"jdnn": [1.0, 10.0, 1.2], "peer": [2.0, 20.0, 2.4]}
+    assert timing.ratios(times, "jdnn")["peer"] == pytest.approx([2.0, 2.0, 2.0])
+    table = timing.table(times, "jdnn")
+    assert table["peer"]["ratio"]["median"] == pytest.approx(2.0)
+    assert table["peer"]["ratio"]["iqr"] == pytest.approx(0.0)
+    assert table["jdnn"]["seconds"]["median"] == pytest.approx(1.2)
+
+
+def test_compile_time_and_calibration():
+    assert timing.compile_seconds(1.5, 0.25) == 1.25
+    assert timing.compile_seconds(0.1, 0.25) == 0.0
+    assert timing.calibrate(0.01, 0.05) == 5
+    assert timing.calibrate(0.01, 0.05, quantum=4) == 20  # whole epochs of 4 steps
+    assert timing.calibrate(1.0, 0.05, quantum=4) == 4  # at least one quantum
+    assert timing.calibrate(1e-9, 10.0, most=100) == 100
+
+
+# --- FLOPs by hand ----------------------------------------------------------------------------
+
+
+def test_mlp_flops_counted_by_hand():
+    b = 32
+    first, second, third = 784 * 512, 512 * 512, 512 * 10
+    # forward 2*b*m per layer, weight gradient 2*b*m, input gradient 2*b*m except layer 1.
+    expected = 2 * b * first * 2 + 2 * b * (second + third) * 3
+    assert roofline.step_flops(workloads.mlp(b)) == expected == 102_694_912
+
+
+def test_cnn_flops_counted_by_hand():
+    b = 64
+    conv1 = 28 * 28 * 3 * 3 * 1 * 32  # multiply-adds per example
+    conv2 = 14 * 14 * 3 * 3 * 32 * 64
+    dense1, dense2 = 7 * 7 * 64 * 128, 128 * 10
+    expected = 2 * b * conv1 * 2 + 2 * b * (conv2 + dense1 + dense2) * 3
+    assert roofline.step_flops(workloads.cnn(b)) == expected
+
+
+def test_roofline_fractions():
+    w = workloads.mlp(1024)
+    flops = roofline.step_flops(w)
+    got = roofline.achieved(w, flops / 50e9, gemm_gflops=100.0, bandwidth_gbs=10.0)
+    assert got["gflops"] == pytest.approx(50.0)
+    assert got["fraction_of_gemm_peak"] == pytest.approx(0.5)
+    assert got["bound"] == "compute"  # ~75 FLOP/byte against a ridge of 10
+    assert roofline.parameter_count(workloads.plan(w)) == 785 * 512 + 513 * 512 + 513 * 10
+
+
+# --- every side trains the same model ---------------------------------------------------------
+
+
+def _tiny_mlp():
+    return workloads.Workload("tiny", "mlp", hidden=(8, 6), example_shape=(12,), classes=5,
+                              batch=4, batches=2)
+
+
+def _tiny_xor():
+    return workloads.xor(batch=4, batches=2)
+
+
+def _tiny_cnn():
+    return workloads.cnn(2)
+
+
+_EXPECTED = {}
+
+
+def _problem(make):
+    """One problem per workload maker, with jdnn's loss and gradients computed once."""
+    if make not in _EXPECTED:
+        problem = workloads.make_problem(make())
+        _EXPECTED[make] = problem, _loss_and_grads("jdnn_step", problem)
+    return _EXPECTED[make]
+
+
+def _loss_and_grads(side, problem):
+    x, y = problem.batch(0)
+    try:
+        return SIDES[side].loss_and_grads(problem, problem.params, x, y)
+    except Skipped as reason:
+        pytest.skip(str(reason))
+
+
+def _max_rel(a, b):
+    out = 0.0
+    for layer, leaves in b.items():
+        for leaf, value in leaves.items():
+            scale = max(float(np.abs(value).max()), 1e-12)
+            out = max(out, float(np.abs(a[layer][leaf] - value).max()) / scale)
+    return out
+
+
+# One per distinct way of differentiating (jdnn_epoch, raw_jax_scan and nnx_split share theirs).
+GRADIENT_SIDES = ("numpy", "raw_jax", "nnx_jit", "linen", "equinox", "torch")
+
+
+@pytest.mark.parametrize("make", [_tiny_mlp, _tiny_xor], ids=["mlp", "xor"])
+@pytest.mark.parametrize("side", GRADIENT_SIDES)
+def test_every_side_has_jdnns_loss_and_gradients(side, make):
+    problem, (expected_loss, expected) = _problem(make)
+    loss, grads = _loss_and_grads(side, problem)
+    assert set(grads) == set(expected)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert _max_rel(grads, expected) < 1e-4
+
+
+@pytest.mark.parametrize("side", ["torch", "linen"])
+def test_peers_match_on_the_cnn(side):
+    problem, (expected_loss, expected) = _problem(_tiny_cnn)
+    loss, grads = _loss_and_grads(side, problem)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert _max_rel(grads, expected) < 1e-4
+
+
+def test_channel_first_conversion_round_trips():
+    problem, _ = _problem(_tiny_cnn)
+    back = from_channel_first(problem, to_channel_first(problem, problem.params))
+    for layer, leaves in problem.params.items():
+        for leaf, value in leaves.items():
+            np.testing.assert_array_equal(back[layer][leaf], value)
+
+
+@pytest.mark.parametrize("side", ["numpy", "torch"])
+def test_sides_take_the_same_steps(side):
+    problem, _ = _problem(_tiny_mlp)
+    reference = SIDES["jdnn_step"].build(problem)
+    try:
+        runner = SIDES[side].build(problem)
+    except Skipped as reason:
+        pytest.skip(str(reason))
+    reference.run(2)
+    runner.run(2)
+    assert _max_rel(runner.params(), reference.params()) < 1e-2  # Adam, float32
+
+
+# --- a missing peer is skipped, not an error ---------------------------------------------------
+
+
+@pytest.mark.parametrize("module,side", [("torch", "torch"), ("flax", "nnx_jit"),
+                                         ("flax", "linen"), ("equinox", "equinox")])
+def test_missing_peer_is_reported_as_skipped(monkeypatch, module, side):
+    for name in list(sys.modules):
+        if name == module or name.startswith(module + "."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    with pytest.raises(Skipped, match="not installed"):
+        require(module)
+    problem, _ = _problem(_tiny_mlp)
+    settings = compare.Settings(rounds=1, chunk_s=0.0, pause_s=0.0, max_steps=1)
+    result = compare.compare(problem, ["numpy", side], baseline="numpy", settings=settings)
+    assert "not installed" in result["skipped"][side]
+    assert side not in result["sides"] and "numpy" in result["sides"]
+
+
+# --- targets and the report -------------------------------------------------------------------
+
+
+def test_target_verdicts():
+    assert targets.check("k", "t", 1.02, 1.05, "<=")["status"] == targets.PASS
+    assert targets.check("k", "t", 1.10, 1.05, "<=")["status"] == targets.MISS
+    assert targets.check("k", "t", 0.9, 1.0, ">=")["status"] == targets.MISS
+    assert targets.check("k", "t", None, 1.0, ">=")["status"] == targets.SKIP
+    noisy = targets.check("k", "t", 1.01, 1.0, ">=", q1=0.95, q3=1.1)
+    assert noisy["status"] == targets.PASS and noisy["within_noise"]
+    with pytest.raises(ValueError):
+        targets.check("k", "t", 1.0, 1.0, "<")
+
+
+def _fake_training_payload():
+    seconds = {"median": 0.002, "q1": 0.0019, "q3": 0.0021, "iqr": 0.0002, "min": 0.0018,
+               "max": 0.003, "n": 3}
+    ratio = {**seconds, "median": 1.0, "q1": 1.0, "q3": 1.0}
+    result = {"description": "MLP", "baseline": "jdnn_step", "rounds": 3,
+              "steps_per_chunk": {"jdnn_step": 8}, "sides": {
+                  "jdnn_step": {"seconds": seconds, "ratio": ratio}},
+              "compile": {"jdnn_step": {"compile_s": 0.5}}, "skipped": {"torch": "not installed"},
+              "roofline": {"jdnn_step": {"gflops": 50.0, "fraction_of_gemm_peak": 0.5}}}
+    return {"name": "mlp", "mode": "quick", "seconds": 1.0,
+            "machine": {"cpu_count": 2, "load_average": [0.5, 0.5, 0.5]},
+            "results": {"mlp_b32_adam": result, "bad": {"nan": math.nan}},
+            "targets": [targets.check("step_vs_raw/x", "jdnn step <= 1.05x raw", 1.2, 1.05, "<=",
+                                      q1=1.1, q3=1.3),
+                        targets.check("fixed_overhead/xor", "overhead", 7.0, 30.0, "<=",
+                                      unit="us")]}
+
+
+def test_report_writes_valid_json_and_markdown(tmp_path):
+    payload = _fake_training_payload()
+    payload["results"].pop("bad")
+    path = report.write_result(tmp_path, "mlp", payload)
+    assert json.loads(path.read_text())["targets"][0]["status"] == "MISS"
+    md = report.write_report(tmp_path).read_text()
+    assert md.startswith("# jdnn benchmark report")
+    assert "| jdnn step <= 1.05x raw | 1.2x [1.1-1.3] | <= 1.05x | **MISS** |" in md
+    assert "**PASS**" in md and "7 us" in md
+    assert "| torch | skipped: not installed |" in md
+    assert (tmp_path / "mlp.png").stat().st_size > 0
+    for line in md.splitlines():  # every table row has its header's column count
+        assert not line.startswith("|") or line.count("|") >= 3
+
+
+def test_report_json_has_no_nan(tmp_path):
+    path = report.write_result(tmp_path, "x", {"value": math.nan, "nested": [math.inf, 1.0]})
+    assert json.loads(path.read_text()) == {"value": None, "nested": [None, 1.0]}
+
+
+def test_run_lists_the_benchmarks(capsys):
+    from jdnn.bench.run import NAMES, main
+
+    assert main(["--list"]) == 0
+    assert capsys.readouterr().out.split() == list(NAMES)

@@ -1,0 +1,218 @@
+"""Hyper-parameter search: spaces, vectorized members equal to jdnn.fit, early stopping by
+masking, one program per structure, the sorted results table."""
+
+import collections
+import json
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jdnn
+from jdnn.ensemble import train_members
+from jdnn.search import TunableDropout, grid, sample, search
+
+CE = jdnn.losses.softmax_cross_entropy
+EPOCHS = 3
+
+
+def _blobs(n, seed, d=6, classes=3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype(np.int32)
+    centers = np.random.default_rng(99).normal(size=(classes, d)) * 2
+    return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+TRAIN, TEST = _blobs(70, 0), _blobs(40, 1)
+SPACE = {"width": [4, 8], "learning_rate": ("log_uniform", 1e-2, 1e-1),
+         "momentum": ("uniform", 0.0, 0.9), "l2": [0.0, 1e-3], "dropout": ("uniform", 0.0, 0.5),
+         "seed": [0, 1, 2]}
+TRACES = collections.Counter()
+
+
+def counting_model_fn(width):
+    """The searched model; counts how often each structure's `apply` is traced."""
+    inner = jdnn.serial(jdnn.Dense(width), jdnn.Relu(), TunableDropout(), jdnn.Dense(3))
+
+    def apply(params, state, x, *, key=None, train=False):
+        TRACES[width] += 1
+        return inner.apply(params, state, x, key=key, train=train)
+
+    return jdnn.Layer(inner.init, apply, inner.spec)
+
+
+def _search():
+    TRACES.clear()
+    return search(counting_model_fn, TRAIN, SPACE, strategy="random", trials=3, loss=CE,
+                  epochs=EPOCHS, batch_size=16, key=3, validation_data=TEST, optimizer="sgd",
+                  restore_best=False, progress=False)
+
+
+def test_grid_enumerates_every_combination_in_order():
+    configs = grid({"a": [1, 2], "b": ["x", "y", "z"], "c": 0.5})
+    assert len(configs) == 6
+    assert configs[0] == {"a": 1, "b": "x", "c": 0.5} and configs[-1] == {"a": 2, "b": "z",
+                                                                          "c": 0.5}
+    assert len({tuple(c.values()) for c in configs}) == 6
+    with pytest.raises(ValueError, match="grid search needs a list"):
+        grid({"learning_rate": ("log_uniform", 1e-4, 1e-1)})
+    with pytest.raises(ValueError, match="empty list"):
+        grid({"a": []})
+
+
+def test_random_sampling_is_seeded_in_range_and_log_uniform():
+    space = {"lr": ("log_uniform", 1e-4, 1e-1), "u": ("uniform", -1.0, 1.0),
+             "n": ("int_uniform", 2, 4), "c": ["relu", "tanh"], "fixed": 3}
+    draws = sample(space, 2000, 0)
+    assert draws == sample(space, 2000, jax.random.key(0)) and draws != sample(space, 2000, 1)
+    lr = np.array([d["lr"] for d in draws])
+    assert lr.min() >= 1e-4 and lr.max() <= 1e-1
+    # uniform in log space: each decade holds about a third of the draws
+    decades = np.histogram(np.log10(lr), bins=[-4, -3, -2, -1])[0] / len(lr)
+    np.testing.assert_allclose(decades, 1 / 3, atol=0.05)
+    u = np.array([d["u"] for d in draws])
+    assert -1 <= u.min() and u.max() <= 1 and abs(u.mean()) < 0.05
+    assert {d["n"] for d in draws} == {2, 3, 4} and {d["c"] for d in draws} == {"relu", "tanh"}
+    assert all(d["fixed"] == 3 for d in draws)
+    with pytest.raises(ValueError, match="log_uniform needs low > 0"):
+        sample({"lr": ("log_uniform", 0.0, 1.0)}, 1, 0)
+    with pytest.raises(ValueError, match="low < high"):
+        sample({"lr": ("uniform", 1.0, 0.5)}, 1, 0)
+    with pytest.raises(ValueError, match="needs trials"):
+        sample(space, 0, 0)
+
+
+def test_search_trains_like_fit_compiles_once_per_structure_and_ranks(tmp_path):
+    # One search serves the three checks: it is the expensive part (two compilations), and a
+    # module fixture would be recomputed by every pytest-xdist worker that runs a user of it.
+    result = _search()
+    _check_a_vectorized_member_equals_a_sequential_fit(result)
+    _check_one_program_per_structure()
+    _check_rows_are_sorted_and_the_best_config_is_the_argmax(result, tmp_path)
+
+
+def _check_a_vectorized_member_equals_a_sequential_fit(result):
+    groups = collections.Counter(row["width"] for row in result.rows)
+    assert sorted(groups.values()) == [1, 2]  # a member trained alongside another
+    row = next(r for r in result.rows if groups[r["width"]] == 2)
+    t = row["trial"]
+    config = {name: row[name] for name in SPACE}
+    model = jdnn.serial(jdnn.Dense(config["width"]), jdnn.Relu(),
+                        jdnn.Dropout(config["dropout"]), jdnn.Dense(3))
+    state, history = jdnn.fit(
+        model, TRAIN, loss=CE, epochs=EPOCHS, batch_size=16, validation_data=TEST,
+        optimizer=optax.sgd(config["learning_rate"], momentum=config["momentum"]),
+        penalty=jdnn.regularizers.penalty(l2=config["l2"]),
+        key=jax.random.fold_in(jax.random.key(3), config["seed"]), progress=False)
+    for a, b in zip(result.history[t].records, history.records):
+        np.testing.assert_allclose([a[k] for k in b if k != "seconds"],
+                                   [b[k] for k in b if k != "seconds"], rtol=1e-5)
+    chex.assert_trees_all_close(jax.tree.leaves(result.train_state(t).params),
+                                jax.tree.leaves(state.params), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(jax.tree.leaves(result.train_state(t).opt_state.inner_state),
+                                jax.tree.leaves(state.opt_state), rtol=1e-5, atol=1e-6)
+
+
+def _check_one_program_per_structure():
+    assert set(TRACES) == {4, 8}
+    # the structure with two trials traced its program as often as the one with one trial
+    assert TRACES[4] == TRACES[8] >= 1
+
+
+def _check_rows_are_sorted_and_the_best_config_is_the_argmax(result, tmp_path):
+    values = [row["val_accuracy"] for row in result.rows]
+    assert values == sorted(values, reverse=True)
+    assert [row["rank"] for row in result.rows] == [1, 2, 3]
+    best = max(result.rows, key=lambda r: (r["val_accuracy"], -r["trial"]))
+    assert result.best_config == {name: best[name] for name in SPACE}
+    assert all(row["epochs"] == row["epoch"] == EPOCHS for row in result.rows)
+    assert result.best_model.spec.children[0]["features"] == result.best_config["width"]
+    text = str(result)
+    assert "val_accuracy" in text and "learning_rate" in text and len(text.splitlines()) == 7
+    result.to_json(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["best_config"] == result.best_config and len(data["rows"]) == 3
+
+
+def _toy_members(curves):
+    """Members whose `score` per epoch follows `curves` `(K, E)`; params count the updates."""
+    k = len(curves)
+    state = jdnn.TrainState({"w": jnp.zeros(k)}, {}, {}, jax.random.split(jax.random.key(0), k),
+                            jnp.zeros(k, jnp.int32))
+
+    def member_epoch(ts, curve, x, y):
+        score = curve[ts.step]
+        loss = jnp.where(jnp.isnan(score), jnp.nan, 1.0)
+        ts = ts._replace(params={"w": ts.params["w"] + 1}, step=ts.step + 1)
+        return ts, {"loss": loss, "score": score}
+
+    return state, jnp.asarray(curves, jnp.float32), member_epoch
+
+
+def test_a_member_stops_early_and_freezes_while_others_go_on():
+    curves = [[1, 2, 3, 4, 5, 6, 7, 8],              # improves every epoch
+              [1, 2, 2, 1, 9, 9, 9, 9],              # stalls after epoch 2
+              [1, 2, math.nan, 4, 5, 6, 7, 8]]       # diverges at epoch 3
+    state, curves, member_epoch = _toy_members(curves)
+    trained = train_members(None, state, curves, member_epoch, None, None, None, epochs=8,
+                            loss=CE, metrics=(), monitor="score", mode="max", patience=2,
+                            keep_best=True, epochs_per_call=3, progress=False)
+    assert [len(h) for h in trained.histories] == [8, 4, 3]
+    np.testing.assert_array_equal(trained.train_state.params["w"], [8, 4, 3])
+    np.testing.assert_array_equal(trained.best_state.params["w"], [8, 2, 2])
+    np.testing.assert_array_equal(trained.best_epoch, [8, 2, 2])
+    assert trained.histories[0].stop_reason is None
+    assert "did not improve for 2 epochs" in trained.histories[1].stop_reason
+    assert "non-finite loss at epoch 3" in trained.histories[2].stop_reason
+
+
+def test_tunable_dropout_draws_dropouts_masks():
+    x = jnp.ones((4, 50))
+    key = jax.random.key(5)
+    layer = TunableDropout(0.3)
+    _, _, state = layer.init(None, x.shape)
+    mine, _ = layer.apply({}, state, x, key=key, train=True)
+    theirs, _ = jdnn.Dropout(0.3).apply({}, {}, x, key=key, train=True)
+    np.testing.assert_allclose(mine, theirs, rtol=1e-6)
+    assert layer.apply({}, state, x)[0] is x
+    with pytest.raises(ValueError, match="drop probability"):
+        TunableDropout(1.0)
+
+
+def test_bad_searches_are_clear_errors():
+    options = dict(loss=CE, epochs=1, batch_size=16, key=0, progress=False)
+    with pytest.raises(ValueError, match="strategy must be"):
+        search(counting_model_fn, TRAIN, {"width": [4]}, strategy="bayes", **options)
+    with pytest.raises(ValueError, match="trials is for strategy='random'"):
+        search(counting_model_fn, TRAIN, {"width": [4]}, trials=3, **options)
+    with pytest.raises(ValueError, match="mode must be"):
+        search(counting_model_fn, TRAIN, {"width": [4]}, mode="best", **options)
+    with pytest.raises(ValueError, match="val_\\* metrics need validation_data"):
+        search(counting_model_fn, TRAIN, {"width": [4]}, **options)
+    with pytest.raises(ValueError, match="learning_rate must be a float > 0"):
+        search(counting_model_fn, TRAIN, {"width": [4], "learning_rate": [0.0]},
+               metric="loss", mode="min", **options)
+    with pytest.raises(ValueError, match="no TunableDropout layer"):
+        search(lambda: jdnn.serial(jdnn.Dense(3)), TRAIN, {"dropout": [0.1]}, metric="loss",
+               mode="min", **options)
+
+
+def test_optimizers_take_their_hyper_parameters_from_their_state():
+    from jdnn.search import _optimizer
+
+    params = {"w": jnp.ones(3)}
+    adam = _optimizer("adam", 0.1, 0.5).init(params).hyperparams
+    assert set(adam) >= {"learning_rate", "b1"} and float(adam["b1"]) == 0.5
+    sgd = _optimizer(optax.sgd, 0.1, 0.9).init(params).hyperparams
+    assert float(sgd["momentum"]) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="optax optimizer's name"):
+        _optimizer("adamm", 0.1, None)
+    with pytest.raises(ValueError, match="neither momentum nor b1"):
+        _optimizer("adagrad", 0.1, 0.9)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        search(counting_model_fn, TRAIN, {"width": [4], "batch_size": [0]}, loss=CE, epochs=1,
+               batch_size=16, key=0, metric="loss", mode="min", progress=False)
