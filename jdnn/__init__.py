@@ -19,16 +19,19 @@ from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger,
 from jdnn import checkpoint, parallel  # noqa: E402  (both build on jdnn.train)
 from jdnn.ghost import ghost_clipped_grad, make_dp_train_step  # noqa: E402
 from jdnn.vectorize import PerExampleAux, clip_and_aggregate, per_example_grads  # noqa: E402
+from jdnn.ensemble import evaluate_ensemble, fit_ensemble, predict_ensemble  # noqa: E402
+from jdnn.search import SearchResult, TunableDropout, search  # noqa: E402  (jdnn.search: the function)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "AvgPool2D", "BatchNorm", "Callback", "check_gradients", "checkpoint",
     "clip_and_aggregate", "Conv2D", "CSVLogger", "data", "Dense", "Dropout", "EarlyStopping", "Elu",
-    "evaluate", "fit", "Flatten", "freeze", "Gelu", "ghost_clipped_grad", "GradReport", "History",
-    "JSONLogger", "Layer", "LayerError", "LeakyRelu", "losses", "make_dp_train_step",
-    "make_eval_step", "make_train_step", "MaxPool2D", "metrics", "ModelCheckpoint", "parallel",
-    "per_example_grads", "PerExampleAux", "predict", "PRelu", "PrintLogger", "ReduceLROnPlateau",
-    "reference", "regularizers", "Relu", "residual", "serial", "Sigmoid", "Softmax", "Spec", "Tanh",
-    "TerminateOnNaN", "TrainState",
+    "evaluate", "evaluate_ensemble", "fit", "fit_ensemble", "Flatten", "freeze", "Gelu",
+    "ghost_clipped_grad", "GradReport", "History", "JSONLogger", "Layer", "LayerError", "LeakyRelu",
+    "losses", "make_dp_train_step", "make_eval_step", "make_train_step", "MaxPool2D", "metrics",
+    "ModelCheckpoint", "parallel", "per_example_grads", "PerExampleAux", "predict",
+    "predict_ensemble", "PRelu", "PrintLogger", "ReduceLROnPlateau", "reference", "regularizers",
+    "Relu", "residual", "search", "SearchResult", "serial", "Sigmoid", "Softmax", "Spec", "Tanh",
+    "TerminateOnNaN", "TrainState", "TunableDropout",
 ]

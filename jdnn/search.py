@@ -262,19 +262,20 @@ def _train_group(model_fn: Callable, configs: list[dict], data: Any, validation_
     kind = structural.pop("optimizer", optimizer)
     model = model_fn(**structural)
     x, y, validation = prepare_data(model, loss, data, validation_data)
-    momentum = [c.get("momentum") for c in configs]
-    states = stack([TrainState.create(model, _optimizer(kind, c.get("learning_rate",
-                                                                     DEFAULT_LEARNING_RATE), m),
-                                      jax.random.fold_in(key, int(c.get("seed", 0))),
-                                      (batch_size, *x.shape[1:]))
-                    for c, m in zip(configs, momentum)])
+    shape = (batch_size, *x.shape[1:])
+    states = stack([TrainState.create(  # each trial's own learning rate and momentum, as data
+        model, _optimizer(kind, c.get("learning_rate", DEFAULT_LEARNING_RATE), c.get("momentum")),
+        jax.random.fold_in(key, int(c.get("seed", 0))), shape) for c in configs])
     if "dropout" in configs[0]:
         state, found = _set_dropout(states.state, jnp.asarray([c["dropout"] for c in configs]))
         if not found:
             raise ValueError(f"'dropout' is in the space but the model model_fn built has no "
                              f"TunableDropout layer to set it on: {model.spec}")
         states = states._replace(state=state)
-    step_optimizer = _optimizer(kind, DEFAULT_LEARNING_RATE, None if momentum[0] is None else 0.0)
+    # The step's optimizer only routes the update: inject_hyperparams reads the values from
+    # each member's state, so these placeholders never count.
+    step_optimizer = _optimizer(kind, DEFAULT_LEARNING_RATE,
+                                0.0 if "momentum" in configs[0] else None)
     hparams = {n: jnp.asarray([c[n] for c in configs], jnp.float32)
                for n in ("l1", "l2") if n in configs[0]}
 
