@@ -19,8 +19,8 @@ hand-written step does not, and its state is heavier to dispatch:
    costs more than the same leaves in a flat list: an identity `jit` on the digits state
    returned in ~50 us against ~28 us for its leaves as a list and ~39 us with a raw uint32 key;
    cProfile shows a Python-level `prngkeyarray_unflatten` + `_check_prng_key_data` on every
-   call. Altogether a dispatched jdnn step returned to Python in ~60-77 us against ~20 us for the
-   raw-JAX step (diagnostics, "Dispatch").
+   call. Altogether a dispatched jdnn step returned to Python in ~60-110 us against ~20 us for
+   the raw-JAX step (diagnostics, "Dispatch").
 On the 784-512-512-10 MLP these ~40-60 us are 1-3% of a step; on the digits MLP they double the
 dispatched step (jdnn_step vs raw_jax in the small-net table).
 Suggested fixes in jdnn: (a) in `train_step_fn`, split the key only when the model's spec has
@@ -46,17 +46,18 @@ allocates an execution's temporary buffer with `malloc`; above glibc's mmap thre
 most) that is fresh `mmap`ed memory, unmapped again after the call. The CNN step (68 MB of
 temporaries) took ~17,500 minor page faults and ~40 ms of kernel time per dispatched step,
 against ~2,200 faults and ~5 ms per step when 8 steps ran in one `lax.scan` (diagnostics, "Page
-faults"); the MLP at batch 1024 (9 MB) took ~1,000 faults per dispatched step and none in a
-scan. That is why jdnn's scan-fused epoch runs the CNN ~1.6x faster per step than any per-step
-side (jdnn's own step, raw JAX, Flax, Equinox alike), and why per-step figures of big models
-are noisy. Checked: a `scan` of length 1 is as slow as the plain step, a `scan` of 8 as fast as
-the epoch; with jemalloc preloaded and told to keep its pages (`MALLOC_CONF=dirty_decay_ms:-1,
-muzzy_decay_ms:-1,retain:true`) the per-step CNN ran at the scan's speed with ~2,300 faults;
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` cut the faults to ~600 but not the kernel time (the
-pages are still zeroed). Suggested fixes in jdnn: keep `fit`'s scan mode the default (it
-amortizes this); give `mode="step"` and `make_train_step` an option to run k steps per call
-(a `lax.scan` over k stacked batches); document the jemalloc setting for users who dispatch
-per step."""
+faults"); the MLP at batch 1024 (9 MB) took ~1,000 faults per dispatched step in some runs and
+none in others (glibc raises its mmap threshold dynamically, up to 32 MB, after freeing such a
+block; 68 MB is always above it), and none in a scan. That is why jdnn's scan-fused epoch runs
+the CNN ~1.6x faster per step than any per-step side (jdnn's own step, raw JAX, Flax, Equinox
+alike), and why per-step figures of big models are noisy. Checked: a `scan` of length 1 is as
+slow as the plain step, a `scan` of 8 as fast as the epoch; with jemalloc preloaded and told to
+keep its pages (`MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true`) the per-step CNN
+ran at the scan's speed with ~2,300 faults; `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` cut the
+faults to ~600 but not the kernel time (the pages are still zeroed). Suggested fixes in jdnn:
+keep `fit`'s scan mode the default (it amortizes this); give `mode="step"` and `make_train_step`
+an option to run k steps per call (a `lax.scan` over k stacked batches); document the jemalloc
+setting for users who dispatch per step."""
 
 _GEMM = """\
 **Fraction of the GEMM peak at batch 1024.** The step is dot-bound: one step does the forward,
@@ -66,13 +67,15 @@ contracting dimension 0 of both operands) stay plain `dot` ops, and in isolation
 ran ~25% slower than the forward one (36 against 49 GFLOP/s on a loaded machine; 42.5 with the
 transpose materialized first). Per-step dispatch adds ~1,000 page faults per step (see above).
 XLA flags tried, one fresh process each, alternated twice: `--xla_cpu_use_xnnpack=true`,
-`--xla_cpu_use_onednn=true`, `--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_
-INDIVIDUAL_DOT`, `--xla_cpu_enable_fast_math=true`, `--xla_cpu_use_thunk_runtime=false`: no
-change beyond the run-to-run noise (+-20% on this machine). The peak is measured in the same
-rounds as the step (the best of an XLA and a NumPy 2048^2 GEMM per round), so a loaded machine
-lowers both. Suggested fixes: write Dense's weight gradient so XLA sees a canonical product
-(e.g. a `custom_vjp` computing `dw = x.T @ dy` from a materialized `x.T`, as jdnn already does
-for Conv2D's gradients) and measure it here; prefer the scan epoch (no page faults)."""
+`--xla_cpu_use_onednn=true`, `--xla_cpu_enable_fast_math=true`,
+`--xla_cpu_use_thunk_runtime=false`, and YNNPACK for dots only
+(`--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT`): no change beyond
+the run-to-run noise (+-20% on this machine); `--xla_cpu_multi_thread_eigen=false` neither. The
+peak is measured in the same rounds as the step (the best of an XLA and a NumPy 2048^2 GEMM per
+round), so a loaded machine lowers both. Suggested fixes: write Dense's weight gradient so XLA
+sees a canonical product (e.g. a `custom_vjp` computing `dw = x.T @ dy` from a materialized
+`x.T`, as jdnn already does for Conv2D's gradients) and measure it here; prefer the scan epoch
+(no page faults)."""
 
 _SMALL_NET = """\
 **Scan epoch against the NumPy reference on the digits MLP (64-128-10, Adam, batch 32).**
@@ -87,8 +90,8 @@ swings between ~2x and ~10x with the load, not with jdnn. Where jdnn's epoch spe
 jdnn: (a) no key split without stochastic layers (above); (b) draw the epoch's permutation on
 the host (a NumPy `Generator` seeded from the state's key: ~40 us instead of ~400 us) and pass
 the indices into the compiled epoch, keeping the device permutation for `vmap`ped ensembles;
-(c) try `optax.flatten` around the optimizer (one fused update over a flat vector instead of a
-few kernels per leaf) and measure it here."""
+(`optax.flatten` around Adam, one fused update over a flat vector, was tried: 0.97x
+[0.86-1.15] of the epoch's time, no clear gain)."""
 
 _TORCH = """\
 **PyTorch.** With its thread count matched to the 2 CPUs, PyTorch's OpenMP pool stalls whenever
@@ -96,7 +99,17 @@ other processes take a core (a spinning thread waits for a descheduled one at ev
 region): a digits-MLP step took 0.4 ms with 1 thread and 10-100 ms with 2 on the loaded
 machine; NumPy's OpenBLAS shows the same (a 128x784x512 product took 1 ms single-threaded and
 20-90 ms with 2 threads under load). The `torch_1thread` side is there for that reason; the
-target uses the matched thread count as specified."""
+target uses the matched thread count as specified, and PASSes largely because of that stall.
+Read the `torch_1thread` rows too: on the CNN, single-threaded PyTorch ran ~40-50 ms/step
+against ~60-80 ms for jdnn's scan epoch (and ~110-135 ms per dispatched step) in these runs.
+Not resolved yet: in isolation XLA's convolutions of this net (forward + both gradients, as
+jdnn states them) take ~13 ms per step and its pooling a few ms, well short of the step; a
+reshape-based max pool changed nothing in the whole step (0.98-1.00x). Next steps: profile the
+scan body per fusion (`jax.profiler` trace, or `XLA_FLAGS=--xla_dump_to` and time the
+transpose/copy fusions around jdnn's canonical-layout conv gradients), and compare on an idle
+machine. Also seen: raw JAX's autodiff convolutions inside a `lax.scan` of 8 ran ~5x slower
+than per step (319 ms/step), confirming that jdnn's hand-stated conv gradients are what make
+its scan epoch fast on the CNN."""
 
 FINDINGS: dict[str, str] = {
     "step_vs_raw/": _KEY_AND_DISPATCH,
@@ -124,6 +137,12 @@ NOTES = """\
   the persistent cache on (the CLI's default) that becomes a cache fetch.
 - The persistent cache makes the second `jdnn train` fetch instead of compile, but tracing and
   lowering still run (~0.3-1 s): the whole first-call path of the second run is ~0.5-1.2 s.
+- `jdnn.vectorize.per_example_grads` ran 1.15-1.35x slower than a plain
+  `jax.vmap(jax.grad(...))` over batches of one on the 784-512-512-10 MLP (vmap section); not
+  investigated here (its per-example key handling is the first suspect).
+- `jdnn.ensemble.fit_ensemble(size=16)` trained 16 digits MLPs for 5 epochs 8.6x faster than
+  16 `fit` calls end to end (mostly compilation saved); the vmapped epoch alone was ~1.2x faster
+  than 16 epochs one after another.
 - XLA:CPU's temporary buffers and the machine's load dominate per-step noise; compare ratios
   within rounds, never absolute times across runs."""
 

@@ -90,6 +90,9 @@ def render(folder: pathlib.Path) -> str:
              "Every time is a median over interleaved rounds, with its interquartile range; "
              "ratios are taken within each round. See benchmarks/README.md for how to read it.",
              ""]
+    if first.get("mode") == "quick":
+        lines += ["> **Quick mode:** 5 rounds of ~50 ms chunks. Differences below ~10-15% are "
+                  "within its noise on a shared machine; take verdicts from a full run.", ""]
     lines += sections.load_warning(results)
     lines += ["## Targets", ""] + targets_table(results) + [""]
     lines += ["## Misses and what was found", ""] + misses_section(results) + [""]
