@@ -37,7 +37,7 @@ from jdnn import io, losses
 from jdnn.core import Layer
 from jdnn.data.batching import epoch_batches
 from jdnn.data.validate import as_arrays, check_data
-from jdnn.train.fit import epoch_fn
+from jdnn.train.fit import checked_data, epoch_fn
 from jdnn.train.history import History
 from jdnn.train.state import TrainState
 from jdnn.train.step import Loss, Metrics, resolve_metrics, train_step_fn
@@ -390,13 +390,7 @@ def fit_ensemble(model: Layer, train_data: Any, *, size: int, loss: Loss,
 
 def prepare_data(model: Layer, loss: Loss, train_data: Any, validation_data: Any):
     """Checks the data as `jdnn.fit` does; returns `x`, `y` and `validation` on the device."""
-    x, y = as_arrays(train_data, "train_data")
-    check_data(x, y, model=model, loss=loss, name="train_data")
-    validation = None
-    if validation_data is not None:
-        validation = as_arrays(validation_data, "validation_data")
-        check_data(*validation, model=model, loss=loss, name="validation_data")
-        validation = tuple(jnp.asarray(a) for a in validation)
+    x, y, validation = checked_data(model, loss, train_data, validation_data)
     return jnp.asarray(x), jnp.asarray(y), validation
 
 

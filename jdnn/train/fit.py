@@ -92,6 +92,19 @@ def _host_epoch(step: Callable, n: int, batch_size: int, drop_remainder: bool) -
     return epoch
 
 
+def checked_data(model: Layer, loss: Loss, train_data: Any, validation_data: Any):
+    """The training `(x, y)` as NumPy arrays and the validation pair on the device (or None),
+    each checked against the model and loss before anything is compiled."""
+    x, y = as_arrays(train_data, "train_data")
+    check_data(x, y, model=model, loss=loss, name="train_data")
+    validation = None
+    if validation_data is not None:
+        validation = as_arrays(validation_data, "validation_data")
+        check_data(*validation, model=model, loss=loss, name="validation_data")
+        validation = tuple(jnp.asarray(a) for a in validation)
+    return x, y, validation
+
+
 def _ordered(report: dict) -> dict[str, float]:
     """Host floats, the loss first (compiled dicts come back sorted by key)."""
     return {k: float(report[k]) for k in sorted(report, key=lambda k: (k != "loss", k))}
@@ -157,13 +170,7 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
             and batch_size >= 1):
         raise ValueError(f"epochs must be an int >= 0 and batch_size an int >= 1, got "
                          f"epochs={epochs!r}, batch_size={batch_size!r}")
-    x, y = as_arrays(train_data, "train_data")
-    check_data(x, y, model=model, loss=loss, name="train_data")
-    validation = None
-    if validation_data is not None:
-        validation = as_arrays(validation_data, "validation_data")
-        check_data(*validation, model=model, loss=loss, name="validation_data")
-        validation = tuple(jnp.asarray(a) for a in validation)
+    x, y, validation = checked_data(model, loss, train_data, validation_data)
     if train_state is None:
         if key is None:
             raise ValueError("fit needs key= to initialize the model (or train_state= to resume)")
