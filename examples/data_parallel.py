@@ -22,7 +22,7 @@ import optax  # noqa: E402
 
 import jdnn  # noqa: E402
 from jdnn import parallel  # noqa: E402
-from jdnn.train.fit import make_epoch  # noqa: E402
+from jdnn.train.fit import epoch_orders, make_epoch  # noqa: E402
 from jdnn.train.step import train_step_fn  # noqa: E402
 
 SEED = 0
@@ -56,23 +56,24 @@ def initial_state():
 
 
 # 3. Data parallel: a replicated state, replicated data, the batch sharded inside the epoch.
-epoch = parallel.make_parallel_epoch(step, n, BATCH_SIZE, mesh)
+epoch = parallel.make_parallel_epoch(step, BATCH_SIZE, mesh)
 train_state = parallel.replicate(initial_state(), mesh)
 x, y = parallel.put_data((x_train, y_train), mesh)
 parallel_losses = []
 for _ in range(EPOCHS):
-    train_state, means = epoch(train_state, x, y)   # donates the old state: use the new one
+    order = epoch_orders(train_state, n)            # the epoch's shuffle, from key and step
+    train_state, means = epoch(train_state, x, y, order)   # donates the old state
     parallel_losses.append(float(means["loss"]))
     print(f"{len(devices)} devices, epoch {len(parallel_losses):2d}: loss {means['loss']:.4f}  "
           f"accuracy {means['accuracy']:.1%}")
 
 # 4. The same run on one device, from the same key: the same permutations and dropout masks.
-one_epoch = make_epoch(step, n, BATCH_SIZE)
+one_epoch = make_epoch(step, BATCH_SIZE)
 one_state = jax.device_put(initial_state(), devices[0])
 x_one, y_one = jax.device_put((x_train, y_train), devices[0])
 single_losses = []
 for _ in range(EPOCHS):
-    one_state, means = one_epoch(one_state, x_one, y_one)
+    one_state, means = one_epoch(one_state, x_one, y_one, epoch_orders(one_state, n))
     single_losses.append(float(means["loss"]))
 
 # 5. Compare, then evaluate the data-parallel model on the held-out digits.

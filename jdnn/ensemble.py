@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from jdnn import io, losses
 from jdnn.core import Layer
-from jdnn.data.batching import epoch_batches
+from jdnn.data.batching import epoch_batches, epoch_order, num_batches
 from jdnn.data.validate import as_arrays, check_data
 from jdnn.train.fit import checked_data, epoch_fn
 from jdnn.train.history import History
@@ -177,14 +177,16 @@ def _track(tracker: Tracker, record: dict, monitor: str | None, sign: float,
                    tracker.stopped | (active & stop)), improved
 
 
-def _program(member_epoch: Callable, evaluate: Callable | None, length: int,
-             monitor: str | None, sign: float, patience: int | None, keep_best: bool):
-    """`length` epochs of every member (and their validation) as one compiled call."""
+def _program(member_epoch: Callable, evaluate: Callable | None, monitor: str | None,
+             sign: float, patience: int | None, keep_best: bool):
+    """Epochs of every member (and their validation) as one compiled call, one per order in
+    `orders` `(epochs, K, n)`."""
 
-    def chunk(carry, hparams, x, y, validation):
-        def one(carry, _):
+    def chunk(carry, hparams, x, y, validation, orders):
+        def one(carry, order):
             states, best_states, tracker = carry
-            new, means = jax.vmap(member_epoch, in_axes=(0, 0, None, None))(states, hparams, x, y)
+            new, means = jax.vmap(member_epoch, in_axes=(0, 0, None, None, 0))(
+                states, hparams, x, y, order)
             if monitor is not None:  # stopped members keep their state: the program stays one
                 new = _where(tracker.stopped, states, new)
             record, ensemble = dict(means), {}
@@ -197,7 +199,7 @@ def _program(member_epoch: Callable, evaluate: Callable | None, length: int,
                 best_states = _where(~improved, best_states, new)
             return (new, best_states, tracker), (record, ensemble, active)
 
-        return lax.scan(one, carry, None, length=length)
+        return lax.scan(one, carry, orders)
 
     # On CPU, LLVM's -O1 compiles this program ~1.3x faster than the default -O2 and runs it as
     # fast: its time goes to library matmuls and memory-bound fusions (benchmarks/vectorized.py).
@@ -228,6 +230,16 @@ def _ordered(record: dict, index: int | None = None) -> dict[str, float]:
             for k in sorted(record, key=order)}
 
 
+def chunk_orders(train_state: TrainState, n: int, length: int, steps_per_epoch: int
+                 ) -> np.ndarray:
+    """The orders of the next `length` epochs of every member, `(length, K, n)`: member i's
+    epoch e is shuffled as `jdnn.fit` would shuffle it, from its key and the step it will have
+    reached, `step_i + e * steps_per_epoch` (a member stopped early ignores its orders)."""
+    key_data, steps = jax.device_get((jax.random.key_data(train_state.key), train_state.step))
+    return np.stack([np.stack([epoch_order(k, s + e * steps_per_epoch, n)
+                               for k, s in zip(key_data, steps)]) for e in range(length)])
+
+
 def chunk_length(epochs: int, cap: int) -> int:
     """The largest divisor of `epochs` that is at most `cap`: every call has the same length,
     so the program compiles once."""
@@ -247,14 +259,17 @@ class Trained:
 
 def train_members(model: Layer, train_state: TrainState, hparams: Any, member_epoch: Callable,
                   x: jax.Array, y: jax.Array, validation: tuple | None, *, epochs: int,
+                  steps_per_epoch: int,
                   loss: Loss, metrics: Metrics, combine: str | None = None,
                   monitor: str | None = None, mode: str = "max", patience: int | None = None,
                   keep_best: bool = False, epochs_per_call: int = 10, progress: bool = True,
                   desc: str = "members") -> Trained:
     """Trains K stacked members together; the engine of `fit_ensemble` and `jdnn.search`.
 
-    `member_epoch(train_state, hparams, x, y) -> (train_state, means)` is one member's epoch,
-    vmapped over the stacked `train_state` and `hparams` (any pytree with a leading K axis).
+    `member_epoch(train_state, hparams, x, y, order) -> (train_state, means)` is one member's
+    epoch, vmapped over the stacked `train_state`, `hparams` (any pytree with a leading K axis)
+    and each member's epoch order, drawn on the host as `jdnn.fit` draws it (`chunk_orders`;
+    `steps_per_epoch` tells the step count each later epoch of a chunk starts at).
     With a `monitor`, a member whose value has not improved for `patience` epochs, or whose
     loss is not finite, is frozen (`jnp.where(stopped, old, new)` after each epoch) while the
     others go on; `keep_best` also keeps each member's state from its best epoch.
@@ -263,7 +278,7 @@ def train_members(model: Layer, train_state: TrainState, hparams: Any, member_ep
     evaluate = None if validation is None else _evaluator(model, loss, metrics, combine)
     sign = 1.0 if mode == "max" else -1.0
     length = chunk_length(epochs, epochs_per_call) if epochs else 1
-    run = _program(member_epoch, evaluate, length, monitor, sign, patience, keep_best)
+    run = _program(member_epoch, evaluate, monitor, sign, patience, keep_best)
     best = jax.tree.map(jnp.copy, train_state) if keep_best else None
     tracker = Tracker(jnp.zeros((), jnp.int32), jnp.full(k, -jnp.inf), jnp.zeros(k, jnp.int32),
                       jnp.zeros(k, jnp.int32), jnp.zeros(k, bool))
@@ -274,7 +289,8 @@ def train_members(model: Layer, train_state: TrainState, hparams: Any, member_ep
     done = 0
     while done < epochs:
         began = time.perf_counter()
-        carry, (records, ens, active) = run(carry, hparams, x, y, validation)
+        orders = chunk_orders(carry[0], x.shape[0], length, steps_per_epoch)
+        carry, (records, ens, active) = run(carry, hparams, x, y, validation, orders)
         records, ens, active, stopped = jax.device_get((records, ens, active, carry[2].stopped))
         seconds = (time.perf_counter() - began) / length
         for e in range(length):
@@ -380,9 +396,11 @@ def fit_ensemble(model: Layer, train_data: Any, *, size: int, loss: Loss,
     keys = ensemble_keys(key, size)
     states = init_members(model, optimizer, keys, (batch_size, *x.shape[1:]))
     epoch = epoch_fn(train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics),
-                     x.shape[0], batch_size)
-    trained = train_members(model, states, {}, lambda ts, hp, x, y: epoch(ts, x, y), x, y,
-                            validation, epochs=epochs, loss=loss, metrics=metrics,
+                     batch_size)
+    trained = train_members(model, states, {}, lambda ts, hp, x, y, order: epoch(ts, x, y, order),
+                            x, y, validation, epochs=epochs,
+                            steps_per_epoch=num_batches(x.shape[0], batch_size),
+                            loss=loss, metrics=metrics,
                             combine=combine, epochs_per_call=epochs_per_call,
                             progress=progress, desc="ensemble")
     return trained.train_state, EnsembleHistory(trained.histories, trained.ensemble)

@@ -42,7 +42,8 @@ Several hosts (no test can cover this on one machine; the single-host path is th
 every host runs the same script, which calls `jax.distributed.initialize` before any other JAX
 call; `jax.devices()` then lists the devices of ALL hosts, and so does `data_mesh()`. Every host
 passes the same data (replication means every host loads the full dataset; `jax.device_put`
-checks that the values agree) and the same `key`, so all hosts trace the same computation.
+checks that the values agree) and the same `key`, so all hosts trace the same computation and
+draw the same epoch orders (NumPy, seeded from the key and step).
 (Feeding each host only its shard, via `jax.make_array_from_process_local_data`, would need a
 per-shard epoch plan; this module does not do that.) Two hosts with 8 GPUs each::
 
@@ -73,7 +74,8 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jdnn.train.fit import _epoch_plan, weighted_means
+from jdnn.data.batching import batches_from_order
+from jdnn.train.fit import weighted_means
 
 DATA_AXIS = "data"
 
@@ -187,11 +189,11 @@ def check_batch_size(batch_size: int, mesh: Mesh, axis: str = DATA_AXIS) -> int:
     return batch_size // devices
 
 
-def parallel_epoch_fn(step: Callable, n: int, batch_size: int, mesh: Mesh, *,
+def parallel_epoch_fn(step: Callable, batch_size: int, mesh: Mesh, *,
                       drop_remainder: bool = False, axis: str = DATA_AXIS) -> Callable:
     """`jdnn.train.fit.epoch_fn` with every batch sharded along `axis`; uncompiled.
 
-    Same plan (permutation from the state's key, padded and masked last batch), same scan over
+    Same plan (the epoch's `order`, the padded and masked last batch), same scan over
     `step`; only the batch indices, the gathered batches and the masks carry a sharding
     constraint. `make_parallel_epoch` compiles it.
     """
@@ -199,8 +201,8 @@ def parallel_epoch_fn(step: Callable, n: int, batch_size: int, mesh: Mesh, *,
     rows = batch_sharding(mesh, axis)
     plan_sharding = NamedSharding(rows.mesh, P(None, axis))   # (steps, batch): split the batch
 
-    def epoch(train_state, x, y):
-        train_state, indices, masks = _epoch_plan(train_state, n, batch_size, drop_remainder)
+    def epoch(train_state, x, y, order):
+        indices, masks = batches_from_order(order, batch_size, drop_remainder=drop_remainder)
         indices, masks = lax.with_sharding_constraint((indices, masks), plan_sharding)
 
         def body(state, batch):
@@ -214,9 +216,10 @@ def parallel_epoch_fn(step: Callable, n: int, batch_size: int, mesh: Mesh, *,
     return epoch
 
 
-def make_parallel_epoch(step: Callable, n: int, batch_size: int, mesh: Mesh, *,
+def make_parallel_epoch(step: Callable, batch_size: int, mesh: Mesh, *,
                         drop_remainder: bool = False, axis: str = DATA_AXIS) -> Callable:
-    """One data-parallel epoch, compiled: `epoch(train_state, x, y) -> (train_state, means)`.
+    """One data-parallel epoch, compiled: `epoch(train_state, x, y, order) -> (train_state,
+    means)`, `order` the epoch's permutation (`jdnn.train.fit.epoch_orders`).
 
     Each batch is split along `axis` of `mesh` (every device computes `batch_size / devices`
     examples); the train state and the data are replicated (`replicate`, `put_data`); gradients,
@@ -225,7 +228,6 @@ def make_parallel_epoch(step: Callable, n: int, batch_size: int, mesh: Mesh, *,
 
     Args:
         step: the pure training step, `jdnn.train.step.train_step_fn(...)`.
-        n: the number of training examples.
         batch_size: examples per step over all devices; a multiple of the device count.
         mesh: the mesh, e.g. `jdnn.parallel.data_mesh()`.
         drop_remainder: drop the last, short batch instead of padding and masking it.
@@ -241,12 +243,13 @@ def make_parallel_epoch(step: Callable, n: int, batch_size: int, mesh: Mesh, *,
     Example:
         >>> mesh = jdnn.parallel.data_mesh()
         >>> step = jdnn.train.step.train_step_fn(model, loss, optimizer, metrics=("accuracy",))
-        >>> epoch = jdnn.parallel.make_parallel_epoch(step, len(x), 256, mesh)
+        >>> epoch = jdnn.parallel.make_parallel_epoch(step, 256, mesh)
         >>> train_state = jdnn.parallel.replicate(train_state, mesh)
         >>> x, y = jdnn.parallel.put_data((x, y), mesh)
-        >>> train_state, means = epoch(train_state, x, y)   # means["loss"], means["accuracy"]
+        >>> order = jdnn.train.fit.epoch_orders(train_state, len(x))   # this epoch's shuffle
+        >>> train_state, means = epoch(train_state, x, y, order)   # means["loss"], ...
     """
-    epoch = parallel_epoch_fn(step, n, batch_size, mesh, drop_remainder=drop_remainder,
+    epoch = parallel_epoch_fn(step, batch_size, mesh, drop_remainder=drop_remainder,
                               axis=axis)
     everywhere = replicated(mesh)
     return jax.jit(epoch, in_shardings=everywhere, out_shardings=everywhere, donate_argnums=0)

@@ -20,7 +20,7 @@ import optax  # noqa: E402
 
 import jdnn  # noqa: E402
 from jdnn import parallel  # noqa: E402
-from jdnn.train.fit import make_epoch  # noqa: E402
+from jdnn.train.fit import epoch_orders, make_epoch  # noqa: E402
 from jdnn.train.step import train_step_fn  # noqa: E402
 
 N, BATCH, EPOCHS, FEATURES = 500, 64, 3, 64   # 500 = 7 * 64 + 52: the last batch is padded
@@ -85,18 +85,19 @@ def train_parity(results: dict, label: str, *, dtype=np.float32, partitionable: 
         params, state = jax.tree.map(lambda a: jnp.asarray(a, dtype), (params, state))
         return jdnn.TrainState(params, state, optimizer.init(params), key, jnp.zeros((), jnp.int32))
 
-    single = make_epoch(step, N, BATCH)
+    single = make_epoch(step, BATCH)
     one = create()
     xs, ys = jnp.asarray(x), jnp.asarray(y)
     mesh = parallel.data_mesh()
-    run = parallel.make_parallel_epoch(inspected_step if inspect else step, N, BATCH, mesh)
+    run = parallel.make_parallel_epoch(inspected_step if inspect else step, BATCH, mesh)
     many = parallel.replicate(create(), mesh)
     xp, yp = parallel.put_data((x, y), mesh)
 
     losses = {"single": [], "parallel": []}
     for _ in range(EPOCHS):
-        one, means_one = single(one, xs, ys)
-        many, means_many = run(many, xp, yp)
+        order = epoch_orders(one, N)
+        one, means_one = single(one, xs, ys, order)
+        many, means_many = run(many, xp, yp, order)
         losses["single"].append([float(means_one["loss"]), float(means_one["accuracy"])])
         losses["parallel"].append([float(means_many["loss"]), float(means_many["accuracy"])])
     out = {"dtype": str(many.params["0_dense"]["w"].dtype), "losses": losses,
@@ -111,7 +112,7 @@ def train_parity(results: dict, label: str, *, dtype=np.float32, partitionable: 
         out["state_replicated"] = all(
             leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == DEVICES
             for leaf in jax.tree.leaves(many))
-        hlo = run.lower(many, xp, yp).compile().as_text()
+        hlo = run.lower(many, xp, yp, order).compile().as_text()
         out["hlo"] = {"all_reduce": hlo.count("all-reduce("),
                       "all_gather": hlo.count("all-gather("),
                       "local_batch": f"f32[{BATCH // DEVICES},{FEATURES}]" in hlo}
@@ -148,7 +149,7 @@ def errors(results: dict) -> None:
     results["bad_batch"] = {}
     for batch_size in (60, 3):
         try:
-            parallel.make_parallel_epoch(step, N, batch_size, mesh)
+            parallel.make_parallel_epoch(step, batch_size, mesh)
             results["bad_batch"][batch_size] = None
         except ValueError as error:
             results["bad_batch"][batch_size] = str(error)

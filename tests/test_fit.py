@@ -11,8 +11,9 @@ import optax
 import pytest
 
 import jdnn
-from jdnn.data.batching import epoch_batches, num_batches
+from jdnn.data.batching import batches_from_order, epoch_batches, epoch_order, num_batches
 from jdnn.train import fit, make_epoch
+from jdnn.train.fit import epoch_orders
 from jdnn.train.step import train_step_fn
 
 CE = jdnn.losses.softmax_cross_entropy
@@ -57,6 +58,27 @@ def test_epoch_batches_cover_every_example_once_and_mask_the_padding():
         epoch_batches(None, 3, 4, drop_remainder=True)
 
 
+def test_epoch_order_is_a_reproducible_permutation_new_with_each_step_and_key():
+    words = np.asarray(jax.random.key_data(jax.random.key(0)))
+    order = epoch_order(words, 0, 50)
+    assert order.dtype == np.int32 and sorted(order.tolist()) == list(range(50))
+    assert np.array_equal(order, epoch_order(words, 0, 50))                  # reproducible
+    assert not np.array_equal(order, epoch_order(words, 7, 50))              # next epoch
+    other = np.asarray(jax.random.key_data(jax.random.key(1)))
+    assert not np.array_equal(order, epoch_order(other, 0, 50))              # another key
+
+
+def test_batches_from_order_cuts_the_same_batches_on_host_and_device():
+    order = epoch_order(np.asarray(jax.random.key_data(jax.random.key(3))), 0, 10)
+    idx, mask = batches_from_order(order, 4)
+    didx, dmask = jax.jit(lambda o: batches_from_order(o, 4))(jnp.asarray(order))
+    assert np.array_equal(idx, didx) and np.array_equal(mask, dmask)
+    assert idx[:2].ravel().tolist() == order[:8].tolist()
+    assert idx[2].tolist() == [*order[8:], *order[:2]]       # padded with the epoch's first
+    assert mask[2].tolist() == [True, True, False, False]
+
+
+
 def test_fit_learns_and_records_history():
     x, y = _blobs()
     ts, history = _fit(data=(x, y), epochs=8, validation_data=_blobs(seed=1))
@@ -98,15 +120,14 @@ def test_padded_epoch_equals_the_same_batches_stepped_by_hand():
     model, optimizer = _mlp(), optax.sgd(0.1)
     ts = jdnn.TrainState.create(model, optimizer, jax.random.key(0), (8, 6))
     step = train_step_fn(model, CE, optimizer)
-    epoch = make_epoch(step, 21, 8)
+    epoch = make_epoch(step, 8)
     by_hand = jax.tree.map(lambda a: a.copy(), ts)
-    key, order_key = jax.random.split(by_hand.key)
-    idx, mask = epoch_batches(order_key, 21, 8)
-    by_hand = by_hand._replace(key=key)
+    order = epoch_orders(ts, 21)
+    idx, mask = batches_from_order(order, 8)
     for i, m in zip(np.asarray(idx), np.asarray(mask)):
         real = i[m]  # the unpadded batch: the real rows only
         by_hand, _ = jax.jit(step)(by_hand, x[real], y[real])
-    scanned, _ = epoch(ts, jnp.asarray(x), jnp.asarray(y))
+    scanned, _ = epoch(ts, jnp.asarray(x), jnp.asarray(y), order)
     chex.assert_trees_all_close(scanned.params, by_hand.params, rtol=1e-5, atol=1e-6)
 
 

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 import jdnn
 from jdnn import parallel
-from jdnn.train.fit import make_epoch
+from jdnn.train.fit import epoch_orders, make_epoch
 from jdnn.train.step import train_step_fn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,13 +154,14 @@ def test_one_device_mesh_equals_make_epoch_and_compiles_once():
         return step(*args)
 
     mesh = _mesh()
-    run = parallel.make_parallel_epoch(counted, len(x), 16, mesh)
-    single = make_epoch(step, len(x), 16)
+    run = parallel.make_parallel_epoch(counted, 16, mesh)
+    single = make_epoch(step, 16)
     many, one = parallel.replicate(create(), mesh), create()
     xp, yp = parallel.put_data((x, y), mesh)
     for _ in range(2):
-        many, means_many = run(many, xp, yp)
-        one, means_one = single(one, jnp.asarray(x), jnp.asarray(y))
+        order = epoch_orders(one, len(x))
+        many, means_many = run(many, xp, yp, order)
+        one, means_one = single(one, jnp.asarray(x), jnp.asarray(y), order)
         np.testing.assert_allclose(means_many["loss"], means_one["loss"], rtol=1e-6)
     assert len(traces) == 1
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
@@ -172,17 +173,18 @@ def test_explicit_mesh_from_make_mesh_is_accepted():
     x, y, step, create = _setup()
     mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
     assert mesh.axis_types == (AxisType.Explicit,)
-    run = parallel.make_parallel_epoch(step, len(x), 16, mesh, drop_remainder=True)
-    train_state, means = run(parallel.replicate(create(), mesh), *parallel.put_data((x, y), mesh))
+    run = parallel.make_parallel_epoch(step, 16, mesh, drop_remainder=True)
+    train_state, means = run(parallel.replicate(create(), mesh), *parallel.put_data((x, y), mesh),
+                             np.arange(len(x), dtype=np.int32))
     assert int(train_state.step) == 3 and np.isfinite(float(means["loss"]))
 
 
 def test_unknown_axis_and_non_mesh_are_errors():
     _, _, step, _ = _setup()
     with pytest.raises(ValueError, match=r"no axis 'batch'; its axes are \('data',\)"):
-        parallel.make_parallel_epoch(step, 50, 16, _mesh(), axis="batch")
+        parallel.make_parallel_epoch(step, 16, _mesh(), axis="batch")
     with pytest.raises(TypeError, match="must be a jax.sharding.Mesh"):
-        parallel.make_parallel_epoch(step, 50, 16, jax.devices())
+        parallel.make_parallel_epoch(step, 16, jax.devices())
 
 
 def test_fit_with_a_mesh_matches_fit_without():

@@ -6,9 +6,10 @@ its misses rest on numbers, not on memory.
   from `malloc` for each execution; above glibc's mmap threshold (32 MB at most) that is fresh
   `mmap`ed memory, so every execution page-faults its whole temporary buffer in again.
 - `epoch_overhead`: where a small net's scan-fused epoch spends its time: jdnn's epoch as it
-  is, without the per-step key split (no layer of these models uses randomness), with the
-  permutation drawn on the host instead of by `jax.random.permutation` in the epoch, both, the
-  raw-JAX scan floor, and the permutation alone.
+  is (the order drawn on the host, no per-step key split), against the epoch as it was before
+  those two fixes (a `jax.random.split` of the carried key every step; the permutation drawn
+  by `jax.random.permutation` inside the epoch; both), the raw-JAX scan floor, and each way of
+  drawing the order alone.
 - `dispatch`: how long one dispatched call takes to return to Python (async dispatch), jdnn's
   step against the raw-JAX step, on the digits MLP.
 """
@@ -21,16 +22,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 
 from jdnn.bench import timing, workloads
 from jdnn.bench.context import Context
 from jdnn.bench.sides import SIDES, jdnn_side, raw_jax
-from jdnn.data.batching import epoch_batches
+from jdnn.data.batching import epoch_batches, epoch_order
 from jdnn.train import make_epoch
-from jdnn.train.fit import weighted_means
-from jdnn.train.step import masked_mean, train_step_fn
+from jdnn.train.fit import epoch_orders, weighted_means
+from jdnn.train.step import train_step_fn
 
 
 def page_faults(w: workloads.Workload, steps: int = 8) -> dict:
@@ -56,36 +56,30 @@ def page_faults(w: workloads.Workload, steps: int = 8) -> dict:
     return out
 
 
-def _step_without_key(problem):
-    """jdnn's step minus the per-step `jax.random.split` (what it would be for models with no
-    stochastic layer): same objective, same optax update, same step counter."""
-    w, model = problem.workload, problem.model
-    loss, tx = jdnn_side.loss_fn(w), jdnn_side.optimizer(w)
-
-    def step(ts, x, y, mask=None):
-        def objective(params):
-            out, _ = model.apply(params, ts.state, x, train=True)
-            return masked_mean(loss(out, y), mask)
-
-        value, grads = jax.value_and_grad(objective)(ts.params)
-        updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
-        return ts._replace(params=optax.apply_updates(ts.params, updates), opt_state=opt_state,
-                           step=ts.step + 1), {"loss": value}
-
-    return step
+AS_IS = "jdnn_epoch (as is: host order, no key split)"
 
 
-def _epoch(problem, step, host_order: bool):
-    w = problem.workload
+def _step_with_key_split(step):
+    """jdnn's step as it was before the run key became constant: a `jax.random.split` of the
+    carried key every step, whether or not a layer uses randomness."""
 
-    def epoch(ts, x, y, order):
-        if host_order:
-            indices, masks = order, jnp.ones(order.shape, bool)
-        else:
-            key, order_key = jax.random.split(ts.key)
-            indices, masks = epoch_batches(order_key, w.examples, w.batch)
-            ts = ts._replace(key=key)
-        ts, reports = lax.scan(lambda s, b: step(s, x[b[0]], y[b[0]], b[1]), ts, (indices, masks))
+    def split_step(ts, x, y, mask=None):
+        key, _ = jax.random.split(ts.key)
+        ts, report = step(ts, x, y, mask)
+        return ts._replace(key=key), report
+
+    return split_step
+
+
+def _device_permutation_epoch(w, step):
+    """jdnn's epoch as it was: the permutation drawn inside the compiled epoch by
+    `jax.random.permutation` (an XLA:CPU sort), from a key split off the state's key."""
+
+    def epoch(ts, x, y):
+        key, order_key = jax.random.split(ts.key)
+        indices, masks = epoch_batches(order_key, w.examples, w.batch)
+        ts, reports = lax.scan(lambda s, b: step(s, x[b[0]], y[b[0]], b[1]),
+                               ts._replace(key=key), (indices, masks))
         return ts, weighted_means(reports, masks)
 
     return jax.jit(epoch, donate_argnums=0)
@@ -94,15 +88,15 @@ def _epoch(problem, step, host_order: bool):
 def epoch_overhead(ctx: Context, w: workloads.Workload, epochs: int = 4) -> dict:
     problem = workloads.make_problem(w)
     x, y = jnp.asarray(problem.x), jnp.asarray(problem.y)
-    order = jnp.asarray(np.random.default_rng(0).permutation(w.examples).astype(np.int32)
-                        .reshape(w.batches, w.batch))
     step = train_step_fn(problem.model, jdnn_side.loss_fn(w), jdnn_side.optimizer(w))
-    keyless = _step_without_key(problem)
-    as_is = make_epoch(step, w.examples, w.batch)
-    epochs_fns = {"jdnn_epoch (as is)": lambda ts, x, y, o: as_is(ts, x, y),
-                  "no key split per step": _epoch(problem, keyless, False),
-                  "host permutation": _epoch(problem, step, True),
-                  "both": _epoch(problem, keyless, True)}
+    host_order, split = make_epoch(step, w.batch), make_epoch(_step_with_key_split(step), w.batch)
+    device, both = (_device_permutation_epoch(w, step),
+                    _device_permutation_epoch(w, _step_with_key_split(step)))
+    epochs_fns = {
+        AS_IS: lambda ts: host_order(ts, x, y, epoch_orders(ts, w.examples)),
+        "before: key split per step": lambda ts: split(ts, x, y, epoch_orders(ts, w.examples)),
+        "before: device permutation": lambda ts: device(ts, x, y),
+        "before: both": lambda ts: both(ts, x, y)}
     calls = {}
     for name, fn in epochs_fns.items():
         box = [jdnn_side.train_state(problem)]
@@ -110,7 +104,7 @@ def epoch_overhead(ctx: Context, w: workloads.Workload, epochs: int = 4) -> dict
         def run(fn=fn, box=box):
             ts = box[0]
             for _ in range(epochs):
-                ts, _ = fn(ts, x, y, order)
+                ts, _ = fn(ts)
             box[0] = jax.block_until_ready(ts)
 
         calls[name] = run
@@ -118,14 +112,17 @@ def epoch_overhead(ctx: Context, w: workloads.Workload, epochs: int = 4) -> dict
     calls["raw_jax_scan (floor)"] = lambda: floor.run(epochs * w.batches)
     plan = jax.jit(lambda k: epoch_batches(k, w.examples, w.batch))
     key = jax.random.key(1)
-    calls["permutation alone"] = lambda: [jax.block_until_ready(plan(key)) for _ in range(epochs)]
+    calls["device permutation alone"] = lambda: [jax.block_until_ready(plan(key))
+                                                 for _ in range(epochs)]
+    words = np.asarray(jax.random.key_data(key))
+    calls["host order alone"] = lambda: [epoch_order(words, e, w.examples) for e in range(epochs)]
     for call in calls.values():
         call()
     times = timing.interleave([timing.Variant(n, c, steps=epochs * w.batches)
                                for n, c in calls.items()], ctx.settings.rounds + 4,
                               pause_s=ctx.settings.pause_s)
     return {"workload": w.name, "description": w.describe(),
-            "sides": timing.table(times, "jdnn_epoch (as is)")}
+            "sides": timing.table(times, AS_IS)}
 
 
 def dispatch(calls: int = 300) -> dict:

@@ -22,6 +22,7 @@ from jdnn.bench.context import Context
 from jdnn.bench.sides import jdnn_side
 from jdnn.bench.workloads import digits_mlp, make_problem, mlp
 from jdnn.train import epoch_fn, make_epoch
+from jdnn.train.fit import epoch_orders
 from jdnn.train.step import masked_mean, train_step_fn
 
 ENSEMBLE = 16
@@ -78,18 +79,20 @@ def ensemble(ctx: Context) -> dict:
         ts = jdnn_side.train_state(problem)
         return ts._replace(key=key)
 
-    one = make_epoch(step, w.examples, w.batch)
-    many = jax.jit(jax.vmap(epoch_fn(step, w.examples, w.batch), in_axes=(0, None, None)),
+    one = make_epoch(step, w.batch)
+    many = jax.jit(jax.vmap(epoch_fn(step, w.batch), in_axes=(0, None, None, 0)),
                    donate_argnums=0)
     states = {"sequential": [fresh(k) for k in keys],
               "vmapped": jax.vmap(fresh)(keys)}
 
     def sequential():
-        states["sequential"] = [one(ts, x, y)[0] for ts in states["sequential"]]
+        states["sequential"] = [one(ts, x, y, epoch_orders(ts, w.examples))[0]
+                                for ts in states["sequential"]]
         jax.block_until_ready(states["sequential"])
 
     def vmapped():
-        states["vmapped"] = jax.block_until_ready(many(states["vmapped"], x, y)[0])
+        ts = states["vmapped"]
+        states["vmapped"] = jax.block_until_ready(many(ts, x, y, epoch_orders(ts, w.examples))[0])
 
     calls = {"sequential_16_epochs": sequential, "vmap_epoch_fn_16": vmapped}
     compiled = {name: timing.first_call(call) for name, call in calls.items()}

@@ -1,7 +1,8 @@
 """fit: a thin host loop around compiled epochs.
 
 By default the data go to the device once and each epoch is ONE compiled `lax.scan` over its
-batches: the permutation (from the state's key), the padding mask, every step. Python runs once
+batches: the padding mask, the gathers, every step; only the epoch's order, drawn on the host
+from the state's key and step, goes in with it. Python runs once
 per epoch, for validation, callbacks, the progress bar and the history. `mode="step"` keeps the
 data on the host and dispatches one compiled step per batch, for datasets that do not fit on
 the device; it draws the same permutations.
@@ -22,7 +23,7 @@ from jax import lax
 from tqdm.auto import tqdm
 
 from jdnn.core import Layer
-from jdnn.data.batching import epoch_batches, num_batches
+from jdnn.data.batching import batches_from_order, epoch_order, num_batches
 from jdnn.data.validate import as_arrays, check_data
 from jdnn.train.callbacks import Callback, Run
 from jdnn.train.evaluate import DEFAULT_BATCH_SIZE, make_evaluator
@@ -39,25 +40,28 @@ def weighted_means(reports: dict, masks: jax.Array) -> dict:
     return {k: jnp.sum(v * counts) / jnp.sum(counts) for k, v in reports.items()}
 
 
-def _epoch_plan(train_state: TrainState, n: int, batch_size: int, drop_remainder: bool):
-    """Splits this epoch's permutation key off the state's key; returns the batches' plan."""
-    key, order_key = jax.random.split(train_state.key)
-    indices, masks = epoch_batches(order_key, n, batch_size, drop_remainder=drop_remainder)
-    return train_state._replace(key=key), indices, masks
+def epoch_orders(train_state: TrainState, n: int) -> np.ndarray:
+    """The next epoch's order of the `n` examples, drawn on the host from the state's key and
+    step (`jdnn.data.batching.epoch_order`): `(n,)`, or `(K, n)` for a stacked state of K
+    members, each from its own key. Reads the key and step back from the device (one sync)."""
+    key_data, step = jax.device_get((jax.random.key_data(train_state.key), train_state.step))
+    if np.ndim(step) == 0:
+        return epoch_order(key_data, step, n)
+    return np.stack([epoch_order(k, s, n) for k, s in zip(key_data, step)])
 
 
-def epoch_fn(step: Callable, n: int, batch_size: int, *,
-             drop_remainder: bool = False) -> Callable:
-    """One epoch as a pure function `epoch(train_state, x, y) -> (train_state, means)`.
+def epoch_fn(step: Callable, batch_size: int, *, drop_remainder: bool = False) -> Callable:
+    """One epoch as a pure function `epoch(train_state, x, y, order) -> (train_state, means)`.
 
-    `x` and `y` hold all `n` examples (device arrays); the batches are gathered from them by the
-    epoch's key-driven plan and scanned with `step`; `means` holds each metric averaged over the
+    `x` and `y` hold all `n` examples (device arrays) and `order` `(n,)` is the epoch's
+    permutation (`epoch_orders`); the batches are cut from it (the last padded and masked, or
+    dropped), gathered, and scanned with `step`; `means` holds each metric averaged over the
     epoch's real (unpadded) examples. Uncompiled: `make_epoch` jits it, `jax.vmap` can batch it
     (ensembles, hyper-parameter search).
     """
 
-    def epoch(train_state, x, y):
-        train_state, indices, masks = _epoch_plan(train_state, n, batch_size, drop_remainder)
+    def epoch(train_state, x, y, order):
+        indices, masks = batches_from_order(order, batch_size, drop_remainder=drop_remainder)
 
         def body(state, batch):
             i, mask = batch
@@ -69,21 +73,18 @@ def epoch_fn(step: Callable, n: int, batch_size: int, *,
     return epoch
 
 
-def make_epoch(step: Callable, n: int, batch_size: int, *,
-               drop_remainder: bool = False) -> Callable:
+def make_epoch(step: Callable, batch_size: int, *, drop_remainder: bool = False) -> Callable:
     """`epoch_fn` compiled, with the incoming train state donated."""
-    return jax.jit(epoch_fn(step, n, batch_size, drop_remainder=drop_remainder),
-                   donate_argnums=0)
+    return jax.jit(epoch_fn(step, batch_size, drop_remainder=drop_remainder), donate_argnums=0)
 
 
-def _host_epoch(step: Callable, n: int, batch_size: int, drop_remainder: bool) -> Callable:
-    """The per-step mode: the same plan, but each batch gathered on the host and sent alone."""
-    plan = jax.jit(lambda ts: _epoch_plan(ts, n, batch_size, drop_remainder), donate_argnums=0)
+def _host_epoch(step: Callable, batch_size: int, drop_remainder: bool) -> Callable:
+    """The per-step mode: the same batches, each gathered on the host and sent alone."""
 
-    def epoch(train_state, x, y):
-        train_state, indices, masks = plan(train_state)
+    def epoch(train_state, x, y, order):
+        indices, masks = batches_from_order(order, batch_size, drop_remainder=drop_remainder)
         reports = []
-        for i, mask in zip(np.asarray(indices), np.asarray(masks)):
+        for i, mask in zip(indices, masks):
             train_state, report = step(train_state, x[i], y[i], mask)
             reports.append(report)
         stacked = {k: jnp.stack([r[k] for r in reports]) for k in reports[0]}
@@ -121,10 +122,10 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         ) -> tuple[TrainState, History]:
     """Trains `model` on `train_data` for `epochs` epochs.
 
-    Each epoch draws a permutation from the train state's key, cuts the data into batches of
-    `batch_size` (the last one padded and masked, or dropped), and runs the compiled training
-    step on each; then evaluates `validation_data`, records the history and runs the callbacks.
-    The step is compiled once for the whole run.
+    Each epoch draws a permutation from the train state's key and step, cuts the data into
+    batches of `batch_size` (the last one padded and masked, or dropped), and runs the compiled
+    training step on each; then evaluates `validation_data`, records the history and runs the
+    callbacks. The step is compiled once for the whole run.
 
     Args:
         model: the network.
@@ -184,15 +185,15 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
             raise ValueError(f"mesh= trains data-parallel in mode='scan' only, got mode={mode!r}")
         from jdnn import parallel  # parallel builds on this module
 
-        run_epoch = parallel.make_parallel_epoch(step, n, batch_size, mesh,
+        run_epoch = parallel.make_parallel_epoch(step, batch_size, mesh,
                                                  drop_remainder=drop_remainder)
         train_state = parallel.replicate(train_state, mesh)
         x, y = parallel.put_data((x, y), mesh)
     elif mode == "scan":
-        run_epoch = make_epoch(step, n, batch_size, drop_remainder=drop_remainder)
+        run_epoch = make_epoch(step, batch_size, drop_remainder=drop_remainder)
         x, y = jnp.asarray(x), jnp.asarray(y)
     else:
-        run_epoch = _host_epoch(jax.jit(step, donate_argnums=0), n, batch_size, drop_remainder)
+        run_epoch = _host_epoch(jax.jit(step, donate_argnums=0), batch_size, drop_remainder)
     evaluator = (make_evaluator(model, loss, metrics=metrics, batch_size=eval_batch_size)
                  if validation is not None else None)
 
@@ -204,7 +205,8 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
                disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
     for epoch in bar:
         began = time.perf_counter()
-        run.train_state, means = run_epoch(run.train_state, x, y)
+        order = epoch_orders(run.train_state, n)
+        run.train_state, means = run_epoch(run.train_state, x, y, order)
         record = {"epoch": epoch, **_ordered(means)}
         if evaluator is not None:
             val = evaluator(run.train_state, *validation)

@@ -10,6 +10,9 @@ import optax
 
 from jdnn.core import Layer, Shape
 
+# The random streams of a step: independent keys folded in from the run's key and the step.
+DROPOUT, AUGMENT, NOISE = 0, 1, 2
+
 
 class TrainState(NamedTuple):
     """Parameters, layer state, optimizer state, random key and step count.
@@ -21,7 +24,10 @@ class TrainState(NamedTuple):
         params: the model's parameters (a dict pytree, paths like `2_dense/w`).
         state: the model's non-trainable state (batch-norm running statistics).
         opt_state: the optax optimizer's state.
-        key: the random key the next step's dropout keys are split from.
+        key: the run's random key. It never changes: each step's dropout (and augmentation,
+            noise) keys are folded in from it and the step count (`step_key`), and each
+            epoch's shuffle is seeded by it and the step count, so a run resumed from a saved
+            state continues exactly, and a step that uses no randomness pays nothing for it.
         step: the number of steps taken, an int32 scalar array.
     """
 
@@ -67,3 +73,14 @@ class TrainState(NamedTuple):
         if isinstance(key, int):
             key = jax.random.key(key)
         return cls(params, state, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+
+
+def step_key(train_state: TrainState, stream: int) -> jax.Array:
+    """The key of random `stream` (`DROPOUT`, `AUGMENT`, `NOISE`) for the state's current step.
+
+    `fold_in(fold_in(key, step), stream)`: a fresh key every step and stream, from a key that
+    itself never changes. A key nothing consumes is dead code, removed by XLA, so a model
+    without dropout pays nothing for it (a per-step `jax.random.split` of the carried key
+    would be paid every step).
+    """
+    return jax.random.fold_in(jax.random.fold_in(train_state.key, train_state.step), stream)

@@ -1,7 +1,7 @@
 """The compiled training and evaluation steps.
 
-One step, read in a single pass: split a dropout key from the state's key; apply the model in
-training mode; per-example loss -> masked mean (+ penalty); `jax.value_and_grad`; the optax
+One step, read in a single pass: fold this step's dropout key in from the run's key; apply the
+model in training mode; per-example loss -> masked mean (+ penalty); `jax.value_and_grad`; the optax
 update; a new `TrainState`. All of it inside one `jax.jit`, with the incoming state donated.
 """
 
@@ -17,7 +17,7 @@ import optax
 from jdnn import metrics as metrics_lib
 from jdnn import regularizers
 from jdnn.core import Layer
-from jdnn.train.state import TrainState
+from jdnn.train.state import AUGMENT, DROPOUT, TrainState, step_key
 
 Loss = Callable[[jax.Array, jax.Array], jax.Array]
 Metric = Callable[..., jax.Array]
@@ -95,13 +95,10 @@ def train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransformat
 
     def step(train_state: TrainState, x, y, mask=None):
         _check_mask(mask, x)
-        if augment is None:
-            key, dropout_key = jax.random.split(train_state.key)
-        else:
-            key, dropout_key, augment_key = jax.random.split(train_state.key, 3)
-            x = augment(augment_key, x)
+        if augment is not None:
+            x = augment(step_key(train_state, AUGMENT), x)
         grads, (data_loss, extra, outputs, new_state) = jax.grad(objective, has_aux=True)(
-            train_state.params, train_state.state, x, y, mask, dropout_key)
+            train_state.params, train_state.state, x, y, mask, step_key(train_state, DROPOUT))
         updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
         params = optax.apply_updates(train_state.params, updates)
         new_state = _freeze(new_state, train_state.state, frozen)
@@ -109,7 +106,8 @@ def train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransformat
         if penalty is not None:
             report["penalty"] = extra
         report.update({name: fn(outputs, y, mask) for name, fn in metric_fns.items()})
-        return TrainState(params, new_state, opt_state, key, train_state.step + 1), report
+        return TrainState(params, new_state, opt_state, train_state.key,
+                          train_state.step + 1), report
 
     return step
 
@@ -120,10 +118,11 @@ def make_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransform
                     frozen_state: Sequence[str] = ()) -> Callable:
     """Builds `step(train_state, x, y, mask=None) -> (train_state, metrics)`, jitted once.
 
-    The step applies the model with `train=True` and a dropout key split from
-    `train_state.key`, averages the per-example `loss` over the examples where `mask` is set
-    (all, by default), adds `penalty(params)` if given, differentiates with respect to the
-    params, and applies the optax update. The incoming `train_state` is donated: use the one
+    The step applies the model with `train=True` and a dropout key folded in from
+    `train_state.key` and the step count (`jdnn.train.state.step_key`), averages the
+    per-example `loss` over the examples where `mask` is set (all, by default), adds
+    `penalty(params)` if given, differentiates with respect to the params, and applies the
+    optax update. The incoming `train_state` is donated: use the one
     returned.
 
     Args:

@@ -10,6 +10,7 @@ from jdnn import losses
 from jdnn.bench.sides.base import Runner, Side, batches, host
 from jdnn.bench.workloads import Problem, Workload
 from jdnn.train import TrainState, make_epoch, make_train_step
+from jdnn.train.fit import epoch_orders
 from jdnn.train.step import masked_mean, train_step_fn
 
 
@@ -50,17 +51,17 @@ def build_step(problem: Problem) -> Runner:
 
 def build_epoch(problem: Problem) -> Runner:
     """`jdnn.train.make_epoch`: one compiled `lax.scan` per epoch, as `fit` runs it (the epoch's
-    permutation drawn from the state's key, batches gathered on the device)."""
+    order drawn on the host from the state's key and step, batches gathered on the device)."""
     w = problem.workload
     step = train_step_fn(problem.model, loss_fn(w), optimizer(w))
-    epoch = make_epoch(step, w.examples, w.batch)
+    epoch = make_epoch(step, w.batch)
     x, y = jnp.asarray(problem.x), jnp.asarray(problem.y)
     box = [train_state(problem)]
 
     def run(n: int) -> None:
         ts = box[0]
         for _ in range(n // w.batches):
-            ts, _ = epoch(ts, x, y)
+            ts, _ = epoch(ts, x, y, epoch_orders(ts, w.examples))
         box[0] = jax.block_until_ready(ts)
 
     return Runner(run, lambda: host(box[0].params), quantum=w.batches)
@@ -80,5 +81,5 @@ def loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, dict]:
 
 STEP = Side("jdnn_step", "jdnn make_train_step (jit + donation), one call per batch",
             build_step, loss_and_grads)
-EPOCH = Side("jdnn_epoch", "jdnn make_epoch (scan-fused epoch, shuffled on device), as fit",
+EPOCH = Side("jdnn_epoch", "jdnn make_epoch (scan-fused epoch, host-drawn order), as fit",
              build_epoch, loss_and_grads)
