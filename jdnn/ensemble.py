@@ -37,7 +37,7 @@ from jdnn import io, losses
 from jdnn.core import Layer
 from jdnn.data.batching import epoch_batches, epoch_order, num_batches
 from jdnn.data.validate import as_arrays, check_data
-from jdnn.train.fit import checked_data, epoch_fn
+from jdnn.train.fit import checked_data, epoch_fn, host_key_and_step
 from jdnn.train.history import History
 from jdnn.train.state import TrainState
 from jdnn.train.step import Loss, Metrics, resolve_metrics, train_step_fn
@@ -235,7 +235,7 @@ def chunk_orders(train_state: TrainState, n: int, length: int, steps_per_epoch: 
     """The orders of the next `length` epochs of every member, `(length, K, n)`: member i's
     epoch e is shuffled as `jdnn.fit` would shuffle it, from its key and the step it will have
     reached, `step_i + e * steps_per_epoch` (a member stopped early ignores its orders)."""
-    key_data, steps = jax.device_get((jax.random.key_data(train_state.key), train_state.step))
+    key_data, steps = host_key_and_step(train_state)
     return np.stack([np.stack([epoch_order(k, s + e * steps_per_epoch, n)
                                for k, s in zip(key_data, steps)]) for e in range(length)])
 

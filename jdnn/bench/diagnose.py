@@ -29,7 +29,7 @@ from jdnn.bench.context import Context
 from jdnn.bench.sides import SIDES, jdnn_side, raw_jax
 from jdnn.data.batching import epoch_batches, epoch_order
 from jdnn.train import make_epoch
-from jdnn.train.fit import epoch_orders, weighted_means
+from jdnn.train.fit import weighted_means
 from jdnn.train.step import train_step_fn
 
 
@@ -90,11 +90,19 @@ def epoch_overhead(ctx: Context, w: workloads.Workload, epochs: int = 4) -> dict
     x, y = jnp.asarray(problem.x), jnp.asarray(problem.y)
     step = train_step_fn(problem.model, jdnn_side.loss_fn(w), jdnn_side.optimizer(w))
     host_order, split = make_epoch(step, w.batch), make_epoch(_step_with_key_split(step), w.batch)
+    words = np.asarray(jax.random.key_data(jdnn_side.train_state(problem).key))
+
+    count = [0]
+
+    def order(ts):   # as fit draws it: the key read once, the step counted on the host
+        count[0] += w.batches
+        return epoch_order(words, count[0], w.examples)
+
     device, both = (_device_permutation_epoch(w, step),
                     _device_permutation_epoch(w, _step_with_key_split(step)))
     epochs_fns = {
-        AS_IS: lambda ts: host_order(ts, x, y, epoch_orders(ts, w.examples)),
-        "before: key split per step": lambda ts: split(ts, x, y, epoch_orders(ts, w.examples)),
+        AS_IS: lambda ts: host_order(ts, x, y, order(ts)),
+        "before: key split per step": lambda ts: split(ts, x, y, order(ts)),
         "before: device permutation": lambda ts: device(ts, x, y),
         "before: both": lambda ts: both(ts, x, y)}
     calls = {}
@@ -114,7 +122,6 @@ def epoch_overhead(ctx: Context, w: workloads.Workload, epochs: int = 4) -> dict
     key = jax.random.key(1)
     calls["device permutation alone"] = lambda: [jax.block_until_ready(plan(key))
                                                  for _ in range(epochs)]
-    words = np.asarray(jax.random.key_data(key))
     calls["host order alone"] = lambda: [epoch_order(words, e, w.examples) for e in range(epochs)]
     for call in calls.values():
         call()

@@ -40,11 +40,17 @@ def weighted_means(reports: dict, masks: jax.Array) -> dict:
     return {k: jnp.sum(v * counts) / jnp.sum(counts) for k, v in reports.items()}
 
 
+def host_key_and_step(train_state: TrainState) -> tuple[np.ndarray, Any]:
+    """The state's key as raw words and its step count, read back to the host (one sync)."""
+    return jax.device_get((jax.random.key_data(train_state.key), train_state.step))
+
+
 def epoch_orders(train_state: TrainState, n: int) -> np.ndarray:
     """The next epoch's order of the `n` examples, drawn on the host from the state's key and
     step (`jdnn.data.batching.epoch_order`): `(n,)`, or `(K, n)` for a stacked state of K
-    members, each from its own key. Reads the key and step back from the device (one sync)."""
-    key_data, step = jax.device_get((jax.random.key_data(train_state.key), train_state.step))
+    members, each from its own key. Reads the key and step back from the device (one sync;
+    `fit` reads them once and counts the steps itself)."""
+    key_data, step = host_key_and_step(train_state)
     if np.ndim(step) == 0:
         return epoch_order(key_data, step, n)
     return np.stack([epoch_order(k, s, n) for k, s in zip(key_data, step)])
@@ -197,16 +203,22 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     evaluator = (make_evaluator(model, loss, metrics=metrics, batch_size=eval_batch_size)
                  if validation is not None else None)
 
-    start = int(train_state.step) // num_batches(n, batch_size, drop_remainder=drop_remainder)
+    steps_per_epoch = num_batches(n, batch_size, drop_remainder=drop_remainder)
+    key_data, step = host_key_and_step(train_state)   # then counted here: no sync per epoch
+    step = int(step)
+    start = step // steps_per_epoch
     run = Run(model, train_state, History(), epoch=start)
     for callback in callbacks:
         callback.on_train_begin(run)
+    if run.train_state is not train_state:
+        key_data, step = host_key_and_step(run.train_state)
+        step = int(step)
     bar = tqdm(range(start + 1, start + epochs + 1), desc="fit", unit="epoch",
                disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
     for epoch in bar:
         began = time.perf_counter()
-        order = epoch_orders(run.train_state, n)
-        run.train_state, means = run_epoch(run.train_state, x, y, order)
+        trained, means = run_epoch(run.train_state, x, y, epoch_order(key_data, step, n))
+        run.train_state, step = trained, step + steps_per_epoch
         record = {"epoch": epoch, **_ordered(means)}
         if evaluator is not None:
             val = evaluator(run.train_state, *validation)
@@ -218,6 +230,9 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
                                                                                "seconds")})
         for callback in callbacks:
             callback.on_epoch_end(run)
+        if run.train_state is not trained:   # a callback swapped the state: read it again
+            key_data, step = host_key_and_step(run.train_state)
+            step = int(step)
         if run.stop_reason is not None:
             break
     bar.close()

@@ -10,7 +10,8 @@ from jdnn import losses
 from jdnn.bench.sides.base import Runner, Side, batches, host
 from jdnn.bench.workloads import Problem, Workload
 from jdnn.train import TrainState, make_epoch, make_train_step
-from jdnn.train.fit import epoch_orders
+from jdnn.data.batching import epoch_order
+from jdnn.train.fit import host_key_and_step
 from jdnn.train.step import masked_mean, train_step_fn
 
 
@@ -57,11 +58,14 @@ def build_epoch(problem: Problem) -> Runner:
     epoch = make_epoch(step, w.batch)
     x, y = jnp.asarray(problem.x), jnp.asarray(problem.y)
     box = [train_state(problem)]
+    key_data, step = host_key_and_step(box[0])   # read once and counted, as fit does
+    count = [int(step)]
 
     def run(n: int) -> None:
         ts = box[0]
         for _ in range(n // w.batches):
-            ts, _ = epoch(ts, x, y, epoch_orders(ts, w.examples))
+            ts, _ = epoch(ts, x, y, epoch_order(key_data, count[0], w.examples))
+            count[0] += w.batches
         box[0] = jax.block_until_ready(ts)
 
     return Runner(run, lambda: host(box[0].params), quantum=w.batches)
