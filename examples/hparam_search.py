@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import jdnn
-from jdnn.search import TunableDropout, search
+from jdnn.search import search
 
 SEED = 0
 EPOCHS = 30
@@ -26,9 +26,10 @@ RANDOM = {"width": [64, 128], "learning_rate": ("log_uniform", 1e-4, 1e-2),
 
 
 def model_fn(width: int) -> jdnn.Layer:
-    """The searched network: the width is structural, the dropout rate is set per trial."""
-    return jdnn.serial(jdnn.Dense(width, w_init="he_normal"), jdnn.Relu(), TunableDropout(),
-                       jdnn.Dense(10))
+    """The searched network: the width is structural; the dropout rate lives in the layer's
+    state (`rate_in_state=True`), where the search sets it per trial."""
+    return jdnn.serial(jdnn.Dense(width, w_init="he_normal"), jdnn.Relu(),
+                       jdnn.Dropout(0.0, rate_in_state=True), jdnn.Dense(10))
 
 
 def main() -> None:

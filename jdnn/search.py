@@ -4,9 +4,10 @@ A configuration's hyper-parameters are of two kinds:
 
 - vectorized: `learning_rate` and `momentum` (held in the optimizer state by
   `optax.inject_hyperparams`), `l1` and `l2` (the penalty's strengths, traced), `dropout` (the
-  rate of every `TunableDropout` layer, held in the layer state) and `seed` (the member's key
-  is `jax.random.fold_in(key, seed)`). Configurations that differ only in these are members of
-  one stacked `TrainState`, trained by one compiled program (`jdnn.ensemble.train_members`).
+  rate of every `jdnn.Dropout(rate, rate_in_state=True)` layer, held in that layer's state) and
+  `seed` (the member's key is `jax.random.fold_in(key, seed)`). Configurations that differ
+  only in these are members of one stacked `TrainState`, trained by one compiled program
+  (`jdnn.ensemble.train_members`).
 - structural: everything else. `model_fn(**structural)` builds the model (layer widths, depth);
   `optimizer` (an optax name or factory) and `batch_size` are read by the search itself.
   Configurations are grouped by their structural values: one program per group.
@@ -32,9 +33,8 @@ import numpy as np
 import optax
 
 from jdnn import io
-from jdnn.core import Layer, LayerError, check_hparam, check_input_shape, make_spec
+from jdnn.core import Layer, Spec, child_name
 from jdnn.ensemble import prepare_data, stack, train_members
-from jdnn.layers.dropout import keep_mask
 from jdnn.regularizers import Penalty, path_of
 from jdnn.train.fit import epoch_fn
 from jdnn.train.history import History
@@ -44,35 +44,6 @@ from jdnn.train.step import Loss, Metrics, resolve_metrics, train_step_fn
 VECTORIZED = ("learning_rate", "momentum", "l1", "l2", "dropout", "seed")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform")
 DEFAULT_LEARNING_RATE = 1e-3
-
-
-def TunableDropout(rate: float = 0.0) -> Layer:
-    """Dropout whose rate is data, in the layer's state (`{"rate": ...}`), so that the members
-    of a vectorized search each drop their own fraction; `search` sets it from `dropout`.
-
-    Otherwise it is `jdnn.Dropout(rate)`: inverted dropout, the same masks from the same key.
-
-    Example:
-        >>> model = jdnn.serial(jdnn.Dense(128), jdnn.Relu(), TunableDropout(), jdnn.Dense(10))
-    """
-    ok = isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0.0 <= rate < 1.0
-    check_hparam("TunableDropout", "rate", rate, ok, "a drop probability in [0, 1)")
-
-    def init(key, input_shape):
-        del key
-        shape = check_input_shape("TunableDropout", input_shape)
-        return shape, {}, {"rate": jnp.asarray(rate, jnp.float32)}
-
-    def apply(params, state, x, *, key=None, train=False):
-        del params
-        if not train:
-            return x, state
-        if key is None:
-            raise LayerError("TunableDropout", "train=True needs a random key")
-        keep = keep_mask(key, state["rate"], x.shape)
-        return jnp.where(keep, x / (1.0 - state["rate"]), jnp.zeros_like(x)), state
-
-    return Layer(init, apply, make_spec("TunableDropout", rate=float(rate)))
 
 
 def _is_distribution(value: Any) -> bool:
@@ -171,18 +142,44 @@ def _optimizer(kind: str | Callable, learning_rate: Any, momentum: Any):
     return optax.inject_hyperparams(factory)(**kwargs)
 
 
-def _set_dropout(state: Any, rates: jax.Array) -> tuple[Any, int]:
-    """Stacked layer state with every `TunableDropout` rate set per member; and their count."""
-    found = []
+def _dropout_paths(spec: Spec, path: str = "") -> tuple[list[str], list[str]]:
+    """The paths of the model's `Dropout` layers: `(rate in state, fixed rate)`."""
+    if spec.kind == "Dropout":
+        in_state = "rate_in_state" in spec.names and spec["rate_in_state"]
+        return ([path], []) if in_state else ([], [path])
+    in_state, fixed = [], []
+    for i, child in enumerate(spec.children):
+        name = child_name(i, child)
+        child_in_state, child_fixed = _dropout_paths(child, f"{path}/{name}" if path else name)
+        in_state, fixed = in_state + child_in_state, fixed + child_fixed
+    return in_state, fixed
+
+
+def _set_dropout(model: Layer, state: Any, rates: jax.Array) -> Any:
+    """Stacked layer state with the rate of every `Dropout(..., rate_in_state=True)` layer of
+    `model` (its `.../rate` state leaf) set per member; a clear error if there is none."""
+    in_state, fixed = _dropout_paths(model.spec)
+    if not in_state:
+        hint = (f"; its Dropout layers at {', '.join(p or '<root>' for p in fixed)} have a fixed "
+                f"rate" if fixed else "")
+        raise ValueError(f"'dropout' is in the space but the model model_fn built has no Dropout "
+                         f"layer with its rate in the state to set it on{hint}: build them as "
+                         f"jdnn.Dropout(rate, rate_in_state=True), or drop 'dropout' from the "
+                         f"space. The model: {model.spec}")
+    targets = {f"{path}/rate" if path else "rate" for path in in_state}
+    found = set()
 
     def put(keypath, leaf):
-        parts = path_of(keypath).split("/")
-        if parts[-1] == "rate" and len(parts) > 1 and parts[-2].endswith("_tunabledropout"):
-            found.append(parts)
+        if path_of(keypath) in targets:
+            found.add(path_of(keypath))
             return rates.astype(leaf.dtype)
         return leaf
 
-    return jax.tree_util.tree_map_with_path(put, state), len(found)
+    state = jax.tree_util.tree_map_with_path(put, state)
+    if found != targets:
+        raise ValueError(f"the model's state has no rate leaf at {sorted(targets - found)}, "
+                         f"where its Dropout(..., rate_in_state=True) layers keep their rate")
+    return state
 
 
 @dataclasses.dataclass
@@ -267,11 +264,8 @@ def _train_group(model_fn: Callable, configs: list[dict], data: Any, validation_
         model, _optimizer(kind, c.get("learning_rate", DEFAULT_LEARNING_RATE), c.get("momentum")),
         jax.random.fold_in(key, int(c.get("seed", 0))), shape) for c in configs])
     if "dropout" in configs[0]:
-        state, found = _set_dropout(states.state, jnp.asarray([c["dropout"] for c in configs]))
-        if not found:
-            raise ValueError(f"'dropout' is in the space but the model model_fn built has no "
-                             f"TunableDropout layer to set it on: {model.spec}")
-        states = states._replace(state=state)
+        rates = jnp.asarray([c["dropout"] for c in configs])
+        states = states._replace(state=_set_dropout(model, states.state, rates))
     # The step's optimizer only routes the update: inject_hyperparams reads the values from
     # each member's state, so these placeholders never count.
     step_optimizer = _optimizer(kind, DEFAULT_LEARNING_RATE,
@@ -302,11 +296,13 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
     together in one compiled program; each structure (the other values) gets its own. Trial
     `t` trains exactly like `jdnn.fit(model_fn(**structural), data, optimizer=optax.<kind>(lr,
     ...), penalty=jdnn.regularizers.penalty(l1=..., l2=...), key=jax.random.fold_in(key,
-    seed), ...)` with `TunableDropout` layers at rate `dropout` (equal up to float rounding).
+    seed), ...)` with its `Dropout(..., rate_in_state=True)` layers at rate `dropout` (equal
+    up to float rounding).
 
     Args:
         model_fn: builds the model from the structural hyper-parameters, as keyword arguments
-            (none if the space has none); put `TunableDropout()` where `dropout` applies.
+            (none if the space has none). Where `dropout` applies, build
+            `jdnn.Dropout(rate, rate_in_state=True)`: the search sets its rate per trial.
         data: the training `(x, y)` pair.
         space: name -> a list of values, a fixed scalar, or (random search) a distribution
             `("uniform" | "log_uniform" | "int_uniform", low, high)`. Names in `VECTORIZED`
@@ -334,8 +330,8 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
 
     Example:
         >>> def model_fn(width):
-        ...     return jdnn.serial(jdnn.Dense(width), jdnn.Relu(), TunableDropout(),
-        ...                        jdnn.Dense(10))
+        ...     return jdnn.serial(jdnn.Dense(width), jdnn.Relu(),
+        ...                        jdnn.Dropout(0.0, rate_in_state=True), jdnn.Dense(10))
         >>> result = search(model_fn, train, {"width": [64, 128],
         ...                 "learning_rate": ("log_uniform", 1e-4, 1e-1),
         ...                 "dropout": ("uniform", 0.0, 0.5)}, strategy="random", trials=16,

@@ -92,7 +92,8 @@ class Row:
         depth: 0 for the model's own layers, +1 per enclosing combinator.
         output_shape: with the batch axis of the summary's input shape; None if unknown.
         params: the number of trainable scalars (a combinator: its children's sum).
-        state: the number of state scalars (batch-norm statistics).
+        state: the number of state scalars, never trained (batch-norm statistics, the rate of
+            a `Dropout(..., rate_in_state=True)`).
         flops: FLOPs per example (see the module docstring); None if unknown.
     """
 

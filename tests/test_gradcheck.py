@@ -162,6 +162,23 @@ def test_dropout_uses_the_same_mask_on_every_side():
         assert report.forward_error < 1e-12
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_rate_in_state_dropout_reads_its_state_on_every_side(dtype):
+    inner = layers.serial(layers.Dense(16), layers.Dropout(0.3, rate_in_state=True))
+    model = layers.serial(layers.Dense(16), layers.Relu(), layers.Dropout(0.3, rate_in_state=True),
+                          layers.residual(inner), layers.Dense(2))
+    x, y = zoo.example_batch("mlp", 8, 2, "classes")
+    params, state = _init(model, x)
+    for rate in (0.3, 0.6):  # the initial rate, then one set in the state after init
+        state = {**state, "2_dropout": {"rate": jnp.float32(rate)}}
+        report = check_gradients(model, params, state, x, y, jdnn.losses.softmax_cross_entropy,
+                                 key=jax.random.key(1), train=True, dtype=dtype)
+        assert report.ok, report
+        assert report.state_error == 0.0
+        if dtype == "float64":
+            assert report.forward_error < 1e-12
+
+
 def test_kinks_are_skipped_by_finite_differences():
     model = layers.serial(layers.Dense(3, b_init="zeros"), layers.Relu(), layers.Dense(1))
     x = np.zeros((4, 2), np.float32)  # every ReLU input is exactly 0: a kink at each bias

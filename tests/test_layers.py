@@ -75,6 +75,7 @@ CASES = [
     Case("avgpool_same_s2", lambda: AvgPool2D(3, strides=2, padding="SAME"), IMG),
     Case("flatten", Flatten, (2, 3, 4, 2)),
     Case("dropout", lambda: Dropout(0.5), (4, 6)),
+    Case("dropout_rate_in_state", lambda: Dropout(0.5, rate_in_state=True), (4, 6)),
     Case("batchnorm", BatchNorm, (8, 5), has_params=True),
     Case("batchnorm_images", lambda: BatchNorm(momentum=0.8), (4, 3, 3, 2), has_params=True),
     Case("relu", Relu, VEC),
@@ -238,7 +239,7 @@ SECOND_ORDER = {"gelu_tanh", "batchnorm"}
 
 def test_init_under_x64_gives_float64():
     with jax.enable_x64(True):
-        for layer in (Dense(3), BatchNorm(), PRelu()):
+        for layer in (Dense(3), BatchNorm(), PRelu(), Dropout(0.5, rate_in_state=True)):
             _, params, state = layer.init(jax.random.key(0), VEC)
             for leaf in jax.tree.leaves((params, state)):
                 assert leaf.dtype == jnp.float64
@@ -272,8 +273,9 @@ def test_grads_wrt_input_and_params(case, train):
     (BatchNorm, (4, 5), {"scale": (5,), "bias": (5,)}, {"mean": (5,), "var": (5,)}),
     (BatchNorm, (2, 3, 3, 2), {"scale": (2,), "bias": (2,)}, {"mean": (2,), "var": (2,)}),
     (PRelu, (4, 5), {"alpha": (5,)}, {}),
+    (lambda: Dropout(0.5, rate_in_state=True), (4, 5), {}, {"rate": ()}),
 ], ids=["dense", "dense_no_bias", "conv", "conv_no_bias", "batchnorm", "batchnorm_images",
-        "prelu"])
+        "prelu", "dropout_rate_in_state"])
 def test_param_and_state_names_and_shapes(make, shape, params, state, key):
     _, got_params, got_state = make().init(key, shape)
     assert jax.tree.map(jnp.shape, got_params) == params

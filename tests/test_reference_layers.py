@@ -88,6 +88,9 @@ CASES = [
     Case("flatten_vectors", Flatten, VEC),
     Case("dropout_train", lambda: Dropout(0.4), (4, 6), train=True),
     Case("dropout_eval", lambda: Dropout(0.4), (4, 6)),
+    Case("dropout_rate_in_state_train", lambda: Dropout(0.4, rate_in_state=True), (4, 6),
+         train=True),
+    Case("dropout_rate_in_state_eval", lambda: Dropout(0.4, rate_in_state=True), (4, 6)),
     Case("batchnorm_train", lambda: BatchNorm(momentum=0.8, eps=1e-3), (4,), train=True),
     Case("batchnorm_train_images", BatchNorm, (3, 4, 3), train=True),
     Case("batchnorm_eval", lambda: BatchNorm(eps=1e-3), (4,)),
@@ -122,6 +125,8 @@ def random_like(name, value, rng):
         return 1.0 + 0.3 * rng.normal(size=shape)
     if name == "var":
         return rng.uniform(0.5, 2.0, size=shape)
+    if name == "rate":  # a rate-in-state Dropout's rate, moved off its initial value
+        return rng.uniform(0.2, 0.6, size=shape)
     return rng.normal(size=shape)
 
 
@@ -171,6 +176,8 @@ def test_reference_matches_jax(case, batch):
         assert 0 < keep_mask.sum() < keep_mask.size
     kwargs = reference_kwargs(layer.spec, ref.forward, keep_mask=keep_mask, state=state,
                               train=case.train)
+    if "rate_in_state" in layer.spec.names:  # the rate is the state's, as the network twin reads
+        kwargs["rate"] = float(state["rate"])
     out = ref.forward(params, x, **kwargs)
     if layer.spec.kind == "BatchNorm":
         y, cache, new_state = out

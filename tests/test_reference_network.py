@@ -10,6 +10,8 @@ import pytest
 import jdnn
 from jdnn import reference, zoo
 from jdnn.core import make_spec
+from jdnn.layers.combinators import child_keys
+from jdnn.layers.dropout import keep_mask
 
 
 def _float64(tree):
@@ -131,3 +133,47 @@ def test_masked_examples_do_not_count():
     first4 = net.loss_and_grads(params, state, x[:4], y[:4], loss="binary_cross_entropy")
     assert masked[0] == pytest.approx(first4[0], rel=1e-12)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), masked[1], first4[1])
+
+
+def _rate_in_state_model():
+    inner = jdnn.serial(jdnn.Dense(6), jdnn.Dropout(0.1, rate_in_state=True))
+    return jdnn.serial(jdnn.Dense(6), jdnn.Dropout(0.3, rate_in_state=True),
+                       jdnn.residual(inner), jdnn.Dense(2))
+
+
+def test_rate_in_state_dropout_twin_reads_the_state_and_draws_jdnns_masks():
+    model = _rate_in_state_model()
+    net = reference.build(json.loads(json.dumps(model.spec.to_dict())))  # the JSON form
+    x = np.random.default_rng(0).normal(size=(5, 4))
+    key = jax.random.key(3)
+    with jax.enable_x64(True):
+        _, params, state = model.init(jax.random.key(0), x.shape)
+        state["1_dropout"]["rate"] = np.float64(0.45)  # no longer the initial rates
+        state["2_residual"]["0_serial"]["1_dropout"]["rate"] = np.float64(0.2)
+        y_jax, new_state_jax = model.apply(params, state, x, key=key, train=True)
+        # the keys the combinators hand each Dropout, as jdnn.gradcheck derives them
+        top = child_keys(model.spec, key)
+        inner = child_keys(model.spec.children[2].children[0], top[2])
+        keys = {"1_dropout": top[1], "2_residual/0_serial/1_dropout": inner[1]}
+
+        def masks(path, shape, rate):
+            return np.asarray(keep_mask(keys[path], rate, shape))
+
+        y, _, new_state = net.forward(_float64(params), _float64(state), x, train=True,
+                                      masks=masks)
+    np.testing.assert_allclose(y, np.asarray(y_jax), rtol=1e-12, atol=1e-12)
+    jax.tree.map(np.testing.assert_array_equal, new_state, _float64(new_state_jax))
+    # the rate really is the state's: at rate 0 both sides keep every unit
+    state["1_dropout"]["rate"] = state["2_residual"]["0_serial"]["1_dropout"]["rate"] = 0.0
+    y0, _, _ = net.forward(_float64(params), _float64(state), x, train=True, masks=masks)
+    np.testing.assert_allclose(y0, net.forward(_float64(params), _float64(state), x)[0])
+
+
+def test_rate_in_state_dropout_without_its_rate_is_an_error():
+    model = _rate_in_state_model()
+    _, params, state = model.init(jax.random.key(0), (2, 4))
+    state["1_dropout"] = {}
+    with pytest.raises(ValueError, match=r"Dropout at 1_dropout has rate_in_state=True and reads "
+                                         r"its rate from state\['rate'\], but the state has the "
+                                         r"keys \[\]"):
+        reference.build(model.spec).forward(_float64(params), state, np.ones((2, 4)))

@@ -14,7 +14,7 @@ import pytest
 
 import jdnn
 from jdnn.ensemble import train_members
-from jdnn.search import TunableDropout, grid, sample, search
+from jdnn.search import _set_dropout, grid, sample, search
 
 CE = jdnn.losses.softmax_cross_entropy
 EPOCHS = 3
@@ -36,7 +36,8 @@ TRACES = collections.Counter()
 
 def counting_model_fn(width):
     """The searched model; counts how often each structure's `apply` is traced."""
-    inner = jdnn.serial(jdnn.Dense(width), jdnn.Relu(), TunableDropout(), jdnn.Dense(3))
+    inner = jdnn.serial(jdnn.Dense(width), jdnn.Relu(), jdnn.Dropout(0.0, rate_in_state=True),
+                        jdnn.Dense(3))
 
     def apply(params, state, x, *, key=None, train=False):
         TRACES[width] += 1
@@ -130,6 +131,9 @@ def _check_rows_are_sorted_and_the_best_config_is_the_argmax(result, tmp_path):
     best = max(result.rows, key=lambda r: (r["val_accuracy"], -r["trial"]))
     assert result.best_config == {name: best[name] for name in SPACE}
     assert all(row["epochs"] == row["epoch"] == EPOCHS for row in result.rows)
+    for row in result.rows:  # each member trained with its own dropout rate, in its state
+        rate = result.train_state(row["trial"]).state["2_dropout"]["rate"]
+        assert float(rate) == pytest.approx(row["dropout"], rel=1e-6)
     assert result.best_model.spec.children[0]["features"] == result.best_config["width"]
     text = str(result)
     assert "val_accuracy" in text and "learning_rate" in text and len(text.splitlines()) == 7
@@ -170,17 +174,18 @@ def test_a_member_stops_early_and_freezes_while_others_go_on():
     assert "non-finite loss at epoch 3" in trained.histories[2].stop_reason
 
 
-def test_tunable_dropout_draws_dropouts_masks():
-    x = jnp.ones((4, 50))
-    key = jax.random.key(5)
-    layer = TunableDropout(0.3)
-    _, _, state = layer.init(None, x.shape)
-    mine, _ = layer.apply({}, state, x, key=key, train=True)
-    theirs, _ = jdnn.Dropout(0.3).apply({}, {}, x, key=key, train=True)
-    np.testing.assert_allclose(mine, theirs, rtol=1e-6)
-    assert layer.apply({}, state, x)[0] is x
-    with pytest.raises(ValueError, match="drop probability"):
-        TunableDropout(1.0)
+def test_every_rate_in_state_dropout_gets_each_members_rate():
+    inner = jdnn.serial(jdnn.Dense(4), jdnn.Dropout(0.2, rate_in_state=True))
+    model = jdnn.serial(jdnn.Dense(4), jdnn.Dropout(0.1, rate_in_state=True),
+                        jdnn.residual(inner), jdnn.Dropout(0.5))
+    keys = jax.random.split(jax.random.key(0), 3)
+    stacked = jax.vmap(lambda k: model.init(k, (2, 3))[2])(keys)
+    rates = jnp.asarray([0.0, 0.25, 0.4])
+    state = _set_dropout(model, stacked, rates)
+    np.testing.assert_array_equal(state["1_dropout"]["rate"], rates.astype(jnp.float32))
+    np.testing.assert_array_equal(state["2_residual"]["0_serial"]["1_dropout"]["rate"],
+                                  rates.astype(jnp.float32))
+    assert state["3_dropout"] == {}  # a fixed-rate Dropout has no rate to set
 
 
 def test_bad_searches_are_clear_errors():
@@ -196,9 +201,14 @@ def test_bad_searches_are_clear_errors():
     with pytest.raises(ValueError, match="learning_rate must be a float > 0"):
         search(counting_model_fn, TRAIN, {"width": [4], "learning_rate": [0.0]},
                metric="loss", mode="min", **options)
-    with pytest.raises(ValueError, match="no TunableDropout layer"):
+    with pytest.raises(ValueError, match=r"no Dropout layer with its rate in the state .*: "
+                                         r"build them as jdnn.Dropout\(rate, "
+                                         r"rate_in_state=True\)"):
         search(lambda: jdnn.serial(jdnn.Dense(3)), TRAIN, {"dropout": [0.1]}, metric="loss",
                mode="min", **options)
+    with pytest.raises(ValueError, match=r"its Dropout layers at 1_dropout have a fixed rate"):
+        search(lambda: jdnn.serial(jdnn.Dense(3), jdnn.Dropout(0.5)), TRAIN, {"dropout": [0.1]},
+               metric="loss", mode="min", **options)
 
 
 def test_optimizers_take_their_hyper_parameters_from_their_state():

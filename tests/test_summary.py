@@ -146,6 +146,23 @@ def test_rebuild_twins_apply_like_the_original():
     np.testing.assert_array_equal(twin.apply(params, state, x)[0], model.apply(params, state, x)[0])
 
 
+def test_rate_in_state_dropout_counts_its_rate_as_state():
+    model = jdnn.serial(jdnn.Dense(4), jdnn.Dropout(0.3, rate_in_state=True), jdnn.Dense(2))
+    table = summary(model, (1, 3))
+    row = table.rows[1]
+    assert (row.path, row.kind, row.output_shape, row.params, row.state, row.flops) == (
+        "1_dropout", "Dropout", (1, 4), 0, 1, 0)
+    assert (table.params, table.state, table.state_bytes) == (16 + 10, 1, 4)
+    assert "State (non-trainable):  1 (4 B)" in str(table)
+    assert table.to_dict()["model"]["children"][1]["hparams"] == {"rate": 0.3,
+                                                                  "rate_in_state": True}
+    twin = rebuild(model.spec.children[1])  # the twin keeps the rate in its state too
+    assert twin.spec == model.spec.children[1]
+    x, key = jnp.ones((2, 4)), jax.random.key(1)
+    np.testing.assert_array_equal(
+        twin.apply({}, {"rate": jnp.float32(0.0)}, x, key=key, train=True)[0], x)
+
+
 def test_bad_input_shape_is_the_layers_error():
     with pytest.raises(LayerError, match="NHWC"):
         summary(zoo.cnn(10), (1, 8))

@@ -18,6 +18,7 @@ from PIL import Image
 import jdnn
 from jdnn import viz, zoo
 from jdnn.viz.boundary import predicted_class
+from jdnn.viz.network import describe
 from jdnn.viz.trace import layer_outputs
 
 PNG_MAGIC, GIF_MAGIC = b"\x89PNG\r\n\x1a\n", (b"GIF87a", b"GIF89a")
@@ -201,6 +202,27 @@ def test_layer_outputs_end_with_the_models_output(train):
     np.testing.assert_array_equal(outputs[""], want)
     assert list(outputs)[:6] == ["0_dense", "1_batchnorm", "2_relu", "3_dropout", "4_residual",
                                  "4_residual/0_serial"]
+
+
+def test_rate_in_state_dropout_is_labeled_and_replayed_with_its_rate(tmp_path):
+    model = jdnn.serial(jdnn.Dense(6), jdnn.Relu(), jdnn.Dropout(0.25, rate_in_state=True),
+                        jdnn.Dense(2))
+    assert describe(model.spec.children[2]) == "Dropout(0.25, in state)"
+    assert describe(jdnn.Dropout(0.25).spec) == "Dropout(0.25)"
+    params, state = random_params(model, (5, 3))
+    state["2_dropout"]["rate"] = np.float32(0.5)  # set after init: the replay must honor it
+    x = np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32)
+    drop_key = jax.random.key(7)
+    outputs = layer_outputs(model, params, state, x, key=drop_key, train=True)
+    np.testing.assert_array_equal(outputs[""], model.apply(params, state, x, key=drop_key,
+                                                           train=True)[0])
+    with pytest.raises(ValueError, match="Dropout layers with rate_in_state=True, whose rate is "
+                                         "state: pass the model's state"):
+        layer_outputs(model, params, None, x)
+    fig = viz.draw_network(model, params, state, x[0], path=tmp_path / "net.png", dpi=60)
+    assert fig.jdnn_data["mode"] == "neurons"
+    np.testing.assert_allclose(fig.jdnn_data["activations"][-1],
+                               model.apply(params, state, x[:1])[0][0], rtol=1e-6)
 
 
 # --- training curves -------------------------------------------------------------------------

@@ -32,6 +32,7 @@ COMBINATORS = ("serial", "residual")
 
 # `masks(path, shape, rate) -> bool array` gives each Dropout its keep mask (True = kept), or a
 # dict from layer path to mask; `numpy_masks(rng)` draws them with NumPy for reference-only runs.
+# `rate` is the spec's rate, or, for a `Dropout(..., rate_in_state=True)`, the one in its state.
 Masks = Callable[[str, tuple, float], np.ndarray] | Mapping[str, np.ndarray] | None
 
 
@@ -77,9 +78,10 @@ def _leaf(kind: str, hparams: dict, path: str) -> Node:
             return impl.forward(params, x, state=state, train=train,
                                 momentum=hparams["momentum"], eps=hparams["eps"])
     elif kind == "Dropout":
-        rate = hparams["rate"]
+        rate_in_state = bool(hparams.get("rate_in_state", False))
 
         def forward(params, state, x, train, masks):
+            rate = _state_rate(state, path) if rate_in_state else hparams["rate"]
             keep = _mask_for(masks, path, x.shape, rate) if train and rate > 0 else None
             y, cache = impl.forward(params, x, keep_mask=keep, rate=rate)
             return y, cache, state
@@ -89,6 +91,15 @@ def _leaf(kind: str, hparams: dict, path: str) -> Node:
             return y, cache, state
 
     return Node(forward, impl.backward)
+
+
+def _state_rate(state: Mapping, path: str) -> float:
+    """The drop rate a `Dropout(rate, rate_in_state=True)` holds in its state, `{"rate": r}`."""
+    if "rate" not in state:
+        raise ValueError(f"Dropout at {path or '<root>'} has rate_in_state=True and reads its rate "
+                         f"from state['rate'], but the state has the keys {sorted(state)}; pass "
+                         f"the state the model's init returned")
+    return float(np.asarray(state["rate"]))
 
 
 def _mask_for(masks: Masks, path: str, shape: tuple, rate: float) -> np.ndarray:
@@ -172,7 +183,8 @@ class Network:
 
         Args:
             params: the model's params (nested dicts of arrays, as jdnn's `init` returns).
-            state: the model's state (batch-norm running statistics).
+            state: the model's state (batch-norm running statistics, the rates of
+                `Dropout(..., rate_in_state=True)` layers).
             x: the input batch, `(B, ...)`.
             train: batch statistics and dropout (True) or running statistics (False).
             masks: the dropout keep masks (see `Masks`), needed when training with dropout.

@@ -166,7 +166,8 @@ def _rgb(color: str) -> tuple[float, float, float]:
 
 
 def describe(spec) -> str:
-    """A short label of a layer, e.g. `Dense(10)`, `Conv2D(32, 3x3, /2, VALID)`, `Dropout(0.25)`."""
+    """A short label of a layer, e.g. `Dense(10)`, `Conv2D(32, 3x3, /2, VALID)`, `Dropout(0.25)`
+    (`Dropout(0.25, in state)` for a rate held in the state: 0.25 is its initial value)."""
     if spec.kind == "Dense":
         return f"Dense({spec['features']})"
     if spec.kind in ("Conv2D", "MaxPool2D", "AvgPool2D"):
@@ -180,8 +181,9 @@ def describe(spec) -> str:
         if spec["padding"] != ("SAME" if spec.kind == "Conv2D" else "VALID"):
             parts.append(spec["padding"])
         return f"{spec.kind}({', '.join(parts)})"
-    if spec.kind == "Dropout":
-        return f"Dropout({spec['rate']:g})"
+    if spec.kind == "Dropout":  # a rate held in the state may since have been changed
+        in_state = ", in state" if "rate_in_state" in spec.names and spec["rate_in_state"] else ""
+        return f"Dropout({spec['rate']:g}{in_state})"
     return spec.kind
 
 

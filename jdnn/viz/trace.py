@@ -43,6 +43,9 @@ def empty_state(spec: Spec) -> Any:
     if spec.kind == "BatchNorm":
         raise ValueError("this model has BatchNorm layers, whose running statistics are state: "
                          "pass the model's state (e.g. train_state.state), not None")
+    if spec.kind == "Dropout" and "rate_in_state" in spec.names and spec["rate_in_state"]:
+        raise ValueError("this model has Dropout layers with rate_in_state=True, whose rate is "
+                         "state: pass the model's state (e.g. train_state.state), not None")
     return {child_name(i, child): empty_state(child) for i, child in enumerate(spec.children)}
 
 

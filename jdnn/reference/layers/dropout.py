@@ -7,6 +7,8 @@ In training each unit is kept with probability `1 - rate` and the kept ones are 
 so `E[y] = x`. At evaluation (and for `rate = 0`) the layer is the identity. The reference
 draws no random numbers: the caller hands in the boolean `keep_mask` (e.g. the one jdnn's
 `Dropout` drew from its key), which makes the two sides comparable number by number.
+`rate` is the spec's, or for a `Dropout(rate, rate_in_state=True)` the one in the layer's state
+(`state["rate"]`): the network twin (`jdnn.reference.network`) reads it from there.
 """
 
 from __future__ import annotations
