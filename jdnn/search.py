@@ -7,7 +7,7 @@ A configuration's hyper-parameters are of two kinds:
   rate of every `jdnn.Dropout(rate, rate_in_state=True)` layer, held in that layer's state) and
   `seed` (the member's key is `jax.random.fold_in(key, seed)`). Configurations that differ
   only in these are members of one stacked `TrainState`, trained by one compiled program
-  (`jdnn.ensemble.train_members`).
+  (`jdnn.train.members.train_members`).
 - structural: everything else. `model_fn(**structural)` builds the model (layer widths, depth);
   `optimizer` (an optax name or factory) and `batch_size` are read by the search itself.
   Configurations are grouped by their structural values: one program per group.
@@ -34,10 +34,11 @@ import optax
 
 from jdnn import io
 from jdnn.core import Layer, Spec, child_name
-from jdnn.ensemble import prepare_data, stack, train_members
+from jdnn.data.batching import num_batches
 from jdnn.regularizers import Penalty, path_of
 from jdnn.train.fit import epoch_fn
 from jdnn.train.history import History
+from jdnn.train.members import member_evaluator, prepare_data, stack, train_members
 from jdnn.train.state import TrainState
 from jdnn.train.step import Loss, Metrics, resolve_metrics, train_step_fn
 
@@ -273,13 +274,15 @@ def _train_group(model_fn: Callable, configs: list[dict], data: Any, validation_
     hparams = {n: jnp.asarray([c[n] for c in configs], jnp.float32)
                for n in ("l1", "l2") if n in configs[0]}
 
-    def member_epoch(train_state, hp, x, y):
+    def member_epoch(train_state, hp, x, y, order):
         step = train_step_fn(model, loss, step_optimizer, penalty=Penalty(**hp) if hp else None,
                              metrics=metrics)
-        return epoch_fn(step, x.shape[0], batch_size)(train_state, x, y)
+        return epoch_fn(step, batch_size)(train_state, x, y, order)
 
-    trained = train_members(model, states, hparams, member_epoch, x, y, validation, loss=loss,
-                            metrics=metrics, **engine)
+    trained = train_members(states, hparams, member_epoch, x, y,
+                            steps_per_epoch=num_batches(x.shape[0], batch_size),
+                            validation=validation,
+                            evaluate=member_evaluator(model, loss, metrics), **engine)
     return model, trained
 
 

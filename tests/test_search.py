@@ -3,7 +3,6 @@ masking, one program per structure, the sorted results table."""
 
 import collections
 import json
-import math
 
 import chex
 import jax
@@ -13,7 +12,6 @@ import optax
 import pytest
 
 import jdnn
-from jdnn.ensemble import train_members
 from jdnn.search import _set_dropout, grid, sample, search
 
 CE = jdnn.losses.softmax_cross_entropy
@@ -140,38 +138,6 @@ def _check_rows_are_sorted_and_the_best_config_is_the_argmax(result, tmp_path):
     result.to_json(tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["best_config"] == result.best_config and len(data["rows"]) == 3
-
-
-def _toy_members(curves):
-    """Members whose `score` per epoch follows `curves` `(K, E)`; params count the updates."""
-    k = len(curves)
-    state = jdnn.TrainState({"w": jnp.zeros(k)}, {}, {}, jax.random.split(jax.random.key(0), k),
-                            jnp.zeros(k, jnp.int32))
-
-    def member_epoch(ts, curve, x, y):
-        score = curve[ts.step]
-        loss = jnp.where(jnp.isnan(score), jnp.nan, 1.0)
-        ts = ts._replace(params={"w": ts.params["w"] + 1}, step=ts.step + 1)
-        return ts, {"loss": loss, "score": score}
-
-    return state, jnp.asarray(curves, jnp.float32), member_epoch
-
-
-def test_a_member_stops_early_and_freezes_while_others_go_on():
-    curves = [[1, 2, 3, 4, 5, 6, 7, 8],              # improves every epoch
-              [1, 2, 2, 1, 9, 9, 9, 9],              # stalls after epoch 2
-              [1, 2, math.nan, 4, 5, 6, 7, 8]]       # diverges at epoch 3
-    state, curves, member_epoch = _toy_members(curves)
-    trained = train_members(None, state, curves, member_epoch, None, None, None, epochs=8,
-                            loss=CE, metrics=(), monitor="score", mode="max", patience=2,
-                            keep_best=True, epochs_per_call=3, progress=False)
-    assert [len(h) for h in trained.histories] == [8, 4, 3]
-    np.testing.assert_array_equal(trained.train_state.params["w"], [8, 4, 3])
-    np.testing.assert_array_equal(trained.best_state.params["w"], [8, 2, 2])
-    np.testing.assert_array_equal(trained.best_epoch, [8, 2, 2])
-    assert trained.histories[0].stop_reason is None
-    assert "did not improve for 2 epochs" in trained.histories[1].stop_reason
-    assert "non-finite loss at epoch 3" in trained.histories[2].stop_reason
 
 
 def test_every_rate_in_state_dropout_gets_each_members_rate():

@@ -2,9 +2,11 @@
 its misses rest on numbers, not on memory.
 
 - `page_faults`: minor page faults and kernel (system) time per training step, one step per
-  dispatch against eight steps inside one `lax.scan`. XLA:CPU takes a fresh temporary buffer
-  from `malloc` for each execution; above glibc's mmap threshold (32 MB at most) that is fresh
-  `mmap`ed memory, so every execution page-faults its whole temporary buffer in again.
+  dispatch against eight steps inside one `lax.scan`, and one step per dispatch in a process
+  whose glibc keeps freed memory (`GLIBC_KEEP_MEMORY`). XLA:CPU takes a fresh temporary buffer
+  from `malloc` for each execution, on one of its threads; from a thread's arena, or above
+  glibc's mmap threshold (32 MB at most), that is fresh `mmap`ed memory, so every execution
+  page-faults its whole temporary buffer in again.
 - `epoch_overhead`: where a small net's scan-fused epoch spends its time: jdnn's epoch as it
   is (the order drawn on the host, no per-step key split), against the epoch as it was before
   those two fixes (a `jax.random.split` of the carried key every step; the permutation drawn
@@ -16,7 +18,11 @@ its misses rest on numbers, not on memory.
 
 from __future__ import annotations
 
+import json
+import os
 import resource
+import subprocess
+import sys
 import time
 
 import jax
@@ -33,8 +39,16 @@ from jdnn.train.fit import weighted_means
 from jdnn.train.step import train_step_fn
 
 
-def page_faults(w: workloads.Workload, steps: int = 8) -> dict:
-    """Minor faults, system time and wall time per step: per-step dispatch vs a scan of 8."""
+# glibc settings that keep freed memory in the process: every thread allocates from the main
+# heap (one arena), never through a fresh `mmap`, and the heap is not trimmed back to the OS.
+GLIBC_KEEP_MEMORY = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                     "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+WORKLOADS = {"cnn": workloads.cnn, "mlp": workloads.mlp}
+
+
+def _faults(kind: str, batch: int, steps: int = 8, scan: bool = True) -> dict:
+    """Minor faults, system time and wall time per step of one workload, in this process."""
+    w = WORKLOADS[kind](batch)
     problem = workloads.make_problem(w)
     x, y = (jnp.asarray(a) for a in problem.batch(0))
     step = train_step_fn(problem.model, jdnn_side.loss_fn(w), jdnn_side.optimizer(w))
@@ -43,8 +57,12 @@ def page_faults(w: workloads.Workload, steps: int = 8) -> dict:
                                              length=steps)[0], donate_argnums=0)
     temp = one.lower(jdnn_side.train_state(problem), x, y).compile().memory_analysis()
     out = {"workload": w.name, "temp_mb": temp.temp_size_in_bytes / 2**20}
-    for name, fn, calls in (("per_step", one, steps), (f"scan_{steps}", many, 1)):
-        ts = jax.block_until_ready(fn(jdnn_side.train_state(problem), x, y))
+    modes = (("per_step", one, steps), (f"scan_{steps}", many, 1))
+    for name, fn, calls in modes if scan else modes[:1]:
+        ts = fn(jdnn_side.train_state(problem), x, y)
+        for _ in range(3):   # warm up: the heap settles after a few executions
+            ts = fn(ts, x, y)
+        jax.block_until_ready(ts)
         before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for _ in range(calls):
             ts = fn(ts, x, y)
@@ -53,6 +71,20 @@ def page_faults(w: workloads.Workload, steps: int = 8) -> dict:
         out[name] = {"minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
                      "system_ms_per_step": (after.ru_stime - before.ru_stime) / steps * 1e3,
                      "wall_ms_per_step": wall / steps * 1e3}
+    return out
+
+
+def page_faults(kind: str, batch: int, steps: int = 8) -> dict:
+    """Per-step dispatch against a scan of `steps`, in this process; then per-step dispatch
+    again in a child process started with `GLIBC_KEEP_MEMORY` in its environment (glibc reads
+    these settings once, at process start)."""
+    out = _faults(kind, batch, steps)
+    child = subprocess.run(
+        [sys.executable, "-m", "jdnn.bench.diagnose", kind, str(batch), str(steps)],
+        env={**os.environ, **GLIBC_KEEP_MEMORY}, capture_output=True, text=True, timeout=600)
+    if child.returncode == 0:
+        out["per_step, glibc keeps memory"] = json.loads(child.stdout.strip().splitlines()[-1])[
+            "per_step"]
     return out
 
 
@@ -160,10 +192,14 @@ def dispatch(calls: int = 300) -> dict:
 
 def run(ctx: Context) -> dict:
     print("  page faults per step", flush=True)
-    faults = [page_faults(workloads.cnn(64)), page_faults(workloads.mlp(1024))]
+    faults = [page_faults("cnn", 64), page_faults("mlp", 1024)]
     print("  small-net epoch decomposition", flush=True)
     nets = [workloads.digits_mlp()] if ctx.quick else [workloads.digits_mlp(), workloads.xor()]
     small = [epoch_overhead(ctx, w) for w in nets]
     print("  dispatch", flush=True)
     return {"results": {"page_faults": faults, "epoch_overhead": small,
                         "dispatch": dispatch()}, "targets": []}
+
+
+if __name__ == "__main__":   # the child of `page_faults`: one workload's per-step figures
+    print(json.dumps(_faults(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), scan=False)))
