@@ -15,8 +15,10 @@ taken instead, one layer at a time. Small parameter layers (BatchNorm, PRelu: a 
 feature) get their per-example gradients the plain way, from the same `x` and `delta`.
 
 One forward pass and one backward pass for the deltas give every norm, hence the clip factors
-`c_i = min(1, C / ||g_i||)`; the same linearization run backward with per-example loss weights
-`c_i / B` gives the clipped mean gradient. The deltas come from zero "probes" added to each
+`c_i = min(1, C / ||g_i||)`. Example i reaches a layer only through row i of its output, so the
+clipped mean gradient is each layer's own pullback of its deltas with row i scaled by `c_i / B`
+(for a dense layer `x^T diag(c / B) delta`): the weight-gradient products of a plain backward
+pass, without a second pass through the model. The deltas come from zero "probes" added to each
 parameter layer's output (a twin of the model, see `jdnn.vectorize.rebuild`): the gradient with
 respect to a probe is `delta`, and the twin records each layer's input in its new state.
 """
@@ -28,8 +30,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
+from jax.extend.random import threefry_2x32
 
 from jdnn.core import Layer, Spec
 from jdnn.train.state import TrainState
@@ -47,7 +51,8 @@ class Tap(NamedTuple):
 
     path: Path
     spec: Spec
-    layer: Layer  # applied to one example at a time (under vmap) for small parameter layers
+    layer: Layer  # as the batched forward applies it (batch-norm twin included), untapped
+    example_layer: Layer  # applied to one example at a time (under vmap) for small layers
 
 
 def tapped(layer: Layer) -> Layer:
@@ -68,6 +73,12 @@ def _with_entry(tree: dict, path: Path, name: str, value: Any) -> dict:
     if not path:
         return {**tree, name: value}
     return {**tree, path[0]: _with_entry(tree[path[0]], path[1:], name, value)}
+
+
+def _with_subtree(tree: Any, path: Path, value: Any) -> Any:
+    if not path:
+        return value
+    return {**tree, path[0]: _with_subtree(tree[path[0]], path[1:], value)}
 
 
 def _strip(tree: Any) -> Any:
@@ -110,12 +121,25 @@ def _sq_norms(tap: Tap, params: Any, state: Any, x: jax.Array, delta: jax.Array,
         return total
 
     def example_grad(x_i, delta_i):
-        _, pullback = jax.vjp(lambda p: tap.layer.apply(p, state, x_i[None], train=train)[0],
-                              params)
+        _, pullback = jax.vjp(
+            lambda p: tap.example_layer.apply(p, state, x_i[None], train=train)[0], params)
         return pullback(delta_i[None])[0]
 
     grads = jax.vmap(example_grad, axis_name=EXAMPLES)(x, delta)
     return sum(jnp.sum(jnp.square(g.reshape(batch, -1)), 1) for g in jax.tree.leaves(grads))
+
+
+def _weighted_grad(tap: Tap, params: Any, state: Any, x: jax.Array, delta: jax.Array,
+                   weights: jax.Array, train: bool) -> Any:
+    """The gradient of `sum_i weights[i] * loss_i` with respect to one layer's params.
+
+    Example i's loss reaches the layer only through row i of its output (the examples do not
+    interact), so that gradient is the layer's own pullback at its recorded input `x` of the
+    deltas scaled row by row: no second backward pass through the whole model.
+    """
+    rows = weights.reshape((-1,) + (1,) * (delta.ndim - 1)).astype(delta.dtype)
+    _, pullback = jax.vjp(lambda p: tap.layer.apply(p, state, x, train=train)[0], params)
+    return pullback(delta * rows)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +151,7 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
                        batch_norm: str | None = None, return_aux: bool = False) -> Any:
     """The mean of the per-example gradients, each clipped to norm `l2_norm_clip`, by ghost
     clipping: equal to `clip_and_aggregate(per_example_grads(...), l2_norm_clip)` at the cost
-    of about one forward and two backward passes, without forming a per-example gradient.
+    of about one forward and one backward pass, without forming a per-example gradient.
 
     The model is evaluated as one batch, so dropout draws its masks from `key` as a training
     step does (not the per-example keys of `per_example_grads`). BatchNorm in training mode
@@ -163,7 +187,7 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
             example_layer = batch_norm_twin(spec, rule, EXAMPLES)
         if not jax.tree.leaves(subtree(params, path)):
             return layer
-        taps.append(Tap(path, spec, example_layer))
+        taps.append(Tap(path, spec, layer, example_layer))
         return tapped(layer)
 
     twin = rebuild(model.spec, wrap)
@@ -182,17 +206,22 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
     _, (_, recorded) = jax.eval_shape(forward, params, {})
     shapes = {tap.path: subtree(recorded, tap.path)[OUTPUT] for tap in taps}
     probes = {path: jnp.zeros(s.shape, s.dtype) for path, s in shapes.items()}
-    losses, pullback, (outputs, new_state) = jax.vjp(forward, params, probes, has_aux=True)
+    losses, pullback, (outputs, new_state) = jax.vjp(lambda pr: forward(params, pr), probes,
+                                                     has_aux=True)
     weights = jnp.ones_like(losses) if mask is None else mask.astype(losses.dtype)
-    _, deltas = pullback(weights)
-    sq = sum(_sq_norms(tap, subtree(params, tap.path), subtree(state, tap.path),
-                       subtree(new_state, tap.path)[INPUT], deltas[tap.path], train)
-             for tap in taps)
+    (deltas,) = pullback(weights)
+    recorded = [(tap, subtree(params, tap.path), subtree(state, tap.path),
+                 subtree(new_state, tap.path)[INPUT], deltas[tap.path]) for tap in taps]
+    sq = sum(_sq_norms(tap, p, s, x_in, delta, train) for tap, p, s, x_in, delta in recorded)
     norms = jnp.sqrt(jnp.maximum(sq, 0.0)) if taps else jnp.zeros_like(losses)
     keep = weights > 0
     factors = jnp.where(keep, jnp.minimum(1.0, l2_norm_clip / jnp.where(norms > 0, norms, 1.0)),
                         0.0)
-    grads, _ = pullback(factors / jnp.maximum(jnp.sum(weights), 1.0))
+    scale = factors / jnp.maximum(jnp.sum(weights), 1.0)
+    grads = params  # every leaf is some tap's: each is replaced by its clipped mean gradient
+    for tap, p, s, x_in, delta in recorded:
+        grads = _with_subtree(grads, tap.path,
+                              _weighted_grad(tap, p, s, x_in, delta, scale, train))
     if not return_aux:
         return grads, norms
     return grads, norms, PerExampleAux(jnp.where(keep, losses, 0.0), outputs, _strip(new_state))
@@ -202,16 +231,67 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
 # DP-SGD.
 
 
+NOISE_BLOCK = 16  # the draw is padded to a multiple of this many entries (see gaussian_noise)
+
+
+def _uniform_from_words(words: jax.Array, dtype: Any) -> jax.Array:
+    """Floats uniform in `[-1 + ulp, 1)` from uniform `uint32` words, as `jax.random.uniform`
+    makes them: the top mantissa bits under exponent 0, minus one, scaled. 64-bit floats take
+    two words an entry (the first half of `words` gives the high bits), the others one."""
+    finfo = jnp.finfo(dtype)
+    bits, mantissa = finfo.bits, finfo.nmant
+    uint = jnp.dtype(f"uint{bits}")
+    if bits == 64:
+        high, low = jnp.split(words, 2)
+        words = (high.astype(uint) << np.uint64(32)) | low.astype(uint)
+    else:
+        words = (words >> np.uint32(32 - bits)).astype(uint)
+    one = np.array(1.0, dtype).view(uint)
+    floats = lax.bitcast_convert_type((words >> uint.type(bits - mantissa)) | one, dtype) - 1.0
+    low_end = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype))
+    width = (np.array(1.0, dtype) - low_end).astype(dtype)  # rounded in `dtype`, as JAX does
+    return jnp.maximum(low_end, floats * width + low_end)
+
+
+def standard_normal(key: jax.Array, size: int, dtype: Any = jnp.float32) -> jax.Array:
+    """`(size,)` independent `N(0, 1)` draws from `key`, a faster `jax.random.normal`.
+
+    The bits are Threefry-2x32 hashes (JAX's default generator) of the counters `0, 1, ...`
+    under a key pair drawn from `key`, both 32-bit words of every hash used, as
+    `jax.extend.random.threefry_2x32` lays them out. `jax.random.normal` (partitionable
+    Threefry, JAX's default) hashes once per word and XORs the hash's two words together: twice
+    the hashing. The words become normals by `jax.random.normal`'s own transform,
+    `sqrt(2) * erfinv(u)` for `u` uniform in `(-1, 1)` (every mantissa bit random). The draw is
+    padded to a multiple of `NOISE_BLOCK` entries: XLA's CPU loops over an odd number of
+    elements are not vectorized, and `jax.random.normal` of an odd size ran 10x slower.
+
+    Raises:
+        ValueError: for a draw of `2**32` words or more (the counters are 32-bit).
+    """
+    words_per_entry = 2 if jnp.finfo(dtype).bits == 64 else 1
+    padded = -(-size // NOISE_BLOCK) * NOISE_BLOCK
+    if padded * words_per_entry >= 2**32:
+        raise ValueError(f"cannot draw {size} normals of dtype {jnp.dtype(dtype).name} from one "
+                         f"key: the counters are 32-bit, at most 2**32 - 1 words")
+    pair = jax.random.bits(key, (2,), jnp.uint32)
+    words = threefry_2x32(pair, lax.iota(jnp.uint32, padded * words_per_entry))
+    normals = np.array(np.sqrt(2.0), dtype) * lax.erf_inv(_uniform_from_words(words, dtype))
+    return normals[:size]
+
+
 def gaussian_noise(key: jax.Array, tree: Any, std: jax.Array) -> Any:
     """`tree` plus independent `N(0, std^2)` noise on every entry, drawn from `key`.
 
-    One draw for the whole tree, cut into leaves: it compiles in half the time of a draw per
-    leaf. On CPU the draw costs about as much as a plain training step of the 784-512-512-10
-    MLP at batch 128 (it grows with the parameter count, not the batch).
+    One draw (`standard_normal`, in the leaves' common dtype) for the whole tree, cut into
+    leaves: it compiles in half the time of a draw per leaf. On CPU the draw of the
+    784-512-512-10 MLP's 670k parameters costs about half a plain training step at batch 128 (it
+    grows with the parameter count, not the batch).
     """
     leaves, treedef = jax.tree.flatten(tree)
+    if not leaves:
+        return tree
     sizes = [leaf.size for leaf in leaves]
-    noise = jax.random.normal(key, (sum(sizes),), jnp.result_type(*leaves))
+    noise = standard_normal(key, sum(sizes), jnp.result_type(*leaves))
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     return jax.tree.unflatten(treedef, [
         leaf + std * noise[start:start + leaf.size].reshape(leaf.shape).astype(leaf.dtype)

@@ -1,6 +1,8 @@
 """Ghost clipping and DP-SGD (`jdnn.ghost`): equal to the naive `vmap(grad)` route, norms and
 clipped mean gradients alike; the DP step's update, noise scale and reproducibility."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,8 @@ import optax
 import pytest
 
 import jdnn
-from jdnn.ghost import ghost_clipped_grad, make_dp_train_step, outer_sq_norms
+from jdnn.ghost import (_uniform_from_words, gaussian_noise, ghost_clipped_grad,
+                        make_dp_train_step, outer_sq_norms, standard_normal)
 from jdnn.vectorize import clip_and_aggregate, per_example_grads
 
 LOSS = jdnn.losses.softmax_cross_entropy
@@ -124,6 +127,20 @@ def test_outer_sq_norms_both_forms(x64, positions, k, o):
                                rtol=1e-12)
 
 
+def test_ghost_takes_one_backward_pass():
+    # The clipped mean comes from each layer's own pullback of its scaled deltas: as many matrix
+    # products as a plain gradient (forward, deltas, weight gradients), no second backward pass.
+    model = jdnn.serial(jdnn.Dense(16), jdnn.Relu(), jdnn.Dense(16), jdnn.Relu(), jdnn.Dense(3))
+    params, state, x, y = _setup(model, (8, 12))
+
+    def dots(fn):
+        return len(re.findall(r"= \S+ dot\(", jax.jit(fn).lower(params).compile().as_text()))
+
+    plain = jax.grad(lambda p: jnp.mean(LOSS(model.apply(p, state, x, train=True)[0], y)))
+    assert dots(lambda p: ghost_clipped_grad(model, LOSS, p, state, x, y,
+                                             l2_norm_clip=1.0)[0]) == dots(plain)
+
+
 def test_ghost_needs_a_batch_norm_rule_and_jdnn_layers():
     model = CASES["mlp_batch_stats"][0]()
     params, state, x, y = _setup(model, (B, 5))
@@ -198,3 +215,63 @@ def test_dp_step_rejects_bad_settings():
                            method="fast")
     with pytest.raises(ValueError, match="need l2_norm_clip > 0"):
         make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=0.0, noise_multiplier=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The noise.
+
+
+def _moments(z):
+    z = np.asarray(z, np.float64)
+    centred = z - z.mean()
+    var = np.mean(centred**2)
+    return z.mean(), var, np.mean(centred**3) / var**1.5, np.mean(centred**4) / var**2 - 3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_standard_normal_has_normal_statistics_on_a_large_draw(dtype):
+    n = 2_000_001  # odd: the draw is padded and cut
+    with jax.enable_x64(dtype == "float64"):
+        z = np.asarray(jax.jit(lambda k: standard_normal(k, n, dtype))(jax.random.key(7)))
+    assert z.shape == (n,) and z.dtype == np.dtype(dtype) and np.all(np.isfinite(z))
+    mean, var, skew, kurtosis = _moments(z)
+    tol = 5 / np.sqrt(n)  # five standard errors
+    assert abs(mean) < tol and abs(var - 1) < tol * np.sqrt(2)
+    assert abs(skew) < tol * np.sqrt(6) and abs(kurtosis) < tol * np.sqrt(24)
+    for k, tail in ((1, 0.31731), (2, 0.04550), (3, 0.0026998)):  # P(|z| > k)
+        assert abs(np.mean(np.abs(z) > k) - tail) < 5 * np.sqrt(tail / n)
+    # Neighbours, and the two words of one Threefry hash (entries i and i + half), uncorrelated.
+    half = (n + 15) // 16 * 8
+    for a, b in ((z[:-1], z[1:]), (z[:n - half], z[half:])):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(a.size)
+    if dtype == "float64":  # full precision: not float32 values in a float64 array
+        assert np.mean(z.astype(np.float32) != z) > 0.99
+
+
+def test_standard_normal_uses_jax_random_uniform_transform():
+    key = jax.random.key(3)
+    low = np.nextafter(np.float32(-1), np.float32(0))
+    words = jax.random.bits(key, (10_000,), jnp.uint32)
+    np.testing.assert_array_equal(_uniform_from_words(words, jnp.float32),
+                                  jax.random.uniform(key, (10_000,), jnp.float32, low, 1.0))
+
+
+def test_gaussian_noise_is_reproducible_from_the_key_and_fresh_for_each_key_and_leaf():
+    tree = {"w": jnp.zeros((300, 7)), "b": jnp.zeros((33,)), "c": jnp.zeros((5, 5, 3)),
+            "twins": [jnp.zeros((64, 64)), jnp.zeros((64, 64))]}
+    noise = jax.jit(lambda k: gaussian_noise(k, tree, 2.0))
+    first, again, other = noise(jax.random.key(1)), noise(jax.random.key(1)), noise(
+        jax.random.key(2))
+    chex.assert_trees_all_equal(first, again)
+    chex.assert_trees_all_equal_shapes_and_dtypes(first, tree)
+    flat = [np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)]) for t in (first, other)]
+    assert abs(np.std(flat[0]) / 2.0 - 1) < 0.05 and abs(np.mean(flat[0])) < 0.05
+    assert abs(np.corrcoef(*flat)[0, 1]) < 0.05  # another key: independent noise
+    twins = [np.ravel(a) for a in first["twins"]]
+    assert abs(np.corrcoef(*twins)[0, 1]) < 0.05  # leaves of one shape: not the same noise
+    assert gaussian_noise(jax.random.key(0), {}, 1.0) == {}
+
+
+def test_standard_normal_refuses_a_draw_past_its_32_bit_counters():
+    with pytest.raises(ValueError, match="counters are 32-bit"):
+        standard_normal(jax.random.key(0), 2**32)
