@@ -36,7 +36,7 @@ from jax import lax
 from jax.extend.random import threefry_2x32
 
 from jdnn.core import Layer, Spec
-from jdnn.train.state import TrainState
+from jdnn.train.state import DROPOUT, NOISE, TrainState, step_key
 from jdnn.train.step import Metric, masked_mean, resolve_metrics
 from jdnn.vectorize import (EXAMPLES, Loss, Path, PerExampleAux, batch_norm_twin, check_batch,
                             check_batch_norm_rule, clip_and_aggregate, per_example_grads, rebuild,
@@ -311,8 +311,9 @@ def dp_train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransfor
     metric_fns = resolve_metrics(metrics)
 
     def step(train_state: TrainState, x, y, mask=None):
-        key, dropout_key, noise_key = jax.random.split(train_state.key, 3)
-        common = dict(key=dropout_key, train=True, mask=mask, batch_norm=batch_norm)
+        noise_key = step_key(train_state, NOISE)
+        common = dict(key=step_key(train_state, DROPOUT), train=True, mask=mask,
+                      batch_norm=batch_norm)
         if method == "ghost":
             grads, norms, aux = ghost_clipped_grad(
                 model, loss, train_state.params, train_state.state, x, y,
@@ -331,7 +332,8 @@ def dp_train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransfor
                   "clipped": masked_mean((norms > l2_norm_clip).astype(aux.loss.dtype), mask),
                   "grad_norm": masked_mean(norms, mask)}
         report.update({name: fn(aux.outputs, y, mask) for name, fn in metric_fns.items()})
-        return TrainState(params, aux.state, opt_state, key, train_state.step + 1), report
+        return TrainState(params, aux.state, opt_state, train_state.key,
+                          train_state.step + 1), report
 
     return step
 
@@ -345,11 +347,11 @@ def make_dp_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransf
     Each example's gradient is clipped to L2 norm `l2_norm_clip`, the clipped gradients are
     averaged over the `n` examples `mask` keeps, Gaussian noise of standard deviation
     `noise_multiplier * l2_norm_clip / n` is added to every entry (Abadi et al., 2016), and the
-    result goes to `optimizer`. Dropout and noise keys are split from `train_state.key`, so a
-    run is reproducible from its key. One `jax.jit`; the incoming state is donated. (optax's
-    `contrib.differentially_private_aggregate` does the same aggregation but needs every
-    per-example gradient and keeps its own key in the optimizer state; the `"vmap"` method
-    clips through the optax function it is built on.)
+    result goes to `optimizer`. Dropout and noise keys are folded in from `train_state.key` and
+    the step count (`jdnn.train.state.step_key`), so a run is reproducible from its key. One
+    `jax.jit`; the incoming state is donated. (optax's `contrib.differentially_private_aggregate`
+    does the same aggregation but needs every per-example gradient and keeps its own key in the
+    optimizer state; the `"vmap"` method clips through the optax function it is built on.)
 
     The privacy accounting (epsilon for a number of steps and a sampling rate) is not done
     here; the noise is the Gaussian mechanism the accountants assume. Batch statistics leak
