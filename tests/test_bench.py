@@ -301,3 +301,151 @@ def test_run_lists_the_benchmarks(capsys):
 
     assert main(["--list"]) == 0
     assert capsys.readouterr().out.split() == list(NAMES)
+
+
+# --- the vmap section: per-example gradients, DP-SGD, ensembles, search ------------------------
+
+_NO_WAIT = compare.Settings(rounds=2, chunk_s=0.0, pause_s=0.0, max_steps=1, warm_s=0.0)
+
+
+def _tiny_context():
+    from jdnn.bench.context import Context
+
+    return Context(quick=True, settings=_NO_WAIT)
+
+
+def _tiny_digits():
+    return workloads.Workload("tiny_digits", "mlp", hidden=(8,), example_shape=(64,), batch=8,
+                              batches=3, data="digits")
+
+
+def test_ghost_clipping_matches_naive_clipping_in_the_check():
+    from jdnn.bench import dp_sgd
+
+    check = dp_sgd.ghost_vs_naive(_tiny_mlp())
+    assert check["ok"] and check["grads_max_relative_difference"] < dp_sgd.TOLERANCE
+    assert check["norms_max_relative_difference"] < dp_sgd.TOLERANCE
+    assert 0.0 < check["clipped_fraction"] < 1.0  # the clip norm binds for some examples only
+
+
+def test_max_relative_difference_is_leafwise():
+    from jdnn.bench.dp_sgd import max_relative_difference
+
+    a = {"w": np.array([1.0, 2.0]), "b": np.array([10.0])}
+    b = {"w": np.array([1.0, 2.2]), "b": np.array([10.0])}
+    assert max_relative_difference(b, a) == pytest.approx(0.1)
+    assert max_relative_difference(a, a) == 0.0
+
+
+def test_spread_picks_sequential_fits_across_the_grid():
+    from jdnn.bench.fits import spread
+
+    assert spread(1) == [0] and spread(2) == [0, 15] and spread(16) == list(range(16))
+    assert spread(4) == [0, 5, 10, 15]
+    with pytest.raises(ValueError, match="count"):
+        spread(0)
+
+
+def test_end_to_end_scales_the_sampled_sequential_fits():
+    from jdnn.bench import fits
+
+    calls = []
+    result = fits.end_to_end(lambda: calls.append("v"), lambda idx: calls.append(list(idx)),
+                             fits.Plan(epochs=1, rounds=3, fits=2), pause_s=0.0)
+    assert calls.count("v") == 4 and calls.count([0, 15]) == 3  # warm-ups: one each
+    assert [0] in calls
+    assert result["sequential_scale"] == 8 and result["sequential_fits_timed"] == [0, 15]
+    assert set(result["sides"]) == {"vectorized", "sequential"}
+    assert len(result["raw_seconds"]["sequential"]) == 3
+    assert set(result["compile"]["sequential"]) == {"compile_s", "trace_s", "lower_s"}
+
+
+def test_search_sides_train_with_the_public_api():
+    import jdnn
+    from jdnn.bench import fits
+
+    (x, y), (tx, ty) = jdnn.data.digits()
+    vectorized, sequential = fits.search_sides((x[:64], y[:64]), (tx[:32], ty[:32]),
+                                               fits.Plan(epochs=1, rounds=1, fits=1))
+    vectorized()
+    sequential([15])
+
+
+def _vmap_targets(**values):
+    from jdnn.bench import vectorized
+
+    def timed(side, ratio):
+        return {"sides": {side: {"ratio": {"median": ratio, "q1": ratio, "q3": ratio}}},
+                "sequential_scale": 1}
+
+    results = {"dp_sgd_b128": timed("dp_ghost", values["dp"]),
+               "ghost_vs_naive_b128": {"grads_max_relative_difference": values["ghost"],
+                                       "batch": 128, "clipped_fraction": 0.5},
+               "ensemble_end_to_end": timed("sequential", values["ensemble"])}
+    return {t["key"]: t for t in vectorized.targets_for(results, {"search_end_to_end": "boom"})}
+
+
+def test_vmap_targets_get_verdicts_from_given_numbers():
+    good = _vmap_targets(dp=2.0, ghost=3e-7, ensemble=12.0)
+    assert [good[k]["status"] for k in ("dp_sgd/b128", "ghost_equals_naive/b128",
+                                        "ensemble_vs_sequential")] == [targets.PASS] * 3
+    assert good["search_vs_sequential"]["status"] == targets.SKIP
+    assert "boom" in good["search_vs_sequential"]["note"]
+    bad = _vmap_targets(dp=3.5, ghost=1e-3, ensemble=4.0)
+    assert [bad[k]["status"] for k in ("dp_sgd/b128", "ghost_equals_naive/b128",
+                                       "ensemble_vs_sequential")] == [targets.MISS] * 3
+
+
+def test_vmap_section_runs_at_tiny_size_and_reports(tmp_path, monkeypatch):
+    from jdnn.bench import dp_sgd, fits, vectorized
+
+    def broken():
+        raise RuntimeError("an API changed")
+
+    def tiny_parts(ctx):
+        return {
+            "per_example_b4": lambda: vectorized.per_example(ctx, _tiny_mlp()),
+            "dp_sgd_b128": lambda: dp_sgd.steps(ctx, _tiny_mlp()),
+            "ghost_vs_naive_b128": lambda: dp_sgd.ghost_vs_naive(_tiny_mlp()),
+            "ensemble": lambda: vectorized.ensemble(ctx, _tiny_digits()),
+            "ensemble_end_to_end": lambda: {
+                "description": "fake", "labels": {"vectorized": "v", "sequential": "s"},
+                **fits.end_to_end(lambda: None, lambda idx: None, fits.Plan(1, 2, 4),
+                                  pause_s=0.0)},
+            "search_end_to_end": broken}
+
+    monkeypatch.setattr(vectorized, "parts", tiny_parts)
+    payload = vectorized.run(_tiny_context())
+    results = payload["results"]
+    assert set(results["dp_sgd_b128"]["sides"]) == {"plain", "dp_ghost", "dp_ghost_no_noise",
+                                                    "dp_vmap"}
+    assert set(results["per_example_b4"]["sides"]) == {"batched_grad", "vmap_grad",
+                                                       "jdnn_per_example_grads"}
+    assert set(results["ensemble"]["sides"]) == {"sequential_16_epochs", "vmap_epoch_fn_16"}
+    assert all("compile_s" in c for c in results["dp_sgd_b128"]["compile"].values())
+    assert "RuntimeError: an API changed" in payload["failed"]["search_end_to_end"]
+    verdicts = {t["key"]: t["status"] for t in payload["targets"]}
+    assert verdicts["ghost_equals_naive/b128"] == targets.PASS
+    assert verdicts["search_vs_sequential"] == targets.SKIP
+
+    report.write_result(tmp_path, "vectorized", {"name": "vectorized", "mode": "quick",
+                                                 "seconds": 1.0, "machine": {
+                                                     "cpu_count": 2, "load_average": None},
+                                                 **payload})
+    md = report.write_report(tmp_path).read_text()
+    assert "| plain |" in md and "| dp_vmap |" in md and "| vectorized | v |" in md
+    assert "ghost-clipped gradient = naive vmap(grad) clipping" in md
+    assert "search_end_to_end: FAILED" in md
+    for line in md.splitlines():
+        assert not line.startswith("|") or line.count("|") >= 3
+
+
+def test_run_marks_a_benchmark_with_failed_parts(tmp_path, monkeypatch):
+    from jdnn.bench import machine, run
+
+    monkeypatch.setattr(machine, "limits", lambda **kw: {"gemm_peak_gflops": 1.0,
+                                                         "bandwidth_gbs": {"median": 1.0}})
+    monkeypatch.setattr(run, "_benchmarks", lambda: {"vectorized": lambda ctx: {
+        "results": {}, "targets": [], "failed": {"search_end_to_end": "boom"}}})
+    assert run.main(["--quick", "--only", "vectorized", "--out", str(tmp_path)]) == 1
+    assert json.loads((tmp_path / "vectorized.json").read_text())["failed"]

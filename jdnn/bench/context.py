@@ -12,7 +12,7 @@ class Context:
     """Shared by the benchmarks of one run.
 
     Attributes:
-        quick: the ~2-minute subset (fewer workloads, rounds and shorter chunks).
+        quick: the ~3-4-minute subset (fewer workloads, rounds and shorter chunks).
         settings: rounds, chunk length and pause for `compare`.
         limits: the machine's GEMM peak and bandwidth (from `machine.limits`), once measured.
     """

@@ -1,7 +1,7 @@
 """`jdnn bench` / `python benchmarks/run.py`: run the benchmark suite and write its report.
 
     python benchmarks/run.py              # everything (~15-20 minutes on 2 cores)
-    python benchmarks/run.py --quick      # the ~2-3-minute subset
+    python benchmarks/run.py --quick      # the ~3-4-minute subset
     python benchmarks/run.py --only mlp --only small
     python benchmarks/run.py --list
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jdnn bench", description="Benchmarks jdnn against raw JAX, the NumPy backprop "
         "reference, Flax, Equinox and PyTorch, and against the machine's GEMM peak.")
     parser.add_argument("--quick", action="store_true",
-                        help="the ~2-minute subset: fewer workloads, rounds and sweep points")
+                        help="the ~3-4-minute subset: fewer workloads, rounds and sweep points")
     parser.add_argument("--only", action="append", choices=NAMES, metavar="NAME",
                         help=f"run only this benchmark (repeatable): {', '.join(NAMES)}")
     parser.add_argument("--out", type=pathlib.Path,
@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         info["load_average_end"] = machine.load_average()
         report.write_result(args.out, name, {"name": name, "mode": mode, "machine": info,
                                              "seconds": time.perf_counter() - start, **payload})
+        if payload.get("failed"):  # parts that raised; the rest was written
+            print(f"  FAILED parts: {', '.join(payload['failed'])}", file=sys.stderr, flush=True)
+            failed.append(name)
     path = report.write_report(args.out)
     _print_targets(args.out)
     print(f"wrote {path} in {time.perf_counter() - began:.0f} s", flush=True)

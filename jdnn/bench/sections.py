@@ -10,7 +10,8 @@ TITLES = {"machine": "The machine and its limits", "correctness": "Correctness (
           "mlp": "MLP 784-512-512-10: every side", "cnn": "MNIST-shaped CNN: every side",
           "small": "Small nets: the scan-fused epoch and the fixed overhead",
           "convergence": "Time to 97% test accuracy on digits",
-          "compilation": "Compilation", "scaling": "Scaling", "vectorized": "vmap workloads",
+          "compilation": "Compilation", "scaling": "Scaling",
+          "vectorized": "vmap workloads: per-example gradients, DP-SGD, ensembles, search",
           "diagnostics": "Diagnostics behind the findings"}
 
 
@@ -153,20 +154,79 @@ def scaling(folder: pathlib.Path, payload: dict) -> list[str]:
     return lines + (["", f"![scaling]({png.name})"] if png else [])
 
 
+def _compile_s(r: dict, side: str) -> float | None:
+    """A side's compile seconds: `compare`'s, an end-to-end median, or an older payload's first
+    call."""
+    entry = r.get("compile", {}).get(side)
+    if isinstance(entry, dict) and "compile_s" in entry:
+        value = entry["compile_s"]
+        return value["median"] if isinstance(value, dict) else value
+    return r.get("first_call_s", {}).get(side)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def _vmap_timing(name: str, r: dict) -> list[str]:
+    """A per-call table: per-example gradients, DP-SGD steps, the ensemble's epochs."""
+    unit = r.get("unit", "call")
+    about = [r.get("description"), r.get("rounds") and f"{r['rounds']} rounds",
+             r.get("baseline") and f"ratio = side / {r['baseline']} within each round"]
+    lines = [f"**{name}**: " + "; ".join(a for a in about if a) + ".", "",
+             f"| side | ms per {unit} median [IQR] | ratio [IQR] | compile s | calls/chunk |",
+             "|---|---|---|---|---|"]
+    for side, e in r["sides"].items():
+        lines.append(f"| {side} | {_ms(e['seconds'])} | {_ratio(e.get('ratio'))} | "
+                     f"{_seconds(_compile_s(r, side))} | "
+                     f"{r.get('steps_per_chunk', {}).get(side, '')} |")
+    lines += [f"| {side} | skipped: {why} | | | |" for side, why in r.get("skipped", {}).items()]
+    if "end_to_end" in r:  # older payloads: one untimed-rounds pass, full run only
+        e = r["end_to_end"]
+        lines += ["", f"End to end, {e['epochs']} epochs: " + ", ".join(
+            f"{k} {v:.2f} s" for k, v in e["seconds"].items()) + f"; speed-up {e['speedup']:.2f}x"]
+    return lines + [""]
+
+
+def _vmap_end_to_end(name: str, r: dict) -> list[str]:
+    scaled = "" if r["sequential_scale"] == 1 else (
+        f" The sequential side timed fits {r['sequential_fits_timed']} of the {r['members']} "
+        f"per round, its time scaled x{r['sequential_scale']:g}.")
+    lines = [f"**{name}**: {r['description']}; {r['rounds']} rounds; persistent compilation "
+             f"cache {r['persistent_cache']}; ratio = side / vectorized within each round (the "
+             f"sequential side's ratio is the speed-up).{scaled}", "",
+             f"| side | what | s per {r['unit']} median [IQR] | ratio [IQR] | of which XLA "
+             "compile s | trace + lower s |", "|---|---|---|---|---|---|"]
+    for side, e in r["sides"].items():
+        c, s = r["compile"][side], e["seconds"]
+        lines.append(f"| {side} | {r['labels'][side]} | {s['median']:.3g} [{s['q1']:.3g}-"
+                     f"{s['q3']:.3g}] | {_ratio(e.get('ratio'))} | {c['compile_s']['median']:.2f}"
+                     f" | {c['trace_s']['median'] + c['lower_s']['median']:.2f} |")
+    return lines + [""]
+
+
+def _ghost_check(name: str, r: dict) -> list[str]:
+    return [f"**{name}**: `jdnn.ghost_clipped_grad` against `jdnn.clip_and_aggregate("
+            f"jdnn.per_example_grads(...))`, {r['description']}, {r['dtype']}; max relative "
+            "difference = max |ghost - naive| / max |naive|, leaf by leaf.", "",
+            "| clip norm | clipped | gradient max rel. diff | norms max rel. diff | tolerance "
+            "| ok |", "|---|---|---|---|---|---|",
+            f"| {r['l2_norm_clip']:.4g} | {r['clipped_fraction']:.0%} | "
+            f"{r['grads_max_relative_difference']:.2e} | "
+            f"{r['norms_max_relative_difference']:.2e} | {r['tolerance']:g} | {r['ok']} |", ""]
+
+
 def vectorized(payload: dict) -> list[str]:
     lines = []
     for name, r in payload["results"].items():
-        base = "batched_grad" if "batched_grad" in r["sides"] else "sequential_16_epochs"
-        cells = [f"{side} {_ms(e['seconds'])} ms (x{e['ratio']['median']:.3g})"
-                 for side, e in r["sides"].items()]
-        lines.append(f"- {name} (ratios vs {base}): " + "; ".join(cells))
-        for side, why in r.get("skipped", {}).items():
-            lines.append(f"  - {side}: skipped, {why}")
-        if "end_to_end" in r:
-            e = r["end_to_end"]
-            lines.append(f"  - end to end, {e['epochs']} epochs: " + ", ".join(
-                f"{k} {v:.2f} s" for k, v in e["seconds"].items())
-                + f"; speed-up {e['speedup']:.2f}x")
+        if "grads_max_relative_difference" in r:
+            lines += _ghost_check(name, r)
+        elif "sequential_scale" in r:
+            lines += _vmap_end_to_end(name, r)
+        else:
+            lines += _vmap_timing(name, r)
+    for name, why in payload.get("failed", {}).items():
+        lines.append(f"- {name}: FAILED, {why}")
     return lines
 
 

@@ -60,4 +60,4 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{100 * value:.0f}%"
     if unit in ("us", "s", "ms"):
         return f"{value:.3g} {unit}"
-    return f"{value:g}"
+    return f"{value:.3g}"

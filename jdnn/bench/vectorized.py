@@ -1,50 +1,60 @@
-"""vmap workloads: per-example gradients against batched gradients, and an ensemble of 16 MLPs
-trained in one program against 16 sequential trainings.
+"""vmap workloads: per-example gradients, DP-SGD, ensembles and vectorized search.
 
-jdnn's own API for these is `jdnn.vectorize.per_example_grads` and `jdnn.ensemble.fit_ensemble`;
-where this jdnn lacks one, its side is reported as skipped ("needs jdnn.vectorize..."), while
-the plain-JAX baselines are still measured: `jax.vmap(jax.grad)` per example, and `jax.vmap` of
-jdnn's pure epoch (`jdnn.train.epoch_fn`) over 16 train states against 16 sequential epochs
-(compute only). The full run also times `fit_ensemble(size=16)` end to end against 16 `fit`s.
-(`benchmarks/vectorized.py` and `benchmarks/dp_sgd.py` go deeper: search, ghost clipping.)
+- `per_example_b<B>`: `jdnn.per_example_grads` and a plain `jax.vmap(jax.grad)` over batches of
+  one against the batched gradient (784-512-512-10 MLP; batch 32, and 128 in the full run).
+- `dp_sgd_b<B>`: a DP-SGD step (ghost clipping, with and without the noise; naive `vmap` clipping)
+  against a plain step (`jdnn.bench.dp_sgd`; batch 128, and 32 in the full run), and
+  `ghost_vs_naive_b128`: ghost clipping's gradient against the naive one, same run.
+- `ensemble`: `jax.vmap` of jdnn's pure epoch (`jdnn.train.epoch_fn`) over 16 digits MLPs
+  against 16 epochs one after another: the compute alone, compiled once each.
+- `ensemble_end_to_end`, `search_end_to_end`: `fit_ensemble(size=16)` and a 16-configuration
+  `search` against 16 `jdnn.fit` calls, as a user runs them (`jdnn.bench.fits`).
+
+Everything is timed like the rest of the suite (`compare`: warm-up, interleaved rounds, medians
+and IQRs, compile time apart). A part that raises is reported in the payload's `failed` (and
+the run's exit status) without losing the others. The targets (issue 6) are in `targets_for`.
 """
 
 from __future__ import annotations
 
-import importlib
-import time
+import sys
+import traceback
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from jdnn.bench import timing
+import jdnn
+from jdnn.bench import dp_sgd, fits, targets
+from jdnn.bench.compare import compare
 from jdnn.bench.context import Context
 from jdnn.bench.sides import jdnn_side
-from jdnn.bench.workloads import digits_mlp, make_problem, mlp
+from jdnn.bench.sides.base import Runner
+from jdnn.bench.workloads import Workload, digits_mlp, make_problem, mlp
 from jdnn.train import epoch_fn, make_epoch
 from jdnn.train.fit import epoch_orders
 from jdnn.train.step import masked_mean, train_step_fn
 
 ENSEMBLE = 16
-END_TO_END_EPOCHS = 5
+DP_RATIO, SPEEDUP = 3.0, 5.0
 
 
-def jdnn_function(module: str, name: str):
-    """`(jdnn.<module>.<name>, "")` if this jdnn has it, else `(None, why)`."""
-    try:
-        found = getattr(importlib.import_module(f"jdnn.{module}"), name, None)
-    except ImportError:
-        found = None
-    why = "" if found is not None else f"needs jdnn.{module}.{name} (not in this jdnn yet)"
-    return found, why
+def _calls(fn: Callable) -> Runner:
+    """A runner that calls `fn()` `n` times and blocks on the last result."""
+
+    def run(n: int) -> None:
+        out = None
+        for _ in range(n):
+            out = fn()
+        jax.block_until_ready(out)
+
+    return Runner(run, dict)
 
 
-def _block(fn):
-    return lambda *a: jax.block_until_ready(fn(*a))
-
-
-def per_example(ctx: Context, batch: int) -> dict:
-    problem = make_problem(mlp(batch))
+def per_example(ctx: Context, w: Workload) -> dict:
+    """Per-example gradients (jdnn's, and `vmap(grad)` over batches of one) against the batched
+    gradient of the mean loss, on the same parameters and batch (the benchmark's: `mlp(B)`)."""
+    problem = make_problem(w)
     model, loss = problem.model, jdnn_side.loss_fn(problem.workload)
     params = jax.tree.map(jnp.asarray, problem.params)
     x, y = (jnp.asarray(a) for a in problem.batch(0))
@@ -56,92 +66,110 @@ def per_example(ctx: Context, batch: int) -> dict:
     batched = jax.jit(jax.grad(objective))
     naive = jax.jit(jax.vmap(lambda p, xi, yi: jax.grad(objective)(p, xi[None], yi[None]),
                              in_axes=(None, 0, 0)))
-    calls = {"batched_grad": lambda: batched(params, x, y),
-             "vmap_grad": lambda: naive(params, x, y)}
-    fn, why = jdnn_function("vectorize", "per_example_grads")
-    if fn is not None:
-        calls["jdnn_per_example_grads"] = lambda: fn(model, loss, params, problem.state, x, y)
-    compiled = {name: timing.first_call(_block(call)) for name, call in calls.items()}
-    variants = [timing.Variant(name, _block(call)) for name, call in calls.items()]
-    times = timing.interleave(variants, ctx.settings.rounds, pause_s=ctx.settings.pause_s)
-    return {"batch": batch, "sides": timing.table(times, "batched_grad"),
-            "first_call_s": compiled, "skipped": {} if fn else {"jdnn_per_example_grads": why}}
+    jdnn_grads = jax.jit(lambda p, x, y: jdnn.per_example_grads(model, loss, p, problem.state,
+                                                                x, y))
+    runners = {"batched_grad": _calls(lambda: batched(params, x, y)),
+               "vmap_grad": _calls(lambda: naive(params, x, y)),
+               "jdnn_per_example_grads": _calls(lambda: jdnn_grads(params, x, y))}
+    result = compare(problem, [], baseline="batched_grad", settings=ctx.settings, extra=runners)
+    return {**result, "batch": w.batch, "unit": "gradient of the batch"}
 
 
-def ensemble(ctx: Context) -> dict:
-    problem = make_problem(digits_mlp())
+def ensemble(ctx: Context, w: Workload | None = None) -> dict:
+    """16 epochs of `w` (default: the digits MLP): one `vmap`ped, compiled epoch against 16
+    calls of `fit`'s compiled epoch (each compiled once before the rounds: the compute alone)."""
+    problem = make_problem(w or digits_mlp())
     w = problem.workload
     step = train_step_fn(problem.model, jdnn_side.loss_fn(w), jdnn_side.optimizer(w))
     x, y = jnp.asarray(problem.x), jnp.asarray(problem.y)
     keys = jax.random.split(jax.random.key(0), ENSEMBLE)
 
     def fresh(key):
-        ts = jdnn_side.train_state(problem)
-        return ts._replace(key=key)
+        return jdnn_side.train_state(problem)._replace(key=key)
 
     one = make_epoch(step, w.batch)
     many = jax.jit(jax.vmap(epoch_fn(step, w.batch), in_axes=(0, None, None, 0)),
                    donate_argnums=0)
-    states = {"sequential": [fresh(k) for k in keys],
-              "vmapped": jax.vmap(fresh)(keys)}
+    states = {"sequential": [fresh(k) for k in keys], "vmapped": jax.vmap(fresh)(keys)}
 
-    def sequential():
-        states["sequential"] = [one(ts, x, y, epoch_orders(ts, w.examples))[0]
-                                for ts in states["sequential"]]
+    def sequential(n: int) -> None:
+        for _ in range(n):
+            states["sequential"] = [one(ts, x, y, epoch_orders(ts, w.examples))[0]
+                                    for ts in states["sequential"]]
         jax.block_until_ready(states["sequential"])
 
-    def vmapped():
-        ts = states["vmapped"]
-        states["vmapped"] = jax.block_until_ready(many(ts, x, y, epoch_orders(ts, w.examples))[0])
+    def vmapped(n: int) -> None:
+        for _ in range(n):
+            ts = states["vmapped"]
+            states["vmapped"] = many(ts, x, y, epoch_orders(ts, w.examples))[0]
+        jax.block_until_ready(states["vmapped"])
 
-    calls = {"sequential_16_epochs": sequential, "vmap_epoch_fn_16": vmapped}
-    compiled = {name: timing.first_call(call) for name, call in calls.items()}
-    times = timing.interleave([timing.Variant(n, c) for n, c in calls.items()],
-                              ctx.settings.rounds, pause_s=ctx.settings.pause_s)
-    result = {"members": ENSEMBLE, "workload": w.describe(),
-              "sides": timing.table(times, "sequential_16_epochs"), "first_call_s": compiled,
-              "skipped": {}}
-    fit_ensemble, why = jdnn_function("ensemble", "fit_ensemble")
-    if fit_ensemble is None:
-        result["skipped"]["fit_ensemble_end_to_end"] = why
-    elif ctx.quick:
-        result["skipped"]["fit_ensemble_end_to_end"] = "full run only (16 fits compile 16 times)"
-    else:
-        result["end_to_end"] = end_to_end(problem, fit_ensemble)
-    return result
+    runners = {"sequential_16_epochs": Runner(sequential, dict),
+               "vmap_epoch_fn_16": Runner(vmapped, dict)}
+    result = compare(problem, [], baseline="sequential_16_epochs", settings=ctx.settings,
+                     extra=runners)
+    return {**result, "members": ENSEMBLE, "unit": f"{ENSEMBLE} member-epochs"}
 
 
-def end_to_end(problem, fit_ensemble) -> dict:
-    """`fit_ensemble(size=16)` against 16 `jdnn.fit` calls, as a user runs them (compiling)."""
-    import jdnn
+def parts(ctx: Context) -> dict[str, Callable[[], dict]]:
+    """The measurements of this run, by result key, in the order they run."""
+    out = {}
+    for batch in (32,) if ctx.quick else (32, 128):
+        out[f"per_example_b{batch}"] = lambda b=batch: per_example(ctx, mlp(b))
+    for batch in (128,) if ctx.quick else (32, 128):
+        out[f"dp_sgd_b{batch}"] = lambda b=batch: dp_sgd.steps(ctx, mlp(b, "sgd"))
+    out["ghost_vs_naive_b128"] = lambda: dp_sgd.ghost_vs_naive(mlp(128, "sgd"))
+    out["ensemble"] = lambda: ensemble(ctx)
+    out["ensemble_end_to_end"] = lambda: fits.run_one("ensemble", ctx)
+    out["search_end_to_end"] = lambda: fits.run_one("search", ctx)
+    return out
 
-    w = problem.workload
-    kw = dict(loss=jdnn_side.loss_fn(w), optimizer=jdnn_side.optimizer(w),
-              epochs=END_TO_END_EPOCHS, batch_size=w.batch, progress=False)
-    data = (problem.x, problem.y)
 
-    def together():
-        jax.block_until_ready(fit_ensemble(problem.model, data, size=ENSEMBLE, key=0, **kw)[0])
+def _sides_ratio(results: dict, key: str, side: str) -> dict | None:
+    return results.get(key, {}).get("sides", {}).get(side, {}).get("ratio")
 
-    def one_by_one():
-        for k in range(ENSEMBLE):
-            jax.block_until_ready(jdnn.fit(problem.model, data, key=k, **kw)[0])
 
-    seconds = {}
-    for name, fn in (("fit_ensemble_16", together), ("fit_x16", one_by_one)):
-        began = time.perf_counter()
-        fn()
-        seconds[name] = time.perf_counter() - began
-    return {"epochs": END_TO_END_EPOCHS, "seconds": seconds,
-            "speedup": seconds["fit_x16"] / seconds["fit_ensemble_16"]}
+def targets_for(results: dict, failed: dict | None = None) -> list[dict]:
+    """Issue 6's targets from this section's results (SKIP where a part did not run)."""
+    failed = failed or {}
+
+    def why(key: str) -> str:
+        return f"failed: {failed[key]}" if key in failed else ""
+
+    out = [targets.from_ratio(
+        "dp_sgd/b128", f"DP-SGD step (ghost clipping + noise) <= {DP_RATIO:g}x a plain step, "
+        "batch 128, MLP 784-512-512-10", _sides_ratio(results, "dp_sgd_b128", "dp_ghost"),
+        DP_RATIO, "<=", note=why("dp_sgd_b128"))]
+    check = results.get("ghost_vs_naive_b128")
+    note = why("ghost_vs_naive_b128") or (
+        "" if check is None else f"float32, batch {check['batch']}, "
+        f"{check['clipped_fraction']:.0%} of the examples clipped")
+    out.append(targets.check(
+        "ghost_equals_naive/b128", "ghost-clipped gradient = naive vmap(grad) clipping "
+        "(max relative difference)",
+        None if check is None else check["grads_max_relative_difference"],
+        dp_sgd.TOLERANCE, "<=", unit="", note=note))
+    for key, text in (("ensemble_end_to_end", f"ensemble of {fits.MEMBERS} (fit_ensemble)"),
+                      ("search_end_to_end", f"{fits.MEMBERS}-configuration search")):
+        r = results.get(key, {})
+        note = why(key)
+        if r.get("sequential_scale", 1) != 1:
+            note = (f"{len(r['sequential_fits_timed'])} of the {fits.MEMBERS} sequential fits "
+                    f"timed per round, scaled x{r['sequential_scale']:g}")
+        out.append(targets.from_ratio(
+            f"{key.split('_')[0]}_vs_sequential",
+            f"{text} >= {SPEEDUP:g}x faster than {fits.MEMBERS} sequential fits, end to end",
+            _sides_ratio(results, key, "sequential"), SPEEDUP, ">=", note=note))
+    return out
 
 
 def run(ctx: Context) -> dict:
-    results = {}
-    for batch in (32,) if ctx.quick else (32, 128):
-        print(f"  per-example gradients, batch {batch}", flush=True)
-        results[f"per_example_b{batch}"] = per_example(ctx, batch)
-    print(f"  ensemble of {ENSEMBLE} digits MLPs", flush=True)
-    results["ensemble"] = ensemble(ctx)
-    return {"results": results, "targets": []}
-
+    results, failed = {}, {}
+    for key, measure in parts(ctx).items():
+        print(f"  {key}", flush=True)
+        try:
+            results[key] = measure()
+        except Exception as error:  # one broken part must not lose the others
+            traceback.print_exc(file=sys.stderr)
+            failed[key] = f"{type(error).__name__}: {error}"
+    return {"results": results, "targets": targets_for(results, failed), "failed": failed}

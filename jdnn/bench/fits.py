@@ -1,0 +1,176 @@
+"""Vectorized training against sequential training, end to end: an ensemble of 16 and a
+16-configuration search, each against 16 `jdnn.fit` calls, on scikit-learn's digits (MLP
+64-128-10, Adam, batch 32, validation on the test split every epoch).
+
+  ensemble  `jdnn.fit_ensemble(size=16)` against `jdnn.fit` with each member's key
+            (`jdnn.ensemble.ensemble_keys`), which trains that member identically
+  search    `jdnn.search` over 16 configurations of one structure (4 learning rates x 2 L2
+            strengths x 2 dropout rates) against `jdnn.fit` per configuration (a fixed-rate
+            `jdnn.Dropout`, `jdnn.regularizers.penalty(l2=...)`, the trial's key)
+
+As a user runs them: each `jdnn.fit` compiles its epoch (new closures every call), each
+`fit_ensemble` / `search` call compiles its one program. JAX's persistent compilation cache is
+off while they run (a script's `fit` calls do not use it; `jdnn bench` turns it on for the
+rest of the suite), so a repeated fit compiles again instead of fetching. One untimed call of
+each side first fills what is cached across calls (eager initializers, the evaluator); then the
+sides alternate in rounds, and the XLA compile time inside every timed call is recorded apart
+(`jax.monitoring`). The quick run times `fits` of the 16 sequential fits per round, spread
+over the members or the grid, and scales their time by 16 / `fits`: every fit compiles and
+trains the same amount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import optax
+
+import jdnn
+from jdnn.bench import timing
+from jdnn.bench.compilation import Recorder
+from jdnn.bench.context import Context
+from jdnn.ensemble import ensemble_keys
+from jdnn.search import grid
+
+MEMBERS, WIDTH, BATCH, LEARNING_RATE = 16, 128, 32, 1e-3
+SPACE = {"learning_rate": [3e-4, 1e-3, 3e-3, 1e-2], "l2": [0.0, 1e-4], "dropout": [0.0, 0.2]}
+LOSS = jdnn.losses.softmax_cross_entropy
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How much to run: epochs per fit, rounds, sequential fits timed per round (of 16)."""
+
+    epochs: int
+    rounds: int
+    fits: int
+
+
+QUICK, FULL = Plan(epochs=5, rounds=2, fits=2), Plan(epochs=10, rounds=3, fits=MEMBERS)
+
+
+def spread(count: int, total: int = MEMBERS) -> list[int]:
+    """`count` indices spread evenly over `range(total)`, the first and the last included."""
+    if not 1 <= count <= total:
+        raise ValueError(f"count must be in [1, {total}], got {count}")
+    return sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+@contextlib.contextmanager
+def no_persistent_cache():
+    """JAX's persistent compilation cache off inside (as in a script that never turns it on);
+    restored on exit. Yields whether it was on before."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    was = bool(jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir)
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        yield was
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        compilation_cache.reset_cache()
+
+
+def mlp(dropout: jdnn.Layer | None = None) -> jdnn.Layer:
+    middle = [] if dropout is None else [dropout]
+    return jdnn.serial(jdnn.Dense(WIDTH), jdnn.Relu(), *middle, jdnn.Dense(10))
+
+
+def _common(plan: Plan, test) -> dict:
+    return dict(loss=LOSS, epochs=plan.epochs, batch_size=BATCH, validation_data=test,
+                progress=False)
+
+
+def ensemble_sides(data, test, plan: Plan) -> tuple[Callable, Callable[[Sequence[int]], None]]:
+    """`(vectorized(), sequential(members))`: fit_ensemble of 16, and `fit` per member."""
+    common, model, keys = _common(plan, test), mlp(), ensemble_keys(0, MEMBERS)
+
+    def vectorized():
+        states, _ = jdnn.fit_ensemble(model, data, size=MEMBERS,
+                                      optimizer=optax.adam(LEARNING_RATE), key=0, **common)
+        jax.block_until_ready(states)
+
+    def sequential(members):
+        for i in members:
+            ts, _ = jdnn.fit(model, data, optimizer=optax.adam(LEARNING_RATE), key=keys[i],
+                             **common)
+            jax.block_until_ready(ts)
+
+    return vectorized, sequential
+
+
+def search_sides(data, test, plan: Plan) -> tuple[Callable, Callable[[Sequence[int]], None]]:
+    """`(vectorized(), sequential(trials))`: `jdnn.search` of the grid, and `fit` per trial."""
+    common, configs = _common(plan, test), grid(SPACE)
+    trial_key = jax.random.fold_in(jax.random.key(0), 0)  # search(key=0), a trial of seed 0
+
+    def vectorized():
+        result = jdnn.search(lambda: mlp(jdnn.Dropout(0.0, rate_in_state=True)), data, SPACE,
+                             key=0, restore_best=False, **common)
+        jax.block_until_ready(result.best_train_state)
+
+    def sequential(trials):
+        for t in trials:
+            c = configs[t]
+            ts, _ = jdnn.fit(mlp(jdnn.Dropout(c["dropout"])), data,
+                             optimizer=optax.adam(c["learning_rate"]),
+                             penalty=jdnn.regularizers.penalty(l2=c["l2"]), key=trial_key,
+                             **common)
+            jax.block_until_ready(ts)
+
+    return vectorized, sequential
+
+
+def end_to_end(vectorized: Callable, sequential: Callable, plan: Plan, *,
+               pause_s: float = 0.05) -> dict:
+    """Times both sides in `plan.rounds` alternating rounds; the sequential side's time is that
+    of `plan.fits` fits scaled to 16. Ratios (`sequential / vectorized`) are the speed-up."""
+    began = time.perf_counter()
+    chosen = spread(plan.fits)
+    scale = MEMBERS / len(chosen)
+    spent: dict[str, list[dict]] = {"vectorized": [], "sequential": []}
+    with Recorder() as recorder, no_persistent_cache() as cache_was_on:
+
+        def tracked(name: str, fn: Callable, factor: float) -> Callable:
+            def run():
+                start = len(recorder.events)
+                fn()
+                spent[name].append({k: v * factor for k, v in recorder.totals(start).items()})
+            return run
+
+        warm_up = {"vectorized": timing.first_call(vectorized),
+                   "sequential_one_fit": timing.first_call(lambda: sequential(chosen[:1]))}
+        variants = [timing.Variant("vectorized", tracked("vectorized", vectorized, 1.0)),
+                    timing.Variant("sequential", tracked("sequential",
+                                                         lambda: sequential(chosen), scale))]
+        times = timing.interleave(variants, plan.rounds, pause_s=pause_s, warm=False)
+    times["sequential"] = [t * scale for t in times["sequential"]]
+    return {"members": MEMBERS, "epochs": plan.epochs, "rounds": plan.rounds,
+            "sequential_fits_timed": chosen, "sequential_scale": scale,
+            "persistent_cache": f"off while timed (was {'on' if cache_was_on else 'off'})",
+            "baseline": "vectorized", "unit": f"{MEMBERS} trained models",
+            "sides": timing.table(times, "vectorized"), "raw_seconds": times,
+            "compile": {side: {kind: timing.summarize([s[kind] for s in rounds]).to_dict()
+                               for kind in ("compile_s", "trace_s", "lower_s")}
+                        for side, rounds in spent.items()},
+            "warm_up_s": warm_up, "wall_s": time.perf_counter() - began}
+
+
+def run_one(kind: str, ctx: Context, plan: Plan | None = None) -> dict:
+    """`kind` is `"ensemble"` or `"search"`; the plan defaults to QUICK or FULL by `ctx`."""
+    plan = plan or (QUICK if ctx.quick else FULL)
+    data, test = jdnn.data.digits()
+    build = {"ensemble": ensemble_sides, "search": search_sides}[kind]
+    labels = {"ensemble": (f"jdnn.fit_ensemble(size={MEMBERS})", f"{MEMBERS} x jdnn.fit"),
+              "search": (f"jdnn.search, {MEMBERS}-configuration grid {SPACE}",
+                         f"{MEMBERS} x jdnn.fit, one per configuration")}[kind]
+    result = end_to_end(*build(data, test, plan), plan, pause_s=ctx.settings.pause_s)
+    return {"description": f"digits MLP 64-{WIDTH}-10, Adam, batch {BATCH}, {plan.epochs} "
+                           f"epochs with validation",
+            "labels": {"vectorized": labels[0], "sequential": labels[1]}, **result}
