@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="run the benchmark suite (jdnn vs the NumPy reference, raw JAX, peers)",
         description="Runs jdnn's benchmark suite; options after 'bench' (e.g. --quick, --only, "
                     "--out) are passed to it.")
-    bench.add_argument("--quick", action="store_true", help="the ~2-minute subset")
+    bench.add_argument("--quick", action="store_true", help="the ~4-minute subset")
 
     from jdnn.gradcheck_zoo import LOSSES, MODES
     from jdnn.zoo import MODELS

@@ -34,7 +34,7 @@ from jdnn.bench import timing
 from jdnn.bench.compilation import Recorder
 from jdnn.bench.context import Context
 from jdnn.ensemble import ensemble_keys
-from jdnn.search import grid
+from jdnn.space import grid
 
 MEMBERS, WIDTH, BATCH, LEARNING_RATE = 16, 128, 32, 1e-3
 SPACE = {"learning_rate": [3e-4, 1e-3, 3e-3, 1e-2], "l2": [0.0, 1e-4], "dropout": [0.0, 0.2]}
