@@ -43,24 +43,27 @@ def _variants(log, clock, costs, steps=1):
 def test_interleave_runs_variants_in_rounds_a_b_c_a_b_c():
     log, clock = [], FakeClock()
     costs = {name: [1.0] * 2 for name in "ABC"}
-    timing.interleave(_variants(log, clock, costs), 2, pause_s=0, warm=False, rotate=False,
+    timing.interleave(_variants(log, clock, costs), 2, pause_s=0, warm=False, shuffle=False,
                       clock=clock)
     assert log == ["A", "B", "C", "A", "B", "C"]
 
 
-def test_interleave_rotates_the_start_of_each_round_by_default():
+def test_interleave_shuffles_each_round_so_no_variant_always_follows_the_same_one():
     log, clock = [], FakeClock()
-    costs = {name: [1.0] * 3 for name in "ABC"}
-    timing.interleave(_variants(log, clock, costs), 3, pause_s=0, warm=False, clock=clock)
-    assert log == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
-    assert timing.schedule(3, 3) == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+    costs = {name: [1.0] * 12 for name in "ABCD"}
+    timing.interleave(_variants(log, clock, costs), 12, pause_s=0, warm=False, clock=clock)
+    rounds = [log[i:i + 4] for i in range(0, len(log), 4)]
+    assert all(sorted(r) == list("ABCD") for r in rounds)     # each variant once per round
+    before = {name: {r[r.index(name) - 1] for r in rounds if r.index(name) > 0} for name in "ABCD"}
+    assert all(len(seen) >= 2 for seen in before.values())    # predecessors vary
+    assert timing.schedule(4, 12) == timing.schedule(4, 12)   # seeded: reproducible
 
 
 def test_interleave_pauses_and_warms_before_every_timed_chunk():
     log, clock, pauses = [], FakeClock(), []
     costs = {name: [1.0] for name in "AB"}
     timing.interleave(_variants(log, clock, costs), 1, pause_s=0.5, clock=clock,
-                      sleep=pauses.append, rotate=False)
+                      sleep=pauses.append, shuffle=False)
     assert log == ["warm A", "A", "warm B", "B"]
     assert pauses == [0.5, 0.5]
 

@@ -77,14 +77,23 @@ def summarize(values: Sequence[float]) -> Summary:
                    int(data.size))
 
 
-def schedule(count: int, rounds: int, rotate: bool = True) -> list[list[int]]:
-    """The order of the variants in each round: `[[0, 1, 2], [1, 2, 0], ...]` when rotating,
-    `[[0, 1, 2], [0, 1, 2], ...]` when not. Every round holds every variant exactly once."""
-    return [[(r * rotate + i) % count for i in range(count)] for r in range(rounds)]
+def schedule(count: int, rounds: int, shuffle: bool = True, seed: int = 0) -> list[list[int]]:
+    """The order of the variants in each round: a fresh seeded permutation per round when
+    shuffling, `[[0, 1, 2], [0, 1, 2], ...]` when not. Every round holds every variant once.
+
+    Shuffled, not rotated: a rotation keeps each variant's predecessor (B always follows A), and
+    the predecessor matters. NumPy's OpenBLAS and PyTorch's OpenMP threads keep spinning for a
+    while after a call; a rotated schedule made jdnn's step, first in the list, always follow
+    the NumPy GEMM and pay for its spinning threads, 5-10% per step on this 2-core machine.
+    """
+    if not shuffle:
+        return [list(range(count)) for _ in range(rounds)]
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(count).tolist() for _ in range(rounds)]
 
 
 def interleave(variants: Sequence[Variant], rounds: int, *, pause_s: float = 0.02,
-               warm: bool = True, rotate: bool = True, clock: Clock = time.perf_counter,
+               warm: bool = True, shuffle: bool = True, clock: Clock = time.perf_counter,
                sleep: Callable[[float], None] = time.sleep) -> dict[str, list[float]]:
     """Times `variants` in `rounds` interleaved rounds (see `schedule`).
 
@@ -93,7 +102,7 @@ def interleave(variants: Sequence[Variant], rounds: int, *, pause_s: float = 0.0
         rounds: how many rounds (each variant is timed once per round).
         pause_s: the pause before each timed chunk (lets other libraries' BLAS threads idle).
         warm: run each variant's `warm` call (untimed) before its timed chunk.
-        rotate: start each round one variant later (A B C, B C A, ...); else A B C, A B C.
+        shuffle: a new seeded order each round (see `schedule`); else A B C, A B C.
         clock, sleep: injectable for tests.
 
     Returns:
@@ -104,7 +113,7 @@ def interleave(variants: Sequence[Variant], rounds: int, *, pause_s: float = 0.0
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must be unique, got {names}")
     times: dict[str, list[float]] = {name: [] for name in names}
-    for order in schedule(len(variants), rounds, rotate):
+    for order in schedule(len(variants), rounds, shuffle):
         for variant in (variants[i] for i in order):
             if pause_s > 0:
                 sleep(pause_s)
