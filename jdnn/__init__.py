@@ -20,6 +20,7 @@ from jdnn import checkpoint, parallel  # noqa: E402  (both build on jdnn.train)
 from jdnn.ghost import ghost_clipped_grad, make_dp_train_step  # noqa: E402
 from jdnn.vectorize import PerExampleAux, clip_and_aggregate, per_example_grads  # noqa: E402
 from jdnn.ensemble import evaluate_ensemble, fit_ensemble, predict_ensemble  # noqa: E402
+from jdnn import space  # noqa: E402
 from jdnn.search import SearchResult, search  # noqa: E402  (jdnn.search: the function)
 
 __version__ = "0.1.0"
@@ -32,6 +33,6 @@ __all__ = [
     "losses", "make_dp_train_step", "make_eval_step", "make_train_step", "MaxPool2D", "metrics",
     "ModelCheckpoint", "parallel", "per_example_grads", "PerExampleAux", "predict",
     "predict_ensemble", "PRelu", "PrintLogger", "ReduceLROnPlateau", "reference", "regularizers",
-    "Relu", "residual", "search", "SearchResult", "serial", "Sigmoid", "Softmax", "Spec", "Tanh",
-    "TerminateOnNaN", "TrainState",
+    "Relu", "residual", "search", "SearchResult", "serial", "Sigmoid", "Softmax", "space", "Spec",
+    "Tanh", "TerminateOnNaN", "TrainState",
 ]
