@@ -26,25 +26,10 @@ import jdnn
 from jdnn.bench.compare import compare
 from jdnn.bench.context import Context
 from jdnn.bench.sides import jdnn_side
-from jdnn.bench.sides.base import Runner, batches, host
-from jdnn.bench.workloads import Problem, Workload, make_problem
+from jdnn.bench.workloads import Workload, make_problem
 
 CLIP, NOISE = 1.0, 1.0
 TOLERANCE = 1e-5  # float32: ~100x its rounding over a batch of 128
-
-
-def _runner(problem: Problem, step) -> Runner:
-    """`n` steps of `step` on the problem's batches, from its initial parameters; blocks."""
-    cursor = batches(problem, lambda x, y: (jnp.asarray(x), jnp.asarray(y)))
-    box = [jdnn_side.train_state(problem)]
-
-    def run(n: int) -> None:
-        ts = box[0]
-        for _ in range(n):
-            ts, _ = step(ts, *cursor.next())
-        box[0] = jax.block_until_ready(ts)
-
-    return Runner(run, lambda: host(box[0].params))
 
 
 def steps(ctx: Context, w: Workload) -> dict:
@@ -61,7 +46,8 @@ def steps(ctx: Context, w: Workload) -> dict:
              "dp_ghost": dp("ghost", NOISE), "dp_ghost_no_noise": dp("ghost", 0.0),
              "dp_vmap": dp("vmap", NOISE)}
     result = compare(problem, [], baseline="plain", settings=ctx.settings,
-                     extra={name: _runner(problem, step) for name, step in built.items()})
+                     extra={name: jdnn_side.step_runner(problem, step)
+                            for name, step in built.items()})
     return {**result, "batch": w.batch, "unit": "step", "l2_norm_clip": CLIP,
             "noise_multiplier": NOISE}
 

@@ -37,7 +37,12 @@ def train_state(problem: Problem) -> TrainState:
 def build_step(problem: Problem) -> Runner:
     """`jdnn.make_train_step`, one dispatch per batch, state donated."""
     w = problem.workload
-    step = make_train_step(problem.model, loss_fn(w), optimizer(w))
+    return step_runner(problem, make_train_step(problem.model, loss_fn(w), optimizer(w)))
+
+
+def step_runner(problem: Problem, step) -> Runner:
+    """`n` calls of a compiled `step(train_state, x, y)` on the problem's batches, from its
+    initial parameters; blocks at the end."""
     cursor = batches(problem, lambda x, y: (jnp.asarray(x), jnp.asarray(y)))
     box = [train_state(problem)]
 
