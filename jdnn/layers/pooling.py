@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -37,7 +40,54 @@ def _pool(kind: str, window, strides, padding, reduce) -> Layer:
 
 
 def _max(x, dims, steps, pad):
+    window, stride = dims[1:3], steps[1:3]
+    tiles_exactly = all(n % k == 0 for n, k in zip(x.shape[1:3], window))
+    if stride == window and (pad == "VALID" or tiles_exactly):
+        return _tiled_max(x, window)
     return lax.reduce_window(x, -jnp.inf, lax.max, dims, steps, pad)
+
+
+# Non-overlapping windows (strides = window, the common case) are a reshape and a max. Its
+# derivative is stated by hand: the whole tangent of a window goes to its FIRST maximum in
+# row-major order, as `reduce_window`'s gradient and the NumPy reference do (jnp.max's own rule
+# would split it among tied maxima). Written as a JVP, so forward mode works and XLA's
+# transpose is elementwise: on XLA:CPU, `reduce_window`'s gradient (select-and-scatter) took
+# ~13 ms per step for a 64x28x28x32 input against ~2 ms for this.
+
+
+def _tiles(x: jax.Array, window: tuple[int, int]) -> jax.Array:
+    """`(N, H, W, C)` -> `(N, H // kh, kh, W // kw, kw, C)`; a VALID remainder is cut off."""
+    (kh, kw), (n, h, w, c) = window, x.shape
+    return x[:, :h // kh * kh, :w // kw * kw].reshape(n, h // kh, kh, w // kw, kw, c)
+
+
+def _first_max(tiles: jax.Array, y: jax.Array) -> jax.Array:
+    """The mask of each window's first maximum (row-major), shaped like `tiles`."""
+    hit = tiles == y[:, :, None, :, None, :]
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for i in range(tiles.shape[2]):
+        row = []
+        for j in range(tiles.shape[4]):
+            first = hit[:, :, i, :, j, :] & ~taken
+            taken = taken | first
+            row.append(first)
+        rows.append(jnp.stack(row, axis=3))
+    return jnp.stack(rows, axis=2)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _tiled_max(x: jax.Array, window: tuple[int, int]) -> jax.Array:
+    return jnp.max(_tiles(x, window), axis=(2, 4))
+
+
+@_tiled_max.defjvp
+def _tiled_max_jvp(window, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    tiles = _tiles(x, window)
+    y = jnp.max(tiles, axis=(2, 4))
+    picked = jnp.where(_first_max(tiles, y), _tiles(dx, window), jnp.zeros((), dx.dtype))
+    return y, jnp.sum(picked, axis=(2, 4))
 
 
 def _mean(x, dims, steps, pad):
