@@ -44,15 +44,16 @@ _PAGE_FAULTS = """\
 **Per-step dispatch of a big step page-faults its whole temporary buffer, every step.** XLA:CPU
 allocates an execution's temporary buffer with `malloc`, on one of its own threads: from that
 thread's glibc arena, or above glibc's mmap threshold (32 MB at most), that is fresh `mmap`ed
-memory, returned to the OS after the call. The CNN step (68 MB of temporaries) took ~17,300
-minor page faults and ~34 ms of kernel time per dispatched step, against ~2,200 faults and
-~5 ms per step when 8 steps ran in one `lax.scan` (diagnostics, "Page faults"). Started with
-`MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824` (glibc keeps freed
-memory for reuse), the same per-step CNN took 0 faults and 0 ms of kernel time (measured in a
-child process of the same run; glibc reads these once, at start), and its wall time fell from
-~55 to ~34 ms per step, below the scan's. That is why jdnn's scan-fused epoch runs the CNN
-~1.5x faster per step than any per-step side (jdnn's own step, raw JAX, Flax, Equinox alike),
-and why per-step figures of big models are noisy. The MLP at batch 1024 (9 MB) faults in some
+memory, returned to the OS after the call. Before MaxPool2D's fix (next finding) the CNN step
+had 68 MB of temporaries and took ~17,300 minor page faults and ~34 ms of kernel time per
+dispatched step, against ~2,200 faults and ~5 ms per step when 8 steps ran in one `lax.scan`.
+Started with `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824` (glibc
+keeps freed memory for reuse), that per-step CNN took 0 faults and 0 ms of kernel time
+(measured in a child process of the same run; glibc reads these once, at start), and its wall
+time fell from ~55 to ~34 ms per step. Today's CNN step has 22 MB of temporaries and ~180
+faults per dispatched step (diagnostics, "Page faults"); the peers' CNN steps, still on
+`reduce_window`'s gradient, pay the full cost. Per-step figures of big models are noisy for
+this reason. The MLP at batch 1024 (9 MB) faults in some
 processes and not in others (glibc's dynamic threshold). What jdnn does: `fit`'s scan mode, the
 default, amortizes this; the README documents the glibc setting for users who dispatch steps
 one by one (`mode="step"`, `make_train_step`). Not done: a k-steps-per-call option for
@@ -99,17 +100,21 @@ On a quiet machine PyTorch-CPU is 1.1-1.9x slower than jdnn on the MLPs and with
 batch 1024, but much faster on the CNN (next finding)."""
 
 _CNN = """\
-**The CNN (28x28x1 conv32-pool-conv64-pool-dense128-10, batch 64): XLA:CPU's convolutions.** On
-a quiet machine jdnn's scan epoch ran ~39 ms/step, the NumPy reference (im2col + OpenBLAS) ~89
-and PyTorch ~15: 2.3x over NumPy, short of 5x (under load NumPy's threads stall and the ratio
-passes: 5.5x in a loaded quick run), and 2.6x behind PyTorch. jdnn's step is raw JAX's (1.01x)
-and Flax's (1.0x): the cost is XLA:CPU's convolution and pooling code, not jdnn's. Conv2D states
-its gradients as canonical NHWC/HWIO convolutions (`jax.custom_vjp`), without which XLA:CPU's
-autodiff convolutions ran ~5x slower inside a `lax.scan` (319 ms/step). In isolation XLA's
-convolutions of this net (forward and both gradients) take ~13 ms per step and the pooling a
-few ms; a reshape-based max pool changed nothing (0.98-1.00x). Per-step dispatch adds the page
-faults above. Next steps: profile the scan body per fusion (`XLA_FLAGS=--xla_dump_to`, a
-`jax.profiler` trace) and try XLA:CPU's oneDNN convolutions when jaxlib enables them."""
+**The CNN (28x28x1 conv32-pool-conv64-pool-dense128-10, batch 64).** Found and fixed: XLA:CPU
+lowers `lax.reduce_window`'s max-pool gradient (select-and-scatter) to a scatter that took ~13
+ms per step for the first pool alone (64x28x28x32) and half the step in all. MaxPool2D with
+non-overlapping windows (strides = window, the usual case) is now a reshape and a max with a
+hand-stated JVP that sends each window's tangent to its first maximum, so the gradient is
+identical to `reduce_window`'s, ties included, and forward mode still works: ~1.6 ms. The
+step went from ~57 to ~24 ms (2.2x faster than raw JAX and Flax, which keep `reduce_window`)
+and its temporaries from 68 to 22 MB. Still short: 4.1x over the NumPy reference (im2col +
+OpenBLAS, ~100 ms/step quiet; target 5x) and 0.6x PyTorch (~16 ms/step). Where the ~23 ms go
+now (each piece timed inside a `lax.scan`): the second conv's weight gradient ~8.6 ms (jdnn
+states it as a canonical convolution over the batch; an im2col + one GEMM formulation measured
+6.9 ms, not adopted yet), its forward ~3.2 ms and input gradient ~2 ms, the first conv ~1.7
+ms, both pools ~2 ms. Without jdnn's hand-stated conv gradients, XLA:CPU's autodiff
+convolutions ran ~5x slower inside a `lax.scan`. Next: the im2col weight gradient for stride-1
+convolutions, and XLA:CPU's oneDNN convolutions when jaxlib enables them."""
 
 FINDINGS: dict[str, str] = {
     "step_vs_raw/": _FIXED_COST,
