@@ -109,12 +109,12 @@ identical to `reduce_window`'s, ties included, and forward mode still works: ~1.
 step went from ~57 to ~24 ms (2.2x faster than raw JAX and Flax, which keep `reduce_window`)
 and its temporaries from 68 to 22 MB. Still short: 4.1x over the NumPy reference (im2col +
 OpenBLAS, ~100 ms/step quiet; target 5x) and 0.6x PyTorch (~16 ms/step). Where the ~23 ms go
-now (each piece timed inside a `lax.scan`): the second conv's weight gradient ~8.6 ms (jdnn
+now (each piece timed inside a `lax.scan`): the second conv's weight gradient ~6-8.6 ms (jdnn
 states it as a canonical convolution over the batch; an im2col + one GEMM formulation measured
-6.9 ms, not adopted yet), its forward ~3.2 ms and input gradient ~2 ms, the first conv ~1.7
-ms, both pools ~2 ms. Without jdnn's hand-stated conv gradients, XLA:CPU's autodiff
-convolutions ran ~5x slower inside a `lax.scan`. Next: the im2col weight gradient for stride-1
-convolutions, and XLA:CPU's oneDNN convolutions when jaxlib enables them."""
+6.7-6.9 ms in the same rounds, no clear gain; JAX's own transpose rule for it took ~260 ms
+inside the scan), its forward ~3.2 ms and input gradient ~2 ms, the first conv ~1.7 ms, both
+pools ~2 ms. Next: a per-fusion profile of the scan body, and XLA:CPU's oneDNN convolutions
+when jaxlib enables them."""
 
 FINDINGS: dict[str, str] = {
     "step_vs_raw/": _FIXED_COST,
