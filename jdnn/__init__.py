@@ -17,7 +17,8 @@ from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger,
                         make_eval_step, make_train_step, predict)
 
 from jdnn import checkpoint, parallel  # noqa: E402  (both build on jdnn.train)
-from jdnn.ghost import ghost_clipped_grad, make_dp_train_step  # noqa: E402
+from jdnn.ghost import ghost_clipped_grad  # noqa: E402
+from jdnn.dp import make_dp_train_step  # noqa: E402
 from jdnn.vectorize import PerExampleAux, clip_and_aggregate, per_example_grads  # noqa: E402
 from jdnn.ensemble import evaluate_ensemble, fit_ensemble, predict_ensemble  # noqa: E402
 from jdnn import space  # noqa: E402

@@ -1,5 +1,5 @@
-"""Ghost clipping and DP-SGD (`jdnn.ghost`): equal to the naive `vmap(grad)` route, norms and
-clipped mean gradients alike; the DP step's update, noise scale and reproducibility."""
+"""Ghost clipping (`jdnn.ghost`): equal to the naive `vmap(grad)` route, norms and clipped mean
+gradients alike."""
 
 import re
 
@@ -7,12 +7,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import jdnn
-from jdnn.ghost import (_uniform_from_words, gaussian_noise, ghost_clipped_grad,
-                        make_dp_train_step, outer_sq_norms, standard_normal)
+from jdnn.ghost import ghost_clipped_grad, outer_sq_norms
 from jdnn.vectorize import clip_and_aggregate, per_example_grads
 
 LOSS = jdnn.losses.softmax_cross_entropy
@@ -155,123 +153,3 @@ def test_ghost_needs_a_batch_norm_rule_and_jdnn_layers():
 
 # ---------------------------------------------------------------------------------------------
 # The DP-SGD step.
-
-
-def _train_state(model, optimizer, shape, seed=0):
-    params, state, x, y = _setup(model, shape, seed=seed)
-    ts = jdnn.TrainState(params, state, optimizer.init(params), jax.random.key(seed),
-                         jnp.zeros((), jnp.int32))
-    return ts, x, y
-
-
-def _copy(tree):
-    return jax.tree.map(lambda a: a.copy(), tree)
-
-
-def test_dp_step_without_noise_applies_the_clipped_mean_gradient():
-    model, optimizer = jdnn.serial(jdnn.Dense(8), jdnn.Relu(), jdnn.Dense(3)), optax.sgd(0.1)
-    ts, x, y = _train_state(model, optimizer, (B, 5))
-    mask = jnp.asarray(MASK)
-    clipped, norms = jax.jit(lambda: clip_and_aggregate(
-        per_example_grads(model, LOSS, ts.params, ts.state, x, y, mask=mask), 0.5, mask=mask))()
-    expected = jax.tree.map(lambda p, g: np.asarray(p) - 0.1 * np.asarray(g), ts.params, clipped)
-    for method in ("ghost", "vmap"):
-        step = make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=0.5, noise_multiplier=0.0,
-                                  method=method, metrics=("accuracy",))
-        new, metrics = step(_copy(ts), x, y, mask)
-        chex.assert_trees_all_close(new.params, expected, rtol=1e-5, atol=1e-7)
-        assert int(new.step) == 1 and set(metrics) == {"loss", "clipped", "grad_norm",
-                                                       "accuracy"}
-        np.testing.assert_allclose(metrics["grad_norm"], np.mean(np.asarray(norms)[MASK]),
-                                   rtol=1e-5)
-        np.testing.assert_allclose(metrics["clipped"], np.mean(np.asarray(norms)[MASK] > 0.5))
-
-
-def test_dp_step_noise_has_the_stated_scale_and_is_reproducible_from_the_key():
-    model, optimizer = jdnn.serial(jdnn.Dense(40), jdnn.Relu(), jdnn.Dense(3)), optax.sgd(1.0)
-    ts, x, y = _train_state(model, optimizer, (B, 30))
-    clip, sigma = 0.5, 2.0
-    noiseless = make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=clip,
-                                   noise_multiplier=0.0)(_copy(ts), x, y)[0].params
-    step = make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=clip,
-                              noise_multiplier=sigma)
-    first = step(_copy(ts), x, y)[0]
-    again = step(_copy(ts), x, y)[0]
-    other = step(_copy(ts._replace(key=jax.random.key(99))), x, y)[0]
-    noise = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(noiseless),
-                                                           jax.tree.leaves(first.params))])
-    assert noise.size > 1300
-    std = sigma * clip / B  # on the mean: sigma * C on the sum, divided by the batch
-    assert abs(np.std(noise) / std - 1) < 0.1 and abs(np.mean(noise)) < 0.1 * std
-    chex.assert_trees_all_equal(first.params, again.params)
-    assert not np.allclose(first.params["2_dense"]["w"], other.params["2_dense"]["w"])
-    assert not np.array_equal(first.key, ts.key)
-
-
-def test_dp_step_rejects_bad_settings():
-    model, optimizer = jdnn.serial(jdnn.Dense(3)), optax.sgd(0.1)
-    with pytest.raises(ValueError, match="method must be one of"):
-        make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=1.0, noise_multiplier=1.0,
-                           method="fast")
-    with pytest.raises(ValueError, match="need l2_norm_clip > 0"):
-        make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=0.0, noise_multiplier=1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# The noise.
-
-
-def _moments(z):
-    z = np.asarray(z, np.float64)
-    centred = z - z.mean()
-    var = np.mean(centred**2)
-    return z.mean(), var, np.mean(centred**3) / var**1.5, np.mean(centred**4) / var**2 - 3
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_standard_normal_has_normal_statistics_on_a_large_draw(dtype):
-    n = 2_000_001  # odd: the draw is padded and cut
-    with jax.enable_x64(dtype == "float64"):
-        z = np.asarray(jax.jit(lambda k: standard_normal(k, n, dtype))(jax.random.key(7)))
-    assert z.shape == (n,) and z.dtype == np.dtype(dtype) and np.all(np.isfinite(z))
-    mean, var, skew, kurtosis = _moments(z)
-    tol = 5 / np.sqrt(n)  # five standard errors
-    assert abs(mean) < tol and abs(var - 1) < tol * np.sqrt(2)
-    assert abs(skew) < tol * np.sqrt(6) and abs(kurtosis) < tol * np.sqrt(24)
-    for k, tail in ((1, 0.31731), (2, 0.04550), (3, 0.0026998)):  # P(|z| > k)
-        assert abs(np.mean(np.abs(z) > k) - tail) < 5 * np.sqrt(tail / n)
-    # Neighbours, and the two words of one Threefry hash (entries i and i + half), uncorrelated.
-    half = (n + 15) // 16 * 8
-    for a, b in ((z[:-1], z[1:]), (z[:n - half], z[half:])):
-        assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(a.size)
-    if dtype == "float64":  # full precision: not float32 values in a float64 array
-        assert np.mean(z.astype(np.float32) != z) > 0.99
-
-
-def test_standard_normal_uses_jax_random_uniform_transform():
-    key = jax.random.key(3)
-    low = np.nextafter(np.float32(-1), np.float32(0))
-    words = jax.random.bits(key, (10_000,), jnp.uint32)
-    np.testing.assert_array_equal(_uniform_from_words(words, jnp.float32),
-                                  jax.random.uniform(key, (10_000,), jnp.float32, low, 1.0))
-
-
-def test_gaussian_noise_is_reproducible_from_the_key_and_fresh_for_each_key_and_leaf():
-    tree = {"w": jnp.zeros((300, 7)), "b": jnp.zeros((33,)), "c": jnp.zeros((5, 5, 3)),
-            "twins": [jnp.zeros((64, 64)), jnp.zeros((64, 64))]}
-    noise = jax.jit(lambda k: gaussian_noise(k, tree, 2.0))
-    first, again, other = noise(jax.random.key(1)), noise(jax.random.key(1)), noise(
-        jax.random.key(2))
-    chex.assert_trees_all_equal(first, again)
-    chex.assert_trees_all_equal_shapes_and_dtypes(first, tree)
-    flat = [np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)]) for t in (first, other)]
-    assert abs(np.std(flat[0]) / 2.0 - 1) < 0.05 and abs(np.mean(flat[0])) < 0.05
-    assert abs(np.corrcoef(*flat)[0, 1]) < 0.05  # another key: independent noise
-    twins = [np.ravel(a) for a in first["twins"]]
-    assert abs(np.corrcoef(*twins)[0, 1]) < 0.05  # leaves of one shape: not the same noise
-    assert gaussian_noise(jax.random.key(0), {}, 1.0) == {}
-
-
-def test_standard_normal_refuses_a_draw_past_its_32_bit_counters():
-    with pytest.raises(ValueError, match="counters are 32-bit"):
-        standard_normal(jax.random.key(0), 2**32)
