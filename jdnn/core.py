@@ -101,6 +101,24 @@ class Layer(NamedTuple):
         return f"Layer({self.spec!r})"
 
 
+def output_shape(layer: Layer, input_shape: Shape) -> Shape:
+    """The layer's output shape for `input_shape` (batch axis first), from an abstract `init`
+    under `jax.eval_shape`: nothing is allocated or compiled.
+
+    Example:
+        >>> output_shape(jdnn.Dense(10), (32, 64))   # (32, 10)
+    """
+    found: list[Shape] = []
+
+    def init(key):
+        out_shape, params, state = layer.init(key, tuple(input_shape))
+        found.append(tuple(out_shape))
+        return params, state
+
+    jax.eval_shape(init, jax.random.key(0))
+    return found[0]
+
+
 def child_name(index: int, spec: Spec) -> str:
     """The key a combinator files its `index`-th child under, e.g. `2_dense`."""
     return f"{index}_{spec.kind.lower()}"

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 
 from jdnn import layers
-from jdnn.core import Layer, Shape, Spec, child_name
+from jdnn.core import Layer, Shape, Spec, child_name, output_shape
 
 COMBINATORS = ("serial", "residual")
 ELEMENTWISE = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Gelu", "Elu", "PRelu")
@@ -239,15 +239,7 @@ def _leaf_shape(spec: Spec, input_shape: Shape | None) -> Shape | None:
         layer = rebuild(spec)
     except UnknownKindError:
         return None
-    found = []
-
-    def init(key):
-        shape, params, state = layer.init(key, input_shape)
-        found.append(tuple(shape))
-        return params, state
-
-    jax.eval_shape(init, jax.random.key(0))
-    return found[0]
+    return output_shape(layer, input_shape)
 
 
 def _size(tree: Any) -> tuple[int, int]:

@@ -243,3 +243,9 @@ def test_check_images():
     with pytest.raises(LayerError, match=r"last axis \(channels\) of size 3, got an input of "
                                          r"shape \(1, 4, 4, 2\)"):
         check_images("Conv2D", jnp.ones((1, 4, 4, 2)), 3)
+
+
+def test_output_shape_is_read_off_an_abstract_init():
+    from jdnn.core import output_shape
+    assert output_shape(serial(Dense(10), Relu(), Dense(3)), (32, 64)) == (32, 3)
+    assert output_shape(MaxPool2D(2), [8, 28, 28, 4]) == (8, 14, 14, 4)

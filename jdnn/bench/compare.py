@@ -44,13 +44,16 @@ def build_sides(problem: Problem, names: Sequence[str]) -> tuple[dict, dict, dic
         except Skipped as reason:
             skipped[name] = str(reason)
             continue
-        first = timing.first_call(lambda r=runner: r.run(r.quantum))
-        steady = timing.first_call(lambda r=runner: r.run(r.quantum))
-        compiled[name] = {"first_call_s": first, "steady_call_s": steady,
-                          "compile_s": timing.compile_seconds(first, steady),
-                          "steps_per_call": runner.quantum}
-        runners[name] = runner
+        compiled[name], runners[name] = warm_up(runner), runner
     return runners, compiled, skipped
+
+
+def warm_up(runner) -> dict:
+    """Runs one quantum twice: the first call compiles, the second is steady; both timed."""
+    first = timing.first_call(lambda: runner.run(runner.quantum))
+    steady = timing.first_call(lambda: runner.run(runner.quantum))
+    return {"first_call_s": first, "steady_call_s": steady,
+            "compile_s": timing.compile_seconds(first, steady), "steps_per_call": runner.quantum}
 
 
 def chunk_steps(runner, compiled: dict, settings: Settings) -> int:
@@ -72,12 +75,7 @@ def compare(problem: Problem, names: Sequence[str], *, baseline: str = "jdnn_ste
     began = time.perf_counter()
     runners, compiled, skipped = build_sides(problem, names)
     for name, runner in (extra or {}).items():
-        first = timing.first_call(lambda r=runner: r.run(r.quantum))
-        steady = timing.first_call(lambda r=runner: r.run(r.quantum))
-        compiled[name] = {"first_call_s": first, "steady_call_s": steady,
-                          "compile_s": timing.compile_seconds(first, steady),
-                          "steps_per_call": runner.quantum}
-        runners[name] = runner
+        compiled[name], runners[name] = warm_up(runner), runner
     result = {"workload": dataclasses.asdict(problem.workload),
               "description": problem.workload.describe(), "baseline": baseline,
               "compile": compiled, "skipped": skipped, "sides": {}}

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jdnn.core import Layer, child_name
+from jdnn.core import Layer, child_name, output_shape
 from jdnn.layers import Conv2D, Dense, Flatten, MaxPool2D, Relu, Sigmoid, serial
 
 
@@ -133,23 +133,10 @@ def plan(w: Workload) -> list[Op]:
     for i, spec in enumerate(model.spec.children):
         _check_supported(spec)
         layer = _child_layer(model, i)
-        out_shape = _out_shape(layer, shape)
+        out_shape = output_shape(layer, shape)
         ops.append(Op(child_name(i, spec), _KINDS[spec.kind], shape[1:], tuple(out_shape[1:])))
         shape = out_shape
     return ops
-
-
-def _out_shape(layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """A layer's output shape, traced abstractly (nothing computed, nothing compiled)."""
-    found = []
-
-    def init(key):
-        out, params, state = layer.init(key, shape)
-        found.append(tuple(out))
-        return params, state
-
-    jax.eval_shape(init, jax.random.key(0))
-    return found[0]
 
 
 def _check_supported(spec) -> None:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdnn.core import Layer, LayerError, Shape
+from jdnn.core import Layer, LayerError, Shape, output_shape
 from jdnn.losses import binary_cross_entropy, softmax_cross_entropy
 
 
@@ -111,24 +111,15 @@ def _loss_kind(loss: Callable | None) -> str | None:
 def _output_shape(name: str, model: Layer, x: np.ndarray) -> Shape:
     """The model's output shape for one example, via an abstract (allocation-free) `init`."""
     input_shape = (1, *x.shape[1:])
-    found: list[Shape] = []
-
-    def init(key):
-        out_shape, params, state = model.init(key, input_shape)
-        found.append(tuple(out_shape))
-        return params, state
-
     try:
         try:
-            jax.eval_shape(init, jax.random.key(0))
+            return output_shape(model, input_shape)
         except LayerError:
             raise
         except Exception:  # an init that needs concrete values: run it for real
-            found.clear()
-            init(jax.random.key(0))
+            return tuple(model.init(jax.random.key(0), input_shape)[0])
     except LayerError as error:
         raise ValueError(f"{name}: x of shape {x.shape} does not fit the model: {error}") from None
-    return found[0]
 
 
 def _check_indices(name: str, y: np.ndarray, classes: int | None, out: Shape | None) -> None:
