@@ -63,16 +63,12 @@ def tapped(layer: Layer) -> Layer:
     return Layer(layer.init, apply, layer.spec)
 
 
-def _with_entry(tree: dict, path: Path, name: str, value: Any) -> dict:
-    if not path:
-        return {**tree, name: value}
-    return {**tree, path[0]: _with_entry(tree[path[0]], path[1:], name, value)}
-
-
 def _with_subtree(tree: Any, path: Path, value: Any) -> Any:
+    """`tree` with the subtree at `path` (dict keys) replaced by `value`; the last key may be
+    new."""
     if not path:
         return value
-    return {**tree, path[0]: _with_subtree(tree[path[0]], path[1:], value)}
+    return {**tree, path[0]: _with_subtree(tree.get(path[0]), path[1:], value)}
 
 
 def _strip(tree: Any) -> Any:
@@ -189,7 +185,7 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
     def forward(p, probes):
         probed = state
         for path, probe in probes.items():
-            probed = _with_entry(probed, path, PROBE, probe)
+            probed = _with_subtree(probed, (*path, PROBE), probe)
         outputs, new_state = twin.apply(p, probed, x, key=key, train=train)
         values = loss(outputs, y)
         if values.shape != (batch,):
