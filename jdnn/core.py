@@ -157,11 +157,23 @@ def check_hparam(kind: str, name: str, value: Any, ok: bool, expected: str) -> N
         raise ValueError(f"{kind}: {name} must be {expected}, got {value!r}")
 
 
+def whole_number(where: str, name: str, value: Any, minimum: int = 0) -> int:
+    """An int argument `>= minimum` as a Python `int`; NumPy ints are accepted, bools and floats
+    are not. `where` names what the user called (a layer kind or a function such as `"fit"`).
+
+    Raises:
+        ValueError: `"fit: batch_size must be an int >= 1, got 0"`.
+    """
+    ok = (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+          and value >= minimum)
+    expected = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    check_hparam(where, name, value, ok, expected)
+    return int(value)
+
+
 def positive_int(kind: str, name: str, value: Any) -> int:
     """A positive int hyper-parameter (NumPy ints accepted, bools and floats not), as `int`."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-    check_hparam(kind, name, value, ok, "a positive int")
-    return int(value)
+    return whole_number(kind, name, value, minimum=1)
 
 
 def positive_ints(kind: str, name: str, value: int | tuple[int, ...], n: int) -> tuple[int, ...]:

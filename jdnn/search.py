@@ -108,7 +108,8 @@ class SearchResult:
         rows: one dict per trial, best first: `rank`, `trial` (its index in the enumeration),
             its hyper-parameters, its metrics at the chosen epoch (the best one with
             `restore_best`, else the last), `epoch` (that epoch), `epochs` (epochs run) and
-            `stopped` ("early stopping", "non-finite loss" or ""; the history says more).
+            `stopped` (`History.stopped_by`: "early_stopping", "non_finite" or ""; the history
+            says more).
         metric, mode: what the rows are sorted by.
         configs: every trial's hyper-parameters, indexed by trial.
         history: one `History` per trial, indexed by trial.
@@ -300,7 +301,7 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
             rows[t] = {"trial": t, **configs[t],
                        **{k: v for k, v in record.items() if k not in ("epoch", "seconds")},
                        "epoch": chosen, "epochs": len(h),
-                       "stopped": (h.stop_reason or "").split(":")[0].split(" at ")[0]}
+                       "stopped": h.stopped_by or ""}
             members[t] = (model, stacked, j)
 
     sign = -1.0 if mode == "max" else 1.0

@@ -33,7 +33,9 @@ class Run:
         train_state: the current state; a callback may replace it.
         history: the records so far (the current epoch's is the last).
         epoch: the epoch just finished, counting from 1.
-        stop_reason: set it (a message) to end training after this epoch.
+        stop_reason: set it (a message) to end training after this epoch; `stop` sets it.
+        stopped_by: what stopped the run, as data (`History.stopped_by`); `"callback"` when
+            only `stop_reason` was set.
     """
 
     model: Layer
@@ -41,6 +43,12 @@ class Run:
     history: History
     epoch: int = 0
     stop_reason: str | None = None
+    stopped_by: str | None = None
+
+    def stop(self, cause: str, reason: str) -> None:
+        """Ends training after this epoch: `cause` for programs (e.g. `"early_stopping"`),
+        `reason` for people."""
+        self.stopped_by, self.stop_reason = cause, reason
 
 
 def copy_state(train_state: TrainState) -> TrainState:
@@ -118,9 +126,9 @@ class EarlyStopping(Callback):
             return
         self.wait += 1
         if self.wait > self.patience:
-            run.stop_reason = (f"early stopping: {self.monitor} did not improve for "
-                               f"{self.patience} epochs after epoch {self.best_epoch} "
-                               f"({self.best:.6g})")
+            run.stop("early_stopping",
+                     f"early stopping: {self.monitor} did not improve for {self.patience} "
+                     f"epochs after epoch {self.best_epoch} ({self.best:.6g})")
 
     def on_train_end(self, run: Run) -> None:
         if self.restore_best and self.best_state is not None:
@@ -142,9 +150,10 @@ class TerminateOnNaN(Callback):
         if math.isfinite(loss):
             self.good, self.good_epoch = copy_state(run.train_state), run.epoch
             return
-        run.stop_reason = (f"non-finite training loss ({loss}) in epoch {run.epoch}: stopped, "
-                           f"keeping the state after epoch {self.good_epoch}; lower the learning "
-                           f"rate, or check the data for NaN/inf")
+        run.stop("non_finite",
+                 f"non-finite training loss ({loss}) in epoch {run.epoch}: stopped, keeping the "
+                 f"state after epoch {self.good_epoch}; lower the learning rate, or check the "
+                 f"data for NaN/inf")
         run.train_state = self.good
         warnings.warn(run.stop_reason, RuntimeWarning, stacklevel=2)
 

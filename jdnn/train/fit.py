@@ -237,6 +237,8 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
             break
     bar.close()
     run.history.stop_reason = run.stop_reason
+    if run.stop_reason is not None:
+        run.history.stopped_by = run.stopped_by or "callback"
     for callback in callbacks:
         callback.on_train_end(run)
     return run.train_state, run.history

@@ -18,12 +18,15 @@ class History:
         records: one dict per epoch, e.g. `{"epoch": 3, "loss": 0.21, "accuracy": 0.94,
             "val_loss": 0.25, "val_accuracy": 0.93, "seconds": 0.4}`; `epoch` counts from 1
             and continues across resumed runs.
-        stop_reason: why training ended before its last epoch (early stopping, a non-finite
-            loss), or None.
+        stop_reason: why training ended before its last epoch, for people (early stopping, a
+            non-finite loss, an interrupt), or None.
+        stopped_by: the same as data: `"early_stopping"`, `"non_finite"`, `"interrupted"`,
+            `"callback"` (any other callback that stopped the run), or None.
     """
 
     records: list[dict[str, float]] = dataclasses.field(default_factory=list)
     stop_reason: str | None = None
+    stopped_by: str | None = None
 
     def append(self, record: dict[str, float]) -> None:
         """Adds one epoch's record."""
@@ -51,8 +54,9 @@ class History:
         return pick(candidates, key=lambda r: r[monitor])
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: `{"records": [...], "stop_reason": ...}`."""
-        return {"records": [dict(r) for r in self.records], "stop_reason": self.stop_reason}
+        """A JSON-ready dict: `{"records": [...], "stop_reason": ..., "stopped_by": ...}`."""
+        return {"records": [dict(r) for r in self.records], "stop_reason": self.stop_reason,
+                "stopped_by": self.stopped_by}
 
     def to_json(self, path) -> None:
         """Writes `to_dict()` as JSON, atomically."""
@@ -61,4 +65,5 @@ class History:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
         """The inverse of `to_dict`."""
-        return cls([dict(r) for r in data["records"]], data.get("stop_reason"))
+        return cls([dict(r) for r in data["records"]], data.get("stop_reason"),
+                   data.get("stopped_by"))

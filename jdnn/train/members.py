@@ -254,6 +254,7 @@ def train_members(train_state: TrainState, hparams: Any, member_epoch: Callable,
     for i, history in enumerate(histories):
         if tracker.stopped[i] and history.records:
             last = history.records[-1]
+            history.stopped_by = "early_stopping" if math.isfinite(last["loss"]) else "non_finite"
             history.stop_reason = (
                 f"non-finite loss at epoch {last['epoch']}" if not math.isfinite(last["loss"])
                 else f"early stopping: {monitor} did not improve for {patience} epochs (best "
