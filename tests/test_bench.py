@@ -363,15 +363,67 @@ def test_end_to_end_scales_the_sampled_sequential_fits():
     assert set(result["compile"]["sequential"]) == {"compile_s", "trace_s", "lower_s"}
 
 
-def test_search_sides_train_with_the_public_api():
+def test_search_sides_train_with_the_public_api(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
     import jdnn
     from jdnn.bench import fits
 
+    calls = {"search": [], "fit": []}
+
+    def spy(name, real):
+        def wrapper(*args, **kwargs):
+            result = real(*args, **kwargs)
+            calls[name].append((args, kwargs, result))
+            return result
+        return wrapper
+
+    monkeypatch.setattr(jdnn, "search", spy("search", jdnn.search))
+    monkeypatch.setattr(jdnn, "fit", spy("fit", jdnn.fit))
     (x, y), (tx, ty) = jdnn.data.digits()
-    vectorized, sequential = fits.search_sides((x[:64], y[:64]), (tx[:32], ty[:32]),
+    data = (x[:64], y[:64])
+    vectorized, sequential = fits.search_sides(data, (tx[:32], ty[:32]),
                                                fits.Plan(epochs=1, rounds=1, fits=1))
     vectorized()
     sequential([15])
+    assert len(calls["search"]) == 1 and len(calls["fit"]) == 1   # each side: the public API
+
+    # Every trial of seed 0 starts from the same parameters: fit's, from the trial's key.
+    result = calls["search"][0][2]
+    trial_key = jax.random.fold_in(jax.random.key(0), 0)
+    start = jdnn.TrainState.create(result.model(0), optax.adam(1e-3), trial_key,
+                                   (fits.BATCH, x.shape[1]))
+    assert len(result.rows) == len(result.configs) == fits.MEMBERS
+    assert sorted(result.configs[15].items()) == [("dropout", 0.2), ("l2", 1e-4),
+                                                  ("learning_rate", 1e-2)]
+    for t in range(fits.MEMBERS):
+        history, ts = result.history[t], result.train_state(t)
+        assert len(history) == 1 and {"loss", "val_loss", "val_accuracy"} <= set(history.keys())
+        assert all(np.isfinite(v) for v in history.records[0].values()), t
+        assert int(ts.step) == 2, t   # 64 examples in batches of 32, one epoch
+        for before, after in zip(jax.tree.leaves(start.params), jax.tree.leaves(ts.params),
+                                 strict=True):
+            assert not np.allclose(before, after, rtol=0, atol=1e-6), t
+
+    # The sequential side fits trial 15 as the search documents it: the same training.
+    (model, _), _, (fitted, fit_history) = calls["fit"][0]
+    assert int(fitted.step) == 2 and len(fit_history) == 1
+    searched = result.train_state(15)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 searched.params, fitted.params)
+    assert fit_history.records[0]["val_loss"] == pytest.approx(
+        result.history[15].records[0]["val_loss"], rel=1e-4)
+
+    # Training lowered the loss on the training data (eagerly: no extra compile).
+    def train_loss(net, ts):
+        logits, _ = net.apply(ts.params, ts.state, jnp.asarray(data[0]))
+        return float(jnp.mean(fits.LOSS(logits, jnp.asarray(data[1]))))
+
+    untrained = train_loss(result.model(15), start)   # 2.40 -> 1.94 for both sides
+    assert train_loss(model, fitted) < untrained - 0.1
+    assert train_loss(result.model(15), searched) < untrained - 0.1
 
 
 def _vmap_targets(**values):
