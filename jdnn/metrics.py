@@ -7,7 +7,10 @@ Everything here works under `jax.jit` (shapes are checked at trace time).
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
+import numpy as np
 
 from jdnn.core import Array
 
@@ -40,8 +43,10 @@ def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
     """The fraction of (unmasked) examples whose predicted class is the label.
 
     With `C > 1` outputs the predicted class is the argmax. With one output, `(B,)` or `(B, 1)`,
-    it is `predictions > threshold`: the default `0.0` suits logits; pass `threshold=0.5` for
-    sigmoid probabilities. `threshold` is ignored when `C > 1`.
+    it is `predictions > threshold`, strictly: a score exactly at the threshold is class 0. The
+    default `0.0` suits logits; pass `threshold=0.5` for sigmoid probabilities. The two rules
+    agree, since `sigmoid(0) == 0.5`: a logit of exactly 0 and a probability of exactly 0.5
+    are both class 0. `threshold` is ignored when `C > 1`.
 
     Args:
         predictions: `(B, C)` scores (logits or probabilities), or `(B,)` / `(B, 1)` for a
@@ -50,17 +55,21 @@ def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
             argmax); for single outputs, `(B,)` or `(B, 1)` in `{0, 1}` (a label counts as class
             1 when it is above 0.5).
         mask: optional `(B,)`, bool or 0/1 floats; examples with mask 0 do not count.
-        threshold: the decision threshold for single-output predictions.
+        threshold: the decision threshold for single-output predictions, a finite number.
 
     Returns:
         A float scalar, `sum(correct * mask) / max(sum(mask), 1)`; `0.0` if all are masked.
 
     Raises:
-        ValueError: if `predictions`, `labels` or `mask` has an unexpected shape.
+        ValueError: if `predictions`, `labels` or `mask` has an unexpected shape, or
+            `threshold` is NaN or infinite.
 
     Example:
         >>> acc = jdnn.metrics.accuracy(logits, y, mask=batch_mask)  # logits (32, 10), y (32,)
     """
+    if isinstance(threshold, (int, float, np.number)) and not math.isfinite(threshold):
+        raise ValueError(f"accuracy: threshold must be a finite number (0.0 for logits, 0.5 for "
+                         f"probabilities), got {threshold!r}")
     predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
     predicted, true = _predicted_and_true(predictions, labels, threshold)
     correct = (predicted == true).astype(jnp.float32)

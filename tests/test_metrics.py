@@ -96,3 +96,61 @@ def test_mask_shape_error(mask):
 def test_numpy_inputs_work():
     np_logits = np.asarray(LOGITS)
     assert float(metrics.accuracy(np_logits, np.asarray(INDICES))) == 0.75
+
+
+# --- the binary decision boundary: `score > threshold`, strictly ------------------------------
+
+F32 = np.float32
+TINY = np.finfo(F32).tiny   # the smallest normal float32 (XLA on CPU may flush subnormals)
+
+
+def _pins(scores, classes, **kwargs):
+    """Every score is predicted as its class: all right against `classes`, all wrong against
+    the flipped ones, for `(B,)` and `(B, 1)` predictions, and jitted."""
+    scores, classes = jnp.asarray(scores, jnp.float32), jnp.asarray(classes)
+    for p in (scores, scores[:, None]):
+        assert float(metrics.accuracy(p, classes, **kwargs)) == 1.0
+        assert float(metrics.accuracy(p, 1 - classes, **kwargs)) == 0.0
+    jitted = jax.jit(lambda p, y: metrics.accuracy(p, y, **kwargs))
+    assert float(jitted(scores, classes)) == 1.0 and float(jitted(scores, 1 - classes)) == 0.0
+
+
+def test_binary_logits_at_zero_are_class_0_and_just_above_are_class_1():
+    scores = [-1.0, -TINY, -0.0, 0.0, TINY, np.nextafter(F32(0.5), F32(0)), 0.5, 1.0]
+    _pins(scores, [0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_binary_probabilities_at_one_half_are_class_0_and_just_above_are_class_1():
+    half = F32(0.5)
+    scores = [0.0, 0.3, np.nextafter(half, F32(0)), half, np.nextafter(half, F32(1)), 0.7, 1.0]
+    _pins(scores, [0, 0, 0, 0, 1, 1, 1], threshold=0.5)
+
+
+def test_binary_any_threshold_is_strict():
+    _pins([-3.0, np.nextafter(F32(-2), F32(-3)), -2.0, np.nextafter(F32(-2), F32(0)), 0.0],
+          [0, 0, 0, 1, 1], threshold=-2.0)
+
+
+def test_binary_logits_and_their_sigmoid_probabilities_agree_at_the_boundary():
+    logits = jnp.array([-4.0, -0.5, 0.0, 0.5, 4.0])
+    for labels in (jnp.array([0, 0, 0, 1, 1]), jnp.array([1, 1, 1, 0, 0]),
+                   jnp.array([0, 1, 0, 1, 0])):
+        from_logits = float(metrics.accuracy(logits, labels))
+        assert from_logits == float(metrics.accuracy(jax.nn.sigmoid(logits), labels,
+                                                     threshold=0.5))
+    assert float(jax.nn.sigmoid(0.0)) == 0.5
+    assert float(metrics.accuracy(jnp.zeros(3), jnp.zeros(3))) == 1.0   # logit 0: class 0
+
+
+def test_binary_labels_count_as_class_1_only_above_one_half():
+    half = F32(0.5)
+    labels = jnp.array([0.0, half, np.nextafter(half, F32(1)), 1.0])
+    assert float(metrics.accuracy(jnp.array([-1.0, -1.0, 1.0, 1.0]), labels)) == 1.0
+    assert float(metrics.accuracy(jnp.array([1.0, 1.0, -1.0, -1.0]), labels)) == 0.0
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), np.float32("-inf")])
+def test_a_non_finite_threshold_is_rejected(threshold):
+    with pytest.raises(ValueError, match=r"accuracy: threshold must be a finite number \(0.0 "
+                                         r"for logits, 0.5 for probabilities\), got"):
+        metrics.accuracy(jnp.zeros(2), jnp.zeros(2), threshold=threshold)
