@@ -27,9 +27,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import reprlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 from jdnn import layers
 from jdnn.core import Layer, Shape, Spec, child_name, output_shape
@@ -273,7 +276,39 @@ def _walk(spec: Spec, path: str, depth: int, shape: Shape | None, params: Any, s
     return out, flops
 
 
-def summary(model: Layer, input_shape: Shape) -> Summary:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _input_shape(value: Any) -> Shape:
+    """`summary`'s `input_shape` as a tuple of Python ints; an array gives its `.shape`."""
+    hint = "pass the input shape with its batch axis, e.g. (1, 784), or x.shape for a batch x"
+    if _is_int(value):
+        raise TypeError(f"summary: input_shape must be a shape, got the int {int(value)}; {hint}")
+    if isinstance(value, jax.ShapeDtypeStruct):
+        dims = tuple(value.shape)
+    elif isinstance(value, (np.ndarray, jax.Array)):
+        if value.ndim == 1 and np.issubdtype(value.dtype, np.integer):
+            raise TypeError(f"summary: input_shape is a 1-D integer array, "
+                            f"{reprlib.repr(value)}, which could be a shape or a batch: pass "
+                            f"tuple(a) if it holds the shape, or a.shape if it is a batch")
+        dims = tuple(value.shape)
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        dims = tuple(value)
+    else:
+        raise TypeError(f"summary: input_shape must be a tuple of ints, an array or a "
+                        f"jax.ShapeDtypeStruct, got {type(value).__name__} "
+                        f"{reprlib.repr(value)}; {hint}")
+    if not all(_is_int(d) for d in dims):
+        raise TypeError(f"summary: input_shape must hold ints, got {reprlib.repr(value)}; {hint}")
+    if not dims or min(dims) < 1:
+        raise ValueError(f"summary: input_shape needs a batch axis and dimensions >= 1, got "
+                         f"{reprlib.repr(value)}; {hint}")
+    return tuple(int(d) for d in dims)
+
+
+def summary(model: Layer,
+            input_shape: Shape | np.ndarray | jax.Array | jax.ShapeDtypeStruct) -> Summary:
     """The layer table of `model` for inputs of `input_shape`: shapes, counts, FLOPs.
 
     Computed from the spec and `jax.eval_shape(model.init, ...)`: no parameter is drawn and
@@ -281,20 +316,27 @@ def summary(model: Layer, input_shape: Shape) -> Summary:
 
     Args:
         model: a jdnn `Layer`.
-        input_shape: the input shape with its batch axis, as `model.init` takes it, e.g.
-            `(1, 784)` or `(32, 28, 28, 1)`. FLOPs are per example whatever the batch size.
+        input_shape: the input shape with its batch axis, as `model.init` takes it: a tuple
+            (or list) of positive ints, NumPy ints included, e.g. `(1, 784)` or
+            `(32, 28, 28, 1)`. An input batch itself (a NumPy or JAX array) or a
+            `jax.ShapeDtypeStruct` is accepted too: its `.shape` is used. FLOPs are per example
+            whatever the batch size.
 
     Returns:
         A `Summary`: `print` it for the table, or read its rows, totals and `to_dict()`.
 
     Raises:
+        TypeError: if `input_shape` is neither a sequence of ints nor an array (e.g. a bare
+            int, a string, a float dimension), or is a 1-D integer array, which could be a
+            shape or a batch (pass `tuple(a)` or `a.shape`).
+        ValueError: if it has no dimensions or one below 1.
         LayerError: if the model does not accept `input_shape` (from `model.init`).
 
     Example:
         >>> model = jdnn.serial(jdnn.Conv2D(8, 3), jdnn.Relu(), jdnn.Flatten(), jdnn.Dense(10))
         >>> print(jdnn.summary.summary(model, (1, 8, 8, 1)))
     """
-    shape = tuple(int(d) for d in input_shape)
+    shape = _input_shape(input_shape)
     found = []
 
     def init(key):

@@ -173,3 +173,41 @@ def test_summary_is_abstract():
     table = summary(jdnn.serial(jdnn.Dense(10_000), jdnn.Relu()), (1, 10_000))
     assert isinstance(table, Summary) and table.params == 10_000 * 10_000 + 10_000
     assert math.isclose(table.param_bytes, 4 * table.params)
+
+
+# --- what input_shape accepts --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given", [
+    (4, 2), [4, 2], (np.int64(4), np.int32(2)), np.zeros((4, 2), np.float32),
+    jnp.zeros((4, 2)), np.zeros((4, 2), np.int64), jax.ShapeDtypeStruct((4, 2), jnp.float32),
+], ids=["tuple", "list", "numpy_ints", "numpy_batch", "jax_batch", "int_batch", "struct"])
+def test_input_shape_accepts_shapes_numpy_ints_and_arrays(given):
+    table = summary(zoo.xor_sigmoid(), given)
+    assert table.input_shape == (4, 2) and table.output_shape == (4, 1)
+    assert all(type(d) is int for d in table.input_shape)
+    assert json.loads(json.dumps(table.to_dict()))["input_shape"] == [4, 2]
+    assert [row.output_shape for row in table.rows] == [(4, 3), (4, 3), (4, 2), (4, 2), (4, 1)]
+
+
+@pytest.mark.parametrize("given, error, match", [
+    (784, TypeError, r"must be a shape, got the int 784; pass the input shape with its batch "
+                     r"axis, e.g. \(1, 784\), or x.shape for a batch x"),
+    (np.int64(2), TypeError, r"got the int 2"),
+    ("4, 2", TypeError, r"must be a tuple of ints, an array or a jax.ShapeDtypeStruct, got str"),
+    (None, TypeError, r"got NoneType None; pass the input shape"),
+    ({"x": (4, 2)}, TypeError, r"got dict"),
+    (np.array([4, 2]), TypeError, r"is a 1-D integer array, array\(\[4, 2\]\), which could be a "
+                                  r"shape or a batch: pass tuple\(a\) .* or a.shape"),
+    ((4.0, 2.0), TypeError, r"must hold ints, got \(4.0, 2.0\)"),
+    ((4, True), TypeError, r"must hold ints"),
+    ((4, None), TypeError, r"must hold ints"),
+    ((), ValueError, r"needs a batch axis and dimensions >= 1, got \(\)"),
+    (np.zeros(()), ValueError, r"needs a batch axis"),
+    ((4, 0), ValueError, r"dimensions >= 1, got \(4, 0\)"),
+    ((-1, 2), ValueError, r"dimensions >= 1, got \(-1, 2\)"),
+], ids=["int", "numpy_int", "str", "none", "dict", "int_vector", "floats", "bool", "none_dim",
+        "empty", "scalar_array", "zero", "negative"])
+def test_input_shape_errors_say_what_to_pass(given, error, match):
+    with pytest.raises(error, match=r"summary: input_shape .*" + match):
+        summary(zoo.xor_sigmoid(), given)
