@@ -111,6 +111,60 @@ def test_read_idx_reports_a_truncated_gzip_and_gzipped_byte_counts(tmp_path):
         read_idx(short)
 
 
+BIG = 2**31 - 1
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])
+@pytest.mark.parametrize("dims, code, match", [
+    ([BIG] * 4, 0x08, r"its header declares shape \(2147483647, 2147483647, 2147483647, "
+                      r"2147483647\) of uint8, whose dimensions multiply to 2.13e\+37 bytes, "
+                      r"more than any array can hold; delete the file"),
+    ([0, BIG, BIG, BIG], 0x08, r"its header declares shape \(0, 2147483647, 2147483647, "
+                               r"2147483647\) of uint8, whose nonzero dimensions multiply to "
+                               r"9.9e\+27 bytes"),
+    ([2**20, 2**20, 2**20], 0x0E, r"its header declares shape \(1048576, 1048576, 1048576\) "
+                                  r"of float64, whose dimensions multiply to 9.22e\+18 bytes"),
+    ([2, 0xFFFFFFFF], 0x08, r"its header declares shape \(2, 4294967295\) of uint8, but IDX "
+                            r"dimensions are int32, below 2\*\*31"),
+], ids=["four_int32_max", "zero_and_huge", "float64_past_intp", "negative_int32"])
+def test_read_idx_rejects_dimensions_no_array_can_hold(tmp_path, compress, dims, code, match):
+    content = header(code, dims) + bytes(16)
+    path = tmp_path / "huge-idx4-ubyte"
+    path.write_bytes(gzip.compress(content) if compress else content)
+    with pytest.raises(ValueError, match=r"read_idx: .*huge-idx4-ubyte has a corrupt header: "
+                                         + match):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])
+def test_read_idx_a_header_past_the_file_size_is_truncated(tmp_path, compress):
+    # 2**52 bytes (4 PiB) declared, 100 held: a clear error, no attempt to allocate.
+    content = header(0x08, [2**20, 2**20, 2**12]) + bytes(100)
+    path = tmp_path / "big-idx3-ubyte"
+    path.write_bytes(gzip.compress(content) if compress else content)
+    with pytest.raises(ValueError, match=r"big-idx3-ubyte is truncated: its header declares shape "
+                                         r"\(1048576, 1048576, 4096\) of uint8, i.e. "
+                                         r"4503599627370496 data bytes, but the file holds 100 "
+                                         r"data bytes after the 16-byte header"):
+        read_idx(path)
+
+
+def test_read_idx_stops_decompressing_past_the_declared_size(tmp_path):
+    path = tmp_path / "bomb.gz"   # 10 bytes declared, 4 MB of zeros behind them
+    path.write_bytes(gzip.compress(header(0x08, [10]) + bytes(4 << 20)))
+    with pytest.raises(ValueError, match=r"bomb.gz is too long: .* i.e. 10 data bytes, but the "
+                                         r"file holds more than 10 data bytes after the 8-byte "
+                                         r"header \(uncompressed\)"):
+        read_idx(path)
+
+
+def test_read_idx_empty_dimension(tmp_path):
+    path = tmp_path / "empty"
+    path.write_bytes(header(0x0D, [0, 28, 28]))
+    array = read_idx(path)
+    assert array.shape == (0, 28, 28) and array.dtype == np.float32
+
+
 def test_read_idx_missing_file():
     with pytest.raises(FileNotFoundError):
         read_idx("/nonexistent/train-images-idx3-ubyte.gz")

@@ -13,17 +13,21 @@ Downloading lives in `jdnn.data.download`; nothing here touches the network.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import math
 import os
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 24   # bytes read (or decompressed) at a time
 _CODES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CODE_OF = {(np.dtype(big).kind, np.dtype(big).itemsize): code for code, big in _CODES.items()}
 
@@ -33,8 +37,58 @@ MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 # The format.
 
 
+def _read(stream: BinaryIO, size: int, path: Path, compressed: bool) -> bytearray:
+    """Up to `size` bytes of `stream`, read in chunks, so a header that declares more data than
+    the file holds never makes it allocate more than the file does."""
+    data = bytearray()
+    try:
+        while len(data) < size:
+            chunk = stream.read(min(size - len(data), _CHUNK))
+            if not chunk:
+                break
+            data += chunk
+    except (OSError, EOFError, zlib.error) as error:
+        if not compressed:
+            raise
+        raise ValueError(f"read_idx: {path} is a corrupt or truncated gzip file ({error}); "
+                         f"delete it and download it again") from None
+    return data
+
+
+def _shape_error(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """Why a header's `shape` is impossible, or None. Products are Python ints: no overflow."""
+    declares = f"its header declares shape {shape} of {dtype.name}"
+    if any(d >= 2**31 for d in shape):
+        return (f"read_idx: {path} has a corrupt header: {declares}, but IDX dimensions are "
+                f"int32, below 2**31; delete the file and download it again")
+    nbytes = math.prod(d for d in shape if d) * dtype.itemsize   # NumPy checks zeros aside
+    if nbytes > np.iinfo(np.intp).max:
+        dimensions = "nonzero dimensions" if 0 in shape else "dimensions"
+        return (f"read_idx: {path} has a corrupt header: {declares}, whose {dimensions} "
+                f"multiply to {nbytes:.3g} bytes, more than any array can hold; delete the "
+                f"file and download it again")
+    return None
+
+
+def _length_error(path: Path, shape: tuple[int, ...], dtype: np.dtype, header: int,
+                  actual: int, compressed: bool) -> str:
+    """The message for data of `actual` bytes (-1: more than declared, not all counted)."""
+    expected = math.prod(shape) * dtype.itemsize
+    kind = "truncated" if 0 <= actual < expected else "too long"
+    holds = f"more than {expected}" if actual < 0 else f"{actual}"
+    return (f"read_idx: {path} is {kind}: its header declares shape {shape} of {dtype.name}, "
+            f"i.e. {expected} data bytes, but the file holds {holds} data bytes after the "
+            f"{header}-byte header{' (uncompressed)' if compressed else ''}")
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Reads an IDX file, gzip-compressed or raw, into a native-endian NumPy array.
+
+    The header is checked before any data is read: the size it declares (the product of the
+    dimensions, in Python ints, so no overflow) must fit an array and, for a raw file, equal
+    the bytes after the header. A gzip file is decompressed in chunks and never past the
+    declared size plus one byte, so neither a corrupt header nor a decompression bomb makes it
+    allocate more memory than a well-formed file of the declared shape needs.
 
     Args:
         path: the file; compression is detected from its first bytes, not its name.
@@ -46,46 +100,51 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     Raises:
         FileNotFoundError: if `path` does not exist.
         ValueError: naming the file, for a corrupt gzip stream, a header that is not IDX (bad
-            magic bytes, unknown type code, too few bytes for the dimensions) or data whose
-            length differs from the product of the dimensions (truncated or overlong file).
+            magic bytes, unknown type code, too few bytes for the dimensions), a header whose
+            dimensions no file can hold (a dimension of 2**31 or more, or a product past what
+            an array can address), or data whose length differs from the product of the
+            dimensions (truncated or overlong file).
 
     Example:
         >>> images = read_idx("mnist/train-images-idx3-ubyte.gz")   # uint8 (60000, 28, 28)
     """
     path = Path(path)
-    raw = path.read_bytes()
-    compressed = raw[:2] == _GZIP_MAGIC
-    if compressed:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as error:
-            raise ValueError(f"read_idx: {path} is a corrupt or truncated gzip file "
-                             f"({error}); delete it and download it again") from None
-    if len(raw) < 4 or raw[:2] != b"\0\0":
-        raise ValueError(f"read_idx: {path} is not an IDX file: it must start with two zero "
-                         f"bytes, then a type code and a dimension count, but starts with "
-                         f"{raw[:4].hex(' ') or 'nothing (empty file)'}")
-    code, ndim = raw[2], raw[3]
-    if code not in _CODES:
-        known = ", ".join(f"0x{c:02X} {np.dtype(t).name}" for c, t in _CODES.items())
-        raise ValueError(f"read_idx: {path} has an unknown IDX type code 0x{code:02X}; known "
-                         f"codes are {known}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"read_idx: {path} declares {ndim} dimensions, which need a "
-                         f"{header}-byte header, but the file holds only {len(raw)} bytes")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_CODES[code])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    actual = len(raw) - header
-    if actual != expected:
-        kind = "truncated" if actual < expected else "too long"
-        raise ValueError(f"read_idx: {path} is {kind}: its header declares shape {shape} of "
-                         f"{dtype.name}, i.e. {expected} data bytes, but the file holds "
-                         f"{actual} data bytes after the {header}-byte header"
-                         f"{' (uncompressed)' if compressed else ''}")
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
+    with path.open("rb") as file:
+        compressed = file.read(2) == _GZIP_MAGIC
+        file.seek(0)
+        size = None if compressed else os.fstat(file.fileno()).st_size
+        with (gzip.GzipFile(fileobj=file, mode="rb") if compressed
+              else contextlib.nullcontext(file)) as stream:
+            magic = _read(stream, 4, path, compressed)
+            if len(magic) < 4 or magic[:2] != b"\0\0":
+                raise ValueError(f"read_idx: {path} is not an IDX file: it must start with two "
+                                 f"zero bytes, then a type code and a dimension count, but "
+                                 f"starts with {magic.hex(' ') or 'nothing (empty file)'}")
+            code, ndim = magic[2], magic[3]
+            if code not in _CODES:
+                known = ", ".join(f"0x{c:02X} {np.dtype(t).name}" for c, t in _CODES.items())
+                raise ValueError(f"read_idx: {path} has an unknown IDX type code 0x{code:02X}; "
+                                 f"known codes are {known}")
+            header = 4 + 4 * ndim
+            dims = _read(stream, 4 * ndim, path, compressed)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"read_idx: {path} declares {ndim} dimensions, which need a "
+                                 f"{header}-byte header, but the file holds only "
+                                 f"{4 + len(dims)} bytes")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = np.dtype(_CODES[code])
+            problem = _shape_error(path, shape, dtype)
+            expected = math.prod(shape) * dtype.itemsize
+            if problem is None and size is not None and size - header != expected:
+                problem = _length_error(path, shape, dtype, header, size - header, compressed)
+            if problem is not None:
+                raise ValueError(problem)
+            data = _read(stream, expected + 1, path, compressed)
+            if len(data) != expected:   # a gzip file: past the declared size, stop counting
+                actual = len(data) if len(data) < expected else -1
+                raise ValueError(_length_error(path, shape, dtype, header, actual, compressed))
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = True) -> Path:
