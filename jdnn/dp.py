@@ -93,16 +93,34 @@ def gaussian_noise(key: jax.Array, tree: Any, std: jax.Array) -> Any:
         for leaf, start in zip(leaves, starts)])
 
 
+def _real(where: str, name: str, value: Any, low: float, strict: bool) -> float:
+    """A finite real number above `low` (strictly or not) as a Python float; NumPy and 0-d
+    JAX numbers accepted, bools and strings not."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) or (
+        isinstance(value, jax.Array) and value.ndim == 0)
+    if number and not isinstance(value, (bool, np.bool_)):
+        value = float(value)
+        if np.isfinite(value) and (value > low if strict else value >= low):
+            return value
+    raise ValueError(f"{where}: {name} must be a finite number {'>' if strict else '>='} {low:g},"
+                     f" got {value!r}")
+
+
+def _check_settings(where: str, l2_norm_clip: Any, noise_multiplier: Any,
+                    method: str) -> tuple[float, float]:
+    if method not in METHODS:
+        raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
+    return (_real(where, "l2_norm_clip", l2_norm_clip, 0.0, strict=True),
+            _real(where, "noise_multiplier", noise_multiplier, 0.0, strict=False))
+
+
 def dp_train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
                      l2_norm_clip: float, noise_multiplier: float, method: str = "ghost",
                      batch_norm: str | None = None,
                      metrics: Sequence[str | Metric] = ()) -> Callable:
     """The pure, uncompiled DP-SGD step that `make_dp_train_step` jits (same arguments)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not l2_norm_clip > 0 or not noise_multiplier >= 0:
-        raise ValueError(f"need l2_norm_clip > 0 and noise_multiplier >= 0, got "
-                         f"l2_norm_clip={l2_norm_clip!r}, noise_multiplier={noise_multiplier!r}")
+    l2_norm_clip, noise_multiplier = _check_settings("dp_train_step_fn", l2_norm_clip,
+                                                     noise_multiplier, method)
     metric_fns = resolve_metrics(metrics)
 
     def step(train_state: TrainState, x, y, mask=None):
@@ -169,11 +187,16 @@ def make_dp_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransf
         fraction of examples whose gradient was clipped), `"grad_norm"` (their mean norm
         before clipping) and each requested metric.
 
+    Raises:
+        ValueError: for a `method` not in `METHODS`, an `l2_norm_clip` that is not a finite
+            number > 0, or a `noise_multiplier` that is not a finite number >= 0.
+
     Example:
         >>> step = jdnn.make_dp_train_step(model, jdnn.losses.softmax_cross_entropy,
         ...                                optax.sgd(0.1), l2_norm_clip=1.0, noise_multiplier=1.1)
         >>> train_state, m = step(train_state, x, y)
     """
+    _check_settings("make_dp_train_step", l2_norm_clip, noise_multiplier, method)
     step = dp_train_step_fn(model, loss, optimizer, l2_norm_clip=l2_norm_clip,
                             noise_multiplier=noise_multiplier, method=method,
                             batch_norm=batch_norm, metrics=metrics)

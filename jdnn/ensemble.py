@@ -29,13 +29,13 @@ import numpy as np
 import optax
 
 from jdnn import io, losses
-from jdnn.core import Layer
+from jdnn.core import Layer, LayerError, output_shape, whole_number
 from jdnn.data.batching import num_batches
 from jdnn.data.validate import as_arrays, check_data
 from jdnn.train.fit import epoch_fn
 from jdnn.train.history import History
-from jdnn.train.members import (EVAL_BATCH_SIZE, member, member_evaluator, outputs_fn,
-                                prepare_data, stack, train_members)
+from jdnn.train.members import (EVAL_BATCH_SIZE, as_key, member, member_evaluator, members_of,
+                                outputs_fn, prepare_data, stack, train_members)
 from jdnn.train.state import TrainState
 from jdnn.train.step import Loss, Metrics, resolve_metrics, train_step_fn
 
@@ -52,9 +52,12 @@ def ensemble_keys(key: jax.Array | int, size: int) -> jax.Array:
     Example:
         >>> k3 = ensemble_keys(0, 16)[3]   # jdnn.fit(..., key=k3) reproduces member 3
     """
-    if not (isinstance(size, int) and size >= 1):
-        raise ValueError(f"size must be an int >= 1, got {size!r}")
-    return jax.random.split(jax.random.key(key) if isinstance(key, int) else key, size)
+    return _keys("ensemble_keys", key, size)
+
+
+def _keys(where: str, key: jax.Array | int, size: int) -> jax.Array:
+    size = whole_number(where, "size", size, 1)
+    return jax.random.split(as_key(where, key), size)
 
 
 def init_members(model: Layer, optimizer: optax.GradientTransformation, keys: jax.Array,
@@ -76,9 +79,9 @@ def default_combine(loss: Loss) -> str:
             losses.binary_cross_entropy: "sigmoid"}.get(fn, "mean")
 
 
-def _check_combine(combine: str) -> str:
+def _check_combine(where: str, combine: str) -> str:
     if combine not in COMBINE:
-        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
+        raise ValueError(f"{where}: combine must be one of {COMBINE}, got {combine!r}")
     return combine
 
 
@@ -165,6 +168,11 @@ def fit_ensemble(model: Layer, train_data: Any, *, size: int, loss: Loss,
         `(train_state, history)`: a `TrainState` whose leaves have a leading member axis
         (`member(train_state, i)` un-stacks one) and an `EnsembleHistory`.
 
+    Raises:
+        ValueError: for a bad argument (`size`, `epochs`, `batch_size` and `epochs_per_call`
+            are ints, NumPy ints included) and for data that do not fit the model or loss (a
+            label out of range, NaN or inf inputs, a wrong shape), before anything compiles.
+
     Example:
         >>> (x, y), test = jdnn.data.digits()
         >>> model = jdnn.serial(jdnn.Dense(128), jdnn.Relu(), jdnn.Dense(10))
@@ -173,13 +181,14 @@ def fit_ensemble(model: Layer, train_data: Any, *, size: int, loss: Loss,
         ...     batch_size=32, key=0, validation_data=test)
         >>> history.ensemble["val_accuracy"][-1], history["val_accuracy"][-1]   # (K,) members
     """
-    if not (isinstance(epochs, int) and epochs >= 0 and isinstance(batch_size, int)
-            and batch_size >= 1):
-        raise ValueError(f"epochs must be an int >= 0 and batch_size an int >= 1, got "
-                         f"epochs={epochs!r}, batch_size={batch_size!r}")
-    combine = _check_combine(default_combine(loss) if combine is None else combine)
-    x, y, validation = prepare_data(model, loss, train_data, validation_data)
-    keys = ensemble_keys(key, size)
+    where = "fit_ensemble"
+    size = whole_number(where, "size", size, 1)
+    epochs = whole_number(where, "epochs", epochs, 0)
+    batch_size = whole_number(where, "batch_size", batch_size, 1)
+    epochs_per_call = whole_number(where, "epochs_per_call", epochs_per_call, 1)
+    combine = _check_combine(where, default_combine(loss) if combine is None else combine)
+    keys = _keys(where, key, size)
+    x, y, validation = prepare_data(model, loss, train_data, validation_data, where=where)
     states = init_members(model, optimizer, keys, (batch_size, *x.shape[1:]))
     epoch = epoch_fn(train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics),
                      batch_size)
@@ -190,6 +199,24 @@ def fit_ensemble(model: Layer, train_data: Any, *, size: int, loss: Loss,
                             validation=validation, evaluate=evaluate,
                             epochs_per_call=epochs_per_call, progress=progress, desc="ensemble")
     return trained.train_state, EnsembleHistory(trained.histories, trained.combined)
+
+
+def _checked_inputs(where: str, model: Layer, x: Any) -> np.ndarray:
+    """`x` as a NumPy array of real numbers with an example axis whose per-example shape fits
+    `model` (checked on an abstract `init`), or a clear `ValueError` naming `where`."""
+    try:
+        x = np.asarray(x)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: x cannot be converted to an array ({error})") from None
+    if x.dtype.kind not in "biuf" or x.ndim == 0:
+        raise ValueError(f"{where}: x must be an array of real numbers with a first axis of "
+                         f"examples, got dtype {x.dtype} and shape {x.shape}")
+    try:
+        output_shape(model, (1, *x.shape[1:]))
+    except LayerError as error:
+        raise ValueError(f"{where}: x of shape {x.shape} does not fit the model: "
+                         f"{error}") from None
+    return x
 
 
 @functools.lru_cache(maxsize=32)
@@ -223,7 +250,11 @@ def predict_ensemble(model: Layer, train_state: TrainState, x: Any, *, combine: 
     Example:
         >>> labels = predict_ensemble(model, states, x_test).argmax(-1)
     """
-    predict = _predictor(model, _check_combine(combine), batch_size)
+    where = "predict_ensemble"
+    batch_size = whole_number(where, "batch_size", batch_size, 1)
+    members_of(where, train_state)
+    x = _checked_inputs(where, model, x)
+    predict = _predictor(model, _check_combine(where, combine), batch_size)
     return np.asarray(predict(train_state, jnp.asarray(x)))
 
 
@@ -246,11 +277,16 @@ def evaluate_ensemble(model: Layer, train_state: TrainState, data: Any, *, loss:
         >>> report = evaluate_ensemble(model, states, test, loss=jdnn.losses.softmax_cross_entropy)
         >>> report["ensemble"]["accuracy"], [m["accuracy"] for m in report["members"]]
     """
-    x, y = as_arrays(data, "data")
-    check_data(x, y, model=model, loss=loss, name="data")
-    combine = _check_combine(default_combine(loss) if combine is None else combine)
+    where = "evaluate_ensemble"
+    batch_size = whole_number(where, "batch_size", batch_size, 1)
+    size = members_of(where, train_state)
+    try:
+        x, y = as_arrays(data, "data")
+        check_data(x, y, model=model, loss=loss, name="data")
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    combine = _check_combine(where, default_combine(loss) if combine is None else combine)
     score = _scorer(model, loss, tuple(resolve_metrics(metrics).items()), combine, batch_size)
     members, ensemble = jax.device_get(score(train_state, jnp.asarray(x), jnp.asarray(y)))
-    size = jax.tree.leaves(train_state)[0].shape[0]
     return {"members": [{k: float(v[i]) for k, v in members.items()} for i in range(size)],
             "ensemble": {k: float(v) for k, v in ensemble.items()}}

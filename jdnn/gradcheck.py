@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -29,7 +29,8 @@ import numpy as np
 
 from jdnn import losses as losses_lib
 from jdnn import reference
-from jdnn.core import Layer, child_name
+from jdnn.core import Layer, child_name, whole_number
+from jdnn.data.validate import check_data
 from jdnn.layers.combinators import child_keys
 from jdnn.layers.dropout import keep_mask
 from jdnn.regularizers import Penalty, path_of
@@ -200,10 +201,73 @@ def _max_rel(a: Any, b: Any, floor_fraction: float) -> float:
     return worst
 
 
+def _tolerances(dtype: str, overrides: Mapping[str, float] | None) -> dict[str, float]:
+    """The dtype's `TOLERANCES`, with `overrides` (finite and > 0, known names) in place."""
+    tol = dict(TOLERANCES[dtype])
+    if overrides is None:
+        return tol
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"check_gradients: tolerances must be a dict such as "
+                        f"{{'finite_differences': 1e-5}}, got {type(overrides).__name__}")
+    unknown = sorted(set(overrides) - set(tol), key=str)
+    if unknown:
+        raise ValueError(f"check_gradients: unknown tolerance name(s) {unknown}; the names are "
+                         f"{sorted(tol)}")
+    for name, value in overrides.items():
+        ok = (isinstance(value, (int, float, np.integer, np.floating))
+              and not isinstance(value, (bool, np.bool_)) and np.isfinite(value) and value > 0)
+        if not ok:
+            raise ValueError(f"check_gradients: tolerances[{name!r}] must be a finite number "
+                             f"> 0, got {value!r}")
+        tol[name] = float(value)
+    return tol
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"check_gradients: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_batch(model: Layer, loss: Callable, x: np.ndarray, y: np.ndarray, mask: Any,
+                 params: Any, state: Any) -> Any:
+    """Raises a clear error for inputs that would make a report fail (or pass) for a reason
+    other than the gradient: no examples, labels the loss cannot take (`check_data`'s checks,
+    as `jdnn.fit` runs them), a mask of the wrong shape or that keeps nothing, non-finite
+    numbers. Returns the mask as a NumPy array (or None)."""
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"check_gradients: x and y must have the same number of examples on "
+                         f"the batch axis, got x of shape {x.shape} and y of shape {y.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"check_gradients: x and y have no examples (shapes {x.shape} and "
+                         f"{y.shape}); give a batch of at least one")
+    check_data(x, y, model=model, loss=loss, name="check_gradients")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != (x.shape[0],):
+            raise ValueError(f"check_gradients: mask must have shape ({x.shape[0]},), one "
+                             f"entry per example, got shape {mask.shape}")
+        if not mask.any():
+            raise ValueError("check_gradients: mask keeps no example, so the objective and "
+                             "every gradient are 0 and nothing would be checked; keep at least "
+                             "one")
+    for name, tree in (("params", params), ("state", state)):
+        for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            if not jnp.issubdtype(getattr(leaf, "dtype", np.float64), jnp.floating):
+                continue
+            bad = int(np.sum(~np.isfinite(np.asarray(leaf))))
+            if bad:
+                raise ValueError(f"check_gradients: {name} at {path_of(keypath)} holds {bad} "
+                                 f"non-finite value(s) (NaN or inf); the comparison would fail "
+                                 f"for them, not for a wrong gradient")
+    return mask
+
+
 def check_gradients(model: Layer, params: Any, state: Any, x: Any, y: Any, loss: Callable, *,
                     key: jax.Array | None = None, train: bool = True, penalty: Any = None,
                     mask: Any = None, dtype: str = "float64", finite_differences: bool = True,
-                    samples: int = 6, seed: int = 0) -> GradReport:
+                    samples: int = 6, seed: int = 0,
+                    tolerances: Mapping[str, float] | None = None) -> GradReport:
     """Checks `jax.grad` of a model's objective against the NumPy reference and finite differences.
 
     Args:
@@ -217,24 +281,40 @@ def check_gradients(model: Layer, params: Any, state: Any, x: Any, y: Any, loss:
         mask: `(B,)`, which examples count.
         dtype: `"float64"` (tight tolerances) or `"float32"` (looser, see `TOLERANCES`).
         finite_differences: also compare with central differences (in float64).
-        samples: coordinates per parameter for the finite differences.
-        seed: picks those coordinates.
+        samples: coordinates per parameter for the finite differences, an int >= 1 (use
+            `finite_differences=False` to skip them); fewer where a leaf has fewer entries.
+        seed: picks those coordinates, an int >= 0.
+        tolerances: overrides of the dtype's `TOLERANCES`, by name (`"reference"`,
+            `"finite_differences"`, `"forward"`), each a finite number > 0; e.g. a user layer
+            with a noisy backward may need `{"reference": 1e-8}`.
 
     Returns:
         A `GradReport`; `print(report)` shows the table, `report.ok` the verdict.
+
+    Raises:
+        ValueError: for a bad argument (`samples` < 1, a tolerance that is not finite and
+            > 0, an unknown dtype), a batch with no examples, x and y of different lengths,
+            a mask of the wrong shape or that keeps no example, non-finite inputs, params or
+            state, a loss or penalty the reference cannot twin, or a layer kind it lacks.
+        TypeError: for `train` or `finite_differences` that are not bools, or tolerances
+            that are not a dict.
 
     Example:
         >>> report = jdnn.check_gradients(model, params, state, x, y, jdnn.losses.mse)
         >>> print(report)
     """
     if dtype not in TOLERANCES:
-        raise ValueError(f"dtype must be one of {sorted(TOLERANCES)}, got {dtype!r}")
+        raise ValueError(f"check_gradients: dtype must be one of {sorted(TOLERANCES)}, got "
+                         f"{dtype!r}")
+    tol = _tolerances(dtype, tolerances)
+    samples = whole_number("check_gradients", "samples", samples, 1)
+    seed = whole_number("check_gradients", "seed", seed, 0)
+    train = _check_flag("train", train)
+    finite_differences = _check_flag("finite_differences", finite_differences)
     loss_name, smoothing = _reference_loss(loss)
     reg = _reference_penalty(penalty)
     x_np, y_np = np.asarray(x), np.asarray(y)
-    if x_np.ndim == 0 or y_np.ndim == 0 or x_np.shape[0] != y_np.shape[0]:
-        raise ValueError(f"x and y must have the same number of examples on the batch axis, got "
-                         f"x of shape {x_np.shape} and y of shape {y_np.shape}")
+    mask = _check_batch(model, loss, x_np, y_np, mask, params, state)
     key = jax.random.key(0) if key is None else key
     net = reference.build(model.spec)  # fails early, naming any layer the reference lacks
 
@@ -264,7 +344,7 @@ def check_gradients(model: Layer, params: Any, state: Any, x: Any, y: Any, loss:
         fd = _finite_differences(objective, j_params, j_state, j_x, j_y, grads, samples, seed) \
             if finite_differences else None
 
-    return _report(dtype, grads, ref_grads, fd, float(value), ref_value, outputs, ref_out,
+    return _report(dtype, tol, grads, ref_grads, fd, float(value), ref_value, outputs, ref_out,
                    new_state, ref_state)
 
 
@@ -308,9 +388,8 @@ def _worse(current: Worst | None, candidate: Worst, tol: dict[str, float]) -> Wo
     return candidate if current is None or badness(candidate) > badness(current) else current
 
 
-def _report(dtype, grads, ref_grads, fd, value, ref_value, outputs, ref_out, new_state,
+def _report(dtype, tol, grads, ref_grads, fd, value, ref_value, outputs, ref_out, new_state,
             ref_state) -> GradReport:
-    tol = TOLERANCES[dtype]
     fd_points, kinks, f0 = fd if fd is not None else ({}, 0, value)
     global_scale = max((float(np.max(np.abs(np.asarray(g, np.float64)), initial=0.0))
                         for g in jax.tree.leaves(grads)), default=0.0)

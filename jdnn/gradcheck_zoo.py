@@ -8,13 +8,16 @@ differences, in training and in evaluation mode.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from jdnn import losses, regularizers, zoo
-from jdnn.gradcheck import GradReport, check_gradients
+from jdnn.core import whole_number
+from jdnn.gradcheck import TOLERANCES, GradReport, check_gradients
 
 # Each loss with the outputs and targets it needs: (loss function, outputs, target kind).
 LOSSES = {
@@ -37,6 +40,25 @@ class Row(NamedTuple):
     seconds: float
 
 
+def _check_options(models, loss_names, mode, dtype, seed, batch, l1, l2) -> None:
+    where = "jdnn gradcheck"
+    for what, given, known in (("model", models, zoo.MODELS), ("loss", loss_names, LOSSES)):
+        unknown = [name for name in given if name not in known]
+        if unknown or not given:
+            raise ValueError(f"{where}: unknown {what} {unknown or given!r}; choose from "
+                             f"{sorted(known)}")
+    for what, value, known in (("mode", mode, MODES), ("dtype", dtype, TOLERANCES)):
+        if value not in known:
+            raise ValueError(f"{where}: {what} must be one of {sorted(known)}, got {value!r}")
+    whole_number(where, "batch", batch, 1)
+    whole_number(where, "seed", seed, 0)
+    for name, value in (("l1", l1), ("l2", l2)):
+        ok = (isinstance(value, (int, float, np.integer, np.floating))
+              and not isinstance(value, (bool, np.bool_)) and math.isfinite(value) and value >= 0)
+        if not ok:
+            raise ValueError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
+
+
 def run(models: list[str], loss_names: list[str], *, mode: str = "both", dtype: str = "float64",
         seed: int = 0, batch: int = 4, l1: float = 1e-3, l2: float = 1e-2) -> list[Row]:
     """Checks each model with each loss (and an L1 + L2 penalty) in the given modes.
@@ -52,7 +74,13 @@ def run(models: list[str], loss_names: list[str], *, mode: str = "both", dtype: 
 
     Returns:
         One `Row` per (model, loss, mode).
+
+    Raises:
+        ValueError: for an unknown model, loss, mode or dtype, a `batch` < 1, a `seed` < 0
+            or a penalty strength that is not a finite number >= 0, before any check runs;
+            the message names `jdnn gradcheck` and the option.
     """
+    _check_options(models, loss_names, mode, dtype, seed, batch, l1, l2)
     rows = []
     for name in models:
         for loss_name in loss_names:

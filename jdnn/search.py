@@ -20,6 +20,7 @@ data order (common random numbers), so the comparison measures the hyper-paramet
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import json
 import math
@@ -31,33 +32,115 @@ import jax.numpy as jnp
 import optax
 
 from jdnn import io
-from jdnn.core import Layer, Spec, child_name
+from jdnn.core import Layer, Spec, child_name, whole_number
 from jdnn.data.batching import num_batches
 from jdnn.regularizers import Penalty, path_of
-from jdnn.space import VECTORIZED, check, grid, sample
+from jdnn.space import VECTORIZED, check, check_space, grid, sample
 from jdnn.train.fit import epoch_fn
 from jdnn.train.history import History
-from jdnn.train.members import member_evaluator, prepare_data, stack, train_members
+from jdnn.train.members import (as_key, check_member_data, member_evaluator, stack,
+                                train_members)
 from jdnn.train.state import TrainState
 from jdnn.train.step import Loss, Metrics, resolve_metrics, train_step_fn
 
 DEFAULT_LEARNING_RATE = 1e-3
+# The space names the search reads itself; every other name is a keyword argument of model_fn.
+HANDLED = (*VECTORIZED, "optimizer", "batch_size")
+
+
+def _parameters(factory: Callable) -> dict[str, inspect.Parameter] | None:
+    """A callable's parameters by name, or None where Python cannot tell (some builtins)."""
+    try:
+        return dict(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+def _takes(parameters: dict[str, inspect.Parameter] | None, name: str) -> bool:
+    """Whether a callable with these parameters accepts `name=` (unknown counts as yes)."""
+    return parameters is None or any(
+        p.kind is p.VAR_KEYWORD or (p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                                                   p.KEYWORD_ONLY))
+        for p in parameters.values())
 
 
 def _optimizer(kind: str | Callable, learning_rate: Any, momentum: Any):
     """`optax.inject_hyperparams(kind)(learning_rate=..., momentum or b1=...)`."""
     factory = getattr(optax, kind, None) if isinstance(kind, str) else kind
-    if not callable(factory):
-        raise ValueError(f"optimizer must be an optax optimizer's name (e.g. 'adam', 'sgd') or a "
-                         f"factory f(learning_rate, ...) -> GradientTransformation, got {kind!r}")
+    if not callable(factory) or isinstance(factory, optax.GradientTransformation):
+        hint = (" (a GradientTransformation is already built: pass its factory, e.g. "
+                "optimizer=optax.adam or 'adam', and put learning_rate in the space)"
+                if isinstance(factory, optax.GradientTransformation) else "")
+        raise ValueError(f"search: optimizer must be an optax optimizer's name (e.g. 'adam', "
+                         f"'sgd') or a factory f(learning_rate, ...) -> GradientTransformation, "
+                         f"got {kind!r}{hint}")
+    names = _parameters(factory)
+    if not _takes(names, "learning_rate"):
+        raise ValueError(f"search: optimizer {kind!r} takes no learning_rate argument; the "
+                         f"search sets each trial's learning rate through it. Its parameters: "
+                         f"{list(names)}")
     kwargs = {"learning_rate": learning_rate}
     if momentum is not None:
-        names = inspect.signature(factory).parameters
-        slot = "momentum" if "momentum" in names else "b1" if "b1" in names else None
+        slot = "momentum" if _takes(names, "momentum") else "b1" if _takes(names, "b1") else None
         if slot is None:
-            raise ValueError(f"optimizer {kind!r} takes neither momentum nor b1")
+            raise ValueError(f"search: optimizer {kind!r} takes neither momentum nor b1, but "
+                             f"'momentum' is in the space; drop it or pick an optimizer with "
+                             f"momentum (e.g. 'sgd', 'adam')")
         kwargs[slot] = momentum
     return optax.inject_hyperparams(factory)(**kwargs)
+
+
+def _describe(model_fn: Callable) -> str:
+    name = getattr(model_fn, "__qualname__", None) or repr(model_fn)
+    return "model_fn" if name == "<lambda>" else f"model_fn ({name})"
+
+
+def check_model_fn(model_fn: Callable, names: list[str]) -> None:
+    """Raises a clear error unless `model_fn` takes, as keyword arguments, exactly the space's
+    names the search does not handle itself (`HANDLED`), and needs no others.
+
+    `model_fn(**kwargs)` takes any name; a callable whose signature Python cannot read is
+    trusted.
+
+    Raises:
+        TypeError: naming the space names `model_fn` does not take, the parameters it does
+            take, the names jdnn handles itself, and any required parameter the space lacks.
+    """
+    if not callable(model_fn):
+        raise TypeError(f"search: model_fn must be a function that builds the model from the "
+                        f"space's structural values, e.g. `def model_fn(width): return "
+                        f"jdnn.serial(...)`, got {type(model_fn).__name__} {model_fn!r:.60}")
+    parameters = _parameters(model_fn)
+    if parameters is None:
+        return
+    passed = [n for n in names if n not in HANDLED]
+    by_keyword = [p.name for p in parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [n for n in passed if not _takes(parameters, n)]
+    required = [p for p in parameters.values() if p.default is p.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in passed]
+    if not unknown and not required:
+        return
+    what = _describe(model_fn)
+    problems = []
+    if unknown:
+        problems.append(f"the space names {unknown}, which {what} does not take")
+    handled = [p.name for p in required if p.name in HANDLED]
+    positional = [p.name for p in required if p.kind is p.POSITIONAL_ONLY and p.name in names]
+    missing = [p.name for p in required if p.name not in handled and p.name not in positional]
+    if missing:
+        problems.append(f"{what} requires {missing}, which the space does not give (a fixed "
+                        f"value works: {{{missing[0]!r}: value}}; or give it a default)")
+    if handled:
+        problems.append(f"{what} requires {handled}, which jdnn handles itself and never passes "
+                        f"to model_fn (give them defaults, or drop them from its parameters)")
+    if positional:
+        problems.append(f"{what}'s parameters {positional} are positional-only, but the search "
+                        f"passes keyword arguments")
+    raise TypeError(
+        f"search: {'; '.join(problems)}. {what} takes {by_keyword or 'no arguments'}; jdnn "
+        f"handles {list(HANDLED)} itself, and passes every other space name to model_fn as a "
+        f"keyword argument")
 
 
 def _dropout_paths(spec: Spec, path: str = "") -> tuple[list[str], list[str]]:
@@ -73,17 +156,24 @@ def _dropout_paths(spec: Spec, path: str = "") -> tuple[list[str], list[str]]:
     return in_state, fixed
 
 
-def _set_dropout(model: Layer, state: Any, rates: jax.Array) -> Any:
-    """Stacked layer state with the rate of every `Dropout(..., rate_in_state=True)` layer of
-    `model` (its `.../rate` state leaf) set per member; a clear error if there is none."""
+def _check_dropout(model: Layer) -> list[str]:
+    """The paths of `model`'s `Dropout(..., rate_in_state=True)` layers; a clear error if there
+    is none for the space's `dropout` to set."""
     in_state, fixed = _dropout_paths(model.spec)
     if not in_state:
         hint = (f"; its Dropout layers at {', '.join(p or '<root>' for p in fixed)} have a fixed "
                 f"rate" if fixed else "")
-        raise ValueError(f"'dropout' is in the space but the model model_fn built has no Dropout "
-                         f"layer with its rate in the state to set it on{hint}: build them as "
-                         f"jdnn.Dropout(rate, rate_in_state=True), or drop 'dropout' from the "
-                         f"space. The model: {model.spec}")
+        raise ValueError(f"search: 'dropout' is in the space but the model model_fn built has "
+                         f"no Dropout layer with its rate in the state to set it on{hint}: build "
+                         f"them as jdnn.Dropout(rate, rate_in_state=True), or drop 'dropout' "
+                         f"from the space. The model: {model.spec}")
+    return in_state
+
+
+def _set_dropout(model: Layer, state: Any, rates: jax.Array) -> Any:
+    """Stacked layer state with the rate of every `Dropout(..., rate_in_state=True)` layer of
+    `model` (its `.../rate` state leaf) set per member; a clear error if there is none."""
+    in_state = _check_dropout(model)
     targets = {f"{path}/rate" if path else "rate" for path in in_state}
     found = set()
 
@@ -95,8 +185,9 @@ def _set_dropout(model: Layer, state: Any, rates: jax.Array) -> Any:
 
     state = jax.tree_util.tree_map_with_path(put, state)
     if found != targets:
-        raise ValueError(f"the model's state has no rate leaf at {sorted(targets - found)}, "
-                         f"where its Dropout(..., rate_in_state=True) layers keep their rate")
+        raise ValueError(f"search: the model's state has no rate leaf at "
+                         f"{sorted(targets - found)}, where its Dropout(..., "
+                         f"rate_in_state=True) layers keep their rate")
     return state
 
 
@@ -169,15 +260,42 @@ class SearchResult:
         io.write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
-def _train_group(model_fn: Callable, configs: list[dict], data: Any, validation_data: Any, *,
-                 key: jax.Array, batch_size: int, optimizer: Any, loss: Loss, metrics: Metrics,
-                 **engine: Any):
-    """Builds one structure's model and trains all its configurations as one stack."""
-    structural = {n: v for n, v in configs[0].items() if n not in VECTORIZED}
+@dataclasses.dataclass
+class _Group:
+    """One structure: its trials, the model `model_fn` built for them, batch size, optimizer."""
+
+    trials: list[int]
+    structural: dict[str, Any]
+    model: Layer
+    batch_size: int
+    optimizer: str | Callable
+
+
+def _group(model_fn: Callable, trials: list[int], configs: list[dict], batch_size: int,
+           optimizer: Any) -> _Group:
+    """Builds one structure's model and checks what it needs, before anything trains: the
+    optimizer takes the space's learning rate (and momentum), the model has Dropout layers with
+    their rate in the state if the space sets `dropout`."""
+    config = configs[trials[0]]
+    structural = {n: v for n, v in config.items() if n not in VECTORIZED}
     batch_size = int(structural.pop("batch_size", batch_size))
     kind = structural.pop("optimizer", optimizer)
     model = model_fn(**structural)
-    x, y, validation = prepare_data(model, loss, data, validation_data)
+    if not isinstance(model, Layer):
+        call = ", ".join(f"{n}={v!r}" for n, v in structural.items())
+        raise TypeError(f"search: model_fn({call}) returned {type(model).__name__}, not a "
+                        f"jdnn Layer; model_fn must return the model, e.g. jdnn.serial(...)")
+    _optimizer(kind, config.get("learning_rate", DEFAULT_LEARNING_RATE), config.get("momentum"))
+    if "dropout" in config:
+        _check_dropout(model)
+    return _Group(trials, structural, model, batch_size, kind)
+
+
+def _train_group(group: _Group, configs: list[dict], x: jax.Array, y: jax.Array,
+                 validation: Any, *, key: jax.Array, loss: Loss, metrics: Metrics,
+                 **engine: Any):
+    """Trains all the configurations of one structure as one stack."""
+    model, batch_size, kind = group.model, group.batch_size, group.optimizer
     shape = (batch_size, *x.shape[1:])
     states = stack([TrainState.create(  # each trial's own learning rate and momentum, as data
         model, _optimizer(kind, c.get("learning_rate", DEFAULT_LEARNING_RATE), c.get("momentum")),
@@ -197,11 +315,10 @@ def _train_group(model_fn: Callable, configs: list[dict], data: Any, validation_
                              metrics=metrics)
         return epoch_fn(step, batch_size)(train_state, x, y, order)
 
-    trained = train_members(states, hparams, member_epoch, x, y,
-                            steps_per_epoch=num_batches(x.shape[0], batch_size),
-                            validation=validation,
-                            evaluate=member_evaluator(model, loss, metrics), **engine)
-    return model, trained
+    return train_members(states, hparams, member_epoch, x, y,
+                         steps_per_epoch=num_batches(x.shape[0], batch_size),
+                         validation=validation,
+                         evaluate=member_evaluator(model, loss, metrics), **engine)
 
 
 def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], *, loss: Loss,
@@ -250,6 +367,14 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
     Returns:
         A `SearchResult`: `print(result)` shows the table, best first.
 
+    Raises:
+        TypeError: for a `model_fn` whose parameters do not match the space (names it does
+            not take, required ones the space does not give; see `check_model_fn`), a space
+            that is not a mapping, or a `key` that is not a seed or a key.
+        ValueError: for any other bad argument or value, and for data that do not fit a
+            structure's model or loss (a label out of range, NaN or inf inputs, a wrong
+            shape): all found before anything is compiled.
+
     Example:
         >>> def model_fn(width):
         ...     return jdnn.serial(jdnn.Dense(width), jdnn.Relu(),
@@ -262,38 +387,56 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
         >>> print(result); result.best_config
     """
     if strategy not in ("grid", "random"):
-        raise ValueError(f"strategy must be 'grid' or 'random', got {strategy!r}")
+        close = difflib.get_close_matches(str(strategy), ("grid", "random"), n=1)
+        raise ValueError(f"search: strategy must be 'grid' or 'random', got {strategy!r}"
+                         + (f"; did you mean {close[0]!r}?" if close else ""))
     if strategy == "grid" and trials is not None:
-        raise ValueError("trials is for strategy='random'; a grid runs every combination")
+        raise ValueError("search: trials is for strategy='random'; a grid runs every "
+                         "combination")
+    if strategy == "random" and trials is None:
+        raise ValueError("search: strategy='random' needs trials=, the number of "
+                         "configurations to draw")
     if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-    if patience is not None and not (isinstance(patience, int) and patience >= 1):
-        raise ValueError(f"patience must be an int >= 1 or None, got {patience!r}")
+        raise ValueError(f"search: mode must be 'max' or 'min', got {mode!r}")
+    epochs = whole_number("search", "epochs", epochs, 1)
+    batch_size = whole_number("search", "batch_size", batch_size, 1)
+    epochs_per_call = whole_number("search", "epochs_per_call", epochs_per_call, 1)
+    if patience is not None:
+        patience = whole_number("search", "patience", patience, 1)
+    check_space("search", space)
+    check_model_fn(model_fn, list(space))
     names = ["loss", *resolve_metrics(metrics)]
     names += [f"val_{n}" for n in names] if validation_data is not None else []
     if metric not in names:
-        raise ValueError(f"metric {metric!r} is not recorded; choose one of {names}"
+        raise ValueError(f"search: metric {metric!r} is not recorded; choose one of {names}"
                          + ("" if validation_data is not None else
                             " (val_* metrics need validation_data)"))
-    key = jax.random.key(key) if isinstance(key, int) else key
-    configs = grid(space) if strategy == "grid" else sample(space, trials, key)
+    key = as_key("search", key)
+    configs = (grid(space, where="search") if strategy == "grid"
+               else sample(space, trials, key, where="search"))
     for config in configs:
-        check(config)
-    groups: dict[str, list[int]] = {}
+        check(config, where="search")
+    structures: dict[str, list[int]] = {}
     for t, config in enumerate(configs):
         structure = sorted((n, v) for n, v in config.items() if n not in VECTORIZED)
-        groups.setdefault(repr(structure), []).append(t)
+        structures.setdefault(repr(structure), []).append(t)
+    # Every structure's model is built and the data checked against it before any compiles.
+    groups = [_group(model_fn, trials, configs, batch_size, optimizer)
+              for trials in structures.values()]
+    for g in groups:
+        where = f"search (structure {g.structural})" if g.structural else "search"
+        x, y, validation = check_member_data(where, g.model, loss, data, validation_data)
+    x, y = jnp.asarray(x), jnp.asarray(y)
 
     rows, history, members = [None] * len(configs), [None] * len(configs), {}
-    for g, group in enumerate(groups.values()):
-        model, trained = _train_group(
-            model_fn, [configs[t] for t in group], data, validation_data, key=key,
-            batch_size=batch_size, optimizer=optimizer, loss=loss, metrics=metrics,
-            epochs=epochs, monitor=metric, mode=mode, patience=patience,
+    for g, group in enumerate(groups):
+        trained = _train_group(
+            group, [configs[t] for t in group.trials], x, y, validation, key=key, loss=loss,
+            metrics=metrics, epochs=epochs, monitor=metric, mode=mode, patience=patience,
             keep_best=restore_best, epochs_per_call=epochs_per_call, progress=progress,
             desc=f"search {g + 1}/{len(groups)}")
         stacked = trained.best_state if restore_best else trained.train_state
-        for j, t in enumerate(group):
+        for j, t in enumerate(group.trials):
             h = history[t] = trained.histories[j]
             chosen = int(trained.best_epoch[j]) if restore_best and trained.best_epoch[j] \
                 else len(h)
@@ -302,7 +445,7 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
                        **{k: v for k, v in record.items() if k not in ("epoch", "seconds")},
                        "epoch": chosen, "epochs": len(h),
                        "stopped": h.stopped_by or ""}
-            members[t] = (model, stacked, j)
+            members[t] = (group.model, stacked, j)
 
     sign = -1.0 if mode == "max" else 1.0
 

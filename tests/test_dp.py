@@ -74,7 +74,7 @@ def test_dp_step_rejects_bad_settings():
     with pytest.raises(ValueError, match="method must be one of"):
         make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=1.0, noise_multiplier=1.0,
                            method="fast")
-    with pytest.raises(ValueError, match="need l2_norm_clip > 0"):
+    with pytest.raises(ValueError, match="l2_norm_clip must be a finite number > 0, got 0.0"):
         make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=0.0, noise_multiplier=1.0)
 
 

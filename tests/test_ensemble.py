@@ -119,7 +119,7 @@ def test_default_combine_follows_the_loss():
 
 
 def test_bad_arguments_are_clear_errors():
-    with pytest.raises(ValueError, match="size must be an int >= 1"):
+    with pytest.raises(ValueError, match="fit_ensemble: size must be a positive int, got 0"):
         fit_ensemble(MODEL, TRAIN, size=0, optimizer=optax.adam(1e-2), key=0, **OPTIONS)
     with pytest.raises(ValueError, match="combine must be one of"):
         fit_ensemble(MODEL, TRAIN, size=2, optimizer=optax.adam(1e-2), key=0, combine="vote",

@@ -37,7 +37,7 @@ def test_random_sampling_is_seeded_in_range_and_log_uniform():
         sample({"lr": ("log_uniform", 0.0, 1.0)}, 1, 0)
     with pytest.raises(ValueError, match="low < high"):
         sample({"lr": ("uniform", 1.0, 0.5)}, 1, 0)
-    with pytest.raises(ValueError, match="needs trials"):
+    with pytest.raises(ValueError, match="trials must be a positive int, got 0"):
         sample(space, 0, 0)
 
 

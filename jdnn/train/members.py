@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ import numpy as np
 from jax import lax
 from tqdm.auto import tqdm
 
-from jdnn.core import Layer
+from jdnn.core import Layer, whole_number
 from jdnn.data.batching import epoch_batches, epoch_order
 from jdnn.train.fit import checked_data, host_key_and_step
 from jdnn.train.history import History
@@ -34,19 +35,79 @@ from jdnn.train.step import Loss, Metrics, resolve_metrics
 EVAL_BATCH_SIZE = 1024
 
 
+def as_key(where: str, key: Any) -> jax.Array:
+    """A scalar typed PRNG key from an int seed (NumPy ints too), a `jax.random.key` or a legacy
+    `jax.random.PRNGKey` (`uint32[2]`), with a clear error naming `where` for anything else.
+
+    Raises:
+        TypeError: `"fit_ensemble: key must be an int seed or a jax.random.key(...), got ..."`.
+    """
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        return jax.random.key(int(key))
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return key
+        if key.dtype == np.uint32 and key.shape == (2,):
+            return jax.random.wrap_key_data(jnp.asarray(key))
+    shown = f"an array of shape {key.shape} and dtype {key.dtype}" \
+        if isinstance(key, (jax.Array, np.ndarray)) else f"{type(key).__name__} {key!r:.60}"
+    raise TypeError(f"{where}: key must be an int seed or one jax.random.key(...), got {shown}")
+
+
 def stack(states: Sequence[TrainState]) -> TrainState:
     """Train states of one structure stacked into one, each leaf with a leading member axis."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
+def members_of(where: str, train_state: Any) -> int:
+    """The member count K of a stacked train state (its `step` is `(K,)`), or a clear error
+    for anything else (e.g. one member's state, whose `step` is a scalar)."""
+    step = getattr(train_state, "step", None)
+    if not isinstance(train_state, TrainState) or np.ndim(step) != 1:
+        got = (f"a TrainState whose step has shape {np.shape(step)}"
+               if isinstance(train_state, TrainState) else type(train_state).__name__)
+        raise ValueError(f"{where}: train_state must be the stacked TrainState fit_ensemble "
+                         f"returns (each leaf with a leading member axis, step of shape (K,)), "
+                         f"got {got}; stack single states with jdnn.ensemble.stack([...])")
+    return int(np.shape(step)[0])
+
+
 def member(train_state: TrainState, i: int) -> TrainState:
-    """Member `i` of a stacked train state, as the `TrainState` `jdnn.fit` would return."""
-    return jax.tree.map(lambda leaf: leaf[i], train_state)
+    """Member `i` of a stacked train state, as the `TrainState` `jdnn.fit` would return.
+
+    `i` may be negative (from the end), as in a list, and a NumPy or concrete JAX integer
+    (e.g. `jnp.argmax(accuracies)`).
+
+    Raises:
+        ValueError: for an `i` outside `[-K, K)` or a train state that is not stacked.
+    """
+    k = members_of("member", train_state)
+    try:
+        index = None if isinstance(i, (bool, np.bool_)) else operator.index(i)
+    except TypeError:
+        index = None
+    if index is None or not -k <= index < k:
+        raise ValueError(f"member: i must be an int in [{-k}, {k}) for a state of {k} members, "
+                         f"got {i!r}")
+    return jax.tree.map(lambda leaf: leaf[index], train_state)
 
 
-def prepare_data(model: Layer, loss: Loss, train_data: Any, validation_data: Any):
-    """Checks the data as `jdnn.fit` does; returns `x`, `y` and `validation` on the device."""
-    x, y, validation = checked_data(model, loss, train_data, validation_data)
+def check_member_data(where: str, model: Layer, loss: Loss, train_data: Any,
+                      validation_data: Any):
+    """`jdnn.fit`'s data checks (pairs, shapes against the model, NaN and inf, labels against
+    the loss and the model's classes), each error prefixed with `where`, the entry point the
+    user called. Returns `x`, `y` as NumPy arrays and the validation pair on the device."""
+    try:
+        return checked_data(model, loss, train_data, validation_data)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def prepare_data(model: Layer, loss: Loss, train_data: Any, validation_data: Any, *,
+                 where: str = "train_members"):
+    """Checks the data as `jdnn.fit` does (`check_member_data`); returns `x`, `y` and
+    `validation` on the device."""
+    x, y, validation = check_member_data(where, model, loss, train_data, validation_data)
     return jnp.asarray(x), jnp.asarray(y), validation
 
 
@@ -120,6 +181,9 @@ def _track(tracker: Tracker, record: dict, monitor: str | None, sign: float,
     epoch = tracker.epoch + 1
     if monitor is None:
         return tracker._replace(epoch=epoch), jnp.zeros_like(active)
+    if monitor not in record:
+        raise ValueError(f"train_members: monitor {monitor!r} is not recorded; each epoch "
+                         f"records {sorted(record)}")
     value = sign * record[monitor]
     improved = active & jnp.isfinite(value) & (value > tracker.best)
     wait = jnp.where(improved, 0, tracker.wait + active)
@@ -217,7 +281,14 @@ def train_members(train_state: TrainState, hparams: Any, member_epoch: Callable,
     loss is not finite, is frozen (`jnp.where(stopped, old, new)` after each epoch) while the
     others go on; `keep_best` also keeps each member's state from its best epoch.
     """
-    k = jax.tree.leaves(train_state)[0].shape[0]
+    epochs = whole_number("train_members", "epochs", epochs, 0)
+    steps_per_epoch = whole_number("train_members", "steps_per_epoch", steps_per_epoch, 1)
+    epochs_per_call = whole_number("train_members", "epochs_per_call", epochs_per_call, 1)
+    if patience is not None:
+        patience = whole_number("train_members", "patience", patience, 1)
+    if mode not in ("max", "min"):
+        raise ValueError(f"train_members: mode must be 'max' or 'min', got {mode!r}")
+    k = members_of("train_members", train_state)
     evaluate = None if validation is None else evaluate
     sign = 1.0 if mode == "max" else -1.0
     length = chunk_length(epochs, epochs_per_call) if epochs else 1
