@@ -11,13 +11,29 @@ NHWC. `params` and `state` are plain dicts (`{}` when a layer has none), so path
 
 `spec` tells the rest of jdnn *what* a layer is without running it: the NumPy reference, the
 summary table, diagrams and checkpoints are all built from it. Layers never import those.
+
+Traits: what a kind says about itself, so that no consumer tests a kind string.
+
+    declare(kind, **traits)        called once, in the kind's own module
+    trait(spec, name, default)     what `spec`'s kind declared under `name`
+    output_layer(spec)             the spec of the layer whose output is the model's output
+
+Two traits exist so far: `outputs_probabilities=True` (Softmax, Sigmoid: the output is
+probabilities, not logits; `check_data` warns when a from-logits loss follows) and
+`output_child=fn` (a combinator whose output is one child's, `fn(spec) -> child spec or None`;
+`serial`: its last child). A user's kind declares its traits the same way.
+
+Errors: `LayerError` names the layer path; its subclass `MissingKeyError` (a stochastic layer
+in training mode without a key) is re-raised by `entry_point(name)` naming the function the user
+called, e.g. `per_example_grads`, rather than an `apply` they never called.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -125,6 +141,52 @@ def child_name(index: int, spec: Spec) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Traits: a kind declares what consumers need to know about it, in its own module; consumers
+# ask `trait(spec, name)` and never compare `spec.kind` with a string.
+
+_TRAITS: dict[str, dict[str, Any]] = {}
+
+
+def declare(kind: str, **traits: Any) -> None:
+    """Records traits of the layer kind `kind` (later declarations add to earlier ones).
+
+    Args:
+        kind: the kind name, as in the layer's `Spec`, e.g. `"Softmax"`.
+        **traits: e.g. `outputs_probabilities=True`, or `output_child=lambda spec: ...` for a
+            combinator whose output is one child's (see the module docstring).
+
+    Example:
+        >>> declare("MySoftmax", outputs_probabilities=True)
+    """
+    if not isinstance(kind, str) or not kind:
+        raise TypeError(f"declare: kind must be a layer kind name (a non-empty str), got "
+                        f"{kind!r}")
+    _TRAITS.setdefault(kind, {}).update(traits)
+
+
+def trait(spec: Spec, name: str, default: Any = None) -> Any:
+    """What `spec`'s kind declared under `name`, or `default` if it declared nothing.
+
+    Example:
+        >>> trait(jdnn.Softmax().spec, "outputs_probabilities", False)   # True
+    """
+    return _TRAITS.get(spec.kind, {}).get(name, default)
+
+
+def output_layer(spec: Spec) -> Spec:
+    """The spec of the layer that produces the output of the model `spec` describes: the
+    `output_child` of each combinator that declares one, followed down; `spec` itself
+    otherwise (a leaf, or a combinator such as `residual` whose output mixes its input in).
+
+    Example:
+        >>> output_layer(jdnn.serial(jdnn.Dense(10), jdnn.Softmax()).spec)   # Softmax()
+    """
+    while (pick := trait(spec, "output_child")) is not None and (child := pick(spec)) is not None:
+        spec = child
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
 # Errors that name the layer. A layer raises `LayerError` with its own kind; each combinator it
 # sits in prefixes the child's key on the way out, so the message names the full path.
 
@@ -140,15 +202,72 @@ class LayerError(ValueError):
 
     def __init__(self, kind: str, detail: str, path: tuple[str, ...] = ()):
         self.kind, self.detail, self.path = kind, detail, path
-        where = "/".join(path) if path else "<root>"
-        super().__init__(f"{kind} layer at {where}: {detail}")
+        super().__init__(self.message())
+
+    @property
+    def where(self) -> str:
+        """The path as text, `"1_serial/2_dense"`, or `"<root>"`."""
+        return "/".join(self.path) if self.path else "<root>"
+
+    def message(self) -> str:
+        """The full message: `"Dense layer at 1_serial/2_dense: <detail>"`."""
+        return f"{self.kind} layer at {self.where}: {self.detail}"
 
     def __reduce__(self):
-        return (LayerError, (self.kind, self.detail, self.path))
+        return (type(self), (self.kind, self.detail, self.path))
 
     def within(self, name: str) -> LayerError:
         """The same error, seen from the combinator that files this layer under `name`."""
-        return LayerError(self.kind, self.detail, (name, *self.path))
+        return type(self)(self.kind, self.detail, (name, *self.path))
+
+
+class MissingKeyError(LayerError):
+    """A stochastic layer (Dropout) applied with `train=True` and no random key.
+
+    The layer raises it telling the caller of `apply` to pass `key=`; an entry point that takes
+    `key=` itself runs the model inside `entry_point(name)`, which re-raises it naming that
+    entry point: `"per_example_grads: the model's Dropout at 2_dropout needs a random key in
+    training mode; pass key=jax.random.key(0) (or train=False)"`.
+
+    Attributes:
+        entry: the entry point the user called, or None (the message then names `apply`).
+    """
+
+    def __init__(self, kind: str, detail: str, path: tuple[str, ...] = (),
+                 entry: str | None = None):
+        self.entry = entry
+        super().__init__(kind, detail, path)
+
+    def message(self) -> str:
+        if self.entry is None:
+            return super().message()
+        return (f"{self.entry}: the model's {self.kind} at {self.where} needs a random key in "
+                f"training mode; pass key=jax.random.key(0) (or train=False)")
+
+    def __reduce__(self):
+        return (MissingKeyError, (self.kind, self.detail, self.path, self.entry))
+
+    def within(self, name: str) -> MissingKeyError:
+        return MissingKeyError(self.kind, self.detail, (name, *self.path), self.entry)
+
+    def called_from(self, entry: str) -> MissingKeyError:
+        """The same error, worded for `entry`, the function the user called."""
+        return MissingKeyError(self.kind, self.detail, self.path, entry)
+
+
+@contextlib.contextmanager
+def entry_point(name: str) -> Iterator[None]:
+    """Re-raises a `MissingKeyError` from inside as one naming `name`, the function the user
+    called (with a `key=` argument of its own), instead of `apply`.
+
+    Example:
+        >>> with entry_point("per_example_grads"):
+        ...     outputs, _ = model.apply(params, state, x, key=key, train=True)
+    """
+    try:
+        yield
+    except MissingKeyError as error:
+        raise error.called_from(name) from None
 
 
 def check_hparam(kind: str, name: str, value: Any, ok: bool, expected: str) -> None:

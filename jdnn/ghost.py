@@ -32,10 +32,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jdnn.core import Layer, Spec
+from jdnn.core import Layer, Spec, entry_point
 from jdnn.vectorize import (EXAMPLES, Loss, Path, PerExampleAux, batch_norm_twin, check_batch,
-                            check_batch_norm_rule, rebuild,
-                            subtree)
+                            check_batch_norm_rule, rebuild, subtree)
 
 PROBE, INPUT, OUTPUT = "__probe__", "__input__", "__output__"
 
@@ -160,13 +159,16 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
         `(mean, norms, aux)`.
 
     Raises:
-        ValueError: as `per_example_grads`, and for a layer that is not one of jdnn's.
+        ValueError: as `per_example_grads` (concrete labels included), and for a layer that is
+            not one of jdnn's.
+        jdnn.core.MissingKeyError: for Dropout with `train=True` and no `key`, naming
+            `ghost_clipped_grad`.
 
     Example:
         >>> grad, norms = jdnn.ghost_clipped_grad(model, jdnn.losses.softmax_cross_entropy,
         ...                                       params, state, x, y, l2_norm_clip=1.0, key=k)
     """
-    batch = check_batch(x, y, mask)
+    batch = check_batch("ghost_clipped_grad", model, loss, x, y, mask)
     rule = check_batch_norm_rule(model.spec, train, batch_norm)
     taps = []
 
@@ -193,7 +195,8 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
                              f"got shape {tuple(values.shape)}")
         return values, (outputs, new_state)
 
-    _, (_, recorded) = jax.eval_shape(forward, params, {})
+    with entry_point("ghost_clipped_grad"):
+        _, (_, recorded) = jax.eval_shape(forward, params, {})
     shapes = {tap.path: subtree(recorded, tap.path)[OUTPUT] for tap in taps}
     probes = {path: jnp.zeros(s.shape, s.dtype) for path, s in shapes.items()}
     losses, pullback, (outputs, new_state) = jax.vjp(lambda pr: forward(params, pr), probes,

@@ -8,6 +8,14 @@ computed from logits where that matters, so they stay finite for logits of any s
 Shapes are checked rather than broadcast: predictions `(B, 1)` against targets `(B,)` would
 silently broadcast to `(B, B)`. That one case is accepted (targets are read as `(B, 1)`); any
 other mismatch is a `ValueError` naming both shapes.
+
+Labels a loss cannot mean never give a plausible number: an integer class index outside
+`[0, C)`, or a one-hot/probability/binary label outside `[0, 1]` (NaN included), makes that
+example's loss NaN, eagerly, under `jit` and under `vmap` alike (values are not known at trace
+time, so they cannot raise; `jdnn.data.check_data` raises for them on concrete data). The NaN is
+put in by a select, and the loss is computed with a harmless stand-in label, so gradients stay
+finite: an example masked out with `jnp.where(mask, loss, 0)` leaves the others untouched, and
+a NaN example itself contributes a zero gradient (its NaN loss is the signal).
 """
 
 from __future__ import annotations
@@ -67,6 +75,16 @@ def _per_example(x: Array) -> Array:
     return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
 
+def _in_unit_interval(labels: Array) -> Array:
+    """Elementwise: is the label in `[0, 1]` (False for NaN)."""
+    return (labels >= 0) & (labels <= 1)
+
+
+def _nan_unless(valid: Array, values: Array) -> Array:
+    """`values` where `valid`, NaN elsewhere: a select, so no gradient reaches the NaN side."""
+    return jnp.where(valid, values, jnp.nan)
+
+
 def mse(predictions: Array, targets: Array) -> Array:
     """Mean squared error per example: `mean((predictions - targets) ** 2)` over non-batch axes.
 
@@ -98,10 +116,12 @@ def binary_cross_entropy(logits: Array, labels: Array) -> Array:
     Args:
         logits: `(B, ...)` unnormalized log-odds, typically `(B, 1)` or `(B,)`.
         labels: the same shape as `logits` (or `(B,)` for `(B, 1)` logits), in `{0, 1}`;
-            soft labels in `[0, 1]` are fine.
+            soft labels in `[0, 1]` are fine. A label outside `[0, 1]` (or NaN) makes its
+            example's loss NaN: such a label gives a finite but meaningless value otherwise.
 
     Returns:
-        `(B,)`: the cross-entropy of each example, averaged over its non-batch axes.
+        `(B,)`: the cross-entropy of each example, averaged over its non-batch axes; NaN for
+        an example with a label outside `[0, 1]`.
 
     Raises:
         ValueError: if `logits` is a scalar or the shapes do not match as described.
@@ -111,7 +131,10 @@ def binary_cross_entropy(logits: Array, labels: Array) -> Array:
     """
     logits = _floating(logits)
     labels = _match("binary_cross_entropy", "logits", "labels", logits, jnp.asarray(labels))
-    return _per_example(optax.losses.sigmoid_binary_cross_entropy(logits, labels))
+    labels = labels.astype(logits.dtype)
+    valid = _in_unit_interval(labels)
+    values = optax.losses.sigmoid_binary_cross_entropy(logits, jnp.where(valid, labels, 0))
+    return _per_example(_nan_unless(valid, values))
 
 
 def _check_smoothing(label_smoothing: float | Array) -> float | Array:
@@ -163,13 +186,16 @@ def softmax_cross_entropy(logits: Array, labels: Array, *,
     Args:
         logits: `(B, C)` unnormalized log-probabilities over `C >= 2` classes, or `(B, ..., C)`.
         labels: integer class indices in `[0, C)` of shape `logits.shape[:-1]`, or one-hot (or
-            probability) vectors of shape `logits.shape`. Out-of-range indices give NaN.
+            probability) vectors of shape `logits.shape` with entries in `[0, 1]`. An index
+            outside `[0, C)` (negative ones included: they do not wrap around) or a vector
+            with an entry outside `[0, 1]` makes its example's loss NaN, with or without
+            smoothing, at any rank.
         label_smoothing: `a` in `[0, 1)`; `0` is plain cross-entropy. A traced value (e.g. under
             `vmap` in a hyper-parameter search) is not range-checked.
 
     Returns:
         `(B,)`: the cross-entropy of each example (for rank > 2, averaged over the axes between
-        batch and classes).
+        batch and classes); NaN for an example with any out-of-range label.
 
     Raises:
         ValueError: if `logits` has rank < 2 or a single class, the labels' shape fits neither
@@ -179,13 +205,20 @@ def softmax_cross_entropy(logits: Array, labels: Array, *,
         >>> loss = jdnn.losses.softmax_cross_entropy(logits, y, label_smoothing=0.1).mean()
     """
     smoothing = _check_smoothing(label_smoothing)
+    smooth = not (isinstance(smoothing, float) and smoothing == 0.0)
     logits = _floating(logits)
     labels, is_index = _softmax_labels(logits, jnp.asarray(labels))
-    if is_index and isinstance(smoothing, float) and smoothing == 0.0:
-        return _per_example(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
-    if is_index:
+    if is_index:  # (B, ...) indices: class 0 stands in for an out-of-range one
+        valid = (labels >= 0) & (labels < logits.shape[-1])
+        labels = jnp.where(valid, labels, 0)
+        if not smooth:
+            values = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+            return _per_example(_nan_unless(valid, values))
         labels = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-    labels = labels.astype(logits.dtype)
-    if not (isinstance(smoothing, float) and smoothing == 0.0):
+    else:  # (B, ..., C) vectors: a zero vector stands in for one with an entry outside [0, 1]
+        labels = labels.astype(logits.dtype)
+        valid = jnp.all(_in_unit_interval(labels), axis=-1)
+        labels = jnp.where(valid[..., None], labels, 0)
+    if smooth:
         labels = optax.smooth_labels(labels, smoothing)
-    return _per_example(optax.losses.softmax_cross_entropy(logits, labels))
+    return _per_example(_nan_unless(valid, optax.losses.softmax_cross_entropy(logits, labels)))

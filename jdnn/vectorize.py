@@ -21,7 +21,8 @@ import optax
 from jax import lax
 
 from jdnn import layers as layers_lib
-from jdnn.core import Layer, Spec, child_name
+from jdnn.core import Layer, Spec, child_name, entry_point
+from jdnn.data.validate import check_labels
 
 Loss = Callable[[jax.Array, jax.Array], jax.Array]
 Path = tuple[str, ...]
@@ -66,15 +67,17 @@ def rebuild(spec: Spec, wrap: Callable[[Path, Spec, Layer], Layer] | None = None
         return getattr(layers_lib, spec.kind)(*children)
     hparams = {name: "zeros" if name in ("w_init", "b_init") else value
                for name, value in spec.hparams}
-    try:
-        if spec.kind not in layers_lib.__all__ or spec.children:
-            raise TypeError
-        layer = getattr(layers_lib, spec.kind)(**hparams)
-    except TypeError:
+    layer = None
+    if spec.kind in layers_lib.__all__ and not spec.children:
+        try:
+            layer = getattr(layers_lib, spec.kind)(**hparams)
+        except TypeError:  # a user's kind under a jdnn name, with other hyper-parameters
+            layer = None
+    if layer is None:
         where = "/".join(path) or "<root>"
         raise ValueError(f"cannot rebuild the layer {spec.kind!r} at {where}: batch-norm rules "
                          f"and ghost clipping rebuild the model from its spec and know only "
-                         f"jdnn's layers {sorted(layers_lib.__all__)}") from None
+                         f"jdnn's layers {sorted(layers_lib.__all__)}")
     return wrap(path, spec, layer) if wrap is not None else layer
 
 
@@ -144,14 +147,19 @@ def batch_norm_twin(spec: Spec, rule: str, axis_name: str | None = None) -> Laye
 # Per-example gradients by vmap(grad).
 
 
-def check_batch(x: jax.Array, y: jax.Array, mask: jax.Array | None) -> int:
-    """The batch size, after checking `x`, `y` and `mask` agree on it."""
+def check_batch(entry: str, model: Layer, loss: Loss, x: jax.Array, y: jax.Array,
+                mask: jax.Array | None) -> int:
+    """The batch size, after checking `x`, `y` and `mask` agree on it and, when `y` is concrete
+    (not traced under `jit`), that its labels suit `loss` and the model's outputs
+    (`jdnn.data.check_labels`). `entry` (the function the user called) starts every message."""
     if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y need the same leading batch axis, got shapes "
+        raise ValueError(f"{entry}: x and y need the same leading batch axis, got shapes "
                          f"{tuple(x.shape)} and {tuple(y.shape)}")
     if mask is not None and tuple(mask.shape) != (x.shape[0],):
-        raise ValueError(f"mask must have shape ({x.shape[0]},), one entry per example, got "
-                         f"shape {tuple(mask.shape)}")
+        raise ValueError(f"{entry}: mask must have shape ({x.shape[0]},), one entry per "
+                         f"example, got shape {tuple(mask.shape)}")
+    if not isinstance(y, jax.core.Tracer):  # traced labels: the losses' NaN rule guards
+        check_labels(y, loss=loss, model=model, x_shape=tuple(x.shape), name=entry)
     return x.shape[0]
 
 
@@ -198,16 +206,24 @@ def per_example_grads(model: Layer, loss: Loss, params: Any, state: Any, x: jax.
         The gradients, the params' tree with a leading `(B,)` axis on every leaf; with
         `return_aux`, `(grads, aux)`.
 
+    Labels: when `y` is concrete (not traced under `jit`) and `loss` is one of jdnn's
+    cross-entropies, the labels are checked as `jdnn.data.check_data` checks them (an index
+    outside the model's classes is an error naming `per_example_grads`); under `jit` such a
+    label gives that example a NaN loss and a zero gradient.
+
     Raises:
         ValueError: for BatchNorm in training mode without a rule, an unknown rule, mismatched
-            batch axes, or a loss that does not return one value per example.
+            batch axes, concrete labels that do not suit the loss and model, or a loss that does
+            not return one value per example.
+        jdnn.core.MissingKeyError: (a `LayerError`) for Dropout with `train=True` and no
+            `key`, naming `per_example_grads`.
 
     Example:
         >>> grads = jdnn.per_example_grads(model, jdnn.losses.softmax_cross_entropy, params,
         ...                                state, x, y, key=jax.random.key(1))
         >>> grads["0_dense"]["w"].shape                       # (B, in_features, features)
     """
-    batch = check_batch(x, y, mask)
+    batch = check_batch("per_example_grads", model, loss, x, y, mask)
     rule = check_batch_norm_rule(model.spec, train, batch_norm)
     if rule is not None:
         def wrap(path, spec, layer):
@@ -225,9 +241,10 @@ def per_example_grads(model: Layer, loss: Loss, params: Any, state: Any, x: jax.
         return value[0], (value[0], outputs[0], new_state)
 
     keys = None if key is None else jax.random.split(key, batch)
-    grads, (losses, outputs, new_state) = jax.vmap(
-        jax.grad(example_loss, has_aux=True), in_axes=(None, 0, 0, 0), axis_name=EXAMPLES)(
-        params, x, y, keys)
+    with entry_point("per_example_grads"):
+        grads, (losses, outputs, new_state) = jax.vmap(
+            jax.grad(example_loss, has_aux=True), in_axes=(None, 0, 0, 0), axis_name=EXAMPLES)(
+            params, x, y, keys)
     if mask is not None:
         def keep(g):
             return jnp.where(mask.reshape((batch,) + (1,) * (g.ndim - 1)), g, 0)

@@ -6,11 +6,17 @@ garbage (`softmax_cross_entropy` gives NaN for an out-of-range index) or as a sh
 inside a compiled step. `check_data` finds them up front and says what is wrong, where, and how
 to fix it. It reads the model only through `model.init` on an abstract key (no parameters are
 materialized), and the loss only by identity, so it costs one pass over the data.
+
+`check_labels` is the label part alone, for entry points that get a batch rather than a dataset
+(`per_example_grads`, `ghost_clipped_grad`). A model whose last layer outputs probabilities
+(it declares the trait `outputs_probabilities`, e.g. `Softmax`) before a loss that takes logits
+is a warning, once: it trains, but badly.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdnn.core import Layer, LayerError, Shape, output_shape
+from jdnn.core import Layer, LayerError, Shape, output_layer, output_shape, trait
 from jdnn.losses import binary_cross_entropy, softmax_cross_entropy
 
 
@@ -108,18 +114,44 @@ def _loss_kind(loss: Callable | None) -> str | None:
     return None
 
 
-def _output_shape(name: str, model: Layer, x: np.ndarray) -> Shape:
-    """The model's output shape for one example, via an abstract (allocation-free) `init`."""
-    input_shape = (1, *x.shape[1:])
+def _misfit(name: str, shape: Shape, error: LayerError) -> ValueError:
+    return ValueError(f"{name}: x of shape {shape} does not fit the model: {error}")
+
+
+def model_output_shape(name: str, model: Layer, x_shape: Shape) -> Shape:
+    """The model's output shape for one example of `x_shape` `(N, ...)`, via an abstract
+    (allocation-free) `init`; an `init` that needs concrete values is run for real.
+
+    Raises:
+        ValueError: naming `name` and `x_shape` when the model's `init` rejects the shape.
+    """
+    input_shape = (1, *tuple(x_shape)[1:])
     try:
-        try:
-            return output_shape(model, input_shape)
-        except LayerError:
-            raise
-        except Exception:  # an init that needs concrete values: run it for real
-            return tuple(model.init(jax.random.key(0), input_shape)[0])
+        return output_shape(model, input_shape)
     except LayerError as error:
-        raise ValueError(f"{name}: x of shape {x.shape} does not fit the model: {error}") from None
+        raise _misfit(name, tuple(x_shape), error) from None
+    except Exception:  # an init that needs concrete values: run it for real below
+        pass
+    try:
+        return tuple(model.init(jax.random.key(0), input_shape)[0])
+    except LayerError as error:
+        raise _misfit(name, tuple(x_shape), error) from None
+
+
+def _warn_if_probabilities(model: Layer, kind: str) -> None:
+    """Warns once when the model's output layer outputs probabilities but the loss of `kind`
+    takes logits. Once: the message does not depend on the data, so the default warning filter
+    shows it once per session however many entry points check."""
+    last = output_layer(model.spec)
+    if not trait(last, "outputs_probabilities", False):
+        return
+    loss, squash = {"softmax": ("softmax_cross_entropy", "softmax"),
+                    "binary": ("binary_cross_entropy", "sigmoid")}[kind]
+    warnings.warn(f"the model's last layer, {last.kind}, outputs probabilities, but {loss} takes "
+                  f"logits and applies the {squash} itself, so the outputs are squashed twice "
+                  f"and training stalls; remove the final {last.kind}() and apply "
+                  f"jax.nn.{squash} to the model's outputs when you need probabilities",
+                  UserWarning, stacklevel=2)
 
 
 def _check_indices(name: str, y: np.ndarray, classes: int | None, out: Shape | None) -> None:
@@ -210,7 +242,9 @@ def check_data(x: Any, y: Any, *, model: Layer | None = None, loss: Callable | N
       shape, or `(N,)` for a `(N, 1)` output.
 
     `functools.partial`s of these losses are recognized; any other loss (e.g. `mse`) skips the
-    label checks.
+    label checks. With a model and one of these losses, a model whose last layer outputs
+    probabilities (`Softmax`, `Sigmoid`: layers that declare `outputs_probabilities`) is a
+    `UserWarning`, shown once: these losses take logits.
 
     Args:
         x: inputs `(N, ...)`.
@@ -239,9 +273,56 @@ def check_data(x: Any, y: Any, *, model: Layer | None = None, loss: Callable | N
         raise ValueError(f"{name}: x and y have no examples (shapes {x.shape} and {y.shape})")
     _check_finite(name, "x", x)
     _check_finite(name, "y", y)
-    out = _output_shape(name, model, x) if model is not None else None
-    kind = _loss_kind(loss)
+    out = model_output_shape(name, model, x.shape) if model is not None else None
+    _check_labels_of(name, y, out, _loss_kind(loss), model)
+
+
+def _check_labels_of(name: str, y: np.ndarray, out: Shape | None, kind: str | None,
+                     model: Layer | None) -> None:
+    if kind is None:
+        return
+    if model is not None:
+        _warn_if_probabilities(model, kind)
     if kind == "softmax":
         _check_softmax_labels(name, y, out)
-    elif kind == "binary":
+    else:
         _check_binary_labels(name, y, out)
+
+
+def check_labels(y: Any, *, loss: Callable | None, model: Layer | None = None,
+                 x_shape: Shape | None = None, name: str = "labels") -> None:
+    """The label part of `check_data`, for one batch of concrete labels.
+
+    For entry points that take a batch (`jdnn.per_example_grads`, `jdnn.ghost_clipped_grad`):
+    they call it when `y` is concrete, naming themselves; under `jit` the labels are traced and
+    the losses' NaN rule (an out-of-range label gives a NaN loss) is the guard instead. Checks
+    that `y` is a real, finite array with a first axis, then the labels as `check_data` does for
+    `loss` (nothing more for a loss it does not know), against the model's output for inputs
+    of shape `x_shape` when both are given; warns, as `check_data` does, when the model's last
+    layer outputs probabilities.
+
+    Args:
+        y: the labels `(B, ...)` (NumPy or concrete JAX array).
+        loss: the per-example loss, e.g. `jdnn.losses.softmax_cross_entropy`.
+        model: optional; with `x_shape`, the number of classes is read off its output shape.
+        x_shape: the shape of the inputs `(B, ...)` (only the shape is needed).
+        name: what the user called, e.g. `"per_example_grads"`; it starts every message.
+
+    Raises:
+        ValueError: as `check_data`, e.g. `"per_example_grads: y has 1 negative class
+            label(s); the first is y[2] = -1. Class labels must lie in [0, classes)"`.
+
+    Example:
+        >>> check_labels(y, loss=jdnn.losses.softmax_cross_entropy, model=model,
+        ...              x_shape=x.shape, name="per_example_grads")
+    """
+    kind = _loss_kind(loss)
+    if kind is None:
+        return
+    y = np.asarray(y)
+    _check_numeric(name, "y", y)
+    _check_finite(name, "y", y)
+    out = None
+    if model is not None and x_shape is not None:
+        out = model_output_shape(name, model, x_shape)
+    _check_labels_of(name, y, out, kind, model)

@@ -11,7 +11,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jdnn.core import Layer, check_features, check_hparam, check_input_shape, make_spec
+from jdnn.core import (Layer, check_features, check_hparam, check_input_shape, declare,
+                       make_spec)
 
 
 def float_dtype():
@@ -38,7 +39,11 @@ def Relu() -> Layer:
 
 
 def Sigmoid() -> Layer:
-    """`1 / (1 + exp(-x))`, elementwise."""
+    """`1 / (1 + exp(-x))`, elementwise.
+
+    Its outputs are probabilities: as a model's last layer it does not go with
+    `jdnn.losses.binary_cross_entropy`, which takes logits (`check_data` warns).
+    """
     return _elementwise("Sigmoid", jax.nn.sigmoid)
 
 
@@ -86,9 +91,15 @@ def Softmax() -> Layer:
     """`exp(x) / sum(exp(x))` over the last axis (computed stably).
 
     For training a classifier, prefer leaving logits and using
-    `jdnn.losses.softmax_cross_entropy`, which fuses the two stably.
+    `jdnn.losses.softmax_cross_entropy`, which fuses the two stably; as a model's last layer
+    before a from-logits loss, `check_data` (hence `fit`) warns.
     """
     return _elementwise("Softmax", lambda x: jax.nn.softmax(x, axis=-1))
+
+
+# What consumers learn without testing kind strings (see jdnn.core): these output probabilities.
+declare("Sigmoid", outputs_probabilities=True)
+declare("Softmax", outputs_probabilities=True)
 
 
 def PRelu(alpha_init: float = 0.25) -> Layer:

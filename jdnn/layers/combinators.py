@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import jax
 
-from jdnn.core import Layer, LayerError, Spec, check_hparam, child_name, make_spec
+from jdnn.core import Layer, LayerError, Spec, check_hparam, child_name, declare, make_spec
 
 
 def _check_layers(kind: str, layers: tuple) -> None:
@@ -70,6 +70,10 @@ def serial(*layers: Layer) -> Layer:
         return x, new_state
 
     return Layer(init, apply, spec)
+
+
+# serial's output is its last child's (none for an empty serial, the identity)
+declare("serial", output_child=lambda spec: spec.children[-1] if spec.children else None)
 
 
 def residual(layer: Layer) -> Layer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,22 @@ def _conv2d_backward(strides, pads, residuals, dy):
 conv2d.defvjp(_conv2d_forward, _conv2d_backward)
 
 
+def _warn_if_channels_first(shape: tuple[int, ...], kernel: tuple[int, int]) -> None:
+    """Warns once when an NHWC `shape` looks like NCHW data: a height of at most 4 (the usual
+    1, 3 or 4 channels), a width and a channel count of at least 8 (an image's height and
+    width), and a kernel taller than one row (a `(1, k)` kernel is a deliberate 1-D
+    convolution over a height-1 input). NCHW data would otherwise train on images 1 to 4 pixels
+    high, silently."""
+    height, width, channels = shape[1:]
+    if height <= 4 and width >= 8 and channels >= 8 and kernel[0] > 1:
+        warnings.warn(f"Conv2D: images of shape (height, width, channels) = "
+                      f"{(height, width, channels)} look channels-first (NCHW): jdnn images "
+                      f"are NHWC, so this convolves {height}-pixel-high images with "
+                      f"{channels} channels. If the data are (N, C, H, W), transpose them with "
+                      f"x.transpose(0, 2, 3, 1), giving (N, {width}, {channels}, {height})",
+                      UserWarning, stacklevel=2)
+
+
 def Conv2D(features: int, kernel_size: int | tuple[int, int], strides: int | tuple[int, int] = 1,
            padding: str = "SAME", *, use_bias: bool = True,
            w_init: str | initializers.Initializer = "lecun_normal",
@@ -65,6 +82,10 @@ def Conv2D(features: int, kernel_size: int | tuple[int, int], strides: int | tup
     mode to any order (`jax.grad`, `jax.vjp`, per-example gradients); its gradients are written
     out for speed inside compiled loops, so forward mode (`jax.jvp`, `jax.jacfwd`) is not
     available through it.
+
+    Images are NHWC. An input that looks channels-first, `(N, H, W, C)` with `H <= 4` while
+    `W >= 8` and `C >= 8` (e.g. MNIST as `(N, 1, 28, 28)`), and a kernel more than one row high,
+    makes `init` warn once (a `UserWarning`) with the transpose that fixes it.
 
     Args:
         features: output channels, a positive int.
@@ -94,6 +115,7 @@ def Conv2D(features: int, kernel_size: int | tuple[int, int], strides: int | tup
     def init(key, input_shape):
         shape = check_input_shape("Conv2D", input_shape)
         out_shape = spatial_output_shape("Conv2D", shape, kernel, stride, pad, features)
+        _warn_if_channels_first(shape, kernel)
         w_key, b_key = jax.random.split(key)
         params = {"w": w_fn(w_key, (*kernel, shape[-1], features))}
         if use_bias:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jdnn.core import Layer, LayerError, check_hparam, check_input_shape, make_spec
+from jdnn.core import (Layer, LayerError, MissingKeyError, check_hparam, check_input_shape,
+                       make_spec)
 
 
 def keep_mask(key: jax.Array, rate: float | jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -26,7 +27,8 @@ def Dropout(rate: float, *, rate_in_state: bool = False) -> Layer:
 
     With `train=True` each entry is zeroed with probability `rate` and the kept ones are scaled
     by `1 / (1 - rate)`, so the expected output equals the input; with `train=False` the layer
-    is the identity. Training needs a `key` (a missing key is an error, never a fixed mask).
+    is the identity. Training needs a `key`: a missing key is a `jdnn.core.MissingKeyError`
+    (a `LayerError`), never a fixed mask.
 
     With `rate_in_state=True` the rate is data rather than configuration: `init` returns the
     state `{"rate": rate}` (a scalar of the default float dtype) and `apply` reads the rate
@@ -72,8 +74,9 @@ def Dropout(rate: float, *, rate_in_state: bool = False) -> Layer:
         if not train or (not rate_in_state and rate == 0.0):
             return x, state
         if key is None:
-            raise LayerError("Dropout", "train=True needs a random key: call apply(..., key=key, "
-                                        "train=True), or train=False for evaluation")
+            raise MissingKeyError("Dropout", "train=True needs a random key: call apply(..., "
+                                             "key=key, train=True), or train=False for "
+                                             "evaluation")
         if not rate_in_state:
             keep = keep_mask(key, rate, x.shape)
             return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), state

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 from jax import lax
 
-from jdnn.core import Layer, check_features, check_hparam, check_input_shape, make_spec
+from jdnn.core import Layer, LayerError, check_features, check_hparam, check_input_shape, make_spec
+
+
+def _check_batch_statistics(x) -> None:
+    """Training normalizes each feature over all axes but the last: with one value per feature
+    every output is `bias` and no gradient reaches the layers before, silently. Refused."""
+    count = math.prod(x.shape[:-1])
+    if count == 1:
+        raise LayerError("BatchNorm", f"in training mode each feature is normalized over the "
+                                      f"batch (every axis but the last), but this input of "
+                                      f"shape {tuple(x.shape)} holds 1 value per feature: "
+                                      f"every output would be the bias and nothing before the "
+                                      f"layer would learn. Use a batch of at least 2 examples "
+                                      f"(e.g. fit(batch_size=...) >= 2), or train=False to "
+                                      f"normalize with the running statistics")
 
 
 def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
@@ -14,6 +30,9 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     `train=True`: normalize with the batch mean and (biased) variance, and move the running
     statistics toward them: `running = momentum * running + (1 - momentum) * batch`.
     `train=False`: normalize with the running statistics. Then `y = scale * x_hat + bias`.
+    Training needs at least 2 values per feature (e.g. a batch of 2 vectors, or 1 image of
+    more than one pixel): with one, `x_hat` would be 0 everywhere, so `apply` raises a
+    `LayerError` at trace time instead.
 
     Params: `scale` (ones) and `bias` (zeros), shape `(features,)`.
     State: `mean` (zeros) and `var` (ones), shape `(features,)`.
@@ -47,6 +66,7 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         del key
         check_features("BatchNorm", x, params["scale"].shape[0])
         if train:
+            _check_batch_statistics(x)
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axis=axes)
             var = jnp.mean(jnp.square(x - mean), axis=axes)
