@@ -1,11 +1,11 @@
 """Tests for jdnn.checkpoint: bit-exact round trips, the file format, atomicity, validation."""
 
 import datetime
+import fcntl
 import functools
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import jax
@@ -19,6 +19,7 @@ import jdnn
 from jdnn.checkpoint import (
     Checkpoint,
     CheckpointError,
+    disk,
     fileformat,
     restore,
     restore_matching,
@@ -277,26 +278,20 @@ def test_non_json_metadata_is_rejected(tmp_path, trained, metadata, message):
 
 
 def _half_write(monkeypatch):
-    real = tempfile.NamedTemporaryFile
+    real = os.write
 
-    def opener(*args, **kwargs):
-        handle = real(*args, **kwargs)
+    def write(fd, data):
+        real(fd, bytes(data[: len(data) // 2]))
+        raise OSError("disk full")
 
-        def write(data):
-            handle.file.write(data[: len(data) // 2])
-            raise OSError("disk full")
-
-        handle.write = write
-        return handle
-
-    monkeypatch.setattr(fileformat.tempfile, "NamedTemporaryFile", opener)
+    monkeypatch.setattr(disk.os, "write", write)
 
 
 def _fail(name):
     def patch(monkeypatch):
         def boom(*args, **kwargs):
             raise OSError(f"simulated crash in {name}")
-        monkeypatch.setattr(fileformat.os, name, boom)
+        monkeypatch.setattr(disk.os, name, boom)
     return patch
 
 
@@ -316,6 +311,48 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(tmp_path, trained, monk
     assert_bitwise_equal(ckpt.params, ts.params)
 
 
+@pytest.mark.parametrize("umask, mode", [(0o077, 0o600), (0o002, 0o664), (0o022, 0o644)])
+def test_files_get_the_mode_the_umask_gives(tmp_path, trained, umask, mode):
+    model, _, ts, _ = trained
+    old = os.umask(umask)
+    try:
+        path = save(tmp_path / "m.safetensors", ts, model)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+def _orphan(directory, name, age):
+    """A temporary file as a crashed `write_atomic` leaves it, last modified `age` s ago."""
+    fd, tmp = disk._create_temp(directory / name)
+    os.write(fd, b"half a checkpoint")
+    os.close(fd)
+    os.utime(tmp, (os.path.getmtime(tmp) - age,) * 2)
+    return Path(tmp)
+
+
+def test_the_next_save_removes_orphaned_temporary_files_only(tmp_path, trained):
+    model, _, ts, _ = trained
+    old = _orphan(tmp_path, "epoch-0003.safetensors", age=3600)    # a crash an hour ago
+    other = _orphan(tmp_path, "last.ckpt", age=3600)               # any target in the folder
+    recent = _orphan(tmp_path, "epoch-0004.safetensors", age=60)   # maybe a live, slow writer
+    live = _orphan(tmp_path, "epoch-0005.safetensors", age=3600)   # a writer holding its lock
+    holder = os.open(live, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    foreign = [tmp_path / ".notes.txt.0123abcd.tmp", tmp_path / "x.jdnn.tmp",
+               tmp_path / ".a.safetensors.0123abcd.tmp"]            # not jdnn's pattern
+    for path in foreign:
+        path.write_bytes(b"mine")
+        os.utime(path, (0, 0))
+    try:
+        save(tmp_path / "new.safetensors", ts, model)
+    finally:
+        os.close(holder)
+    assert not old.exists() and not other.exists()
+    assert recent.exists() and live.exists() and all(path.exists() for path in foreign)
+    assert restore(tmp_path / "new.safetensors").step == ts.step
+
+
 def test_save_creates_directories_and_replaces(tmp_path, trained):
     model, _, ts, _ = trained
     path = tmp_path / "a" / "b" / "c.safetensors"
@@ -328,8 +365,16 @@ def test_save_creates_directories_and_replaces(tmp_path, trained):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match="restore: no checkpoint at"):
         restore(tmp_path / "nothing.safetensors")
+
+
+def test_a_directory_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match=r"restore: .* is a directory, not a checkpoint "
+                                              r"file; .*ModelCheckpoint.latest"):
+        restore(tmp_path)
+    with pytest.raises(CheckpointError, match="restore_matching: .* is a directory"):
+        restore_matching(tmp_path, {})
 
 
 @pytest.mark.parametrize("cut", [lambda n, size: n // 2, lambda n, size: 8 + size,
@@ -469,26 +514,47 @@ def test_a_different_optimizer_is_a_readable_error(trained):
     assert new_rate.opt_state[0].count == 2
 
 
-def test_restore_matching_loads_the_body_and_keeps_a_new_head(tmp_path):
-    old = serial(Dense(8), BatchNorm(), Relu(), Dense(10))
-    params, state = random_init(old, (2, 4), 0)
-    ts = TrainState(params, state, optax.sgd(0.1).init(params), jax.random.key(0), np.int32(0))
-    path = save(tmp_path / "pretrained.safetensors", ts, old)
-    new = serial(Dense(8), BatchNorm(), Relu(), Dense(3), PRelu())
-    fresh, fresh_state = random_init(new, (2, 4), 1)
-    params, state, report = restore_matching(path, fresh, state=fresh_state)
-    assert report.loaded == ["params/0_dense/b", "params/0_dense/w", "params/1_batchnorm/bias",
-                             "params/1_batchnorm/scale", "state/1_batchnorm/mean",
-                             "state/1_batchnorm/var"]
-    assert report.skipped_shape_mismatch == ["params/3_dense/b", "params/3_dense/w"]
-    assert report.kept == ["params/4_prelu/alpha"] and report.unused == []
-    assert_bitwise_equal(params["0_dense"], ts.params["0_dense"])
-    assert_bitwise_equal(state["1_batchnorm"], ts.state["1_batchnorm"])
-    assert_bitwise_equal(params["3_dense"], fresh["3_dense"])
-    assert jax.tree.structure(params) == jax.tree.structure(fresh)
-    text = str(report)
-    assert "loaded 6:" in text and "kept (shape or dtype differs) 2: params/3_dense/b" in text
-    _, none, report = restore_matching(path, {"0_dense": fresh["0_dense"]})
-    assert none is None and report.unused == ["params/1_batchnorm/bias",
-                                              "params/1_batchnorm/scale", "params/3_dense/b",
-                                              "params/3_dense/w"]
+# --- nesting ----------------------------------------------------------------------------------
+
+
+def _nested(depth, leaf):
+    """`{"a": {"a": ... leaf}}` with `depth` dicts, built without recursion."""
+    for _ in range(depth):
+        leaf = {"a": leaf}
+    return leaf
+
+
+def _with_params_tree(path, tree_json):
+    """Rewrites the checkpoint at `path` with `tree_json` (raw JSON text) as its params tree."""
+    data = path.read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    manifest = json.loads(header["__metadata__"]["jdnn"])
+    manifest["params"]["tree"] = "TREE"
+    text = json.dumps(manifest).replace('"TREE"', tree_json)
+    metadata = {**header["__metadata__"], "jdnn": text}
+    path.write_bytes(safetensors.numpy.save(dict(safetensors.numpy.load(data)), metadata=metadata))
+
+
+@pytest.mark.parametrize("depth, message", [
+    (100_000, "the manifest nests too deeply to parse"),   # json itself would recurse
+    (100, "the params tree nests more than 64 levels deep"),
+])
+def test_a_deeply_nested_manifest_is_refused(trained, depth, message):
+    *_, path = trained
+    _with_params_tree(path, '{"a":' * depth + "null" + "}" * depth)
+    with pytest.raises(CheckpointError, match=message):
+        restore(path)
+    with pytest.raises(CheckpointError, match=message):
+        restore_matching(path, {})
+
+
+def test_save_refuses_what_restore_would_refuse_and_keeps_the_limit(tmp_path):
+    model = serial(Dense(2))
+    ts = TrainState(_nested(64, np.ones(2, np.float32)), {}, (), jax.random.key(0), np.int32(0))
+    ckpt = restore(save(tmp_path / "deep.safetensors", ts, model))   # 64 levels: the limit
+    assert_bitwise_equal(ckpt.params, ts.params)
+    with pytest.raises(CheckpointError, match="save: the params tree nests more than 64"):
+        save(tmp_path / "x.safetensors", ts._replace(params={"b": ts.params}), model)
+    with pytest.raises(CheckpointError, match="save: the metadata nests more than 64"):
+        save(tmp_path / "x.safetensors", ts, model, metadata=_nested(5000, 1))
+    assert not (tmp_path / "x.safetensors").exists()

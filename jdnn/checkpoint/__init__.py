@@ -3,7 +3,8 @@
     save(path, train_state, model, *, metadata=None)        -> pathlib.Path
     restore(path, model=None, *, like=None)                 -> Checkpoint
     Checkpoint.train_state(optimizer)                       -> TrainState
-    restore_matching(path, params, *, state=None)           -> (params, state, MatchReport)
+    restore_matching(path, params, *, state=None, only=None, exclude=None)
+                                                            -> (params, state, MatchReport)
 
 The file is plain safetensors, readable by any safetensors reader. Tensors are named by path:
 `params/0_dense/w`, `state/1_batchnorm/mean`, `opt_state/0/mu/0_dense/w` (the optax state's key
@@ -18,17 +19,23 @@ raw uint32 key), `step`. The header's `__metadata__["jdnn"]` holds the manifest,
     step, key            the step as an int; {typed, impl, shape} of the key
     metadata             the user's JSON metadata
 
-Writes are atomic (temporary file, fsync, rename); reads check every tensor's presence, shape,
-dtype, byte size and checksum against the manifest before anything is returned. Dtypes are
-stored natively (bfloat16 as BF16, float8 kinds too); ones safetensors has no code for
-(complex128, int4) are refused at save time with a `CheckpointError`.
+Writes are atomic (temporary file, fsync, rename), create files as a plain `open` would (mode
+0o666 less the umask), and delete the temporary files crashed writes left behind (jdnn's own,
+untouched for 10 minutes, not locked by a live writer); reads check every tensor's presence,
+shape, dtype, byte size and checksum against the manifest before anything is returned, and
+refuse a directory or a manifest nested more than 64 levels deep (256 for the whole JSON).
+Dtypes are stored natively (bfloat16 as BF16, float8 kinds too); ones safetensors has no code
+for (complex128, int4) are refused at save time with a `CheckpointError`.
+
+`restore_matching` restores layer by layer, each whole or not at all, and reports why.
+`jdnn.ModelCheckpoint` saves during `fit` and rotates only the files its own run wrote.
 """
 
 from jdnn.checkpoint.api import Checkpoint, restore, save
 from jdnn.checkpoint.fileformat import FORMAT_VERSION, CheckpointError
-from jdnn.checkpoint.transfer import MatchReport, restore_matching
+from jdnn.checkpoint.transfer import LayerMatch, MatchReport, restore_matching
 
 __all__ = [
-    "FORMAT_VERSION", "Checkpoint", "CheckpointError", "MatchReport", "restore",
+    "FORMAT_VERSION", "Checkpoint", "CheckpointError", "LayerMatch", "MatchReport", "restore",
     "restore_matching", "save",
 ]

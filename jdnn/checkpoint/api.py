@@ -15,14 +15,15 @@ import optax
 from jax import tree_util
 
 from jdnn.checkpoint import diff
+from jdnn.checkpoint.disk import write_atomic
 from jdnn.checkpoint.fileformat import (
     FORMAT_VERSION,
     CheckpointError,
+    check_depth,
     encode,
     is_typed_key,
     read,
     to_jax,
-    write_atomic,
 )
 from jdnn.core import Layer, Params, State
 from jdnn.regularizers import path_of
@@ -115,8 +116,10 @@ def save(path: PathLike, train_state: TrainState, model: Layer, *,
         The path written, as a `pathlib.Path`.
 
     Raises:
-        CheckpointError: if `metadata` holds a value JSON cannot (the message names it), or a
-            leaf's dtype has no safetensors equivalent (complex128, int4: cast first).
+        CheckpointError: if `metadata` holds a value JSON cannot (the message names it), a
+            leaf's dtype has no safetensors equivalent (complex128, int4: cast first), or the
+            params, state or metadata nest more than 64 levels deep (`restore` would refuse
+            the file).
 
     Example:
         >>> jdnn.checkpoint.save("ckpt/last.safetensors", ts, model, metadata={"epoch": 3})
@@ -126,6 +129,8 @@ def save(path: PathLike, train_state: TrainState, model: Layer, *,
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, Mapping):
         raise CheckpointError(f"metadata must be a dict, got a {type(metadata).__name__}")
+    check_depth({"params": {"tree": train_state.params}, "state": {"tree": train_state.state},
+                 "metadata": metadata}, "save")  # before anything below recurses into them
     _check_json(metadata, "metadata")
     params_tree, params_leaves = _flatten_dicts(train_state.params, "params")
     state_tree, state_leaves = _flatten_dicts(train_state.state, "state")
@@ -235,14 +240,15 @@ def restore(path: PathLike, model: Layer | None = None, *,
 
     Raises:
         FileNotFoundError: if there is no file at `path`.
-        CheckpointError: for a truncated or corrupted file, or one that does not match `model`
-            or `like` (every difference listed in one message).
+        CheckpointError: for a directory, a truncated or corrupted file, a manifest nested more
+            than 64 levels deep (see `jdnn.checkpoint.fileformat.MAX_DEPTH`), or a file that
+            does not match `model` or `like` (every difference listed in one message).
 
     Example:
         >>> ckpt = jdnn.checkpoint.restore("ckpt/last.safetensors", model)
         >>> ts = ckpt.train_state(optax.adam(1e-3))
     """
-    path, arrays, manifest = read(path)
+    path, arrays, manifest = read(path, "restore")
     try:
         params_names = _leaf_names(manifest["params"]["tree"], "params")
         state_names = _leaf_names(manifest["state"]["tree"], "state")

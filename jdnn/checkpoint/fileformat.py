@@ -6,18 +6,21 @@ puts its manifest, as JSON, in `__metadata__["jdnn"]`. Nothing here runs code fr
 there is no pickle anywhere, so loading an untrusted checkpoint can only fail, never execute.
 
 This module knows arrays and names, not models: `encode`/`decode` turn `[(name, array)]` plus a
-manifest into bytes and back, checking every byte on the way in; `write_atomic` puts bytes on
-disk so a crash leaves the previous file whole.
+manifest into bytes and back, checking every byte on the way in (`jdnn.checkpoint.disk` puts the
+bytes on disk).
+
+A manifest is JSON from a file that may be hostile: the params and state trees and the user's
+metadata may nest at most `MAX_DEPTH` (64) levels, the manifest as a whole (whose spec nests two
+levels per combinator) at most `4 * MAX_DEPTH`; deeper ones are refused at save and at read, so
+nothing recurses without bound.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ import safetensors.numpy
 
 FORMAT_VERSION = 1
 MANIFEST_KEY = "jdnn"
+MAX_DEPTH = 64
 
 # numpy dtype name -> safetensors dtype code. Anything else (complex128, int4, ...) is refused at
 # save time: converting silently would not give back what was saved.
@@ -44,6 +48,45 @@ DTYPE_CODES = {
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be written, read, or does not match what it is restored into."""
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether dicts, lists and tuples in `value` nest more than `limit` levels (`{"w": x}` is
+    one level); a loop, not a recursion, so a hostile value cannot exhaust the stack."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children = list(item.values())
+        elif isinstance(item, (list, tuple)):
+            children = list(item)
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def check_depth(manifest: Mapping[str, Any], source: str) -> None:
+    """Refuses a manifest nested deeper than jdnn reads back (see the module docstring).
+
+    Raises:
+        CheckpointError: naming the part that nests too deeply.
+    """
+    def tree(section: Any) -> Any:
+        return section.get("tree") if isinstance(section, Mapping) else None
+
+    parts = {"params tree": tree(manifest.get("params")), "state tree": tree(manifest.get("state")),
+             "metadata": manifest.get("metadata")}
+    for what, value in parts.items():
+        if too_deep(value, MAX_DEPTH):
+            raise CheckpointError(f"{source}: the {what} nests more than {MAX_DEPTH} levels deep; "
+                                  f"jdnn checkpoints hold at most {MAX_DEPTH}")
+    if too_deep(manifest, 4 * MAX_DEPTH):
+        raise CheckpointError(f"{source}: the manifest nests more than {4 * MAX_DEPTH} levels "
+                              f"deep (a spec of over {2 * MAX_DEPTH - 2} nested layers?); jdnn "
+                              f"reads at most {4 * MAX_DEPTH}")
 
 
 def is_typed_key(leaf: Any) -> bool:
@@ -68,11 +111,12 @@ def _to_numpy(name: str, leaf: Any) -> tuple[np.ndarray, dict[str, Any]]:
         raise CheckpointError(f"cannot store {name}: dtype {array.dtype.name} has no safetensors "
                               f"equivalent; supported: {', '.join(DTYPE_CODES)}")
     entry = {"shape": list(array.shape), "dtype": array.dtype.name, **extra,
-             "sha256": _digest(array)}
+             "sha256": digest(array)}
     return array, entry
 
 
-def _digest(array: np.ndarray) -> str:
+def digest(array: np.ndarray) -> str:
+    """The SHA-256 of an array's bytes, as the manifest records it."""
     return hashlib.sha256(array.reshape(-1).view(np.uint8)).hexdigest()
 
 
@@ -93,6 +137,28 @@ def encode(named: list[tuple[str, Any]], manifest: dict[str, Any]) -> bytes:
     return safetensors.numpy.save(arrays, metadata=header)
 
 
+def _parse_manifest(header: Any, source: str) -> dict[str, Any]:
+    """The jdnn manifest from a parsed safetensors header, its depth checked."""
+    try:
+        manifest = json.loads(header["__metadata__"][MANIFEST_KEY])
+        entries = manifest["tensors"]
+        if not all(isinstance(entry, dict) for entry in entries.values()):
+            raise TypeError("a tensor entry is not a dict")
+    except RecursionError:
+        raise CheckpointError(f"{source}: the manifest nests too deeply to parse; jdnn "
+                              f"checkpoints nest at most {4 * MAX_DEPTH} levels") from None
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{source}: a safetensors file, but not a jdnn checkpoint (no "
+                              f"readable '{MANIFEST_KEY}' manifest in its header metadata)"
+                              ) from None
+    check_depth(manifest, source)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{source}: checkpoint format version "
+                              f"{manifest.get('format_version')!r}; this jdnn reads version "
+                              f"{FORMAT_VERSION}")
+    return manifest
+
+
 def decode(data: bytes, source: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Parses and verifies a checkpoint's bytes: every tensor present, sized and summed as listed.
 
@@ -106,7 +172,8 @@ def decode(data: bytes, source: str) -> tuple[dict[str, np.ndarray], dict[str, A
 
     Raises:
         CheckpointError: for a short, truncated or corrupted file, a safetensors file that is not
-            a jdnn checkpoint, or a manifest that disagrees with the tensors present.
+            a jdnn checkpoint, a manifest nested too deeply, or a manifest that disagrees with
+            the tensors present.
     """
     if len(data) < 8:
         raise CheckpointError(f"{source}: {len(data)} bytes is too short for a checkpoint (a "
@@ -121,19 +188,8 @@ def decode(data: bytes, source: str) -> tuple[dict[str, np.ndarray], dict[str, A
     except Exception as error:  # safetensors raises its own SafetensorError, json a ValueError
         raise CheckpointError(f"{source}: not a valid safetensors file, truncated or corrupted "
                               f"({error})") from None
-    try:
-        manifest = json.loads(header["__metadata__"][MANIFEST_KEY])
-        entries = manifest["tensors"]
-        if not all(isinstance(entry, dict) for entry in entries.values()):
-            raise TypeError("a tensor entry is not a dict")
-    except (AttributeError, KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{source}: a safetensors file, but not a jdnn checkpoint (no "
-                              f"readable '{MANIFEST_KEY}' manifest in its header metadata)"
-                              ) from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{source}: checkpoint format version "
-                              f"{manifest.get('format_version')!r}; this jdnn reads version "
-                              f"{FORMAT_VERSION}")
+    manifest = _parse_manifest(header, source)
+    entries = manifest["tensors"]
     present = {name for name, _ in views}
     problems = [f"{name} listed in the manifest but absent" for name in entries
                 if name not in present]
@@ -164,24 +220,60 @@ def _check_tensor(name: str, view: Mapping[str, Any],
         return None, (f"{name} has {len(view['data'])} bytes, its shape and dtype need "
                       f"{math.prod(shape) * dtype.itemsize}")
     array = np.frombuffer(view["data"], dtype=dtype).reshape(shape)
-    if _digest(array) != entry.get("sha256"):
+    if digest(array) != entry.get("sha256"):
         return None, f"{name} fails its checksum"
     return array, None
 
 
-def read(path: str | os.PathLike) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:
+def _checked_file(path: str | os.PathLike, caller: str) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{caller}: {path} is a directory, not a checkpoint file; pass a "
+                              f"file in it (jdnn.ModelCheckpoint.latest(directory) finds the "
+                              f"newest)")
+    if not path.exists():
+        raise FileNotFoundError(f"{caller}: no checkpoint at {path}")
+    return path
+
+
+def read(path: str | os.PathLike, caller: str = "restore"
+         ) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:
     """Reads and verifies the file at `path`: `(path, arrays, manifest)`, as `decode`.
+
+    Args:
+        path: the checkpoint file.
+        caller: the entry point the user called, to name in messages.
 
     Raises:
         FileNotFoundError: if there is no file at `path`.
-        CheckpointError: as `decode`.
+        CheckpointError: if `path` is a directory; otherwise as `decode`.
     """
-    path = Path(path)
+    path = _checked_file(path, caller)
+    return path, *decode(path.read_bytes(), str(path))
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of the checkpoint at `path`, reading only the file's header.
+
+    Cheap enough to call on every file of a directory (to find the newest checkpoint, or to
+    prove which run wrote a file); the tensors are not read, hence not verified: `read` does that.
+
+    Raises:
+        OSError: if the file cannot be read.
+        CheckpointError: if its header is not a jdnn checkpoint's.
+    """
+    source = str(path)
+    with open(path, "rb") as file:
+        start = file.read(8)
+        size = int.from_bytes(start, "little")
+        if len(start) < 8 or size > 100_000_000:  # safetensors caps headers at 100 MB too
+            raise CheckpointError(f"{source}: not a safetensors file (header length {size})")
+        text = file.read(size)
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {path}") from None
-    return path, *decode(data, str(path))
+        header = json.loads(text)
+    except (RecursionError, ValueError):
+        raise CheckpointError(f"{source}: not a valid safetensors header") from None
+    return _parse_manifest(header, source)
 
 
 def to_jax(array: np.ndarray, entry: Mapping[str, Any]) -> jax.Array:
@@ -189,33 +281,3 @@ def to_jax(array: np.ndarray, entry: Mapping[str, Any]) -> jax.Array:
     if "key_impl" in entry:
         return jax.random.wrap_key_data(jnp.asarray(array), impl=entry["key_impl"])
     return jnp.asarray(array)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` so that readers see the old file or the new one, never a mix.
-
-    The bytes go to a temporary file in the same directory, which is flushed, fsynced and then
-    renamed onto `path` (`os.replace` is atomic on POSIX and Windows); the directory is fsynced
-    too, where the platform allows. On any error the temporary file is removed and whatever was
-    at `path` before is left untouched. Parent directories are created.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                      delete=False)
-    try:
-        with tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes 0600 files
-        os.replace(tmp.name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-        raise
-    with contextlib.suppress(OSError):  # best effort: not every platform can fsync a directory
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

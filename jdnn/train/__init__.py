@@ -1,8 +1,9 @@
 """Training: the `TrainState` pytree, the compiled steps, `fit` with its callbacks and history,
 and evaluation/prediction over whole datasets."""
 
-from jdnn.train.callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, ModelCheckpoint,
-                                  PrintLogger, ReduceLROnPlateau, Run, TerminateOnNaN)
+from jdnn.train.callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, PrintLogger,
+                                  ReduceLROnPlateau, Run, TerminateOnNaN)
+from jdnn.train.checkpointing import ModelCheckpoint
 from jdnn.train.evaluate import evaluate, make_evaluator, predict
 from jdnn.train.fit import epoch_fn, fit, make_epoch
 from jdnn.train.history import History

@@ -217,40 +217,6 @@ class ReduceLROnPlateau(Callback):
             self.wait, self.cooling = 0, self.cooldown
 
 
-class ModelCheckpoint(Callback):
-    """Saves a checkpoint every `every` epochs into `directory`, keeping the newest `keep`.
-
-    Files are `epoch-0003.safetensors` (see `jdnn.checkpoint`), written atomically; each holds
-    the epoch's record as metadata. `latest(directory)` finds the newest one.
-
-    Example:
-        >>> jdnn.fit(..., callbacks=[jdnn.ModelCheckpoint("runs/mlp/checkpoints", keep=3)])
-    """
-
-    def __init__(self, directory, every: int = 1, keep: int | None = 3):
-        if every < 1 or (keep is not None and keep < 1):
-            raise ValueError(f"ModelCheckpoint: every and keep must be >= 1, got {every}, {keep}")
-        self.directory, self.every, self.keep = pathlib.Path(directory), every, keep
-
-    def on_epoch_end(self, run: Run) -> None:
-        if run.epoch % self.every:
-            return
-        from jdnn import checkpoint
-
-        path = self.directory / f"epoch-{run.epoch:04d}.safetensors"
-        checkpoint.save(path, run.train_state, run.model,
-                        metadata={"epoch": run.epoch, "record": run.history.records[-1]})
-        if self.keep is not None:
-            for old in sorted(self.directory.glob("epoch-*.safetensors"))[:-self.keep]:
-                old.unlink()
-
-    @staticmethod
-    def latest(directory) -> pathlib.Path | None:
-        """The newest checkpoint in `directory`, or None."""
-        found = sorted(pathlib.Path(directory).glob("epoch-*.safetensors"))
-        return found[-1] if found else None
-
-
 class PrintLogger(Callback):
     """Prints one line per epoch, e.g. `epoch   3  loss 0.2104  accuracy 0.9412  val_loss ...`
     (through tqdm, so a progress bar stays intact)."""
