@@ -1,20 +1,13 @@
-"""jdnn.data.idx: the IDX format byte by byte, round trips, every corruption, loading MNIST-style
-directories, and `download_mnist` against a local HTTP server on 127.0.0.1 (no other traffic).
+"""jdnn.data.idx: the IDX format byte by byte, round trips, every corruption (headers whose
+sizes overflow included), and loading MNIST-style directories. Downloading is tested in
+test_data_download.py.
 """
 
-import functools
 import gzip
-import hashlib
-import http.server
-import os
-import socket
-import threading
-import types
 
 import numpy as np
 import pytest
 
-from jdnn.data.download import download_mnist
 from jdnn.data.idx import MNIST_FILES, load_fashion_mnist, load_mnist, read_idx, write_idx
 
 # --- the format ------------------------------------------------------------------------------
@@ -261,138 +254,3 @@ def test_load_mnist_rejects_a_bad_layout(tmp_path):
     make_mnist(tmp_path)
     with pytest.raises(ValueError, match=r'load_mnist: layout must be "nhwc"'):
         load_mnist(tmp_path, layout="nchw")
-
-
-# --- download_mnist against a local server ---------------------------------------------------
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """A thread serving `tmp_path / "srv"` on 127.0.0.1; counts GET requests by path."""
-    for var in ("http_proxy", "https_proxy", "all_proxy"):   # nothing may leave this host
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(var.upper(), raising=False)
-    monkeypatch.setenv("no_proxy", "*")
-    root = tmp_path / "srv"
-    root.mkdir()
-    requests = []
-
-    class Handler(QuietHandler):
-        def do_GET(self):
-            requests.append(self.path.lstrip("/"))
-            super().do_GET()
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
-    thread.start()
-    try:
-        yield types.SimpleNamespace(root=root, requests=requests,
-                                    url=f"http://127.0.0.1:{httpd.server_address[1]}/")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-def digests(directory, algorithm="sha256"):
-    return {name: hashlib.new(algorithm, (directory / name).read_bytes()).hexdigest()
-            for name in MNIST_FILES}
-
-
-def test_download_then_load_round_trips_exactly(server, tmp_path):
-    arrays = make_mnist(server.root)
-    dest = tmp_path / "dest" / "mnist"
-    expected = digests(server.root)
-    result = download_mnist(dest, base_url=server.url, checksums=expected, timeout=5)
-    assert result == expected
-    assert sorted(os.listdir(dest)) == sorted(MNIST_FILES)   # no temp files left
-    assert sorted(server.requests) == sorted(MNIST_FILES)
-    (x, y), (x_test, y_test) = load_mnist(dest, normalize=False)
-    for loaded, written in zip((x[..., 0], y, x_test[..., 0], y_test), arrays):
-        np.testing.assert_array_equal(loaded, written)
-
-
-def test_download_accepts_md5_digests_and_a_url_without_slash(server, tmp_path):
-    make_mnist(server.root)
-    result = download_mnist(tmp_path / "d", base_url=server.url.rstrip("/"),
-                            checksums=digests(server.root, "md5"), timeout=5)
-    assert result == digests(server.root)   # always reports SHA-256
-
-
-def test_download_skips_good_files_and_replaces_corrupt_ones(server, tmp_path):
-    make_mnist(server.root)
-    expected = digests(server.root)
-    dest = tmp_path / "d"
-    download_mnist(dest, base_url=server.url, checksums=expected, timeout=5)
-    assert len(server.requests) == 4
-    assert download_mnist(dest, base_url=server.url, checksums=expected, timeout=5) == expected
-    assert len(server.requests) == 4   # nothing fetched again
-    (dest / MNIST_FILES[1]).write_bytes(b"corrupt")
-    download_mnist(dest, base_url=server.url, checksums=expected, timeout=5)
-    assert server.requests[4:] == [MNIST_FILES[1]]
-    assert digests(dest) == expected
-
-
-def test_download_checksum_mismatch_raises_and_leaves_nothing(server, tmp_path):
-    make_mnist(server.root)
-    wrong = digests(server.root)
-    wrong[MNIST_FILES[0]] = "0" * 64
-    dest = tmp_path / "d"
-    with pytest.raises(ValueError, match=r"download_mnist: .*train-images-idx3-ubyte.gz does not "
-                                         r"match its checksum: expected sha256 0{64}, got "):
-        download_mnist(dest, base_url=server.url, checksums=wrong, timeout=5)
-    assert os.listdir(dest) == []   # neither the file nor its temp file
-
-
-def test_download_verifies_the_published_digests_by_default(server, tmp_path):
-    make_mnist(server.root)   # not the real MNIST: the published MD5s cannot match
-    with pytest.raises(ValueError, match=r"does not match its checksum: expected md5 "
-                                         r"f68b3c2dcbeaaa9fbdd348bbdeb94873"):
-        download_mnist(tmp_path / "d", base_url=server.url, timeout=5)
-    with pytest.raises(ValueError, match=r"expected md5 8d4fb7e6c68d591d4c3dfef9ec88bf0d"):
-        download_mnist(tmp_path / "f", base_url=server.url, timeout=5, fashion=True)
-    assert os.listdir(tmp_path / "d") == os.listdir(tmp_path / "f") == []
-
-
-def test_download_with_empty_checksums_is_unverified_but_reports(server, tmp_path):
-    make_mnist(server.root)
-    assert download_mnist(tmp_path / "d", base_url=server.url, checksums={},
-                          timeout=5) == digests(server.root)
-
-
-def test_download_http_404_raises_and_leaves_nothing(server, tmp_path):
-    write_idx(server.root / "only.gz", np.zeros(3, np.uint8))
-    with pytest.raises(OSError, match=r"download_mnist: http://127.0.0.1:\d+/missing.gz answered "
-                                      r"HTTP 404"):
-        download_mnist(tmp_path / "d", base_url=server.url, files=["only.gz", "missing.gz"],
-                       checksums={}, timeout=5)
-    assert os.listdir(tmp_path / "d") == ["only.gz"]
-
-
-def test_download_connection_refused_raises(tmp_path, monkeypatch):
-    monkeypatch.setenv("no_proxy", "*")
-    with socket.socket() as s:   # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.raises(OSError, match=r"download_mnist: could not download http://127.0.0.1"):
-        download_mnist(tmp_path / "d", base_url=f"http://127.0.0.1:{port}/", checksums={},
-                       timeout=5)
-    assert os.listdir(tmp_path / "d") == []
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    ({"checksums": {MNIST_FILES[0]: "abc"}}, r"the checksum for train-images-idx3-ubyte.gz must "
-                                             r"be a SHA-256 \(64 hex digits\) or MD5"),
-    ({"files": ["../evil.gz"]}, r"file names must be plain names without directories"),
-])
-def test_download_rejects_bad_arguments_before_any_request(server, tmp_path, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        download_mnist(tmp_path / "d", base_url=server.url, timeout=5, **kwargs)
-    assert server.requests == []
