@@ -250,3 +250,114 @@ def test_softmax_label_shape_errors_name_both_forms(labels, hint):
 def test_label_smoothing_outside_unit_interval_is_rejected(smoothing):
     with pytest.raises(ValueError, match=r"label_smoothing must be a float in \[0, 1\)"):
         losses.softmax_cross_entropy(LOGITS, INDICES, label_smoothing=smoothing)
+
+
+# --- labels a loss cannot mean: NaN, never a plausible number ----------------------------------
+
+# Rows 1 and 3 hold labels outside [0, 3): -1 must not wrap around to class 2, and 3 must not
+# be read as anything; rows 0 and 2 are valid and keep their exact loss.
+BAD_INDICES = np.array([0, -1, 2, 3])
+VALID = np.array([True, False, True, False])
+
+
+def _softmax(smoothing):
+    return lambda x, y: losses.softmax_cross_entropy(x, y, label_smoothing=smoothing)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1], ids=["plain", "smoothed"])
+@pytest.mark.parametrize("how", ["eager", "jit", "vmap"])
+def test_out_of_range_indices_give_nan_and_leave_the_others_exact(smoothing, how):
+    loss = _softmax(smoothing)
+    if how == "jit":
+        loss = jax.jit(loss)
+    elif how == "vmap":  # one example at a time: each a batch of one
+        single = loss
+        loss = jax.vmap(lambda x, y: single(x[None], y[None])[0])
+    out = np.asarray(loss(LOGITS, BAD_INDICES))
+    assert np.isnan(out[~VALID]).all()
+    safe = np.where(VALID, BAD_INDICES, 0)
+    np.testing.assert_allclose(out[VALID], np.asarray(_softmax(smoothing)(LOGITS, safe))[VALID],
+                               rtol=1e-6)
+
+
+def test_negative_index_does_not_score_the_last_class():
+    # before: label -1 scored class C-1, a finite and plausible loss
+    out = losses.softmax_cross_entropy(LOGITS, np.array([-1, -1, -1, -1]))
+    assert np.isnan(out).all()
+    assert np.isfinite(losses.softmax_cross_entropy(LOGITS, np.array([2, 2, 2, 2]))).all()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1], ids=["plain", "smoothed"])
+def test_an_out_of_range_index_at_any_position_makes_its_example_nan(smoothing):
+    logits = np.random.default_rng(3).normal(size=(3, 4, 5)).astype(np.float32)
+    labels = np.arange(12).reshape(3, 4) % 5
+    labels[1, 2] = 5
+    labels[2, 0] = -3
+    out = np.asarray(jax.jit(_softmax(smoothing))(logits, labels))
+    chex.assert_shape(out, (3,))
+    assert np.isfinite(out[0]) and np.isnan(out[1:]).all()
+
+
+@pytest.mark.parametrize("bad", [-0.5, 1.5, np.nan], ids=["negative", "above_one", "nan"])
+def test_probability_labels_outside_the_unit_interval_give_nan(bad):
+    probs = np.array([[0.2, 0.3, 0.5]] * 4, np.float32)
+    probs[2, 1] = bad
+    out = np.asarray(losses.softmax_cross_entropy(LOGITS, probs))
+    assert np.isnan(out[2]) and np.isfinite(np.delete(out, 2)).all()
+    np.testing.assert_allclose(np.delete(out, 2), np.delete(np.asarray(
+        optax.losses.softmax_cross_entropy(LOGITS, probs)), 2), rtol=1e-6)
+
+
+def test_integer_one_hot_with_a_two_gives_nan():
+    labels = ONE_HOT.astype(np.int32)
+    labels[0, 0] = 2
+    out = np.asarray(losses.softmax_cross_entropy(LOGITS, labels))
+    assert np.isnan(out[0]) and np.isfinite(out[1:]).all()
+
+
+@pytest.mark.parametrize("bad", [-1.0, 2.0, 1.0001, np.nan], ids=["minus_one", "two", "above",
+                                                                    "nan"])
+def test_binary_labels_outside_the_unit_interval_give_nan(bad):
+    x = np.array([[0.5, -1.0], [2.0, 0.0], [-3.0, 1.5]], np.float32)
+    y = np.array([[1.0, 0.0], [0.0, 0.3], [1.0, 1.0]], np.float32)
+    y[1, 0] = bad
+    out = np.asarray(jax.jit(losses.binary_cross_entropy)(x, y))
+    assert np.isnan(out[1]) and np.isfinite(out[[0, 2]]).all()
+    np.testing.assert_allclose(out[[0, 2]], np.asarray(losses.binary_cross_entropy(
+        x[[0, 2]], y[[0, 2]])), rtol=1e-6)
+
+
+def test_binary_integer_labels_outside_zero_one_give_nan():
+    out = np.asarray(losses.binary_cross_entropy(jnp.zeros((3, 1)), jnp.array([0, 1, 2])))
+    np.testing.assert_allclose(out[:2], np.log(2.0), rtol=1e-6)
+    assert np.isnan(out[2])
+
+
+def _masked_sum(loss, mask):
+    """`sum(loss * mask)` done as it must be with NaN rows: a select, since NaN * 0 is NaN."""
+    return lambda x, y: jnp.sum(jnp.where(mask, loss(x, y), 0.0))
+
+
+@pytest.mark.parametrize("loss, labels", [
+    (_softmax(0.0), BAD_INDICES),
+    (_softmax(0.1), BAD_INDICES),
+    (losses.softmax_cross_entropy,
+     np.where(VALID[:, None], ONE_HOT, np.float32(3.0))),
+    (losses.binary_cross_entropy, np.where(VALID[:, None], ONE_HOT, np.float32(-2.0))),
+], ids=["indices", "smoothed", "probabilities", "binary"])
+def test_masked_out_nan_rows_leave_the_value_and_gradient_of_the_others(loss, labels):
+    @jax.jit
+    def run(x, kept_x):
+        return (jax.value_and_grad(_masked_sum(loss, VALID))(x, labels),
+                jax.value_and_grad(lambda x: jnp.sum(loss(x, labels[VALID])))(kept_x),
+                jax.value_and_grad(lambda x: jnp.sum(loss(x, labels)))(x))
+
+    (value, grad), (kept_value, kept_grad), (unmasked, unmasked_grad) = run(LOGITS,
+                                                                            LOGITS[VALID])
+    np.testing.assert_allclose(value, kept_value, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad)[VALID], kept_grad, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(grad)[~VALID], 0.0)
+    # unmasked, the sum is NaN (the signal) while the gradient stays finite: zero on NaN rows
+    assert np.isnan(unmasked)
+    np.testing.assert_array_equal(np.asarray(unmasked_grad)[~VALID], 0.0)
+    np.testing.assert_allclose(np.asarray(unmasked_grad)[VALID], kept_grad, rtol=1e-6)
