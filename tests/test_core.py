@@ -4,6 +4,7 @@ import dataclasses
 import json
 import pickle
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,19 +12,25 @@ import pytest
 from jdnn.core import (
     Layer,
     LayerError,
+    MissingKeyError,
     Spec,
     check_features,
     check_hparam,
     check_images,
     check_input_shape,
     child_name,
+    declare,
+    entry_point,
     make_spec,
+    output_layer,
     padding_mode,
     positive_ints,
     spatial_output_shape,
+    trait,
     window_output_size,
 )
-from jdnn.layers import Conv2D, Dense, Dropout, MaxPool2D, Relu, Sigmoid, residual, serial
+from jdnn.layers import (Conv2D, Dense, Dropout, MaxPool2D, Relu, Sigmoid, Softmax, residual,
+                         serial)
 
 # --- Spec ------------------------------------------------------------------------------------
 
@@ -249,3 +256,81 @@ def test_output_shape_is_read_off_an_abstract_init():
     from jdnn.core import output_shape
     assert output_shape(serial(Dense(10), Relu(), Dense(3)), (32, 64)) == (32, 3)
     assert output_shape(MaxPool2D(2), [8, 28, 28, 4]) == (8, 14, 14, 4)
+
+
+# --- MissingKeyError and entry_point ---------------------------------------------------------
+
+
+def test_missing_key_error_keeps_its_type_and_path_through_combinators():
+    error = MissingKeyError("Dropout", "train=True needs a random key").within("2_dropout")
+    assert isinstance(error, MissingKeyError) and isinstance(error, LayerError)
+    assert str(error) == "Dropout layer at 2_dropout: train=True needs a random key"
+    nested = error.within("0_serial")
+    assert type(nested) is MissingKeyError and nested.path == ("0_serial", "2_dropout")
+
+
+def test_missing_key_error_names_the_entry_point_and_survives_pickling():
+    error = MissingKeyError("Dropout", "needs a key", ("2_dropout",)).called_from("my_entry")
+    expected = ("my_entry: the model's Dropout at 2_dropout needs a random key in training "
+                "mode; pass key=jax.random.key(0) (or train=False)")
+    assert str(error) == expected and error.entry == "my_entry"
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is MissingKeyError and str(again) == expected
+    assert str(error.within("1_serial")).startswith("my_entry: the model's Dropout at "
+                                                    "1_serial/2_dropout needs")
+
+
+def test_entry_point_rewords_only_a_missing_key():
+    model = serial(Dense(3), Dropout(0.5))
+    _, params, state = model.init(jax.random.key(0), (2, 4))
+    with pytest.raises(MissingKeyError, match=r"^my_entry: the model's Dropout at 1_dropout "
+                                              r"needs a random key in training mode"):
+        with entry_point("my_entry"):
+            model.apply(params, state, jnp.ones((2, 4)), train=True)
+    with pytest.raises(LayerError, match=r"^Dense layer at 0_dense: expected input"):
+        with entry_point("my_entry"):  # any other error passes through unchanged
+            model.apply(params, state, jnp.ones((2, 5)), train=False)
+
+
+def test_within_keeps_a_subclass_of_layer_error():
+    class ShapeError(LayerError):
+        pass
+
+    error = ShapeError("Dense", "bad").within("0_dense")
+    assert type(error) is ShapeError and error.path == ("0_dense",)
+
+
+# --- traits ----------------------------------------------------------------------------------
+
+
+def test_kinds_declare_traits_and_consumers_ask():
+    assert trait(Softmax().spec, "outputs_probabilities", False) is True
+    assert trait(Sigmoid().spec, "outputs_probabilities", False) is True
+    assert trait(Relu().spec, "outputs_probabilities", False) is False
+    assert trait(Dense(3).spec, "no_such_trait") is None
+
+
+def test_a_users_kind_declares_its_traits_the_same_way():
+    declare("TestCoreProbabilities", outputs_probabilities=True)
+    spec = make_spec("TestCoreProbabilities")
+    assert trait(spec, "outputs_probabilities") is True
+    declare("TestCoreProbabilities", other=3)  # later declarations add to earlier ones
+    assert (trait(spec, "outputs_probabilities"), trait(spec, "other")) == (True, 3)
+
+
+@pytest.mark.parametrize("kind", [None, "", 3])
+def test_declare_needs_a_kind_name(kind):
+    with pytest.raises(TypeError, match=r"declare: kind must be a layer kind name \(a non-empty "
+                                        r"str\), got"):
+        declare(kind, outputs_probabilities=True)
+
+
+def test_output_layer_follows_serial_to_its_last_leaf():
+    assert output_layer(serial(Dense(3), Softmax()).spec) == Softmax().spec
+    nested = serial(Dense(3), serial(Relu(), serial(Dense(2), Sigmoid())))
+    assert output_layer(nested.spec) == Sigmoid().spec
+    assert output_layer(Dense(3).spec) == Dense(3).spec
+    assert output_layer(serial().spec) == serial().spec  # an empty serial is the identity
+    # residual adds its input back in: its output is not its child's
+    block = residual(serial(Dense(3), Softmax()))
+    assert output_layer(serial(Dense(3), block).spec) == block.spec
