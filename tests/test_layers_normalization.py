@@ -1,11 +1,17 @@
 """BatchNorm: batch statistics in training, running statistics in evaluation."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 from jax.test_util import check_grads
 
-from jdnn.layers import BatchNorm
+import jdnn
+from jdnn.core import LayerError
+from jdnn.layers import BatchNorm, Dense, serial
 
 EPS = 1e-5
 
@@ -113,3 +119,46 @@ def test_momentum_zero_keeps_only_the_last_batch(key):
 def test_spec():
     spec = BatchNorm(momentum=0.99, eps=1e-3).spec
     assert (spec.kind, spec["momentum"], spec["eps"]) == ("BatchNorm", 0.99, 1e-3)
+
+
+# --- one value per feature in training: refused, never all zeros ------------------------------
+
+ONE_VALUE = r"holds 1 value per feature: every output would be the bias.*batch of at least 2.*" \
+            r"train=False"
+
+
+@pytest.mark.parametrize("shape", [(1, 4), (1, 1, 1, 4), (4,)])
+def test_training_on_one_value_per_feature_is_refused(key, shape):
+    layer = BatchNorm()
+    _, params, state = layer.init(key, (8, 4))
+    pattern = rf"^BatchNorm layer at <root>: .*input of shape {re.escape(str(shape))} {ONE_VALUE}"
+    with pytest.raises(LayerError, match=pattern):
+        layer.apply(params, state, jnp.ones(shape), train=True)
+    with pytest.raises(LayerError, match=ONE_VALUE):  # at trace time, under jit too
+        jax.jit(lambda x: layer.apply(params, state, x, train=True))(jnp.ones(shape))
+    y, _ = layer.apply(params, state, jnp.ones(shape), train=False)  # evaluation is fine
+    assert y.shape == shape
+
+
+def test_one_image_of_many_pixels_still_trains(key):
+    layer = BatchNorm()
+    _, params, state = layer.init(key, (1, 3, 3, 4))
+    y, _ = layer.apply(params, state, jnp.asarray(_data((1, 3, 3, 4))), train=True)
+    np.testing.assert_allclose(np.asarray(y).mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+
+
+def test_the_error_names_the_layer_path(key):
+    model = serial(Dense(4), BatchNorm())
+    _, params, state = model.init(key, (2, 3))
+    with pytest.raises(LayerError, match=rf"^BatchNorm layer at 1_batchnorm: .*{ONE_VALUE}"):
+        model.apply(params, state, jnp.ones((1, 3)), train=True)
+
+
+def test_fit_with_batch_size_one_refuses_batch_norm():
+    model = serial(Dense(4), BatchNorm(), jdnn.Relu(), Dense(2))
+    x = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    y = np.arange(6) % 2
+    with pytest.raises(LayerError, match=rf"BatchNorm layer at 1_batchnorm: .*{ONE_VALUE}"):
+        jdnn.fit(model, (x, y), loss=jdnn.losses.softmax_cross_entropy,
+                 optimizer=optax.sgd(0.1), epochs=1, batch_size=1, key=jax.random.key(0),
+                 progress=False)
