@@ -100,6 +100,30 @@ def test_reduce_lr_on_plateau_lowers_the_learning_rate():
     assert float(optax.tree_utils.tree_get(ts.opt_state, "learning_rate")) == pytest.approx(0.025)
 
 
+def _plateau_run(optimizer):
+    """A `Run` for driving a callback by hand: a one-layer model, no training."""
+    params = {"0_dense": {"w": np.ones((2, 2), np.float32), "b": np.zeros(2, np.float32)}}
+    ts = jdnn.TrainState(params, {"0_dense": {}}, optimizer.init(params), jax.random.key(0),
+                         np.int32(0))
+    return jdnn.train.Run(jdnn.serial(jdnn.Dense(2)), ts, jdnn.History())
+
+
+def test_reduce_lr_waits_out_its_cooldown_and_stops_at_min_lr():
+    """patience 1, cooldown 2, floor 0.03, nothing ever improves: a reduction every third epoch
+    (ignoring the cooldown would reduce every epoch), and 0.05 * 0.5 is floored at 0.03."""
+    run = _plateau_run(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1))
+    reducer = jdnn.ReduceLROnPlateau("val_loss", factor=0.5, patience=1, cooldown=2,
+                                     min_lr=0.03)
+    reducer.on_train_begin(run)
+    for epoch in range(1, 10):
+        run.epoch = epoch
+        run.history.append({"epoch": epoch, "val_loss": 1.0})
+        reducer.on_epoch_end(run)
+    np.testing.assert_allclose(run.history["lr"], [0.1, 0.1, 0.05, 0.05, 0.05, 0.03, 0.03, 0.03,
+                                                   0.03], rtol=1e-6)
+    assert reducer.learning_rate(run.train_state) == pytest.approx(0.03)
+
+
 def test_reduce_lr_needs_an_injected_learning_rate():
     with pytest.raises(ValueError, match="optax.inject_hyperparams"):
         _fit(callbacks=[jdnn.ReduceLROnPlateau()])
@@ -114,6 +138,179 @@ def test_model_checkpoint_keeps_the_newest_and_they_restore(tmp_path):
     restored = checkpoint.restore(latest, _model()).train_state(optax.adam(1e-2))
     chex.assert_trees_all_equal(restored.params, ts.params)
     assert int(restored.step) == int(ts.step)
+
+
+# ModelCheckpoint driven by hand: a `Run` whose state after epoch e has step e and params e.
+SMALL = jdnn.serial(jdnn.Dense(2))
+
+
+def _state(epoch, value=None):
+    value = float(epoch) if value is None else value
+    params = {"0_dense": {"w": np.full((3, 2), value, np.float32), "b": np.zeros(2, np.float32)}}
+    return jdnn.TrainState(params, {"0_dense": {}}, (), jax.random.key(0), np.int32(epoch))
+
+
+def _begin(saver, start=0, value=None):
+    run = jdnn.train.Run(SMALL, _state(start, value), jdnn.History(), epoch=start)
+    saver.on_train_begin(run)
+    return run
+
+
+def _epochs(saver, run, count, loss=lambda epoch: 1.0 / epoch, value=None):
+    for epoch in range(run.epoch + 1, run.epoch + count + 1):
+        run.train_state, run.epoch = _state(epoch, value), epoch
+        run.history.append({"epoch": epoch, "loss": loss(epoch)})
+        saver.on_epoch_end(run)
+    return run
+
+
+def _files(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def _session(path):
+    return checkpoint.restore(path).metadata["model_checkpoint"]["session"]
+
+
+def test_a_second_run_into_the_same_directory_keeps_its_own_checkpoints(tmp_path):
+    first = jdnn.ModelCheckpoint(tmp_path, keep=2)
+    _epochs(first, _begin(first), 5)
+    second = jdnn.ModelCheckpoint(tmp_path, keep=2)
+    with pytest.warns(UserWarning, match=r"already holds 2 checkpoint file\(s\) this run did "
+                                         r"not write \(epoch-0004.safetensors, epoch-0005"):
+        run = _begin(second)
+    _epochs(second, run, 3)
+    assert _files(tmp_path) == ["epoch-0002.safetensors", "epoch-0003.safetensors",
+                                "epoch-0004.safetensors", "epoch-0005.safetensors"]
+    assert jdnn.ModelCheckpoint.latest(tmp_path) == tmp_path / "epoch-0003.safetensors"
+    assert _session(tmp_path / "epoch-0005.safetensors") == first._session
+
+
+def test_a_name_another_run_took_is_never_overwritten(tmp_path):
+    first = jdnn.ModelCheckpoint(tmp_path, keep=None)
+    _epochs(first, _begin(first), 2)
+    second = jdnn.ModelCheckpoint(tmp_path, keep=1)
+    with pytest.warns(UserWarning, match="already holds 2"):
+        _epochs(second, _begin(second), 3, value=-1.0)
+    suffix = second._session[:8]
+    assert _files(tmp_path) == ["epoch-0001.safetensors", "epoch-0002.safetensors",
+                                "epoch-0003.safetensors"]
+    assert _session(tmp_path / "epoch-0002.safetensors") == first._session
+    assert jdnn.ModelCheckpoint.latest(tmp_path) == tmp_path / "epoch-0003.safetensors"
+    assert suffix  # the second run's epochs 1 and 2 were written beside, then rotated away
+
+
+def test_rotation_deletes_no_file_it_cannot_account_for(tmp_path):
+    user = tmp_path / "epoch-best.safetensors"
+    checkpoint.save(user, _state(7), SMALL, metadata={"note": "mine"})
+    (tmp_path / "epoch-notes.safetensors").write_text("not a checkpoint")
+    saver = jdnn.ModelCheckpoint(tmp_path, keep=1)
+    with pytest.warns(UserWarning, match="already holds 2"):
+        run = _begin(saver)
+    _epochs(saver, run, 1)
+    replaced = tmp_path / "epoch-0001.safetensors"        # another writer replaces our file
+    checkpoint.save(replaced, _state(1, value=5.0), SMALL)
+    _epochs(saver, run, 2)
+    assert _files(tmp_path) == ["epoch-0001.safetensors", "epoch-0003.safetensors",
+                                "epoch-best.safetensors", "epoch-notes.safetensors"]
+    assert checkpoint.restore(user).metadata == {"note": "mine"}
+    assert float(checkpoint.restore(replaced).params["0_dense"]["w"][0, 0]) == 5.0
+    assert jdnn.ModelCheckpoint.latest(tmp_path) == tmp_path / "epoch-0003.safetensors"
+
+
+def test_a_resumed_run_rotates_the_checkpoints_of_the_run_it_continues(tmp_path):
+    first = jdnn.ModelCheckpoint(tmp_path, keep=2)
+    _epochs(first, _begin(first), 3)
+    resumed = jdnn.ModelCheckpoint(tmp_path, keep=2)
+    run = _begin(resumed, start=3)                   # the state epoch-0003 holds: proven, adopted
+    _epochs(resumed, run, 2)
+    assert _files(tmp_path) == ["epoch-0004.safetensors", "epoch-0005.safetensors"]
+    lineage = checkpoint.restore(tmp_path / "epoch-0005.safetensors").metadata[
+        "model_checkpoint"]["lineage"]
+    assert lineage == first._lineage
+    other = jdnn.ModelCheckpoint(tmp_path, keep=1)   # step 5, other params: not that run
+    with pytest.warns(UserWarning, match="already holds 2"):
+        run = _begin(other, start=5, value=-1.0)
+    _epochs(other, run, 2)
+    assert _files(tmp_path) == ["epoch-0004.safetensors", "epoch-0005.safetensors",
+                                "epoch-0007.safetensors"]
+
+
+@pytest.mark.parametrize("where", ["loss", "params"])
+def test_a_non_finite_epoch_is_never_saved(tmp_path, where):
+    saver = jdnn.ModelCheckpoint(tmp_path, keep=1)
+    run = _epochs(saver, _begin(saver), 2)
+    run.train_state = _state(3, value=np.nan if where == "params" else 3.0)
+    run.epoch = 3
+    run.history.append({"epoch": 3, "loss": np.nan if where == "loss" else 0.1})
+    with pytest.warns(RuntimeWarning, match=r"epoch 3 not saved: .*the last finite checkpoint "
+                                            r"stays \(epoch-0002.safetensors\)"):
+        saver.on_epoch_end(run)
+        saver.on_train_end(run)
+    assert _files(tmp_path) == ["epoch-0002.safetensors"]
+
+
+@pytest.mark.parametrize("guard_first", [False, True], ids=["saver_first", "guard_first"])
+def test_a_diverging_run_keeps_its_last_finite_checkpoint(tmp_path, guard_first):
+    callbacks = [jdnn.ModelCheckpoint(tmp_path, keep=1), jdnn.TerminateOnNaN()]
+    with pytest.warns(RuntimeWarning) as caught:
+        ts, history = _fit(optimizer=_exploding(2, 1e30), epochs=8, validation_data=None,
+                           callbacks=callbacks[::-1] if guard_first else callbacks)
+    assert not np.isfinite(history["loss"][-1]) and history.stopped_by == "non_finite"
+    good = len(history) - 1
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2 and messages[0].startswith(f"ModelCheckpoint: epoch {good + 1} not "
+                                                         f"saved: its loss is nan")
+    assert messages[1].startswith("non-finite training loss")
+    assert _files(tmp_path) == [f"epoch-{good:04d}.safetensors"]
+    restored = checkpoint.restore(jdnn.ModelCheckpoint.latest(tmp_path))
+    chex.assert_trees_all_equal(restored.params, ts.params)
+    assert restored.metadata["epoch"] == good and np.isfinite(restored.metadata["record"]["loss"])
+
+
+def test_the_final_state_is_always_saved_once(tmp_path):
+    saver = jdnn.ModelCheckpoint(tmp_path, every=2, keep=None)
+    run = _epochs(saver, _begin(saver), 5)
+    saver.on_train_end(run)
+    saver.on_train_end(run)                           # already on disk: not written again
+    assert _files(tmp_path) == ["epoch-0002.safetensors", "epoch-0004.safetensors",
+                                "epoch-0005.safetensors"]
+    assert checkpoint.restore(tmp_path / "epoch-0005.safetensors").metadata["record"] == {
+        "epoch": 5, "loss": 0.2}
+    run.train_state = _state(3)                       # a callback restored epoch 3's state
+    saver.on_train_end(run)
+    assert checkpoint.restore(jdnn.ModelCheckpoint.latest(tmp_path)).metadata["epoch"] == 3
+    untrained = jdnn.ModelCheckpoint(tmp_path / "none")
+    untrained.on_train_end(_begin(untrained))         # nothing trained: nothing to keep
+    assert _files(tmp_path / "none") == []
+
+
+def test_an_unwritable_directory_fails_before_the_first_epoch(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(checkpoint.CheckpointError, match=r"ModelCheckpoint: cannot write "
+                                                         r"checkpoints into .*file: it is a file"):
+        _fit(callbacks=[jdnn.ModelCheckpoint(tmp_path / "file")])
+    with pytest.raises(checkpoint.CheckpointError, match="file/sub: Not a directory"):
+        _begin(jdnn.ModelCheckpoint(tmp_path / "file" / "sub"))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(checkpoint.disk.os, "open", refuse)
+    with pytest.raises(checkpoint.CheckpointError, match="ro: Permission denied; pass a "
+                                                         "directory this process can"):
+        _begin(jdnn.ModelCheckpoint(tmp_path / "ro"))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(every=0), "ModelCheckpoint: every must be a positive int, got 0"),
+    (dict(keep=0), "ModelCheckpoint: keep must be a positive int, got 0"),
+    (dict(every=1.5), "every must be a positive int, got 1.5"),
+])
+def test_model_checkpoint_checks_its_arguments(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        jdnn.ModelCheckpoint(tmp_path, **options)
+    assert jdnn.ModelCheckpoint(tmp_path, every=np.int64(2)).every == 2
 
 
 def test_csv_and_json_loggers_write_the_history(tmp_path):

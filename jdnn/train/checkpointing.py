@@ -215,13 +215,7 @@ class ModelCheckpoint(Callback):
         self._epochs.setdefault(str(step), (run.epoch, dict(record)))
         if run.epoch % self.every:
             return
-        loss = record.get("loss", 0.0)
-        if isinstance(loss, float) and not math.isfinite(loss):
-            self._skip(run.epoch, f"its loss is {loss}")
-        elif not is_finite(run.train_state):
-            self._skip(run.epoch, "its state holds a non-finite value")
-        else:
-            self._save(run, run.train_state, run.epoch, record, step)
+        self._save_if_finite(run, run.epoch, record, step)
 
     def on_train_end(self, run: Run) -> None:
         if self._session is None:
@@ -232,10 +226,16 @@ class ModelCheckpoint(Callback):
             return
         last = run.history.records[-1] if run.history.records else {}
         epoch, record = self._epochs.get(str(step), (run.epoch, last))
-        if is_finite(run.train_state):
-            self._save(run, run.train_state, epoch, record, step)
+        self._save_if_finite(run, epoch, record, step)
+
+    def _save_if_finite(self, run: Run, epoch: int, record: dict, step: Any) -> None:
+        loss = record.get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            self._skip(epoch, f"its loss is {loss}")
+        elif not is_finite(run.train_state):
+            self._skip(epoch, "its state holds a non-finite value")
         else:
-            self._skip(epoch, "the final state holds a non-finite value")
+            self._save(run, epoch, record, step)
 
     def _skip(self, epoch: int, why: str) -> None:
         if not self._warned:
@@ -251,15 +251,14 @@ class ModelCheckpoint(Callback):
             return self.directory / f"epoch-{epoch:04d}-{self._session[:8]}.safetensors"
         return path
 
-    def _save(self, run: Run, train_state: TrainState, epoch: int, record: dict,
-              step: Any) -> None:
+    def _save(self, run: Run, epoch: int, record: dict, step: Any) -> None:
         from jdnn import checkpoint
 
         path = self._target(epoch)
         written = _Written(path, self._session, time.time_ns(), step)
         stamp = {"lineage": self._lineage, "session": self._session,
                  "saved_ns": written.saved_ns, "step": step}
-        checkpoint.save(path, train_state, run.model,
+        checkpoint.save(path, run.train_state, run.model,
                         metadata={"epoch": epoch, "record": record, STAMP: stamp})
         self._written = [w for w in self._written if w.path != path] + [written]
         while self.keep is not None and len(self._written) > self.keep:
