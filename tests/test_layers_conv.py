@@ -5,6 +5,8 @@ axis is `max((out - 1) * stride + window - size, 0)`, the smaller half before, t
 """
 
 import math
+import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -161,3 +163,49 @@ def test_pooling_acts_per_channel(key):
     x = jnp.stack([jnp.array([[1.0, 5.0], [2.0, 3.0]]), jnp.array([[9.0, 0.0], [1.0, 2.0]])], -1)
     y, _ = layer.apply(params, state, x[None])
     np.testing.assert_array_equal(y.ravel(), [5.0, 9.0])
+
+
+# --- channels-first data: one clear warning ---------------------------------------------------
+
+def _abstract_init(layer, shape):
+    """`init` under `eval_shape`: the warning comes from tracing; nothing is compiled."""
+    return jax.eval_shape(lambda k: layer.init(k, shape), jax.random.key(0))
+
+
+NCHW = r"look channels-first \(NCHW\).*x\.transpose\(0, 2, 3, 1\)"
+
+
+@pytest.mark.parametrize("shape, fixed", [
+    ((64, 1, 28, 28), (64, 28, 28, 1)),  # MNIST
+    ((8, 3, 32, 32), (8, 32, 32, 3)),  # CIFAR
+    ((2, 4, 16, 24), (2, 16, 24, 4)),  # RGBA, not square
+])
+def test_channels_first_input_warns_with_the_fix(shape, fixed):
+    h, w, c = shape[1:]
+    pattern = (rf"Conv2D: images of shape \(height, width, channels\) = "
+               rf"{re.escape(str((h, w, c)))} {NCHW}, giving {re.escape(str(('N', *fixed[1:])))}"
+               .replace("'", ""))
+    with pytest.warns(UserWarning, match=pattern):
+        _abstract_init(Conv2D(4, 3), shape)
+
+
+@pytest.mark.parametrize("shape, kernel", [
+    ((64, 28, 28, 1), 3),  # NHWC MNIST
+    ((8, 32, 32, 3), 3),
+    ((8, 4, 4, 64), 3),  # a small, deep feature map
+    ((8, 5, 16, 16), 3),  # taller than 4 rows
+    ((8, 2, 16, 4), 3),  # few channels
+    ((8, 1, 100, 32), (1, 5)),  # a deliberate 1-D convolution over a height-1 input
+])
+def test_channels_last_and_one_dimensional_inputs_do_not_warn(shape, kernel):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _abstract_init(Conv2D(4, kernel), shape)
+
+
+def test_the_warning_is_shown_once_whatever_the_batch_size():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # the filter Python applies to UserWarning
+        for batch in (1, 32, 1):
+            _abstract_init(Conv2D(4, 3), (batch, 1, 28, 28))
+    assert len([w for w in caught if "channels-first" in str(w.message)]) == 1
