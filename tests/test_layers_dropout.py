@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdnn.core import LayerError
+from jdnn.core import LayerError, MissingKeyError
 from jdnn.layers import Dense, Dropout, serial
 
 SHAPE = (200, 500)
@@ -59,6 +59,15 @@ def test_train_without_key_is_an_error(key):
         layer.apply(params, state, jnp.ones((4, 3)), train=True)
     with pytest.raises(ValueError, match="needs a random key"):
         layer.apply(params, state, jnp.ones((4, 3)), key=None, train=True)
+
+
+def test_a_missing_key_is_a_missing_key_error_with_the_path(key):
+    model = serial(Dense(3), Dropout(0.5))
+    _, params, state = model.init(key, (4, 2))
+    with pytest.raises(MissingKeyError, match=r"^Dropout layer at 1_dropout: train=True needs a "
+                                              r"random key") as caught:
+        model.apply(params, state, jnp.ones((4, 2)), train=True)
+    assert caught.value.path == ("1_dropout",) and caught.value.entry is None
 
 
 def test_eval_is_the_identity(key):
