@@ -3,6 +3,7 @@ what was expected and what was found."""
 
 import functools
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import pytest
 import jdnn
 from jdnn.core import Layer, make_spec
 from jdnn.data.datasets import digits
-from jdnn.data.validate import as_arrays, check_data
+from jdnn.data.validate import as_arrays, check_data, check_labels
 from jdnn.losses import binary_cross_entropy, mse, softmax_cross_entropy
 
 RNG = np.random.default_rng(0)
@@ -228,3 +229,79 @@ def test_as_arrays_rejects_missing_or_ragged_parts():
         as_arrays((X, None), "data")
     with raises(r"^data: x cannot be converted to an array .*rectangular"):
         as_arrays(([[1, 2], [3]], [0, 1]), "data")
+
+
+# --- probabilities before a from-logits loss: warned once ------------------------------------
+
+PROBABILITIES = r"the model's last layer, {kind}, outputs probabilities, but {loss} takes logits"
+
+
+@pytest.mark.parametrize("model, y, loss, kind", [
+    (jdnn.serial(jdnn.Dense(10), jdnn.Softmax()), LABELS, softmax_cross_entropy, "Softmax"),
+    (jdnn.serial(jdnn.Dense(10), jdnn.Softmax()), LABELS,
+     functools.partial(softmax_cross_entropy, label_smoothing=0.1), "Softmax"),
+    (jdnn.serial(jdnn.Dense(1), jdnn.Sigmoid()), LABELS % 2, binary_cross_entropy, "Sigmoid"),
+    (jdnn.serial(jdnn.Dense(4), jdnn.serial(jdnn.Relu(), jdnn.Dense(10), jdnn.Softmax())),
+     LABELS, softmax_cross_entropy, "Softmax"),
+], ids=["softmax", "partial", "sigmoid", "nested"])
+def test_probabilities_before_a_from_logits_loss_warn(model, y, loss, kind):
+    name = "softmax_cross_entropy" if kind == "Softmax" else "binary_cross_entropy"
+    pattern = PROBABILITIES.format(kind=kind, loss=name) + rf".*remove the final {kind}\(\)"
+    with pytest.warns(UserWarning, match=pattern):
+        check_data(X, y, model=model, loss=loss)
+
+
+@pytest.mark.parametrize("model, loss", [
+    (MLP, softmax_cross_entropy),  # logits
+    (jdnn.serial(jdnn.Dense(10), jdnn.Softmax()), mse),  # probabilities regressed on purpose
+    (jdnn.serial(jdnn.Dense(10), jdnn.Softmax(), jdnn.Dense(10)), softmax_cross_entropy),
+    (jdnn.serial(jdnn.Dense(10), jdnn.residual(jdnn.Softmax())), softmax_cross_entropy),
+], ids=["logits", "mse", "softmax_inside", "residual"])
+def test_logits_or_other_losses_do_not_warn(model, loss):
+    y = LABELS if loss is softmax_cross_entropy else RNG.uniform(size=(100, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_data(X, y, model=model, loss=loss)
+
+
+def test_the_probabilities_warning_is_shown_once_for_train_and_validation_data():
+    model = jdnn.serial(jdnn.Dense(10), jdnn.Softmax())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # the filter Python applies to UserWarning
+        check_data(X, LABELS, model=model, loss=softmax_cross_entropy)
+        check_data(X[:50], LABELS[:50], model=model, loss=softmax_cross_entropy,
+                   name="validation_data")
+    assert len([w for w in caught if "outputs probabilities" in str(w.message)]) == 1
+
+
+# --- check_labels: the label part, for entry points that take one batch ----------------------
+
+
+def test_check_labels_names_the_entry_point():
+    y = LABELS.copy()
+    y[3] = -1
+    with raises(r"^per_example_grads: y has 1 negative class label\(s\); the first is "
+                r"y\[3\] = -1"):
+        check_labels(y, loss=softmax_cross_entropy, name="per_example_grads")
+    with raises(r"^ghost_clipped_grad: y has class labels up to 10 but the model outputs 10 "
+                r"classes"):
+        check_labels(np.where(LABELS == 0, 10, LABELS), loss=softmax_cross_entropy, model=MLP,
+                     x_shape=X.shape, name="ghost_clipped_grad")
+
+
+def test_check_labels_checks_binary_labels_and_finiteness():
+    with raises(r"^entry: y has 1 value\(s\) outside \[0, 1\]; the first is y\[0\] = 2"):
+        check_labels(np.array([2.0, 0.0]), loss=binary_cross_entropy, name="entry")
+    with raises(r"^entry: y has 1 non-finite value\(s\)"):
+        check_labels(np.array([np.nan, 0.0]), loss=binary_cross_entropy, name="entry")
+    with raises(r"^entry: x of shape \(5, 8\) does not fit the model: Conv2D layer at "
+                r"0_conv2d: expected an NHWC input_shape"):
+        check_labels(LABELS[:5], loss=softmax_cross_entropy, model=CNN, x_shape=(5, 8),
+                     name="entry")
+
+
+def test_check_labels_passes_valid_labels_and_skips_unknown_losses():
+    assert check_labels(jnp.asarray(LABELS), loss=softmax_cross_entropy, model=MLP,
+                        x_shape=X.shape, name="entry") is None
+    assert check_labels(np.array([-5.0, 7.0]), loss=mse, name="entry") is None
+    assert check_labels(np.array([-5, 7]), loss=None, name="entry") is None
