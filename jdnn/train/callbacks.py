@@ -2,7 +2,8 @@
 
 A callback sees the `Run` (the model, the current `TrainState`, the `History`) after each
 epoch and may replace the train state (restore the best one, lower the learning rate) or stop
-the run. Compiled epochs never see them, so they cost nothing inside the loop.
+the run. Compiled epochs never see them, so they cost nothing inside the loop. The checkpoint
+callback, `ModelCheckpoint`, has a module of its own: `jdnn.train.checkpointing`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class Callback:
         """After each epoch (and its validation); `run.history.records[-1]` is its record."""
 
     def on_train_end(self, run: Run) -> None:
-        """After the last epoch, or after a callback stopped the run."""
+        """After the last epoch, after a callback stopped the run, or after an interrupt
+        (`KeyboardInterrupt`; `run.train_state` is then the last completed state)."""
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import numbers
 import pathlib
 import time
 import uuid
@@ -52,8 +53,7 @@ def is_finite(train_state: TrainState) -> bool:
     """Whether every float in the params, layer state and optimizer state is finite."""
     leaves = [leaf for leaf in jax.tree.leaves((train_state.params, train_state.state,
                                                 train_state.opt_state))
-              if jnp.issubdtype(getattr(leaf, "dtype", None) or jnp.asarray(leaf).dtype,
-                                jnp.inexact)]
+              if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
     return not leaves or bool(_all_finite(leaves))
 
 
@@ -230,7 +230,7 @@ class ModelCheckpoint(Callback):
 
     def _save_if_finite(self, run: Run, epoch: int, record: dict, step: Any) -> None:
         loss = record.get("loss")
-        if isinstance(loss, float) and not math.isfinite(loss):
+        if isinstance(loss, numbers.Real) and not math.isfinite(loss):
             self._skip(epoch, f"its loss is {loss}")
         elif not is_finite(run.train_state):
             self._skip(epoch, "its state holds a non-finite value")
