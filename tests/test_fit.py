@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import signal
 
 import chex
 import jax
@@ -216,7 +218,7 @@ def test_bad_arguments_and_data_fail_before_training():
     x, y = _blobs()
     with pytest.raises(ValueError, match="mode must be one of"):
         _fit(mode="fast")
-    with pytest.raises(ValueError, match="batch_size an int >= 1"):
+    with pytest.raises(ValueError, match="fit: batch_size must be a positive int, got 0"):
         _fit(batch_size=0)
     with pytest.raises(ValueError, match="90 examples but y has 80"):
         _fit(data=(x, y[:80]))
@@ -243,3 +245,250 @@ def test_serial_names_missing_state_entries():
     _, params, _ = model.init(jax.random.key(0), (2, 6))
     with pytest.raises(ValueError, match=r"state have no entry '0_dense'.*that init returned"):
         model.apply(params, {}, np.ones((2, 6), np.float32))
+
+
+# --- interrupts and errors lose nothing -----------------------------------------------------
+
+
+class _Recorder(jdnn.Callback):
+    """Keeps a copy of the state after epoch `at` and counts the hooks that ran."""
+
+    def __init__(self, at=2, raise_at=None, error=None):
+        self.at, self.raise_at, self.error = at, raise_at, error
+        self.snapshot, self.ended = None, 0
+
+    def on_epoch_end(self, run):
+        if run.epoch == self.at:
+            self.snapshot = jax.tree.map(lambda a: a.copy(), run.train_state)
+        if run.epoch == self.raise_at:
+            raise self.error
+
+    def on_train_end(self, run):
+        self.ended += 1
+
+
+_INTERRUPT_DATA = _blobs(n=40)
+
+
+def _run(mode, epochs, train_state=None, callbacks=(), loss=CE, **kwargs):
+    model = _mlp(dropout=0.2)
+    if train_state is None:
+        train_state = jdnn.TrainState.create(model, optax.adam(1e-2), jax.random.key(0), (16, 6))
+    return fit(model, _INTERRUPT_DATA, loss=loss, optimizer=optax.adam(1e-2), epochs=epochs,
+               batch_size=16, train_state=train_state, callbacks=list(callbacks),
+               progress=False, mode=mode, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    """Per mode: the state after epoch 2 and after epoch 4 of a run nothing interrupts."""
+    runs = {}
+    for mode in ("scan", "step"):
+        recorder = _Recorder(at=2)
+        final, history = _run(mode, 4, callbacks=[recorder])
+        runs[mode] = recorder.snapshot, final, history
+    return runs
+
+
+@pytest.mark.parametrize("mode", ["scan", "step"])
+def test_an_interrupt_returns_the_last_completed_state_and_resumes_exactly(mode, uninterrupted):
+    after_2, after_4, history_4 = uninterrupted[mode]
+    recorder = _Recorder(raise_at=2, error=KeyboardInterrupt())
+    ts, history = _run(mode, 4, callbacks=[recorder])
+    assert history.stopped_by == "interrupted" and len(history) == 2
+    assert "after epoch 2 of 4" in history.stop_reason
+    assert recorder.ended == 1                      # on_train_end ran: checkpoints get saved
+    chex.assert_trees_all_equal(ts, after_2)
+    resumed, rest = _run(mode, 2, train_state=ts)
+    chex.assert_trees_all_equal(resumed, after_4)
+    assert [r["epoch"] for r in rest.records] == [3, 4]
+    assert [r["loss"] for r in history.records + rest.records] == history_4["loss"]
+
+
+@pytest.mark.parametrize("mode", ["scan", "step"])
+def test_an_exception_carries_the_last_completed_state_and_the_history(mode, uninterrupted):
+    after_2, after_4, _ = uninterrupted[mode]
+    recorder = _Recorder(raise_at=2, error=RuntimeError("disk full"))
+    with pytest.raises(RuntimeError, match="disk full") as caught:
+        _run(mode, 4, callbacks=[recorder])
+    error = caught.value
+    assert recorder.ended == 0                      # on_train_end does not run on an error
+    assert len(error.history) == 2 and error.history.stopped_by is None
+    assert any("error.train_state" in note for note in error.__notes__)
+    chex.assert_trees_all_equal(error.train_state, after_2)
+    resumed, _ = _run(mode, 2, train_state=error.train_state)
+    chex.assert_trees_all_equal(resumed, after_4)
+
+
+@pytest.mark.parametrize("mode", ["scan", "step"])
+def test_a_failure_before_the_first_epoch_hands_back_the_callers_state_undonated(mode):
+    model = _mlp(dropout=0.2)
+    ts = jdnn.TrainState.create(model, optax.adam(1e-2), jax.random.key(0), (16, 6))
+    before = jax.tree.map(lambda a: a.copy(), ts)
+
+    def broken(key, x):   # fails while the first epoch is traced: nothing was donated yet
+        raise RuntimeError("bad batch")
+
+    with pytest.raises(RuntimeError, match="bad batch") as caught:
+        _run(mode, 3, train_state=ts, augment=broken)
+    assert caught.value.train_state is ts and len(caught.value.history) == 0
+    assert not jdnn.train.state.donated(ts)
+    chex.assert_trees_all_equal(ts, before)
+
+    def interrupted(key, x):   # Ctrl-C while the first epoch compiles
+        raise KeyboardInterrupt
+
+    returned, history = _run(mode, 3, train_state=ts, augment=interrupted)
+    assert returned is ts and history.stopped_by == "interrupted" and len(history) == 0
+    assert "before epoch 1 of 3 finished" in history.stop_reason
+
+
+def test_ctrl_c_during_a_donated_epoch_waits_for_it_and_keeps_it(uninterrupted):
+    """A real SIGINT, sent from inside the compiled epoch 2 (its input already donated), is
+    held until that epoch is recorded: fit returns epoch 2's state, not a deleted buffer."""
+    after_2, _, _ = uninterrupted["scan"]
+    calls = {"n": 0}
+
+    def fire(_):
+        calls["n"] += 1
+        if calls["n"] == 4:   # epoch 2's first step (3 steps per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def signalling(outputs, labels):   # CE's numbers, and a host call once per step
+        jax.debug.callback(fire, labels[0])
+        return CE(outputs, labels)
+
+    try:
+        ts, history = _run("scan", 4, loss=signalling)
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped fit without a state")
+    assert calls["n"] == 6 and len(history) == 2 and history.stopped_by == "interrupted"
+    assert int(ts.step) == int(after_2.step) == 6
+    chex.assert_trees_all_close((ts.params, ts.opt_state), (after_2.params, after_2.opt_state),
+                                rtol=1e-6, atol=1e-7)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # put back
+
+
+def test_the_guard_defers_only_while_a_donated_state_is_watched():
+    guard = jdnn.train.state.DonationGuard()
+    double = jax.jit(lambda a: 2 * a, donate_argnums=0)
+    with guard:
+        intact = jnp.ones(3)
+        guard.watch(intact)
+        with pytest.raises(KeyboardInterrupt):   # not donated yet (e.g. still compiling)
+            signal.raise_signal(signal.SIGINT)
+        donated = jnp.ones(3)
+        guard.watch(donated)
+        double(donated)
+        signal.raise_signal(signal.SIGINT)       # held: no whole state right now
+        with pytest.raises(KeyboardInterrupt):
+            guard.release()                      # ... until the run holds one again
+        guard.hold()
+        signal.raise_signal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):   # a second signal acts at once
+            signal.raise_signal(signal.SIGINT)
+        guard.release()                          # nothing left pending
+
+
+# --- argument checks: each names fit and says how to fix it --------------------------------
+
+
+def test_validation_data_of_another_shape_is_refused_before_training():
+    x, y = _blobs()
+    with pytest.raises(ValueError, match=r"^validation_data: x has examples of shape \(5,\), "
+                                         r"but train_data's x has examples of shape \(6,\)"):
+        _fit(validation_data=(x[:, :5], y))
+
+
+def test_resumed_data_must_fit_the_train_states_params():
+    x, y = _blobs()
+    ts = jdnn.TrainState.create(_mlp(), optax.adam(1e-2), jax.random.key(0), (16, 4))
+    with pytest.raises(ValueError, match=r"^train_data: the model cannot apply the params of "
+                                         r"the train_state passed to fit.*0_dense.*size 4"):
+        _fit(data=(x, y), train_state=ts)
+    used = jdnn.TrainState.create(_mlp(), optax.adam(1e-2), jax.random.key(0), (16, 6))
+    _fit(data=(x, y), train_state=used, epochs=1)   # donates `used`
+    with pytest.raises(ValueError, match="fit: train_state was donated to an earlier call"):
+        _fit(data=(x, y), train_state=used)
+    with pytest.raises(TypeError, match="fit: train_state must be a TrainState"):
+        _fit(train_state=used.params)
+
+
+def test_counts_accept_numpy_integers_and_refuse_bools_and_floats():
+    ts, history = _fit(epochs=np.int32(2), batch_size=np.int64(16), key=np.int64(0),
+                       eval_batch_size=np.int16(8), validation_data=_blobs(seed=1))
+    assert len(history) == 2 and int(ts.step) == 2 * 6
+    with pytest.raises(ValueError, match="fit: batch_size must be a positive int, got True"):
+        _fit(batch_size=True)
+    with pytest.raises(ValueError, match="fit: epochs must be an int >= 0, got 2.0"):
+        _fit(epochs=2.0)
+    with pytest.raises(ValueError, match="fit: eval_batch_size must be a positive int, got 0"):
+        _fit(eval_batch_size=0)
+    with pytest.raises(TypeError, match="fit: key must be a jax.random.key"):
+        _fit(key="0")
+    x, _ = _blobs()
+    assert jdnn.predict(_mlp(), ts, x, batch_size=np.int64(32)).shape == (90, 3)
+    with pytest.raises(ValueError, match="predict: batch_size must be a positive int"):
+        jdnn.predict(_mlp(), ts, x, batch_size=0)
+
+
+def test_a_batch_larger_than_the_data_with_drop_remainder_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"fit: batch_size=128 is larger than train_data's 90 "
+                                         r"examples, and drop_remainder=True"):
+        _fit(batch_size=128, drop_remainder=True)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(loss="mse"), TypeError, r"fit: loss must be .* the string 'mse'; pass the function: "
+                                  r"loss=jdnn.losses.mse"),
+    (dict(loss="sparse_categorical_crossentropy"), TypeError,
+     r"loss=jdnn.losses.softmax_cross_entropy"),
+    (dict(loss=3), TypeError, r"fit: loss must be a per-example loss function"),
+    (dict(optimizer=optax.adam), TypeError,
+     r"fit: optimizer must be an optax GradientTransformation, got the function adam, which "
+     r"builds one: .* optimizer=optax.adam\(1e-3\)"),
+    (dict(optimizer="adam"), TypeError, r"fit: optimizer must be .* got the string 'adam'"),
+    (dict(callbacks=jdnn.TerminateOnNaN()), TypeError,
+     r"fit: callbacks must be a list or tuple .* callbacks=\[TerminateOnNaN\(...\)\]"),
+    (dict(callbacks=[jdnn.EarlyStopping]), TypeError,
+     r"fit: callbacks\[0\] is the class EarlyStopping, not an instance; call it"),
+    (dict(callbacks=[print]), TypeError, r"fit: callbacks\[0\] must be a callback"),
+    (dict(augment=jdnn.data.augment.random_flip), TypeError,
+     r"fit: augment is the constructor random_flip; call it.*random_flip\(...\)"),
+    (dict(augment=jdnn.data.augment.compose), TypeError, r"constructor compose"),
+    (dict(augment=0.5), TypeError, r"fit: augment must be a function augment\(key, x\)"),
+    (dict(metrics=7), TypeError, r"fit: metrics must be a list or tuple"),
+    (dict(metrics=["accuracy", 7]), TypeError, r"fit: each metric must be a name"),
+    (dict(metrics=["precision"]), ValueError, r"fit: unknown metric 'precision'"),
+    (dict(penalty=1e-4), TypeError, r"fit: penalty must be a function penalty\(params\)"),
+    (dict(frozen_state="0_dense"), TypeError, r"fit: frozen_state must be a list .* "
+                                              r"frozen_state=\['0_dense'\]"),
+])
+def test_arguments_of_the_wrong_kind_say_how_to_fix_them(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        _fit(**kwargs)
+
+
+def test_metrics_as_one_name_or_one_function_are_accepted():
+    def hits(outputs, labels, mask):
+        return jdnn.metrics.accuracy(outputs, labels, mask)
+
+    _, history = _fit(epochs=1, metrics=hits)
+    _, named = _fit(epochs=1, metrics="accuracy")
+    assert history["hits"] == named["accuracy"]
+
+
+def test_evaluate_and_predict_check_their_arguments_and_predict_handles_no_examples():
+    x, y = _blobs()
+    model = _mlp()
+    ts = jdnn.TrainState.create(model, optax.sgd(0.1), jax.random.key(0), (16, 6))
+    with pytest.raises(TypeError, match="evaluate: loss must be .* loss=jdnn.losses.mse"):
+        jdnn.evaluate(model, ts, (x, y), loss="mse")
+    with pytest.raises(ValueError, match="evaluate: batch_size must be a positive int"):
+        jdnn.evaluate(model, ts, (x, y), loss=CE, batch_size=-1)
+    report = jdnn.evaluate(model, ts, (x, y), loss=CE, batch_size=np.int64(32))
+    assert set(report) == {"loss", "accuracy"}
+    empty = jdnn.predict(model, ts, x[:0])
+    assert empty.shape == (0, 3) and empty.dtype == np.float32
+    with pytest.raises(ValueError, match="predict: x must have a first axis"):
+        jdnn.predict(model, ts, np.float32(1.0))

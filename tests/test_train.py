@@ -298,3 +298,30 @@ def test_from_params_wraps_existing_parameters():
     chex.assert_trees_all_equal(ts.params, params)
     chex.assert_trees_all_equal_structs(ts.opt_state, optimizer.init(params))
     assert int(ts.step) == 0
+
+
+def test_step_builders_check_the_loss_optimizer_metrics_and_augmentation():
+    model, loss = _mlp(), jdnn.losses.softmax_cross_entropy
+    with pytest.raises(TypeError, match=r"make_train_step: optimizer must be an optax "
+                                        r"GradientTransformation.*optimizer=optax.sgd\(1e-3\)"):
+        jdnn.make_train_step(model, loss, optax.sgd)
+    with pytest.raises(TypeError, match="make_train_step: loss must be .* the string 'mse'"):
+        jdnn.make_train_step(model, "mse", optax.sgd(0.1))
+    with pytest.raises(TypeError, match="make_train_step: augment is the constructor "
+                                        "gaussian_noise"):
+        jdnn.make_train_step(model, loss, optax.sgd(0.1), augment=jdnn.data.augment.gaussian_noise)
+    with pytest.raises(TypeError, match="make_eval_step: loss must be a per-example loss"):
+        jdnn.make_eval_step(model, None)
+    with pytest.raises(ValueError, match="make_eval_step: unknown metric 'f1'"):
+        jdnn.make_eval_step(model, loss, metrics=("f1",))
+
+
+def test_create_takes_numpy_integer_seeds_and_refuses_other_keys():
+    model, optimizer = _mlp(), optax.adam(1e-3)
+    a = jdnn.TrainState.create(model, optimizer, np.int64(3), (4, 5))
+    b = jdnn.TrainState.create(model, optimizer, 3, (4, 5))
+    chex.assert_trees_all_equal(a.params, b.params)
+    with pytest.raises(TypeError, match=r"TrainState.create: key must be a jax.random.key"):
+        jdnn.TrainState.create(model, optimizer, 3.0, (4, 5))
+    with pytest.raises(TypeError, match=r"TrainState.from_params: key must be"):
+        jdnn.TrainState.from_params(a.params, a.state, optimizer, True)

@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jdnn.core import Layer
+from jdnn.core import Layer, whole_number
 from jdnn.data.batching import epoch_batches
 from jdnn.data.validate import as_arrays, check_data
 from jdnn.train.state import TrainState
-from jdnn.train.step import Loss, Metrics, eval_step_fn, resolve_metrics
+from jdnn.train.step import (Loss, Metrics, check_step_arguments, eval_step_fn,
+                             resolve_metrics)
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -47,6 +48,8 @@ def make_evaluator(model: Layer, loss: Loss, *, metrics: Metrics = ("accuracy",)
     The data are cut into padded, masked batches scanned on the device; each value is the mean
     over all examples. Built once per (model, loss, metrics, batch size) and cached.
     """
+    check_step_arguments("make_evaluator", loss=loss, metrics=metrics)
+    batch_size = whole_number("make_evaluator", "batch_size", batch_size, minimum=1)
     return _evaluator(model, loss, tuple(resolve_metrics(metrics).items()), batch_size)
 
 
@@ -70,6 +73,8 @@ def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
         >>> jdnn.evaluate(model, train_state, (x_test, y_test),
         ...               loss=jdnn.losses.softmax_cross_entropy)   # {"loss": ..., "accuracy": ...}
     """
+    check_step_arguments("evaluate", loss=loss, metrics=metrics)
+    batch_size = whole_number("evaluate", "batch_size", batch_size, minimum=1)
     x, y = as_arrays(data, "data")
     check_data(x, y, model=model, loss=loss, name="data")
     report = make_evaluator(model, loss, metrics=metrics, batch_size=batch_size)(
@@ -105,9 +110,25 @@ def predict(model: Layer, train_state: TrainState, x: Any, *,
         batch_size: examples per compiled batch.
 
     Returns:
-        The outputs `(N, ...)` as a NumPy array (logits, for a classifier).
+        The outputs `(N, ...)` as a NumPy array (logits, for a classifier). For `N = 0` the
+        result is empty, `(0, ...)` with the output's trailing shape and dtype, as NumPy would
+        give for an empty batch.
+
+    Raises:
+        ValueError: for a `batch_size` that is not a positive int, or an `x` with no example
+            axis; a `LayerError` (a `ValueError`) names the layer an `x` of the wrong shape
+            does not fit.
 
     Example:
         >>> labels = jdnn.predict(model, train_state, x_test).argmax(-1)
     """
-    return np.asarray(_predictor(model, batch_size)(train_state, jnp.asarray(x)))
+    batch_size = whole_number("predict", "batch_size", batch_size, minimum=1)
+    x = jnp.asarray(x)
+    if x.ndim == 0:
+        raise ValueError(f"predict: x must have a first axis with one entry per example, got a "
+                         f"scalar {x!r}; pass e.g. x[None] for one example")
+    if x.shape[0] == 0:  # nothing to run: the output's shape and dtype, found abstractly
+        out = jax.eval_shape(lambda ts, one: model.apply(ts.params, ts.state, one)[0],
+                             train_state, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+        return np.zeros((0, *out.shape[1:]), out.dtype)
+    return np.asarray(_predictor(model, batch_size)(train_state, x))

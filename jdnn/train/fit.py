@@ -22,14 +22,14 @@ import optax
 from jax import lax
 from tqdm.auto import tqdm
 
-from jdnn.core import Layer
+from jdnn.core import Layer, whole_number
 from jdnn.data.batching import batches_from_order, epoch_order, num_batches
-from jdnn.data.validate import as_arrays, check_data
-from jdnn.train.callbacks import Callback, Run
+from jdnn.train.arguments import check_callbacks, check_train_state, checked_data
+from jdnn.train.callbacks import Callback, Run, copy_state
 from jdnn.train.evaluate import DEFAULT_BATCH_SIZE, make_evaluator
 from jdnn.train.history import History
-from jdnn.train.state import TrainState
-from jdnn.train.step import Loss, Metrics, train_step_fn
+from jdnn.train.state import DonationGuard, TrainState, as_key, donated
+from jdnn.train.step import Loss, Metrics, check_step_arguments, train_step_fn
 
 MODES = ("scan", "step")
 
@@ -99,22 +99,20 @@ def _host_epoch(step: Callable, batch_size: int, drop_remainder: bool) -> Callab
     return epoch
 
 
-def checked_data(model: Layer, loss: Loss, train_data: Any, validation_data: Any):
-    """The training `(x, y)` as NumPy arrays and the validation pair on the device (or None),
-    each checked against the model and loss before anything is compiled."""
-    x, y = as_arrays(train_data, "train_data")
-    check_data(x, y, model=model, loss=loss, name="train_data")
-    validation = None
-    if validation_data is not None:
-        validation = as_arrays(validation_data, "validation_data")
-        check_data(*validation, model=model, loss=loss, name="validation_data")
-        validation = tuple(jnp.asarray(a) for a in validation)
-    return x, y, validation
-
-
 def _ordered(report: dict) -> dict[str, float]:
     """Host floats, the loss first (compiled dicts come back sorted by key)."""
     return {k: float(report[k]) for k in sorted(report, key=lambda k: (k != "loss", k))}
+
+
+def _attach(error: BaseException, train_state: Any, history: History, note: str) -> None:
+    """Hangs the run's last completed state and its history on `error`, with a note."""
+    for name, value in (("train_state", train_state), ("history", history)):
+        try:
+            setattr(error, name, value)
+        except AttributeError:  # an exception type without a __dict__
+            pass
+    if hasattr(error, "add_note"):
+        error.add_note(note)
 
 
 def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientTransformation,
@@ -133,26 +131,48 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     training step on each; then evaluates `validation_data`, records the history and runs the
     callbacks. The step is compiled once for the whole run.
 
+    Interrupts and errors lose nothing. On `KeyboardInterrupt` (Ctrl-C, or a callback raising
+    it) fit stops and *returns* `(train_state, history)` as usual, the state being the last
+    completed one: the state after the last epoch in the history, or the state it started from
+    if no epoch finished. `history.stopped_by` is `"interrupted"` and `history.stop_reason`
+    says after which epoch; the callbacks' `on_train_end` still run (checkpoints and logs are
+    written). Resuming with `fit(..., train_state=train_state)` then continues exactly as if
+    nothing had happened. A Ctrl-C while an epoch runs on the device waits for that epoch (its
+    input state is donated, so the epoch's result is the only whole state); a second Ctrl-C
+    stops at once and gives the epoch up (the `KeyboardInterrupt` is then raised, as below). In
+    `mode="step"` the state is the one the interrupted epoch started from, never a state between
+    two steps, so a resumed run draws the same batches an uninterrupted one would.
+
+    Any other exception (in a callback, in a batch, in validation) is re-raised as it is, with
+    the last completed state and the history attached as `error.train_state` and
+    `error.history` (and a note saying so); `on_train_end` does not run. `error.train_state` is
+    None only if the state was lost inside a failed compiled call.
+
     Args:
         model: the network.
         train_data: an `(x, y)` pair of arrays, `x` `(N, ...)`, `y` `(N, ...)`.
-        loss: a per-example loss, e.g. `jdnn.losses.softmax_cross_entropy`.
-        optimizer: any optax `GradientTransformation` (schedules work as they are).
-        epochs: epochs to run (more, when resuming from `train_state`).
-        batch_size: examples per step.
-        key: initializes the model and seeds shuffling and dropout; required unless
-            `train_state` is given (resuming continues from that state's own key).
-        validation_data: an optional `(x, y)` pair evaluated after each epoch (`val_*` keys).
+        loss: a per-example loss function, e.g. `jdnn.losses.softmax_cross_entropy`.
+        optimizer: any optax `GradientTransformation`, e.g. `optax.adam(1e-3)` (schedules work
+            as they are).
+        epochs: epochs to run (more, when resuming from `train_state`); an int >= 0.
+        batch_size: examples per step, an int >= 1 (NumPy integers are accepted).
+        key: a `jax.random.key` or an int seed; initializes the model and seeds shuffling and
+            dropout; required unless `train_state` is given (resuming continues from that
+            state's own key).
+        validation_data: an optional `(x, y)` pair evaluated after each epoch (`val_*` keys);
+            its examples must have the training examples' shape.
         metrics: names from `jdnn.metrics` or functions; `()` for regression.
         penalty: optional `penalty(params) -> scalar`, e.g. `jdnn.regularizers.penalty(l2=1e-4)`.
-        augment: optional keyed augmentation `augment(key, x) -> x` applied to every batch.
-        callbacks: e.g. `EarlyStopping`, `ModelCheckpoint`, `ReduceLROnPlateau`,
-            `TerminateOnNaN`, `CSVLogger`.
+        augment: optional keyed augmentation `augment(key, x) -> x` applied to every batch,
+            e.g. `jdnn.data.augment.random_flip()` (called).
+        callbacks: a list of callbacks, e.g. `EarlyStopping`, `ModelCheckpoint`,
+            `ReduceLROnPlateau`, `TerminateOnNaN`, `CSVLogger`.
         progress: show a tqdm bar (only when stderr is a terminal).
         train_state: resume from this state (e.g. `jdnn.checkpoint.restore(...).train_state(opt)`);
             the epoch count continues from its step. It is donated: use the returned one.
         mode: `"scan"` (the data on the device, an epoch per compiled call) or `"step"` (the data
-            on the host, a compiled call per batch; for datasets larger than the device).
+            on the host, a compiled call per batch; for datasets larger than the device; it
+            keeps a copy of the state the epoch started from, see above).
         drop_remainder: drop the last, short batch instead of padding and masking it.
         frozen_state: path prefixes whose layer state (batch-norm statistics) stays fixed.
         eval_batch_size: examples per compiled batch when validating.
@@ -164,6 +184,12 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     Returns:
         `(train_state, history)`.
 
+    Raises:
+        TypeError: for a loss, optimizer, callbacks, augmentation or train state of the wrong
+            kind (e.g. `loss="mse"`, `optimizer=optax.adam`, a callback not in a list).
+        ValueError: for bad counts or data, before anything is compiled; data errors start
+            with `train_data` or `validation_data`.
+
     Example:
         >>> (x, y), (x_test, y_test) = jdnn.data.digits()
         >>> model = jdnn.serial(jdnn.Dense(128), jdnn.Relu(), jdnn.Dense(10))
@@ -172,23 +198,34 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         ...     epochs=20, batch_size=64, key=jax.random.key(0), validation_data=(x_test, y_test))
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not (isinstance(epochs, int) and epochs >= 0 and isinstance(batch_size, int)
-            and batch_size >= 1):
-        raise ValueError(f"epochs must be an int >= 0 and batch_size an int >= 1, got "
-                         f"epochs={epochs!r}, batch_size={batch_size!r}")
+        raise ValueError(f"fit: mode must be one of {MODES}, got {mode!r}")
+    epochs = whole_number("fit", "epochs", epochs, minimum=0)
+    batch_size = whole_number("fit", "batch_size", batch_size, minimum=1)
+    eval_batch_size = whole_number("fit", "eval_batch_size", eval_batch_size, minimum=1)
+    check_step_arguments("fit", loss=loss, optimizer=optimizer, metrics=metrics,
+                         penalty=penalty, augment=augment, frozen_state=frozen_state)
+    callbacks = check_callbacks("fit", callbacks)
     x, y, validation = checked_data(model, loss, train_data, validation_data)
+    n = x.shape[0]
+    if drop_remainder and batch_size > n:
+        raise ValueError(f"fit: batch_size={batch_size} is larger than train_data's {n} "
+                         f"examples, and drop_remainder=True drops that one short batch, so no "
+                         f"step would run; lower batch_size to at most {n}, or pass "
+                         f"drop_remainder=False")
     if train_state is None:
         if key is None:
             raise ValueError("fit needs key= to initialize the model (or train_state= to resume)")
-        train_state = TrainState.create(model, optimizer, key, (batch_size, *x.shape[1:]))
+        train_state = TrainState.create(model, optimizer, as_key("fit", key),
+                                        (batch_size, *x.shape[1:]))
+    else:
+        check_train_state("fit", model, train_state, x)
 
-    n = x.shape[0]
     step = train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics,
                          augment=augment, frozen_state=frozen_state)
     if mesh is not None:
         if mode != "scan":
-            raise ValueError(f"mesh= trains data-parallel in mode='scan' only, got mode={mode!r}")
+            raise ValueError(f"fit: mesh= trains data-parallel in mode='scan' only, got "
+                             f"mode={mode!r}")
         from jdnn import parallel  # parallel builds on this module
 
         run_epoch = parallel.make_parallel_epoch(step, batch_size, mesh,
@@ -208,37 +245,96 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     step = int(step)
     start = step // steps_per_epoch
     run = Run(model, train_state, History(), epoch=start)
-    for callback in callbacks:
-        callback.on_train_begin(run)
-    if run.train_state is not train_state:
-        key_data, step = host_key_and_step(run.train_state)
-        step = int(step)
+    begun: list = []          # callbacks whose on_train_begin ran: they get on_train_end
+    trained, finished = None, False   # the running epoch's output, and whether it completed
     bar = tqdm(range(start + 1, start + epochs + 1), desc="fit", unit="epoch",
                disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
-    for epoch in bar:
-        began = time.perf_counter()
-        trained, means = run_epoch(run.train_state, x, y, epoch_order(key_data, step, n))
-        run.train_state, step = trained, step + steps_per_epoch
-        record = {"epoch": epoch, **_ordered(means)}
-        if evaluator is not None:
-            val = evaluator(run.train_state, *validation)
-            record.update({f"val_{k}": v for k, v in _ordered(val).items()})
-        record["seconds"] = time.perf_counter() - began
-        run.history.append(record)
-        run.epoch = epoch
-        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("epoch",
-                                                                               "seconds")})
-        for callback in callbacks:
-            callback.on_epoch_end(run)
-        if run.train_state is not trained:   # a callback swapped the state: read it again
-            key_data, step = host_key_and_step(run.train_state)
-            step = int(step)
-        if run.stop_reason is not None:
-            break
-    bar.close()
+    guard = DonationGuard()
+    try:
+        with guard:
+            for callback in callbacks:
+                callback.on_train_begin(run)
+                begun.append(callback)
+            if run.train_state is not train_state:
+                key_data, step = host_key_and_step(run.train_state)
+                step = int(step)
+            for epoch in bar:
+                began = time.perf_counter()
+                order = epoch_order(key_data, step, n)
+                if mode == "step":   # its steps donate a copy: the epoch's start survives
+                    trained, means = run_epoch(copy_state(run.train_state), x, y, order)
+                else:                # a donated input: interrupts wait for the epoch's output
+                    guard.watch(run.train_state)
+                    trained, means = run_epoch(run.train_state, x, y, order)
+                record = {"epoch": epoch, **_ordered(means)}
+                finished = True
+                guard.hold()   # the epoch is done: keep it, through its validation
+                if evaluator is not None:
+                    val = evaluator(trained, *validation)
+                    record.update({f"val_{k}": v for k, v in _ordered(val).items()})
+                record["seconds"] = time.perf_counter() - began
+                run.history.append(record)
+                run.train_state, run.epoch, step = trained, epoch, step + steps_per_epoch
+                current, trained, finished = trained, None, False
+                guard.release()
+                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
+                                 if k not in ("epoch", "seconds")})
+                for callback in callbacks:
+                    callback.on_epoch_end(run)
+                if run.train_state is not current:   # a callback swapped the state: read it
+                    key_data, step = host_key_and_step(run.train_state)
+                    step = int(step)
+                if run.stop_reason is not None:
+                    break
+    except KeyboardInterrupt as interrupt:
+        state, done = _handed_back(run, trained, finished)
+        if state is None:
+            _attach(interrupt, None, run.history,
+                    f"fit: interrupted while epoch {run.epoch + 1} ran with its input state "
+                    f"donated: no whole state is left (error.train_state is None); the history "
+                    f"is attached as error.history")
+            raise
+        run.train_state = state
+        where = (f"after epoch {done} of {start + epochs}" if done > start else
+                 f"before epoch {start + 1} of {start + epochs} finished")
+        note = "" if done == run.epoch else f" (epoch {done}'s record is not in the history)"
+        run.stop("interrupted", f"interrupted ({type(interrupt).__name__}) {where}{note}: the "
+                                f"state is {_which(done, start)}; continue with "
+                                f"fit(..., train_state=train_state)")
+    except Exception as error:
+        state, done = _handed_back(run, trained, finished)
+        _attach(error, state, run.history,
+                f"fit: the last completed train state ({_which(done, start)}) is attached as "
+                f"error.train_state, the history as error.history" if state is not None else
+                "fit: the train state was lost inside the failed compiled call "
+                "(error.train_state is None); the history is attached as error.history")
+        raise
+    finally:
+        bar.close()
     run.history.stop_reason = run.stop_reason
     if run.stop_reason is not None:
         run.history.stopped_by = run.stopped_by or "callback"
-    for callback in callbacks:
-        callback.on_train_end(run)
+    try:
+        for callback in begun:
+            callback.on_train_end(run)
+    except BaseException as error:
+        _attach(error, run.train_state, run.history,
+                "fit: raised by a callback's on_train_end; the train state is attached as "
+                "error.train_state and the history as error.history")
+        raise
     return run.train_state, run.history
+
+
+def _which(epoch: int, start: int) -> str:
+    """`"the one after epoch 3"`, or `"the one it started from"` if no epoch finished."""
+    return f"the one after epoch {epoch}" if epoch > start else "the one it started from"
+
+
+def _handed_back(run: Run, trained: Any, finished: bool) -> tuple[Any, int]:
+    """The last completed state and its epoch: the run's own state unless a compiled epoch
+    consumed it, then that epoch's output if the epoch finished, else None (lost)."""
+    if not donated(run.train_state):
+        return run.train_state, run.epoch
+    if trained is not None and finished and not donated(trained):
+        return trained, run.epoch + 1
+    return None, run.epoch

@@ -1,14 +1,37 @@
-"""TrainState: everything a training run carries from one step to the next, as one pytree."""
+"""TrainState: everything a training run carries from one step to the next, as one pytree;
+and what keeps a donated state from being lost to an interrupt (`donated`, `DonationGuard`)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jdnn.core import Layer, Shape
+
+def as_key(where: str, key: Any) -> jax.Array:
+    """A random key from `key`: a `jax.random.key`, a legacy raw `jax.random.PRNGKey`, or an
+    int seed (a NumPy integer too; not a bool), as `jax.random.key(seed)`.
+
+    Raises:
+        TypeError: naming `where` (the entry point called) for anything else.
+    """
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        return jax.random.key(int(key))
+    dtype = getattr(key, "dtype", None)
+    if isinstance(key, jax.Array) and (jnp.issubdtype(dtype, jax.dtypes.prng_key) or (
+            dtype == jnp.uint32 and key.ndim >= 1)):
+        return key
+    raise TypeError(f"{where}: key must be a jax.random.key(seed) or an int seed, got "
+                    f"{type(key).__name__} {key!r:.60}")
+
 
 # The random streams of a step: independent keys folded in from the run's key and the step.
 DROPOUT, AUGMENT, NOISE = 0, 1, 2
@@ -54,8 +77,7 @@ class TrainState(NamedTuple):
         Example:
             >>> ts = jdnn.TrainState.create(model, optax.adam(1e-3), jax.random.key(0), (32, 784))
         """
-        if isinstance(key, int):
-            key = jax.random.key(key)
+        key = as_key("TrainState.create", key)
         init_key, key = jax.random.split(key)
         _, params, state = model.init(init_key, tuple(input_shape))
         return cls(params, state, optimizer.init(params), key, jnp.zeros((), jnp.int32))
@@ -70,8 +92,7 @@ class TrainState(NamedTuple):
             >>> params, state, report = jdnn.checkpoint.restore_matching(path, fresh_params)
             >>> ts = jdnn.TrainState.from_params(params, state, optax.adam(1e-3), 0)
         """
-        if isinstance(key, int):
-            key = jax.random.key(key)
+        key = as_key("TrainState.from_params", key)
         return cls(params, state, optimizer.init(params), key, jnp.zeros((), jnp.int32))
 
 
@@ -84,3 +105,80 @@ def step_key(train_state: TrainState, stream: int) -> jax.Array:
     would be paid every step).
     """
     return jax.random.fold_in(jax.random.fold_in(train_state.key, train_state.step), stream)
+
+
+# ---------------------------------------------------------------------------------------------
+# Donation: a compiled step or epoch deletes the state it is given. These keep a run from ever
+# being left without a whole state, even when interrupted.
+
+
+def donated(tree: Any) -> bool:
+    """Whether any array of `tree` has been deleted (donated to a compiled call)."""
+    return any(leaf.is_deleted() for leaf in jax.tree.leaves(tree)
+               if isinstance(leaf, jax.Array))
+
+
+_HELD = object()   # what `DonationGuard.hold` watches: always defer
+
+
+class DonationGuard:
+    """Holds back SIGINT/SIGTERM while a compiled epoch owns the train state.
+
+    A scan-mode epoch donates its input state: from the moment the compiled call consumes it
+    until the epoch's output is recorded as the run's state, the run's only whole state is the
+    one the device is still computing, so an interrupt there would lose the run. While such a
+    state is `watch`ed, a signal whose Python handler raises (Ctrl-C's `KeyboardInterrupt`,
+    `jdnn train`'s SIGTERM) is deferred to `release`, unless the state is not yet donated
+    (tracing or compiling the first epoch: the input is intact, the interrupt acts at once);
+    after `hold`, until `release`, it is deferred in any case (a finished epoch being
+    validated and recorded). A second signal while one is deferred acts at once. Used as a
+    context manager by `fit`; it wraps the handlers only in the main thread and only where
+    Python can call them, and puts them back on exit.
+    """
+
+    def __init__(self):
+        self.previous: dict[int, Callable] = {}
+        self.watched: Any = None
+        self.pending: tuple | None = None
+
+    def __enter__(self) -> DonationGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    self.previous[signum] = handler
+                    signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.watched = self.pending = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if (self.watched is None or self.pending is not None
+                or (self.watched is not _HELD and not donated(self.watched))):
+            self.pending = None
+            self.previous[signum](signum, frame)
+            return
+        self.pending = (signum, frame)
+        message = (f"\nfit: {signal.Signals(signum).name} received; finishing this epoch to "
+                   f"hand back its state (send it again to stop at once, without it)\n")
+        try:
+            os.write(2, message.encode())
+        except OSError:
+            pass
+
+    def watch(self, train_state: Any) -> None:
+        """From now, `train_state` may be donated: defer interrupts once it is."""
+        self.watched = train_state
+
+    def hold(self) -> None:
+        """Defer interrupts from now until `release`."""
+        self.watched = _HELD
+
+    def release(self) -> None:
+        """The run holds a whole state again: a deferred interrupt acts now."""
+        self.watched, pending, self.pending = None, self.pending, None
+        if pending is not None:
+            self.previous[pending[0]](*pending)

@@ -7,6 +7,7 @@ update; a new `TrainState`. All of it inside one `jax.jit`, with the incoming st
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import optax
 from jdnn import metrics as metrics_lib
 from jdnn import regularizers
 from jdnn.core import Layer
+from jdnn.train import arguments
 from jdnn.train.state import AUGMENT, DROPOUT, TrainState, step_key
 
 Loss = Callable[[jax.Array, jax.Array], jax.Array]
@@ -24,22 +26,50 @@ Metric = Callable[..., jax.Array]
 Metrics = Sequence[str | Metric] | Mapping[str, Metric]
 
 
-def resolve_metrics(metrics: Metrics) -> dict[str, Metric]:
-    """Maps metric names (`"accuracy"`) or functions `fn(predictions, labels, mask)` to a dict."""
+def _metric_name(fn: Callable) -> str:
+    """A metric function's name in reports: its `__name__` (a partial's function's)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def resolve_metrics(metrics: Metrics, where: str | None = None) -> dict[str, Metric]:
+    """Maps metric names (`"accuracy"`) or functions `fn(predictions, labels, mask)` to a dict.
+
+    Accepts a sequence of names and functions, a `{name: fn}` mapping, or one name or function.
+    `where` (e.g. `"fit"`) names the entry point in error messages.
+
+    Raises:
+        TypeError: for anything that is not a name or a function.
+        ValueError: for an unknown metric name.
+    """
+    prefix = f"{where}: " if where else ""
     if isinstance(metrics, Mapping):
+        bad = {k: v for k, v in metrics.items() if not (isinstance(k, str) and callable(v))}
+        if bad:
+            raise TypeError(f"{prefix}metrics as a mapping must map names to functions "
+                            f"fn(predictions, labels, mask), got {bad!r:.100}")
         return dict(metrics)
-    if isinstance(metrics, str):
+    if isinstance(metrics, str) or callable(metrics):
         metrics = (metrics,)
+    if not isinstance(metrics, Sequence):
+        raise TypeError(f"{prefix}metrics must be a list or tuple of metric names and functions, "
+                        f"got {type(metrics).__name__} {metrics!r:.60}; e.g. "
+                        f"metrics=(\"accuracy\",), or () for none")
     resolved = {}
     for metric in metrics:
         if callable(metric):
-            resolved[metric.__name__] = metric
+            resolved[_metric_name(metric)] = metric
         elif isinstance(metric, str) and metric in metrics_lib.BY_NAME:
             resolved[metric] = metrics_lib.BY_NAME[metric]
-        else:
-            raise ValueError(f"unknown metric {metric!r}: give a name from "
+        elif isinstance(metric, str):
+            raise ValueError(f"{prefix}unknown metric {metric!r}: give a name from "
                              f"{sorted(metrics_lib.BY_NAME)} or a function "
                              f"fn(predictions, labels, mask)")
+        else:
+            raise TypeError(f"{prefix}each metric must be a name from "
+                            f"{sorted(metrics_lib.BY_NAME)} or a function fn(predictions, "
+                            f"labels, mask), got {type(metric).__name__} {metric!r:.60}")
     return resolved
 
 
@@ -75,6 +105,28 @@ def _freeze(new_state: Any, old_state: Any, frozen: Sequence[str]) -> Any:
         return old if regularizers.is_under(regularizers.path_of(keypath), frozen) else new
 
     return jax.tree_util.tree_map_with_path(pick, new_state, old_state)
+
+
+_NO_OPTIMIZER = object()
+
+
+def check_step_arguments(where: str, *, loss: Any, optimizer: Any = _NO_OPTIMIZER,
+                         metrics: Any = (), penalty: Any = None, augment: Any = None,
+                         frozen_state: Any = ()) -> None:
+    """The checks every entry point that builds a step runs (`fit`, `evaluate`,
+    `make_train_step`, `make_eval_step`): a loss function, an optax transformation (when one is
+    given), known metrics, a penalty function, a called augmentation and a list of state paths,
+    each a clear error naming `where`. See `jdnn.train.arguments`."""
+    arguments.check_loss(where, loss)
+    if penalty is not None and not callable(penalty):
+        raise TypeError(f"{where}: penalty must be a function penalty(params) -> scalar or "
+                        f"None, got {type(penalty).__name__} {penalty!r:.40}; e.g. "
+                        f"penalty=jdnn.regularizers.penalty(l2=1e-4)")
+    if optimizer is not _NO_OPTIMIZER:
+        arguments.check_optimizer(where, optimizer)
+    resolve_metrics(metrics, where)
+    arguments.check_augment(where, augment)
+    arguments.check_names(where, frozen_state, "frozen_state")
 
 
 def train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
@@ -146,6 +198,8 @@ def make_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransform
         >>> step = jdnn.make_train_step(model, jdnn.losses.softmax_cross_entropy, optax.adam(1e-3))
         >>> train_state, m = step(train_state, x, y)   # x: (B, ...), y: (B,)
     """
+    check_step_arguments("make_train_step", loss=loss, optimizer=optimizer, metrics=metrics,
+                         penalty=penalty, augment=augment, frozen_state=frozen_state)
     step = train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics,
                          augment=augment, frozen_state=frozen_state)
     return jax.jit(step, donate_argnums=0)
@@ -185,4 +239,5 @@ def make_eval_step(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callab
         ...                                metrics=("accuracy",))
         >>> evaluate(train_state, x_test, y_test)   # {"loss": ..., "accuracy": ...}
     """
+    check_step_arguments("make_eval_step", loss=loss, metrics=metrics)
     return jax.jit(eval_step_fn(model, loss, metrics=metrics))
