@@ -189,15 +189,17 @@ def test_a_second_run_into_the_same_directory_keeps_its_own_checkpoints(tmp_path
 def test_a_name_another_run_took_is_never_overwritten(tmp_path):
     first = jdnn.ModelCheckpoint(tmp_path, keep=None)
     _epochs(first, _begin(first), 2)
-    second = jdnn.ModelCheckpoint(tmp_path, keep=1)
+    second = jdnn.ModelCheckpoint(tmp_path, keep=None)
     with pytest.warns(UserWarning, match="already holds 2"):
         _epochs(second, _begin(second), 3, value=-1.0)
     suffix = second._session[:8]
-    assert _files(tmp_path) == ["epoch-0001.safetensors", "epoch-0002.safetensors",
+    assert _files(tmp_path) == ["epoch-0001-" + suffix + ".safetensors", "epoch-0001.safetensors",
+                                "epoch-0002-" + suffix + ".safetensors", "epoch-0002.safetensors",
                                 "epoch-0003.safetensors"]
-    assert _session(tmp_path / "epoch-0002.safetensors") == first._session
+    for epoch in (1, 2):
+        assert _session(tmp_path / f"epoch-{epoch:04d}.safetensors") == first._session
+        assert _session(tmp_path / f"epoch-{epoch:04d}-{suffix}.safetensors") == second._session
     assert jdnn.ModelCheckpoint.latest(tmp_path) == tmp_path / "epoch-0003.safetensors"
-    assert suffix  # the second run's epochs 1 and 2 were written beside, then rotated away
 
 
 def test_rotation_deletes_no_file_it_cannot_account_for(tmp_path):
