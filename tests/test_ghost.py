@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import jdnn
+from jdnn.core import MissingKeyError
 from jdnn.ghost import ghost_clipped_grad, outer_sq_norms
 from jdnn.vectorize import clip_and_aggregate, per_example_grads
 
@@ -149,6 +150,45 @@ def test_ghost_needs_a_batch_norm_rule_and_jdnn_layers():
     params, state, x, y = _setup(model, (B, 5))
     with pytest.raises(ValueError, match="cannot rebuild the layer 'MyLayer' at 1_mylayer"):
         ghost_clipped_grad(model, LOSS, params, state, x, y, l2_norm_clip=1.0)
+
+
+def test_dropout_without_a_key_is_an_error_naming_ghost_clipped_grad():
+    model = jdnn.serial(jdnn.Dense(8), jdnn.Relu(), jdnn.Dropout(0.5), jdnn.Dense(3))
+    params, state, x, y = _setup(model, (B, 5))
+    with pytest.raises(MissingKeyError, match=r"^ghost_clipped_grad: the model's Dropout at "
+                                              r"2_dropout needs a random key in training mode; "
+                                              r"pass key=jax\.random\.key\(0\)"):
+        ghost_clipped_grad(model, LOSS, params, state, x, y, l2_norm_clip=1.0)
+
+
+def test_concrete_labels_outside_the_classes_are_errors_naming_ghost_clipped_grad():
+    model = CASES["mlp"][0]()
+    params, state, x, y = _setup(model, (B, 5))
+    with pytest.raises(ValueError, match=r"^ghost_clipped_grad: y has class labels up to 7 but "
+                                         r"the model outputs 3 classes"):
+        ghost_clipped_grad(model, LOSS, params, state, x, y.at[0].set(7), l2_norm_clip=1.0)
+    with pytest.raises(ValueError, match=r"^ghost_clipped_grad: x and y need the same leading"):
+        ghost_clipped_grad(model, LOSS, params, state, x, y[:2], l2_norm_clip=1.0)
+
+
+def test_an_out_of_range_label_under_jit_is_a_nan_loss_with_no_gradient():
+    model = jdnn.serial(jdnn.Dense(4), jdnn.Relu(), jdnn.Dense(3))
+    params, state, x, y = _setup(model, (B, 5))
+    mask = jnp.asarray(MASK)  # example 2 is masked out; give it a label that means nothing
+
+    @jax.jit
+    def run(bad_y, y):
+        return [ghost_clipped_grad(model, LOSS, params, state, x, labels, l2_norm_clip=0.5,
+                                   mask=m, return_aux=True)
+                for labels, m in ((bad_y, mask), (y, mask), (bad_y, None))]
+
+    bad, good, unmasked = jax.tree.map(np.asarray, run(y.at[2].set(-1), y))
+    chex.assert_trees_all_equal(bad, good)  # masked out: loss, norms and mean all unchanged
+    assert np.isfinite(bad[2].loss).all()
+    _, norms, aux = unmasked  # not masked: its loss is NaN, its gradient zero
+    assert np.isnan(aux.loss[2]) and norms[2] == 0.0
+    np.testing.assert_array_equal(np.delete(aux.loss, 2), np.delete(good[2].loss, 2))
+    np.testing.assert_array_equal(np.delete(norms, 2), np.delete(good[1], 2))
 
 
 # ---------------------------------------------------------------------------------------------

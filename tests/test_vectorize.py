@@ -12,6 +12,7 @@ import pytest
 
 import jdnn
 from jdnn import zoo
+from jdnn.core import MissingKeyError
 from jdnn.layers.combinators import child_keys
 from jdnn.layers.dropout import keep_mask
 from jdnn.vectorize import clip_and_aggregate, per_example_grads, rebuild
@@ -110,11 +111,53 @@ def test_masked_examples_get_zero_gradients_and_losses(x64):
     np.testing.assert_array_equal(aux.loss, np.where(mask, full_aux.loss, 0.0))
 
 
-def test_dropout_without_a_key_is_an_error():
+def test_dropout_without_a_key_is_an_error_naming_per_example_grads():
     model = _mlp()
     params, state, x, y = _setup(model, (B, 4))
-    with pytest.raises(jdnn.LayerError, match="needs a random key"):
-        _pe(model, params, state, x, y)
+    message = (r"^per_example_grads: the model's Dropout at 2_dropout needs a random key in "
+               r"training mode; pass key=jax\.random\.key\(0\) \(or train=False\)")
+    with pytest.raises(MissingKeyError, match=message):
+        _pe(model, params, state, x, y)  # under jit
+    with pytest.raises(jdnn.LayerError, match=message):
+        per_example_grads(model, LOSS, params, state, x, y)  # eager
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels: checked when concrete, a NaN loss and a zero gradient when traced.
+
+
+@pytest.mark.parametrize("bad, match", [
+    (-1, r"y has 1 negative class label\(s\); the first is y\[1\] = -1"),
+    (3, r"y has class labels up to 3 but the model outputs 3 classes"),
+], ids=["negative", "too_high"])
+def test_concrete_labels_outside_the_classes_are_errors_naming_the_entry_point(bad, match):
+    model = jdnn.serial(jdnn.Dense(3))
+    params, state, x, y = _setup(model, (B, 4))
+    with pytest.raises(ValueError, match=rf"^per_example_grads: {match}"):
+        per_example_grads(model, LOSS, params, state, x, y.at[1].set(bad))
+
+
+def test_traced_out_of_range_labels_give_nan_losses_and_zero_gradients():
+    model = jdnn.serial(jdnn.Dense(4), jdnn.Relu(), jdnn.Dense(3))
+    params, state, x, y = _setup(model, (B, 4))
+    bad_y = y.at[1].set(-1).at[3].set(3)
+    mask = jnp.asarray([True, False, True, True, True])
+
+    @jax.jit
+    def run(bad_y, y):
+        return [per_example_grads(model, LOSS, params, state, x, labels, mask=m,
+                                  return_aux=True)
+                for labels, m in ((bad_y, None), (bad_y, mask), (y, None))]
+
+    (grads, aux), (masked, masked_aux), (valid, valid_aux) = jax.tree.map(np.asarray,
+                                                                          run(bad_y, y))
+    assert np.isnan(aux.loss[[1, 3]]).all()
+    np.testing.assert_array_equal(aux.loss[[0, 2, 4]], valid_aux.loss[[0, 2, 4]])
+    assert masked_aux.loss[1] == 0.0 and np.isnan(masked_aux.loss[3])  # masked out: no NaN
+    for g, m, v in zip(jax.tree.leaves(grads), jax.tree.leaves(masked), jax.tree.leaves(valid)):
+        np.testing.assert_array_equal(g[[1, 3]], 0.0)
+        np.testing.assert_array_equal(g[[0, 2, 4]], v[[0, 2, 4]])
+        np.testing.assert_array_equal(m, g)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,9 +275,10 @@ def test_rebuild_gives_the_same_model(name):
 def test_mismatched_batches_and_losses_are_errors():
     model = jdnn.serial(jdnn.Dense(3))
     params, state, x, y = _setup(model, (B, 4))
-    with pytest.raises(ValueError, match="the same leading batch axis"):
+    with pytest.raises(ValueError, match="^per_example_grads: x and y need the same leading "
+                                         "batch axis"):
         per_example_grads(model, LOSS, params, state, x, y[:3])
-    with pytest.raises(ValueError, match="mask must have shape"):
+    with pytest.raises(ValueError, match=r"^per_example_grads: mask must have shape \(5,\)"):
         per_example_grads(model, LOSS, params, state, x, y, mask=jnp.ones(3, bool))
     with pytest.raises(ValueError, match="one value per example"):
         per_example_grads(model, lambda o, t: LOSS(o, t).mean(), params, state, x, y)
