@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jdnn import losses, regularizers, zoo
-from jdnn.core import whole_number
+from jdnn.core import LayerError, whole_number
 from jdnn.gradcheck import TOLERANCES, GradReport, check_gradients
 
 # Each loss with the outputs and targets it needs: (loss function, outputs, target kind).
@@ -78,7 +78,8 @@ def run(models: list[str], loss_names: list[str], *, mode: str = "both", dtype: 
     Raises:
         ValueError: for an unknown model, loss, mode or dtype, a `batch` < 1, a `seed` < 0
             or a penalty strength that is not a finite number >= 0, before any check runs;
-            the message names `jdnn gradcheck` and the option.
+            and for a model that cannot run at this batch in a mode (BatchNorm on a batch of
+            one vector in training). The message names `jdnn gradcheck` and the option.
     """
     _check_options(models, loss_names, mode, dtype, seed, batch, l1, l2)
     rows = []
@@ -90,9 +91,16 @@ def run(models: list[str], loss_names: list[str], *, mode: str = "both", dtype: 
             _, params, state = model.init(jax.random.key(seed), x.shape)
             for train in MODES[mode]:
                 start = time.perf_counter()
-                report = check_gradients(
-                    model, params, state, x, y, loss, key=jax.random.key(seed + 1), train=train,
-                    penalty=regularizers.penalty(l1=l1, l2=l2), dtype=dtype, seed=seed)
+                try:
+                    report = check_gradients(
+                        model, params, state, x, y, loss, key=jax.random.key(seed + 1),
+                        train=train, penalty=regularizers.penalty(l1=l1, l2=l2), dtype=dtype,
+                        seed=seed)
+                except LayerError as error:  # e.g. BatchNorm on one example in training
+                    raise ValueError(
+                        f"jdnn gradcheck: {name} / {loss_name} in "
+                        f"{'training' if train else 'evaluation'} mode at batch {batch} cannot "
+                        f"run: {error}. Pick another --batch or --mode") from None
                 rows.append(Row(name, loss_name, train, report, time.perf_counter() - start))
     return rows
 

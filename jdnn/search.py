@@ -68,12 +68,12 @@ def _optimizer(kind: str | Callable, learning_rate: Any, momentum: Any):
     """`optax.inject_hyperparams(kind)(learning_rate=..., momentum or b1=...)`."""
     factory = getattr(optax, kind, None) if isinstance(kind, str) else kind
     if not callable(factory) or isinstance(factory, optax.GradientTransformation):
-        hint = (" (a GradientTransformation is already built: pass its factory, e.g. "
-                "optimizer=optax.adam or 'adam', and put learning_rate in the space)"
-                if isinstance(factory, optax.GradientTransformation) else "")
+        got = ("a GradientTransformation, already built: pass its factory, e.g. "
+               "optimizer=optax.adam or 'adam', and put learning_rate in the space"
+               if isinstance(factory, optax.GradientTransformation) else f"{kind!r:.80}")
         raise ValueError(f"search: optimizer must be an optax optimizer's name (e.g. 'adam', "
                          f"'sgd') or a factory f(learning_rate, ...) -> GradientTransformation, "
-                         f"got {kind!r}{hint}")
+                         f"got {got}")
     names = _parameters(factory)
     if not _takes(names, "learning_rate"):
         raise ValueError(f"search: optimizer {kind!r} takes no learning_rate argument; the "
@@ -116,18 +116,20 @@ def check_model_fn(model_fn: Callable, names: list[str]) -> None:
     passed = [n for n in names if n not in HANDLED]
     by_keyword = [p.name for p in parameters.values()
                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = [n for n in passed if not _takes(parameters, n)]
-    required = [p for p in parameters.values() if p.default is p.empty
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in passed]
-    if not unknown and not required:
+    # The search passes keywords only: a positional-only parameter can never be given.
+    positional = [p.name for p in parameters.values() if p.kind is p.POSITIONAL_ONLY
+                  and (p.default is p.empty or p.name in passed)]
+    unknown = [n for n in passed if not _takes(parameters, n) and n not in positional]
+    required = [p.name for p in parameters.values() if p.default is p.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in passed]
+    handled = [n for n in required if n in HANDLED]
+    missing = [n for n in required if n not in HANDLED]
+    if not (unknown or positional or required):
         return
     what = _describe(model_fn)
     problems = []
     if unknown:
         problems.append(f"the space names {unknown}, which {what} does not take")
-    handled = [p.name for p in required if p.name in HANDLED]
-    positional = [p.name for p in required if p.kind is p.POSITIONAL_ONLY and p.name in names]
-    missing = [p.name for p in required if p.name not in handled and p.name not in positional]
     if missing:
         problems.append(f"{what} requires {missing}, which the space does not give (a fixed "
                         f"value works: {{{missing[0]!r}: value}}; or give it a default)")
@@ -137,10 +139,11 @@ def check_model_fn(model_fn: Callable, names: list[str]) -> None:
     if positional:
         problems.append(f"{what}'s parameters {positional} are positional-only, but the search "
                         f"passes keyword arguments")
+    takes = f"takes the keyword arguments {by_keyword}" if by_keyword \
+        else "takes no keyword arguments"
     raise TypeError(
-        f"search: {'; '.join(problems)}. {what} takes {by_keyword or 'no arguments'}; jdnn "
-        f"handles {list(HANDLED)} itself, and passes every other space name to model_fn as a "
-        f"keyword argument")
+        f"search: {'; '.join(problems)}. {what} {takes}; jdnn handles {list(HANDLED)} itself, "
+        f"and passes every other space name to model_fn as a keyword argument")
 
 
 def _dropout_paths(spec: Spec, path: str = "") -> tuple[list[str], list[str]]:

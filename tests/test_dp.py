@@ -9,7 +9,8 @@ import optax
 import pytest
 
 import jdnn
-from jdnn.dp import _uniform_from_words, gaussian_noise, make_dp_train_step, standard_normal
+from jdnn.dp import (_uniform_from_words, dp_train_step_fn, gaussian_noise, make_dp_train_step,
+                     standard_normal)
 from jdnn.vectorize import clip_and_aggregate, per_example_grads
 from tests.test_ghost import _setup
 
@@ -69,6 +70,26 @@ def test_dp_step_noise_has_the_stated_scale_and_is_reproducible_from_the_key():
     assert not np.array_equal(first.key, ts.key)
 
 
+def test_masked_dp_step_scales_the_noise_by_the_examples_the_mask_keeps():
+    # 5 real examples padded to 8: the noise on the mean is sigma * C / 5, not / 8.
+    model, optimizer = jdnn.serial(jdnn.Dense(3)), optax.sgd(1.0)  # one layer: compiles fast
+    ts, x, y = _train_state(model, optimizer, (8, 450))
+    mask = jnp.asarray([True, True, False, True, True, False, True, False])
+    clip, sigma = 0.5, 2.0
+    step = make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=clip, noise_multiplier=sigma)
+    # Two keys, the same clipped mean gradient (no dropout): the difference is noise alone,
+    # with twice the variance of one draw.
+    a = step(_copy(ts), x, y, mask)[0].params
+    b = step(_copy(ts._replace(key=jax.random.key(1))), x, y, mask)[0].params
+    difference = np.concatenate([np.ravel(u - v) for u, v in zip(jax.tree.leaves(a),
+                                                                jax.tree.leaves(b))])
+    assert difference.size > 1300
+    measured = np.std(difference) / np.sqrt(2)
+    expected = sigma * clip / 5
+    assert abs(measured / expected - 1) < 0.1, (measured, expected, sigma * clip / 8)
+    assert abs(np.mean(difference)) < 0.1 * expected
+
+
 def test_dp_step_rejects_bad_settings():
     model, optimizer = jdnn.serial(jdnn.Dense(3)), optax.sgd(0.1)
     with pytest.raises(ValueError, match="method must be one of"):
@@ -76,6 +97,20 @@ def test_dp_step_rejects_bad_settings():
                            method="fast")
     with pytest.raises(ValueError, match="l2_norm_clip must be a finite number > 0, got 0.0"):
         make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=0.0, noise_multiplier=1.0)
+    for clip in (float("inf"), float("nan"), -1.0, "1.0", True, None):
+        with pytest.raises(ValueError, match=r"make_dp_train_step: l2_norm_clip must be a "
+                                             r"finite number > 0, got"):
+            make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=clip, noise_multiplier=1.0)
+    for sigma in (float("inf"), float("nan"), -0.5, "1.1"):
+        with pytest.raises(ValueError, match=r"make_dp_train_step: noise_multiplier must be a "
+                                             r"finite number >= 0, got"):
+            make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=1.0, noise_multiplier=sigma)
+    with pytest.raises(ValueError, match=r"dp_train_step_fn: method must be one of"):
+        dp_train_step_fn(model, LOSS, optimizer, l2_norm_clip=1.0, noise_multiplier=1.0,
+                         method="fast")
+    # NumPy and 0-d JAX numbers are numbers
+    dp_train_step_fn(model, LOSS, optimizer, l2_norm_clip=np.float32(1.0),
+                     noise_multiplier=jnp.asarray(1.1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 import jdnn
 from jdnn.ensemble import (EnsembleHistory, combined_logits, combined_prediction, default_combine,
-                           ensemble_keys, evaluate_ensemble, fit_ensemble, member,
+                           ensemble_keys, evaluate_ensemble, fit_ensemble, init_members, member,
                            predict_ensemble)
 
 CE = jdnn.losses.softmax_cross_entropy
@@ -33,8 +33,10 @@ OPTIONS = dict(loss=CE, epochs=EPOCHS, batch_size=16, validation_data=TEST, prog
 def test_ensemble_members_fit_independently_and_combine(tmp_path):
     # One training serves every check: it is the expensive part, and a module fixture would be
     # recomputed by every pytest-xdist worker that runs a user of it.
-    trained = fit_ensemble(MODEL, TRAIN, size=SIZE, optimizer=optax.adam(1e-2), key=7,
-                           **OPTIONS)
+    # NumPy ints are ints: size, key, epochs, batch_size, epochs_per_call
+    trained = fit_ensemble(MODEL, TRAIN, size=np.int64(SIZE), optimizer=optax.adam(1e-2),
+                           key=np.int64(7), epochs_per_call=np.int32(10),
+                           **{**OPTIONS, "epochs": np.int64(EPOCHS), "batch_size": np.int64(16)})
     _check_member_i_equals_an_independent_fit_with_key_i(trained)
     _check_members_are_independent(trained)
     _check_ensemble_scores_and_prediction_combine_the_members(trained)
@@ -127,3 +129,79 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="epochs must be an int >= 0"):
         fit_ensemble(MODEL, TRAIN, size=2, optimizer=optax.adam(1e-2), key=0,
                      **{**OPTIONS, "epochs": -1})
+    for name, value, expected in (("size", np.int64(0), "a positive int"),
+                                  ("size", True, "a positive int"),
+                                  ("size", 2.0, "a positive int"),
+                                  ("batch_size", 0, "a positive int"),
+                                  ("batch_size", np.float64(16), "a positive int"),
+                                  ("epochs", 1.5, "an int >= 0"),
+                                  ("epochs_per_call", 0, "a positive int")):
+        with pytest.raises(ValueError, match=f"fit_ensemble: {name} must be {expected}, got"):
+            fit_ensemble(MODEL, TRAIN, optimizer=optax.adam(1e-2), key=0,
+                         **{**OPTIONS, "size": 2, name: value})
+    with pytest.raises(TypeError, match=r"fit_ensemble: key must be an int seed or one "
+                                        r"jax.random.key\(...\), got an array of shape \(2,\)"):
+        fit_ensemble(MODEL, TRAIN, size=2, optimizer=optax.adam(1e-2),
+                     key=jax.random.split(jax.random.key(0), 2), **OPTIONS)
+    with pytest.raises(ValueError, match="ensemble_keys: size must be a positive int, got -1"):
+        ensemble_keys(0, -1)
+    assert ensemble_keys(np.int64(0), np.int64(2)).shape == (2,)
+
+
+def _counting(model, calls):
+    def apply(params, state, x, *, key=None, train=False):
+        calls.append(x.shape)
+        return model.apply(params, state, x, key=key, train=train)
+
+    return jdnn.Layer(model.init, apply, model.spec)
+
+
+def _with(a, index, value):
+    a = np.array(a)
+    a[index] = value
+    return a
+
+
+def test_bad_labels_and_nan_inputs_are_refused_before_anything_compiles():
+    calls = []
+    model = _counting(MODEL, calls)
+    (x, y), (xv, yv) = TRAIN, TEST
+    cases = [
+        ((x, _with(y, 4, -1)), TEST,
+         r"fit_ensemble: train_data: y has 1 negative class label\(s\); the first is y\[4\] = -1"),
+        ((x, _with(y, 4, 3)), TEST,
+         r"fit_ensemble: train_data: y has class labels up to 3 but the model outputs 3 classes"),
+        ((_with(x, (2, 1), np.nan), y), TEST,
+         r"fit_ensemble: train_data: x has 1 non-finite value\(s\) \(NaN or inf\); the first "
+         r"is x\[2, 1\]"),
+        ((x, y), (xv, _with(yv, 0, -2)), r"fit_ensemble: validation_data: y has 1 negative"),
+        ((x, y), (_with(xv, (0, 0), np.nan), yv), r"fit_ensemble: validation_data: x has 1 "
+                                                  r"non-finite"),
+    ]
+    for data, validation, match in cases:
+        with pytest.raises(ValueError, match=match):
+            fit_ensemble(model, data, size=2, optimizer=optax.adam(1e-2), key=0,
+                         **{**OPTIONS, "validation_data": validation})
+    assert calls == []  # nothing traced, let alone compiled
+
+
+def test_predict_and_evaluate_ensemble_name_bad_arguments():
+    states = init_members(MODEL, optax.adam(1e-2), ensemble_keys(0, 2), (16, 6))
+    with pytest.raises(ValueError, match=r"predict_ensemble: train_state must be the stacked "
+                                         r"TrainState .* step has shape \(\)"):
+        predict_ensemble(MODEL, member(states, 0), TEST[0])
+    with pytest.raises(ValueError, match=r"predict_ensemble: batch_size must be a positive int"):
+        predict_ensemble(MODEL, states, TEST[0], batch_size=0)
+    with pytest.raises(ValueError, match=r"predict_ensemble: combine must be one of"):
+        predict_ensemble(MODEL, states, TEST[0], combine="vote")
+    with pytest.raises(ValueError, match=r"predict_ensemble: x must be an array of real numbers"):
+        predict_ensemble(MODEL, states, np.array(["a", "b"]))
+    with pytest.raises(ValueError, match=r"predict_ensemble: x of shape \(6,\) does not fit the "
+                                         r"model"):
+        predict_ensemble(MODEL, states, TEST[0][0])
+    with pytest.raises(ValueError, match=r"evaluate_ensemble: data: y has 1 negative class"):
+        evaluate_ensemble(MODEL, states, (TEST[0], _with(TEST[1], 0, -1)), loss=CE)
+    with pytest.raises(ValueError, match=r"evaluate_ensemble: train_state must be the stacked"):
+        evaluate_ensemble(MODEL, member(states, 1), TEST, loss=CE)
+    with pytest.raises(ValueError, match=r"evaluate_ensemble: batch_size must be a positive int"):
+        evaluate_ensemble(MODEL, states, TEST, loss=CE, batch_size=np.int64(-1))

@@ -36,8 +36,18 @@ def test_every_zoo_model_passes_with_every_loss_and_a_penalty(name, mode):
 
 
 @pytest.mark.parametrize("name", list(zoo.MODELS))
-def test_batch_of_one_passes_in_both_modes(name):
-    rows = gradcheck_zoo.run([name], ["softmax_cross_entropy"], mode="both", batch=1)
+def test_batch_of_one_passes_in_both_modes_or_is_refused_clearly(name):
+    entry = zoo.MODELS[name]
+    if "BatchNorm" in set(_kinds(entry.build(2).spec)) and len(entry.example_shape) == 1:
+        # One vector holds one value per feature: batch statistics cannot train on it.
+        with pytest.raises(ValueError, match=rf"jdnn gradcheck: {name} / softmax_cross_entropy "
+                                             rf"in training mode at batch 1 cannot run: .*"
+                                             rf"at least 2 examples"):
+            gradcheck_zoo.run([name], ["softmax_cross_entropy"], mode="train", batch=1)
+        modes = "eval"
+    else:
+        modes = "both"
+    rows = gradcheck_zoo.run([name], ["softmax_cross_entropy"], mode=modes, batch=1)
     assert all(row.report.ok for row in rows), "\n".join(str(r.report) for r in rows)
 
 
@@ -292,3 +302,136 @@ def test_cli_gradcheck_exits_nonzero_on_a_failure(monkeypatch, capsys):
     assert code == 1
     assert "0 passed, 1 failed" in captured.out
     assert "FAILED xor_sigmoid / mse" in captured.err
+
+
+# ---------------------------------------------------------------------------------------------
+# A bug only finite differences can see: jax and the reference agree on a wrong gradient.
+
+SCALE = 1.0001  # the planted error, a relative 1e-4: past 1e-6, within a loosened 1e-3
+
+
+def _scaled_weight_grad_dense(features):
+    """A user layer, kind "ScaledDense": a Dense whose custom VJP returns SCALE x the true
+    weight gradient (dx and db are right)."""
+    dense = layers.Dense(features)
+
+    @jax.custom_vjp
+    def matmul(x, w):
+        return x @ w
+
+    matmul.defvjp(lambda x, w: (x @ w, (x, w)),
+                  lambda res, g: (g @ res[1].T, SCALE * (res[0].T @ g)))
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key, train
+        return matmul(x, params["w"]) + params["b"], state
+
+    return Layer(dense.init, apply, make_spec("ScaledDense", features=features))
+
+
+class _ScaledDenseTwin:
+    """Its NumPy twin, registered under its kind, with the very same error in dw."""
+
+    forward = staticmethod(reference.layers.dense.forward)
+
+    @staticmethod
+    def backward(params, cache, dy):
+        dx, dparams = reference.layers.dense.backward(params, cache, dy)
+        return dx, {**dparams, "w": SCALE * dparams["w"]}
+
+
+def test_a_gradient_the_reference_agrees_with_is_still_caught_by_finite_differences(
+        monkeypatch):
+    monkeypatch.setitem(reference.layers.KINDS, "ScaledDense", _ScaledDenseTwin)
+    model = layers.serial(layers.Dense(4), layers.Tanh(), _scaled_weight_grad_dense(3))
+    x, y = zoo.example_batch("mlp", 6, 3, "classes")
+    params, state = _init(model, x)
+    report = check_gradients(model, params, state, x, y, jdnn.losses.softmax_cross_entropy)
+    assert not report.ok, report
+    bad = [p for p in report.params if not p.ok]
+    assert [p.path for p in bad] == ["2_scaleddense/w"]
+    (p,) = bad
+    assert p.reference_rel < 1e-12  # jax and its twin agree...
+    assert 1e-6 < p.fd_rel < 1e-3   # ...finite differences do not, by about 1e-4
+    assert p.fd_rel == pytest.approx(SCALE - 1, rel=0.05)
+    assert report.worst.comparison == "finite differences"
+    assert report.worst.path == "2_scaleddense/w"
+    assert "NO" in str(report)
+    # The tolerance is the one that decides: loosened to 1e-3 the same error passes.
+    loose = check_gradients(model, params, state, x, y, jdnn.losses.softmax_cross_entropy,
+                            tolerances={"finite_differences": 1e-3})
+    assert loose.ok and loose.tolerances["finite_differences"] == 1e-3
+
+
+def test_check_gradients_rejects_bad_numeric_arguments_and_batches():
+    model = zoo.xor_sigmoid(1)
+    x, y = zoo.example_batch("xor_sigmoid", 4, 1, "binary")
+    params, state = _init(model, x)
+
+    def check(**kwargs):
+        args = {"x": x, "y": y, "params": params, "state": state, **kwargs}
+        return check_gradients(model, args.pop("params"), args.pop("state"), args.pop("x"),
+                               args.pop("y"), jdnn.losses.binary_cross_entropy, **args)
+
+    for samples in (-1, 0, 2.0, True):
+        with pytest.raises(ValueError, match=r"check_gradients: samples must be a positive "
+                                             r"int, got"):
+            check(samples=samples)
+    with pytest.raises(ValueError, match=r"check_gradients: seed must be an int >= 0, got -1"):
+        check(seed=-1)
+    for value in (0.0, -1e-6, float("nan"), float("inf"), "1e-6"):
+        with pytest.raises(ValueError, match=r"tolerances\['finite_differences'\] must be a "
+                                             r"finite number > 0"):
+            check(tolerances={"finite_differences": value})
+    with pytest.raises(ValueError, match=r"unknown tolerance name\(s\) \['fd'\]; the names are "
+                                         r"\['finite_differences', 'forward', 'reference'\]"):
+        check(tolerances={"fd": 1e-6})
+    with pytest.raises(TypeError, match="tolerances must be a dict"):
+        check(tolerances=1e-6)
+    with pytest.raises(TypeError, match="check_gradients: train must be True or False"):
+        check(train="yes")
+    with pytest.raises(ValueError, match=r"check_gradients: x and y have no examples"):
+        check(x=x[:0], y=y[:0])
+    with pytest.raises(ValueError, match=r"mask must have shape \(4,\), one entry per example, "
+                                         r"got shape \(3,\)"):
+        check(mask=np.ones(3, bool))
+    with pytest.raises(ValueError, match="mask keeps no example"):
+        check(mask=np.zeros(4, bool))
+    with pytest.raises(ValueError, match=r"check_gradients: x has 1 non-finite value"):
+        check(x=np.where(np.arange(8).reshape(4, 2) == 3, np.nan, x))
+    with pytest.raises(ValueError, match=r"check_gradients: y has 1 value\(s\) outside \[0, 1\]"):
+        check(y=np.where(np.arange(4) == 2, 2.0, y))
+    nan_params = {**params, "2_dense": {**params["2_dense"], "b": params["2_dense"]["b"] * np.nan}}
+    with pytest.raises(ValueError, match=r"params at 2_dense/b holds 2 non-finite value"):
+        check(params=nan_params)
+    # NumPy ints are counts like any other
+    report = check(samples=np.int64(2), seed=np.int64(1))
+    assert report.ok and all(p.fd_points <= 2 for p in report.params)
+
+
+def test_check_gradients_refuses_class_labels_out_of_range():
+    model = layers.serial(layers.Dense(4), layers.Tanh(), layers.Dense(3))
+    x, y = zoo.example_batch("mlp", 6, 3, "classes")
+    params, state = _init(model, x)
+    for label, match in ((-1, "negative class label"), (3, "outputs 3 classes")):
+        bad = np.asarray(y).copy()
+        bad[2] = label
+        with pytest.raises(ValueError, match=f"check_gradients: y has .*{match}"):
+            check_gradients(model, params, state, x, bad, jdnn.losses.softmax_cross_entropy)
+
+
+def test_gradcheck_zoo_rejects_bad_options_before_checking():
+    with pytest.raises(ValueError, match=r"jdnn gradcheck: batch must be a positive int, got 0"):
+        gradcheck_zoo.run(["mlp"], ["mse"], batch=0)
+    with pytest.raises(ValueError, match=r"jdnn gradcheck: batch must be a positive int, got -2"):
+        gradcheck_zoo.run(["mlp"], ["mse"], batch=-2)
+    with pytest.raises(ValueError, match=r"jdnn gradcheck: seed must be an int >= 0"):
+        gradcheck_zoo.run(["mlp"], ["mse"], seed=-1)
+    with pytest.raises(ValueError, match=r"unknown model \['mpl'\]; choose from"):
+        gradcheck_zoo.run(["mpl"], ["mse"])
+    with pytest.raises(ValueError, match=r"unknown loss \['hinge'\]; choose from"):
+        gradcheck_zoo.run(["mlp"], ["hinge"])
+    with pytest.raises(ValueError, match=r"mode must be one of \['both', 'eval', 'train'\]"):
+        gradcheck_zoo.run(["mlp"], ["mse"], mode="test")
+    with pytest.raises(ValueError, match=r"l1 must be a finite number >= 0, got nan"):
+        gradcheck_zoo.run(["mlp"], ["mse"], l1=float("nan"))

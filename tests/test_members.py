@@ -6,10 +6,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jdnn
 from jdnn.train.fit import epoch_orders
-from jdnn.train.members import chunk_orders, stack, train_members
+from jdnn.train.members import as_key, chunk_orders, member, stack, train_members
 
 
 def _toy_members(curves):
@@ -32,9 +33,10 @@ def test_a_member_stops_early_and_freezes_while_others_go_on():
               [1, 2, 2, 1, 9, 9, 9, 9],              # stalls after epoch 2
               [1, 2, math.nan, 4, 5, 6, 7, 8]]       # diverges at epoch 3
     state, curves, member_epoch = _toy_members(curves)
-    trained = train_members(state, curves, member_epoch, jnp.zeros((4, 1)), None, epochs=8,
-                            steps_per_epoch=1, monitor="score", mode="max", patience=2,
-                            keep_best=True, epochs_per_call=3, progress=False)
+    trained = train_members(state, curves, member_epoch, jnp.zeros((4, 1)), None,
+                            epochs=np.int64(8), steps_per_epoch=np.int32(1), monitor="score",
+                            mode="max", patience=np.int64(2), keep_best=True,
+                            epochs_per_call=np.int64(3), progress=False)  # NumPy ints are ints
     assert [len(h) for h in trained.histories] == [8, 4, 3]
     np.testing.assert_array_equal(trained.train_state.params["w"], [8, 4, 3])
     np.testing.assert_array_equal(trained.best_state.params["w"], [8, 2, 2])
@@ -56,3 +58,59 @@ def test_chunk_orders_are_the_orders_fit_would_draw_for_each_member_and_epoch():
         for e in range(2):
             one = jdnn.TrainState({}, {}, (), k, jnp.asarray(s + 4 * e, jnp.int32))
             np.testing.assert_array_equal(orders[e, i], epoch_orders(one, 20))
+
+
+def test_train_members_rejects_bad_arguments_before_compiling():
+    state, curves, member_epoch = _toy_members([[1, 2, 3, 4], [4, 3, 2, 1]])
+    options = dict(steps_per_epoch=1, monitor="score", mode="max", progress=False)
+
+    def run(**changes):
+        train_members(state, curves, member_epoch, jnp.zeros((4, 1)), None,
+                      **{"epochs": 2, **options, **changes})
+
+    for name, value, expected in (("epochs", -1, "an int >= 0"),
+                                  ("epochs", 2.0, "an int >= 0"),
+                                  ("epochs_per_call", 0, "a positive int"),
+                                  ("steps_per_epoch", 0, "a positive int"),
+                                  ("patience", 0, "a positive int"),
+                                  ("patience", True, "a positive int")):
+        with pytest.raises(ValueError, match=f"train_members: {name} must be {expected}"):
+            run(**{name: value})
+    with pytest.raises(ValueError, match="train_members: mode must be 'max' or 'min'"):
+        run(mode="maximum")
+    with pytest.raises(ValueError, match=r"train_members: monitor 'val_score' is not recorded; "
+                                         r"each epoch records \['loss', 'score'\]"):
+        run(monitor="val_score")
+    with pytest.raises(ValueError, match=r"train_members: train_state must be the stacked "
+                                         r"TrainState .* step has shape \(\)"):
+        train_members(member(state, 0), curves, member_epoch, jnp.zeros((4, 1)), None,
+                      epochs=2, **options)
+
+
+def test_member_indexes_like_a_list_and_names_a_bad_index():
+    keys = jax.random.split(jax.random.key(0), 3)
+    states = stack([jdnn.TrainState({"w": jnp.full(2, i, jnp.float32)}, {}, (), k,
+                                    jnp.asarray(i, jnp.int32)) for i, k in enumerate(keys)])
+    for i, expected in ((np.int64(1), 1), (jnp.asarray(2), 2), (-1, 2), (0, 0)):
+        assert int(member(states, i).step) == expected
+    for i in (3, -4, 1.0, True, "0", jnp.arange(2)):
+        with pytest.raises(ValueError, match=r"member: i must be an int in \[-3, 3\) for a "
+                                             r"state of 3 members"):
+            member(states, i)
+    with pytest.raises(ValueError, match="member: train_state must be the stacked"):
+        member(member(states, 0), 0)
+
+
+def test_as_key_takes_seeds_and_keys_and_names_anything_else():
+    typed = jax.random.key(5)
+    assert as_key("search", typed) is typed
+    for seed in (5, np.int64(5), np.uint8(5)):
+        np.testing.assert_array_equal(jax.random.key_data(as_key("search", seed)),
+                                      jax.random.key_data(typed))
+    legacy = jax.random.PRNGKey(5)  # a raw uint32[2] key: the same key, typed
+    np.testing.assert_array_equal(jax.random.key_data(as_key("search", legacy)), legacy)
+    for bad, shown in (("0", "str '0'"), (1.5, "float 1.5"), (True, "bool True"),
+                       (jax.random.split(typed, 2), r"an array of shape \(2,\)")):
+        with pytest.raises(TypeError, match=f"fit_ensemble: key must be an int seed or one "
+                                            f"jax.random.key\\(...\\), got {shown}"):
+            as_key("fit_ensemble", bad)

@@ -46,9 +46,11 @@ def counting_model_fn(width):
 
 def _search():
     TRACES.clear()
-    return search(counting_model_fn, TRAIN, SPACE, strategy="random", trials=3, loss=CE,
-                  epochs=EPOCHS, batch_size=16, key=3, validation_data=TEST, optimizer="sgd",
-                  restore_best=False, progress=False)
+    # NumPy ints are ints everywhere (patience=EPOCHS cannot stop a trial within EPOCHS).
+    return search(counting_model_fn, TRAIN, SPACE, strategy="random", trials=np.int64(3),
+                  loss=CE, epochs=np.int64(EPOCHS), batch_size=np.int64(16), key=np.int64(3),
+                  validation_data=TEST, optimizer="sgd", restore_best=False, progress=False,
+                  patience=np.int64(EPOCHS), epochs_per_call=np.int32(10))
 
 
 def test_search_trains_like_fit_compiles_once_per_structure_and_ranks(tmp_path):
@@ -158,3 +160,145 @@ def test_optimizers_take_their_hyper_parameters_from_their_state():
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         search(counting_model_fn, TRAIN, {"width": [4], "batch_size": [0]}, loss=CE, epochs=1,
                batch_size=16, key=0, metric="loss", mode="min", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear errors, all before anything is traced or compiled.
+
+QUICK = dict(loss=CE, epochs=1, batch_size=16, key=0, metric="loss", mode="min", progress=False)
+
+
+def _counting(model, tag):
+    """`model`, counting in TRACES how often its `apply` is traced (under `tag`)."""
+    def apply(params, state, x, *, key=None, train=False):
+        TRACES[tag] += 1
+        return model.apply(params, state, x, key=key, train=train)
+
+    return jdnn.Layer(model.init, apply, model.spec)
+
+
+def test_space_names_are_checked_against_the_model_fns_parameters():
+    def model_fn(width, activation="relu"):
+        return jdnn.serial(jdnn.Dense(width), jdnn.Relu(), jdnn.Dense(3))
+
+    with pytest.raises(TypeError, match=(
+            r"search: the space names \['depth'\], which model_fn \(.*model_fn\) does not take"
+            r"\. model_fn \(.*\) takes the keyword arguments \['width', 'activation'\]; jdnn "
+            r"handles "
+            r"\['learning_rate', 'momentum', 'l1', 'l2', 'dropout', 'seed', 'optimizer', "
+            r"'batch_size'\] itself, and passes every other space name to model_fn")):
+        search(model_fn, TRAIN, {"width": [4], "depth": [2], "learning_rate": [0.1]}, **QUICK)
+    with pytest.raises(TypeError, match=r"model_fn \(.*\) requires \['width'\], which the "
+                                        r"space does not give \(a fixed value works"):
+        search(model_fn, TRAIN, {"learning_rate": [0.1]}, **QUICK)
+
+    def needs_seed(width, seed):
+        return model_fn(width)
+
+    with pytest.raises(TypeError, match=r"requires \['seed'\], which jdnn handles itself and "
+                                        r"never passes to model_fn"):
+        search(needs_seed, TRAIN, {"width": [4], "seed": [0, 1]}, **QUICK)
+
+    def positional(width, /):
+        return model_fn(width)
+
+    with pytest.raises(TypeError, match=r"parameters \['width'\] are positional-only, but the "
+                                        r"search passes keyword arguments"):
+        search(positional, TRAIN, {"width": [4]}, **QUICK)
+    with pytest.raises(TypeError, match=r"search: model_fn must be a function that builds the "
+                                        r"model .* got Layer"):
+        search(model_fn(4), TRAIN, {"learning_rate": [0.1]}, **QUICK)
+    with pytest.raises(TypeError, match=r"search: model_fn\(width=4\) returned tuple, not a "
+                                        r"jdnn Layer"):
+        search(lambda width: (model_fn(width),), TRAIN, {"width": [4]}, **QUICK)
+
+    # **kwargs takes any name: the search gets past the signature, as far as the labels.
+    def flexible(**kwargs):
+        return model_fn(kwargs["width"])
+
+    with pytest.raises(ValueError, match="the model outputs 3 classes"):
+        search(flexible, (TRAIN[0], np.full_like(TRAIN[1], 3)), {"width": [4], "depth": [2]},
+               **QUICK)
+
+
+def _with(a, index, value):
+    a = np.array(a)
+    a[index] = value
+    return a
+
+
+def test_bad_labels_and_nan_inputs_are_refused_before_anything_compiles():
+    (x, y), (xv, yv) = TRAIN, TEST
+    TRACES.clear()
+    cases = [
+        ((x, _with(y, 4, -1)), None,
+         r"search \(structure \{'width': 4\}\): train_data: y has 1 negative class label\(s\); "
+         r"the first is y\[4\] = -1"),
+        ((x, _with(y, 4, 3)), None,
+         r"train_data: y has class labels up to 3 but the model outputs 3 classes"),
+        ((_with(x, (2, 1), np.nan), y), None,
+         r"train_data: x has 1 non-finite value\(s\) \(NaN or inf\); the first is x\[2, 1\]"),
+        ((x, y), (xv, _with(yv, 0, 7)),
+         r"validation_data: y has class labels up to 7 but the model outputs 3 classes"),
+        ((x, y), (_with(xv, (0, 0), np.inf), yv), r"validation_data: x has 1 non-finite"),
+    ]
+    for data, validation, match in cases:
+        with pytest.raises(ValueError, match=match):
+            search(counting_model_fn, data, {"width": [4, 8]}, validation_data=validation,
+                   **QUICK)
+    assert not TRACES
+
+    # Every structure's model is checked before the first one trains: here the second has
+    # too few classes for the labels.
+    def model_fn(classes):
+        return _counting(jdnn.serial(jdnn.Dense(4), jdnn.Dense(classes)), classes)
+
+    with pytest.raises(ValueError, match=r"search \(structure \{'classes': 3\}\): train_data: "
+                                         r"y has class labels up to 3 but the model outputs 3"):
+        search(model_fn, (x, _with(y, 0, 3)), {"classes": [4, 3]}, **QUICK)
+    assert not TRACES
+
+
+def test_bad_search_arguments_name_search_before_anything_compiles():
+    TRACES.clear()
+    space = {"width": [4]}
+
+    def run(**changes):
+        options = {**QUICK, **changes}
+        search(counting_model_fn, TRAIN, options.pop("space", space), **options)
+
+    with pytest.raises(ValueError, match=r"search: strategy must be 'grid' or 'random', got "
+                                         r"'rnadom'; did you mean 'random'\?"):
+        run(strategy="rnadom")
+    with pytest.raises(ValueError, match=r"search: strategy='random' needs trials="):
+        run(strategy="random")
+    for trials in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=r"search: trials must be a positive int"):
+            run(strategy="random", trials=trials)
+    with pytest.raises(ValueError, match=r"search: space is empty"):
+        run(space={})
+    with pytest.raises(TypeError, match=r"search: space must be a dict"):
+        run(space=[("width", 4)])
+    for name, value, expected in (("epochs", 0, "a positive int"),
+                                  ("batch_size", 0, "a positive int"),
+                                  ("batch_size", True, "a positive int"),
+                                  ("batch_size", 16.0, "a positive int"),
+                                  ("epochs_per_call", 0, "a positive int"),
+                                  ("patience", 0, "a positive int")):
+        with pytest.raises(ValueError, match=f"search: {name} must be {expected}"):
+            run(**{name: value})
+    with pytest.raises(TypeError, match=r"search: key must be an int seed"):
+        run(key="0")
+    with pytest.raises(ValueError, match=r"search: optimizer must be .* got a "
+                                         r"GradientTransformation, already built: pass its "
+                                         r"factory"):
+        run(optimizer=optax.adam(1e-3))
+    # the second structure's optimizer cannot take momentum: found before the first trains
+    with pytest.raises(ValueError, match=r"search: optimizer 'adagrad' takes neither momentum "
+                                         r"nor b1"):
+        run(space={"width": [4], "optimizer": ["adam", "adagrad"], "momentum": [0.9]})
+    with pytest.raises(ValueError, match=r"search: space\['learning_rate'\] = \('loguniform', "
+                                         r"0.0001, 0.1\) looks like a distribution"):
+        run(space={"width": [4], "learning_rate": ("loguniform", 1e-4, 1e-1)},
+            strategy="random", trials=2)
+    assert not TRACES
