@@ -287,6 +287,27 @@ def test_the_final_state_is_always_saved_once(tmp_path):
     assert _files(tmp_path / "none") == []
 
 
+class Interrupt(Callback):
+    """Ctrl-C after epoch `epoch`."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, run):
+        if run.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_keeps_its_progress(tmp_path):
+    ts, history = _fit(epochs=4, validation_data=None,
+                       callbacks=[jdnn.ModelCheckpoint(tmp_path, every=3), Interrupt(2)])
+    assert history.stopped_by == "interrupted" and len(history) == 2
+    assert _files(tmp_path) == ["epoch-0002.safetensors"]         # saved by on_train_end
+    restored = checkpoint.restore(jdnn.ModelCheckpoint.latest(tmp_path))
+    chex.assert_trees_all_equal(restored.params, ts.params)
+    assert int(restored.step) == int(ts.step) == 2 * STEPS_PER_EPOCH
+
+
 def test_an_unwritable_directory_fails_before_the_first_epoch(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     with pytest.raises(checkpoint.CheckpointError, match=r"ModelCheckpoint: cannot write "
