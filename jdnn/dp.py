@@ -22,7 +22,7 @@ from jax.extend.random import threefry_2x32
 from jdnn.core import Layer
 from jdnn.ghost import ghost_clipped_grad
 from jdnn.train.state import DROPOUT, NOISE, TrainState, step_key
-from jdnn.train.step import Metric, masked_mean, resolve_metrics
+from jdnn.train.step import Metric, check_step_arguments, masked_mean, resolve_metrics
 from jdnn.vectorize import Loss, clip_and_aggregate, per_example_grads
 
 METHODS = ("ghost", "vmap")
@@ -106,8 +106,9 @@ def _real(where: str, name: str, value: Any, low: float, strict: bool) -> float:
                      f" got {value!r}")
 
 
-def _check_settings(where: str, l2_norm_clip: Any, noise_multiplier: Any,
-                    method: str) -> tuple[float, float]:
+def _check_settings(where: str, loss: Any, optimizer: Any, metrics: Any, l2_norm_clip: Any,
+                    noise_multiplier: Any, method: str) -> tuple[float, float]:
+    check_step_arguments(where, loss=loss, optimizer=optimizer, metrics=metrics)
     if method not in METHODS:
         raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
     return (_real(where, "l2_norm_clip", l2_norm_clip, 0.0, strict=True),
@@ -119,8 +120,8 @@ def dp_train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransfor
                      batch_norm: str | None = None,
                      metrics: Sequence[str | Metric] = ()) -> Callable:
     """The pure, uncompiled DP-SGD step that `make_dp_train_step` jits (same arguments)."""
-    l2_norm_clip, noise_multiplier = _check_settings("dp_train_step_fn", l2_norm_clip,
-                                                     noise_multiplier, method)
+    l2_norm_clip, noise_multiplier = _check_settings(
+        "dp_train_step_fn", loss, optimizer, metrics, l2_norm_clip, noise_multiplier, method)
     metric_fns = resolve_metrics(metrics)
 
     def step(train_state: TrainState, x, y, mask=None):
@@ -190,13 +191,16 @@ def make_dp_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransf
     Raises:
         ValueError: for a `method` not in `METHODS`, an `l2_norm_clip` that is not a finite
             number > 0, or a `noise_multiplier` that is not a finite number >= 0.
+        TypeError: for a loss, optimizer or metric of the wrong kind (e.g. `optax.sgd`, not
+            called).
 
     Example:
         >>> step = jdnn.make_dp_train_step(model, jdnn.losses.softmax_cross_entropy,
         ...                                optax.sgd(0.1), l2_norm_clip=1.0, noise_multiplier=1.1)
         >>> train_state, m = step(train_state, x, y)
     """
-    _check_settings("make_dp_train_step", l2_norm_clip, noise_multiplier, method)
+    _check_settings("make_dp_train_step", loss, optimizer, metrics, l2_norm_clip,
+                    noise_multiplier, method)
     step = dp_train_step_fn(model, loss, optimizer, l2_norm_clip=l2_norm_clip,
                             noise_multiplier=noise_multiplier, method=method,
                             batch_norm=batch_norm, metrics=metrics)

@@ -34,10 +34,11 @@ from jdnn.data.batching import num_batches
 from jdnn.data.validate import as_arrays, check_data
 from jdnn.train.fit import epoch_fn
 from jdnn.train.history import History
-from jdnn.train.members import (EVAL_BATCH_SIZE, as_key, member, member_evaluator, members_of,
+from jdnn.train.members import (EVAL_BATCH_SIZE, member, member_evaluator, members_of, one_key,
                                 outputs_fn, prepare_data, stack, train_members)
 from jdnn.train.state import TrainState
-from jdnn.train.step import Loss, Metrics, resolve_metrics, train_step_fn
+from jdnn.train.step import (Loss, Metrics, check_step_arguments, resolve_metrics,
+                             train_step_fn)
 
 __all__ = ["COMBINE", "EnsembleHistory", "combined_logits", "combined_prediction",
            "default_combine", "ensemble_keys", "evaluate_ensemble", "fit_ensemble",
@@ -57,7 +58,7 @@ def ensemble_keys(key: jax.Array | int, size: int) -> jax.Array:
 
 def _keys(where: str, key: jax.Array | int, size: int) -> jax.Array:
     size = whole_number(where, "size", size, 1)
-    return jax.random.split(as_key(where, key), size)
+    return jax.random.split(one_key(where, key), size)
 
 
 def init_members(model: Layer, optimizer: optax.GradientTransformation, keys: jax.Array,
@@ -172,6 +173,8 @@ def fit_ensemble(model: Layer, train_data: Any, *, size: int, loss: Loss,
         ValueError: for a bad argument (`size`, `epochs`, `batch_size` and `epochs_per_call`
             are ints, NumPy ints included) and for data that do not fit the model or loss (a
             label out of range, NaN or inf inputs, a wrong shape), before anything compiles.
+        TypeError: for a loss, optimizer, penalty, metric or key of the wrong kind (e.g.
+            `optimizer=optax.adam`, not called).
 
     Example:
         >>> (x, y), test = jdnn.data.digits()
@@ -182,6 +185,7 @@ def fit_ensemble(model: Layer, train_data: Any, *, size: int, loss: Loss,
         >>> history.ensemble["val_accuracy"][-1], history["val_accuracy"][-1]   # (K,) members
     """
     where = "fit_ensemble"
+    check_step_arguments(where, loss=loss, optimizer=optimizer, metrics=metrics, penalty=penalty)
     size = whole_number(where, "size", size, 1)
     epochs = whole_number(where, "epochs", epochs, 0)
     batch_size = whole_number(where, "batch_size", batch_size, 1)
@@ -278,6 +282,7 @@ def evaluate_ensemble(model: Layer, train_state: TrainState, data: Any, *, loss:
         >>> report["ensemble"]["accuracy"], [m["accuracy"] for m in report["members"]]
     """
     where = "evaluate_ensemble"
+    check_step_arguments(where, loss=loss, metrics=metrics)
     batch_size = whole_number(where, "batch_size", batch_size, 1)
     size = members_of(where, train_state)
     try:

@@ -38,10 +38,11 @@ from jdnn.regularizers import Penalty, path_of
 from jdnn.space import VECTORIZED, check, check_space, grid, sample
 from jdnn.train.fit import epoch_fn
 from jdnn.train.history import History
-from jdnn.train.members import (as_key, check_member_data, member_evaluator, stack,
+from jdnn.train.members import (check_member_data, member_evaluator, one_key, stack,
                                 train_members)
 from jdnn.train.state import TrainState
-from jdnn.train.step import Loss, Metrics, resolve_metrics, train_step_fn
+from jdnn.train.step import (Loss, Metrics, check_step_arguments, resolve_metrics,
+                             train_step_fn)
 
 DEFAULT_LEARNING_RATE = 1e-3
 # The space names the search reads itself; every other name is a keyword argument of model_fn.
@@ -373,7 +374,8 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
     Raises:
         TypeError: for a `model_fn` whose parameters do not match the space (names it does
             not take, required ones the space does not give; see `check_model_fn`), a space
-            that is not a mapping, or a `key` that is not a seed or a key.
+            that is not a mapping, a loss or metric of the wrong kind, or a `key` that is not
+            one seed or key.
         ValueError: for any other bad argument or value, and for data that do not fit a
             structure's model or loss (a label out of range, NaN or inf inputs, a wrong
             shape): all found before anything is compiled.
@@ -406,15 +408,16 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
     epochs_per_call = whole_number("search", "epochs_per_call", epochs_per_call, 1)
     if patience is not None:
         patience = whole_number("search", "patience", patience, 1)
+    check_step_arguments("search", loss=loss, metrics=metrics)
     check_space("search", space)
     check_model_fn(model_fn, list(space))
-    names = ["loss", *resolve_metrics(metrics)]
+    names = ["loss", *resolve_metrics(metrics, "search")]
     names += [f"val_{n}" for n in names] if validation_data is not None else []
     if metric not in names:
         raise ValueError(f"search: metric {metric!r} is not recorded; choose one of {names}"
                          + ("" if validation_data is not None else
                             " (val_* metrics need validation_data)"))
-    key = as_key("search", key)
+    key = one_key("search", key)
     configs = (grid(space, where="search") if strategy == "grid"
                else sample(space, trials, key, where="search"))
     for config in configs:

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jdnn.core import whole_number
-from jdnn.train.members import as_key
+from jdnn.train.members import one_key
 
 VECTORIZED = ("learning_rate", "momentum", "l1", "l2", "dropout", "seed")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform")
@@ -152,7 +152,7 @@ def sample(space: Mapping[str, Any], trials: int, key: jax.Array | int, *,
             _check_distribution(where, name, value)
         else:
             _choices(where, name, value)
-    key = as_key(where, key)
+    key = one_key(where, key)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
     return [{name: _draw(rng, name, value) for name, value in space.items()}
             for _ in range(trials)]

@@ -105,6 +105,12 @@ def test_dp_step_rejects_bad_settings():
         with pytest.raises(ValueError, match=r"make_dp_train_step: noise_multiplier must be a "
                                              r"finite number >= 0, got"):
             make_dp_train_step(model, LOSS, optimizer, l2_norm_clip=1.0, noise_multiplier=sigma)
+    with pytest.raises(TypeError, match=r"make_dp_train_step: optimizer must be an optax "
+                                        r"GradientTransformation, got the function sgd"):
+        make_dp_train_step(model, LOSS, optax.sgd, l2_norm_clip=1.0, noise_multiplier=1.0)
+    with pytest.raises(TypeError, match=r"make_dp_train_step: loss must be a per-example loss"):
+        make_dp_train_step(model, "cross_entropy", optimizer, l2_norm_clip=1.0,
+                           noise_multiplier=1.0)
     with pytest.raises(ValueError, match=r"dp_train_step_fn: method must be one of"):
         dp_train_step_fn(model, LOSS, optimizer, l2_norm_clip=1.0, noise_multiplier=1.0,
                          method="fast")

@@ -139,10 +139,17 @@ def test_bad_arguments_are_clear_errors():
         with pytest.raises(ValueError, match=f"fit_ensemble: {name} must be {expected}, got"):
             fit_ensemble(MODEL, TRAIN, optimizer=optax.adam(1e-2), key=0,
                          **{**OPTIONS, "size": 2, name: value})
-    with pytest.raises(TypeError, match=r"fit_ensemble: key must be an int seed or one "
-                                        r"jax.random.key\(...\), got an array of shape \(2,\)"):
+    with pytest.raises(TypeError, match=r"fit_ensemble: key must be one key .* got an array of "
+                                        r"keys of shape \(2,\)"):
         fit_ensemble(MODEL, TRAIN, size=2, optimizer=optax.adam(1e-2),
                      key=jax.random.split(jax.random.key(0), 2), **OPTIONS)
+    with pytest.raises(TypeError, match=r"fit_ensemble: loss must be a per-example loss "
+                                        r"function, got the string 'softmax_cross_entropy'"):
+        fit_ensemble(MODEL, TRAIN, size=2, optimizer=optax.adam(1e-2), key=0,
+                     **{**OPTIONS, "loss": "softmax_cross_entropy"})
+    with pytest.raises(TypeError, match=r"fit_ensemble: optimizer must be an optax "
+                                        r"GradientTransformation, got the function adam"):
+        fit_ensemble(MODEL, TRAIN, size=2, optimizer=optax.adam, key=0, **OPTIONS)
     with pytest.raises(ValueError, match="ensemble_keys: size must be a positive int, got -1"):
         ensemble_keys(0, -1)
     assert ensemble_keys(np.int64(0), np.int64(2)).shape == (2,)

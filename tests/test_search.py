@@ -287,8 +287,13 @@ def test_bad_search_arguments_name_search_before_anything_compiles():
                                   ("patience", 0, "a positive int")):
         with pytest.raises(ValueError, match=f"search: {name} must be {expected}"):
             run(**{name: value})
-    with pytest.raises(TypeError, match=r"search: key must be an int seed"):
+    with pytest.raises(TypeError, match=r"search: key must be"):
         run(key="0")
+    with pytest.raises(TypeError, match=r"search: loss must be a per-example loss function, got "
+                                        r"the string 'mse'"):
+        run(loss="mse")
+    with pytest.raises(ValueError, match=r"search: unknown metric"):
+        run(metrics=("acuracy",))
     with pytest.raises(ValueError, match=r"search: optimizer must be .* got a "
                                          r"GradientTransformation, already built: pass its "
                                          r"factory"):

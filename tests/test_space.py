@@ -95,7 +95,7 @@ def test_bad_spaces_are_clear_errors():
     for trials in (0, -1, 2.0, None, True):
         with pytest.raises(ValueError, match=r"jdnn.space.sample: trials must be a positive int"):
             sample({"p": [1]}, trials, 0)
-    with pytest.raises(TypeError, match=r"jdnn.space.sample: key must be an int seed"):
+    with pytest.raises(TypeError, match=r"jdnn.space.sample: key must be"):
         sample({"p": [1]}, 1, "seed")
     with pytest.raises(ValueError, match=r"jdnn.space.check: learning_rate must be a float > 0, "
                                          r"got nan"):

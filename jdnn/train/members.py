@@ -27,31 +27,32 @@ from tqdm.auto import tqdm
 
 from jdnn.core import Layer, whole_number
 from jdnn.data.batching import epoch_batches, epoch_order
-from jdnn.train.fit import checked_data, host_key_and_step
+from jdnn.train.arguments import checked_data
+from jdnn.train.fit import host_key_and_step
 from jdnn.train.history import History
-from jdnn.train.state import TrainState
+from jdnn.train.state import TrainState, as_key
 from jdnn.train.step import Loss, Metrics, resolve_metrics
 
 EVAL_BATCH_SIZE = 1024
 
 
-def as_key(where: str, key: Any) -> jax.Array:
-    """A scalar typed PRNG key from an int seed (NumPy ints too), a `jax.random.key` or a legacy
-    `jax.random.PRNGKey` (`uint32[2]`), with a clear error naming `where` for anything else.
+def one_key(where: str, key: Any) -> jax.Array:
+    """One typed PRNG key, what `jax.random.split` into members and `fold_in` per trial need,
+    from anything `jdnn.train.state.as_key` takes (an int seed, NumPy ints too, a
+    `jax.random.key`, a legacy `jax.random.PRNGKey`, which is wrapped); a clear error for an
+    array of several keys.
 
     Raises:
-        TypeError: `"fit_ensemble: key must be an int seed or a jax.random.key(...), got ..."`.
+        TypeError: naming `where`, e.g. `"fit_ensemble: key must be one key, ..."`.
     """
-    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-        return jax.random.key(int(key))
-    if isinstance(key, (jax.Array, np.ndarray)):
-        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-            return key
-        if key.dtype == np.uint32 and key.shape == (2,):
-            return jax.random.wrap_key_data(jnp.asarray(key))
-    shown = f"an array of shape {key.shape} and dtype {key.dtype}" \
-        if isinstance(key, (jax.Array, np.ndarray)) else f"{type(key).__name__} {key!r:.60}"
-    raise TypeError(f"{where}: key must be an int seed or one jax.random.key(...), got {shown}")
+    key = as_key(where, key)
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == (2,):
+        key = jax.random.wrap_key_data(key)
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape != ():
+        raise TypeError(f"{where}: key must be one key (an int seed or jax.random.key(seed)), "
+                        f"got an array of keys of shape {key.shape}; the members' keys are "
+                        f"derived from it")
+    return key
 
 
 def stack(states: Sequence[TrainState]) -> TrainState:
