@@ -222,6 +222,11 @@ def _check_tensor(name: str, view: Mapping[str, Any],
     array = np.frombuffer(view["data"], dtype=dtype).reshape(shape)
     if digest(array) != entry.get("sha256"):
         return None, f"{name} fails its checksum"
+    if "key_impl" in entry:  # a typed key: its implementation must be one jax knows for the data
+        try:
+            to_jax(array, entry)
+        except (TypeError, ValueError) as error:
+            return None, f"{name} is not a key of implementation {entry['key_impl']!r} ({error})"
     return array, None
 
 
