@@ -280,7 +280,7 @@ def draw_network(model: Layer, params: Any = None, state: Any = None, x: Any = N
     if input_shape is None:
         raise ValueError(f"draw_network: a block diagram of {model.spec.kind} needs the input's "
                          f"shape: pass x (one example) or input_shape, e.g. (1, 28, 28, 1)")
-    table = summary(model, tuple(input_shape))
+    table = summary(model, input_shape)
     fig = ax.figure if ax is not None else new_figure(7.0, 0.38 * len(table.rows) + 1.0, dpi)
     ax = ax if ax is not None else fig.add_subplot()
     return finish(fig, path, **_draw_blocks(ax, table))
