@@ -15,9 +15,14 @@ import numpy as np
 from jdnn.core import Array
 
 
+def _in_unit_interval(labels: Array) -> Array:
+    return (labels >= 0) & (labels <= 1)
+
+
 def _predicted_and_true(predictions: Array, labels: Array, threshold: float
-                        ) -> tuple[Array, Array]:
-    """The predicted and the true class of each example, both `(B,)`."""
+                        ) -> tuple[Array, Array, Array]:
+    """The predicted and the true class of each example and whether its label means a class,
+    all `(B,)`."""
     p_shape, l_shape = tuple(predictions.shape), tuple(labels.shape)
     if predictions.ndim not in (1, 2):
         raise ValueError(f"accuracy: predictions have shape {p_shape}; expected (batch,), "
@@ -25,9 +30,11 @@ def _predicted_and_true(predictions: Array, labels: Array, threshold: float
     batch = p_shape[0]
     if predictions.ndim == 2 and p_shape[1] > 1:
         if l_shape == p_shape:
-            return jnp.argmax(predictions, axis=-1), jnp.argmax(labels, axis=-1)
+            return (jnp.argmax(predictions, axis=-1), jnp.argmax(labels, axis=-1),
+                    jnp.all(_in_unit_interval(labels), axis=-1))
         if l_shape == (batch,):
-            return jnp.argmax(predictions, axis=-1), labels
+            valid = (labels >= 0) & (labels < p_shape[1]) & (labels == jnp.floor(labels))
+            return jnp.argmax(predictions, axis=-1), labels, valid
         raise ValueError(f"accuracy: predictions have shape {p_shape} but labels have shape "
                          f"{l_shape}; labels must be class indices of shape {(batch,)} or "
                          f"one-hot of shape {p_shape}")
@@ -35,7 +42,8 @@ def _predicted_and_true(predictions: Array, labels: Array, threshold: float
         raise ValueError(f"accuracy: single-output predictions have shape {p_shape} but labels "
                          f"have shape {l_shape}; labels must be 0/1 of shape {(batch,)} or "
                          f"{(batch, 1)}")
-    return predictions.reshape(batch) > threshold, labels.reshape(batch) > 0.5
+    labels = labels.reshape(batch)
+    return predictions.reshape(batch) > threshold, labels > 0.5, _in_unit_interval(labels)
 
 
 def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
@@ -54,11 +62,15 @@ def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
         labels: for `(B, C)` predictions, class indices `(B,)` or one-hot `(B, C)` (compared by
             argmax); for single outputs, `(B,)` or `(B, 1)` in `{0, 1}` (a label counts as class
             1 when it is above 0.5).
+            A label that names no class (an index outside `[0, C)`, a one-hot or binary
+            entry outside `[0, 1]`) makes the accuracy NaN unless its example is masked out:
+            never a plausible number.
         mask: optional `(B,)`, bool or 0/1 floats; examples with mask 0 do not count.
         threshold: the decision threshold for single-output predictions, a finite number.
 
     Returns:
-        A float scalar, `sum(correct * mask) / max(sum(mask), 1)`; `0.0` if all are masked.
+        A float scalar, `sum(correct * mask) / max(sum(mask), 1)`; `0.0` if all are masked;
+        NaN if an unmasked label names no class.
 
     Raises:
         ValueError: if `predictions`, `labels` or `mask` has an unexpected shape, or
@@ -71,8 +83,8 @@ def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
         raise ValueError(f"accuracy: threshold must be a finite number (0.0 for logits, 0.5 for "
                          f"probabilities), got {threshold!r}")
     predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
-    predicted, true = _predicted_and_true(predictions, labels, threshold)
-    correct = (predicted == true).astype(jnp.float32)
+    predicted, true, valid = _predicted_and_true(predictions, labels, threshold)
+    correct = jnp.where(valid, (predicted == true).astype(jnp.float32), jnp.nan)
     if mask is None:
         return jnp.mean(correct) if correct.size else jnp.zeros((), jnp.float32)
     mask = jnp.asarray(mask)
@@ -81,7 +93,8 @@ def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
                          f"shape {tuple(predictions.shape)}; the mask needs one entry per "
                          f"example, shape {tuple(correct.shape)}")
     weights = mask.astype(jnp.float32)
-    return jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    kept = jnp.where(weights != 0, correct * weights, 0.0)  # NaN * 0 is NaN: masked rows drop out
+    return jnp.sum(kept) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 # The metrics that can be asked for by name (`make_train_step(..., metrics=("accuracy",))`).

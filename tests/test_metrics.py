@@ -154,3 +154,18 @@ def test_a_non_finite_threshold_is_rejected(threshold):
     with pytest.raises(ValueError, match=r"accuracy: threshold must be a finite number \(0.0 "
                                          r"for logits, 0.5 for probabilities\), got"):
         metrics.accuracy(jnp.zeros(2), jnp.zeros(2), threshold=threshold)
+
+
+@pytest.mark.parametrize("predictions, labels", [
+    (jnp.eye(3), jnp.array([0, 1, -1])),                          # index below 0
+    (jnp.eye(3), jnp.array([0, 1, 3])),                           # index past the classes
+    (jnp.eye(3), jnp.array([0.0, 1.0, 1.5])),                     # a fractional index
+    (jnp.eye(3), jnp.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 2]])),  # one-hot entry above 1
+    (jnp.array([1.0, -1.0, 1.0]), jnp.array([1.0, 0.0, 2.0])),     # binary label above 1
+    (jnp.array([1.0, -1.0, 1.0]), jnp.array([1, 0, -1])),          # binary label below 0
+])
+def test_a_label_that_names_no_class_gives_nan_never_a_plausible_number(predictions, labels):
+    assert np.isnan(metrics.accuracy(predictions, labels))
+    assert np.isnan(jax.jit(metrics.accuracy)(predictions, labels))
+    kept = metrics.accuracy(predictions, labels, mask=jnp.array([1, 1, 0]))
+    assert float(kept) == 1.0               # masked out, the bad row changes nothing
