@@ -6,9 +6,12 @@ import argparse
 import dataclasses
 import json
 import os
+import pathlib
 import platform
 import sys
+from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -26,16 +29,37 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+# Exit statuses of `jdnn train` beyond 0 (done) and 2 (usage, configuration or data error).
+DIVERGED = 3
+SIGNALLED = {"SIGINT": 130, "SIGTERM": 143}   # 128 + the signal's number, as shells report
+
+
 def _train(args: argparse.Namespace) -> int:
     from jdnn import run
 
     fields = {f.name for f in dataclasses.fields(run.Config)}
-    config = run.Config(**{k: v for k, v in vars(args).items() if k in fields})
+    options = {k: v for k, v in vars(args).items() if k in fields}
     try:
-        run.train(config)
+        summary = run.train(run.resolve_config(options))
+    except KeyboardInterrupt as interrupt:  # outside training: before it began, or saving
+        name = "SIGTERM" if isinstance(interrupt, run.Terminated) else "SIGINT"
+        print(f"jdnn train: {name} received outside training; stopped (checkpoints already "
+              f"written, if any, are kept)", file=sys.stderr)
+        return SIGNALLED.get(name, 130)
     except (ValueError, FileNotFoundError) as error:
         print(f"jdnn train: error: {error}", file=sys.stderr)
         return 2
+    if summary["stopped_by"] == "interrupted":
+        where = (f"the checkpoint is {summary['checkpoint']}" if summary["checkpoint"] else
+                 "no checkpoint was written yet")
+        print(f"jdnn train: {summary['signal']}: {summary['stop_reason'].split(':')[0]}; "
+              f"{where}; history in {summary['run_directory']}/history.json. Resume with: "
+              f"{summary['resume']}", file=sys.stderr)
+        return SIGNALLED.get(summary["signal"], 130)
+    if summary["stopped_by"] == "non_finite":
+        print(f"jdnn train: training diverged: {summary['stop_reason']}. The run's files hold "
+              f"the last finite state ({summary['checkpoint']})", file=sys.stderr)
+        return DIVERGED
     return 0
 
 
@@ -126,9 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--loss", choices=["all", *LOSSES], default="all")
     check.add_argument("--mode", choices=list(MODES), default="both")
     check.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    check.add_argument("--seed", type=int, default=0)
-    check.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
-    check.add_argument("--json", metavar="PATH", help="also write every report as JSON")
+    check.add_argument("--seed", type=_checked("seed", int, "an int >= 0", lambda v: v >= 0),
+                       default=0)
+    check.add_argument("--batch", type=_checked("batch", int, "an int >= 1", lambda v: v >= 1),
+                       default=4, help="batch size (default 4)")
+    check.add_argument("--json", metavar="PATH", type=_json_path,
+                       help="also write every report as JSON (its folder is created)")
     check.add_argument("--verbose", action="store_true", help="print each report's full table")
     check.set_defaults(run=_gradcheck)
     return parser
@@ -140,32 +167,89 @@ def _zoo_names() -> list[str]:
     return list(MODELS)
 
 
+def _checked(name: str, kind: type, expected: str, test) -> Callable[[str], Any]:
+    """An argparse `type=`: parses the text as `kind` and checks `test`, so a bad value is a
+    usage error (exit 2) naming the option, not a traceback or a silently broken run."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _run_option(name: str) -> Callable[[str], Any]:
+    """The `type=` of `jdnn train`'s numeric option `name`, checked by `jdnn.run.RULES`."""
+    from jdnn import run
+
+    return _checked(name, *run.RULES[name])
+
+
+def _json_path(text: str) -> str:
+    """`gradcheck --json PATH`: not a directory; its folder exists or is created now."""
+    path = pathlib.Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file path, e.g. "
+                                         f"{os.path.join(text, 'gradcheck.json')}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot create the folder of {text!r}: "
+                                         f"{error.strerror or error}") from None
+    return text
+
+
 def _add_train(commands) -> None:
     from jdnn import run
 
-    defaults = run.Config()
+    d = run.Config()
     train = commands.add_parser(
         "train", help="train a built-in model on a built-in dataset (the main job)",
         description="Trains a model with fit() and writes a run directory: config.json, "
-                    "history.json, final.safetensors, summary.json. With no options: an MLP on "
-                    "scikit-learn's bundled digits with Adam.")
-    train.add_argument("--model", choices=run.MODELS, default=defaults.model)
-    train.add_argument("--dataset", choices=run.DATASETS, default=defaults.dataset)
+                    "checkpoints/, history.json, final.safetensors, summary.json. With no "
+                    "options: an MLP on scikit-learn's bundled digits with Adam. Ctrl-C or "
+                    "SIGTERM stops after saving a checkpoint (exit 130 / 143); a run that "
+                    "diverges exits 3; --resume continues a run.")
+    # Defaults are None here and filled in by jdnn.run.resolve_config: from the resumed run's
+    # config.json when --resume names one, else from jdnn.run.Config.
+    train.add_argument("--model", choices=run.MODELS, help=f"(default {d.model})")
+    train.add_argument("--dataset", choices=run.DATASETS, help=f"(default {d.dataset})")
     train.add_argument("--data-dir", help="folder with the IDX files for mnist/fashion-mnist")
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--optimizer", choices=run.OPTIMIZERS, default=defaults.optimizer)
-    train.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
-    train.add_argument("--l1", type=float, default=0.0, help="L1 penalty strength (weights)")
-    train.add_argument("--l2", type=float, default=0.0, help="L2 penalty strength (weights)")
-    train.add_argument("--dropout", type=float, default=0.0, help="dropout rate before the head")
-    train.add_argument("--batch-norm", action="store_true", help="batch norm after hidden layers")
-    train.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+    train.add_argument("--epochs", type=_run_option("epochs"),
+                       help=f"the run's total epochs, also when resuming (default {d.epochs})")
+    train.add_argument("--batch-size", type=_run_option("batch_size"),
+                       help=f"(default {d.batch_size})")
+    train.add_argument("--optimizer", choices=run.OPTIMIZERS, help=f"(default {d.optimizer})")
+    train.add_argument("--lr", type=_run_option("lr"),
+                       help=f"learning rate, > 0 (default {d.lr})")
+    train.add_argument("--l1", type=_run_option("l1"), help="L1 penalty strength (weights)")
+    train.add_argument("--l2", type=_run_option("l2"), help="L2 penalty strength (weights)")
+    train.add_argument("--dropout", type=_run_option("dropout"),
+                       help="dropout rate before the head, in [0, 1)")
+    train.add_argument("--batch-norm", action="store_true", default=None,
+                       help="batch norm after hidden layers")
+    train.add_argument("--early-stopping", type=_run_option("early_stopping"),
+                       metavar="PATIENCE",
                        help="stop when the test loss has not improved for PATIENCE epochs")
-    train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--out", help="run directory (default runs/<model>-<dataset>-<time>)")
-    train.add_argument("--resume", metavar="PATH", help="continue from a checkpoint")
-    train.add_argument("--no-progress", dest="progress", action="store_false",
+    train.add_argument("--seed", type=_run_option("seed"), help=f"(default {d.seed})")
+    train.add_argument("--checkpoint-every", type=_run_option("checkpoint_every"),
+                       metavar="N", help=f"save a checkpoint into <run>/checkpoints/ every N "
+                                         f"epochs and at the end (default {d.checkpoint_every})")
+    train.add_argument("--keep-checkpoints", type=_run_option("keep_checkpoints"), metavar="K",
+                       help=f"keep the newest K checkpoints (default {d.keep_checkpoints})")
+    train.add_argument("--out", help="run directory, new or empty (default "
+                                     "runs/<model>-<dataset>-<time>; with --resume RUN_DIR, "
+                                     "that run's directory)")
+    train.add_argument("--resume", metavar="PATH",
+                       help="continue a run: a run directory (its newest checkpoint and its "
+                            "options) or a checkpoint file")
+    train.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                        help="no progress bar")
     train.set_defaults(run=_train)
 

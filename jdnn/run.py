@@ -1,15 +1,23 @@
 """The main job behind `jdnn train`: a built-in model on a built-in dataset, trained with `fit`
-and written into a run directory (configuration, history, final checkpoint, pictures).
+and written into a run directory (configuration, history, checkpoints, pictures).
 
-Every step is a library call a user could make; this module only chooses and wires them.
+Every step is a library call a user could make; this module only chooses and wires them. A run
+loses nothing: `ModelCheckpoint` saves into `<run>/checkpoints/` on a schedule, SIGINT and
+SIGTERM stop `fit` gracefully (it hands back the last completed epoch, which is saved), and
+`--resume` continues a run directory or a checkpoint file up to the run's total `--epochs`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import pathlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -18,17 +26,52 @@ import optax
 
 from jdnn import checkpoint, data, io, losses, regularizers
 from jdnn.core import Layer
+from jdnn.data.batching import num_batches
 from jdnn.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Relu, serial
-from jdnn.train import EarlyStopping, PrintLogger, TerminateOnNaN, evaluate, fit
+from jdnn.train import (EarlyStopping, History, ModelCheckpoint, PrintLogger, TerminateOnNaN,
+                        evaluate, fit)
 
 DATASETS = ("digits", "xor", "moons", "mnist", "fashion-mnist")
 MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 
 
+# The numeric options' valid ranges: (kind, what is expected, test). The CLI checks them as it
+# parses (`jdnn train --lr nan` is a usage error), `Config` when it is built.
+RULES = {
+    "lr": (float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0),
+    "l1": (float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+    "l2": (float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+    "dropout": (float, "a rate in [0, 1)", lambda v: 0 <= v < 1),
+    "epochs": (int, "an int >= 1", lambda v: v >= 1),
+    "batch_size": (int, "an int >= 1", lambda v: v >= 1),
+    "early_stopping": (int, "an int >= 0 (epochs of patience)", lambda v: v >= 0),
+    "checkpoint_every": (int, "an int >= 1 (epochs)", lambda v: v >= 1),
+    "keep_checkpoints": (int, "an int >= 1", lambda v: v >= 1),
+    "seed": (int, "an int >= 0", lambda v: v >= 0),
+}
+# What a run directory holds; a directory with any of these is a run, never overwritten.
+RUN_FILES = ("config.json", "history.json", "summary.json", "final.safetensors", "checkpoints")
+
+
+def check_option(name: str, value: Any) -> Any:
+    """`value` if it is valid for the numeric option `name` (see `RULES`), else a `ValueError`
+    such as `"lr must be a finite number > 0, got nan"`."""
+    kind, expected, test = RULES[name]
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and (kind is float or isinstance(value, int)) and test(value))
+    if not ok:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything a run depends on; saved as `config.json` in the run directory."""
+    """Everything a run depends on; saved as `config.json` in the run directory.
+
+    `epochs` is the run's total: a resumed run trains the epochs its checkpoint has not done
+    yet, as Keras's `initial_epoch` does. The numeric fields are checked (`RULES`).
+    """
 
     model: str = "mlp"
     dataset: str = "digits"
@@ -43,9 +86,20 @@ class Config:
     batch_norm: bool = False
     early_stopping: int | None = None
     seed: int = 0
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 3
     out: str | None = None
     resume: str | None = None
     progress: bool = True
+
+    def __post_init__(self):
+        for name in RULES:
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    check_option(name, value)
+                except ValueError as error:
+                    raise ValueError(f"Config: {error}") from None
 
 
 def load(config: Config) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -100,49 +154,217 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     return choices[config.optimizer]()
 
 
-def run_directory(config: Config) -> pathlib.Path:
-    """`--out`, or `runs/<model>-<dataset>-<time>`."""
+# Options a resumed run takes from its run directory's config.json unless given again.
+INHERITED = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr", "l1",
+             "l2", "dropout", "batch_norm", "early_stopping", "seed", "checkpoint_every",
+             "keep_checkpoints")
+
+
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """Where `--resume PATH` continues from: the checkpoint file, and the run directory it
+    belongs to (None for a loose file)."""
+
+    checkpoint: pathlib.Path
+    run_dir: pathlib.Path | None
+
+
+def _run_dir_of(folder: pathlib.Path) -> pathlib.Path | None:
+    return folder if (folder / "config.json").is_file() else None
+
+
+def find_resume(path: str | pathlib.Path) -> Resume:
+    """Resolves `--resume PATH`: a run directory (its newest checkpoint in `checkpoints/`, by
+    `ModelCheckpoint.latest`, else its `final.safetensors`), a `checkpoints/` folder, or a
+    checkpoint file (whose run directory is the folder holding it or, for a file in
+    `checkpoints/`, the one above).
+
+    Raises:
+        FileNotFoundError: if `path` does not exist or a directory holds no checkpoint.
+    """
+    path = pathlib.Path(path)
+    if path.is_file():
+        parent = path.parent
+        run_dir = _run_dir_of(parent) or (_run_dir_of(parent.parent)
+                                          if parent.name == "checkpoints" else None)
+        return Resume(path, run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {path}: no such file or directory; give a run "
+                                f"directory or a checkpoint file")
+    if path.name == "checkpoints" and _run_dir_of(path.parent):
+        path = path.parent
+    found = ModelCheckpoint.latest(path / "checkpoints") if (path / "checkpoints").is_dir() \
+        else None
+    if found is None and (path / "final.safetensors").is_file():
+        found = path / "final.safetensors"
+    if found is None:
+        raise FileNotFoundError(f"--resume {path}: the directory holds no checkpoint "
+                                f"(checkpoints/epoch-*.safetensors or final.safetensors)")
+    return Resume(found, _run_dir_of(path))
+
+
+def resolve_config(options: dict[str, Any]) -> Config:
+    """The `Config` of a run from the options given on the command line (None = not given):
+    with `resume` naming a run directory, its `config.json` supplies every option in
+    `INHERITED` that is not given; `Config`'s defaults the rest."""
+    given = {k: v for k, v in options.items() if v is not None}
+    base: dict[str, Any] = {}
+    if given.get("resume"):
+        resume = find_resume(given["resume"])
+        if resume.run_dir is not None:
+            saved = json.loads((resume.run_dir / "config.json").read_text())
+            base = {k: saved[k] for k in INHERITED if k in saved}
+    return Config(**{**base, **given})
+
+
+def check_fresh(out: pathlib.Path) -> None:
+    """Refuses (`ValueError`) an `--out` that is an existing file or already holds a run."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file, not a directory; choose a new "
+                         f"directory for the run")
+    taken = [name for name in RUN_FILES if (out / name).exists()]
+    if taken:
+        raise ValueError(f"--out {out} already holds a run ({', '.join(taken)}); it is never "
+                         f"overwritten: choose a new directory, or continue that run with "
+                         f"jdnn train --resume {out}")
+
+
+def run_directory(config: Config, resume: Resume | None = None) -> tuple[pathlib.Path, bool]:
+    """`(directory, continuing)`: `--out` (which must be fresh, unless it is the resumed run's
+    own directory), else the resumed run's directory (continued in place), else a fresh
+    `runs/<model>-<dataset>-<time>`."""
+    own = resume.run_dir if resume is not None else None
     if config.out:
-        return pathlib.Path(config.out)
+        out = pathlib.Path(config.out)
+        if own is not None and out.resolve() == own.resolve():
+            return own, True
+        check_fresh(out)
+        return out, False
+    if own is not None:
+        return own, True
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return pathlib.Path("runs") / f"{config.model}-{config.dataset}-{stamp}"
+    out, n = pathlib.Path("runs") / f"{config.model}-{config.dataset}-{stamp}", 1
+    while out.exists():
+        n += 1
+        out = out.with_name(f"{config.model}-{config.dataset}-{stamp}-{n}")
+    return out, False
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as the same graceful stop as Ctrl-C while `jdnn train` runs."""
+
+
+@contextlib.contextmanager
+def graceful_signals() -> Iterator[dict[str, str]]:
+    """For the duration of the block, SIGINT raises `KeyboardInterrupt` and SIGTERM raises
+    `Terminated` (which `fit` treats alike: it stops and hands back the last completed epoch);
+    the old handlers are put back after. Yields a dict whose `"signal"` is set to the first
+    signal's name (`"SIGINT"`, `"SIGTERM"`) once one arrives. Main thread only (elsewhere
+    signals cannot be handled; the block runs without)."""
+    received: dict[str, str] = {}
+
+    def handle(signum: int, frame: Any) -> None:
+        del frame
+        received.setdefault("signal", signal.Signals(signum).name)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {signum: signal.signal(signum, handle)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _earlier_records(resume: Resume | None, done: int) -> list[dict]:
+    """The resumed run's history up to its checkpoint's epoch (none for a loose file)."""
+    path = resume.run_dir / "history.json" if resume and resume.run_dir else None
+    if path is None or not path.is_file():
+        return []
+    records = History.from_dict(json.loads(path.read_text())).records
+    return [r for r in records if r.get("epoch", math.inf) <= done]
 
 
 def train(config: Config, log=print) -> dict[str, Any]:
-    """Runs the job; returns a summary (test loss and accuracy, paths, epochs, seconds).
+    """Runs the job; returns a summary (how it ended, test loss and accuracy, paths, epochs).
 
-    Writes into the run directory: `config.json`, `history.json`, `final.safetensors` (the
-    trained state, resumable with `--resume`), `curves.png` (and `boundary.png` for 2-D data)
+    Writes into the run directory: `config.json`, `checkpoints/epoch-*.safetensors` (every
+    `checkpoint_every` epochs and at the end, the newest `keep_checkpoints` kept),
+    `history.json` (the whole run's, across resumptions), and when training ends (not when
+    interrupted) `final.safetensors` (the final state: the best epoch's with early stopping,
+    the last finite one after a divergence), `curves.png` (and `boundary.png` for 2-D data)
     and `summary.json`.
+
+    `summary["stopped_by"]` says how training ended (`History.stopped_by`: None when all
+    epochs ran, `"interrupted"`, `"non_finite"`, `"early_stopping"`); an interrupted run's
+    summary also names the `signal` and the `checkpoint` and `resume` command to continue.
+
+    Raises:
+        ValueError: for a bad configuration, an `--out` that holds a run or is a file, a
+            checkpoint that does not fit the model, or a resumed run that has already trained
+            `epochs` epochs.
+        FileNotFoundError: for missing data or checkpoints.
+        KeyboardInterrupt: (`Terminated` for SIGTERM) if a signal arrives outside training.
     """
+    with graceful_signals() as received:
+        return _train(config, log, received)
+
+
+def _train(config: Config, log, received: dict[str, str]) -> dict[str, Any]:
     began = time.perf_counter()
+    resume = find_resume(config.resume) if config.resume else None
+    out, continuing = run_directory(config, resume)
     (x, y), (x_test, y_test) = load(config)
     classes = int(max(y.max(), y_test.max())) + 1
     model = build(config, classes)
     optimizer = make_optimizer(config)
-    out = run_directory(config)
+    train_state, done, earlier = None, 0, []
+    if resume is not None:
+        train_state = checkpoint.restore(resume.checkpoint, model).train_state(optimizer)
+        done = int(train_state.step) // num_batches(len(x), config.batch_size)
+        if done >= config.epochs:
+            raise ValueError(f"--resume: {resume.checkpoint} has trained {done} epochs and "
+                             f"--epochs {config.epochs} is the run's total: give --epochs "
+                             f"above {done} to train more")
+        earlier = _earlier_records(resume, done)
     out.mkdir(parents=True, exist_ok=True)
     io.write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
     log(f"jdnn train: {config.model} on {config.dataset} ({len(x)} train, {len(x_test)} test "
         f"examples of shape {x.shape[1:]}, {classes} classes) -> {out}")
     log(f"model: {model.spec}")
+    if resume is not None:
+        log(f"resumed from {resume.checkpoint} at epoch {done} (step {int(train_state.step)}); "
+            f"training epochs {done + 1} to {config.epochs}")
 
-    train_state = None
-    if config.resume:
-        train_state = checkpoint.restore(config.resume, model).train_state(optimizer)
-        log(f"resumed from {config.resume} at step {int(train_state.step)}")
     penalty = (regularizers.penalty(l1=config.l1, l2=config.l2)
                if config.l1 or config.l2 else None)
-    callbacks = [TerminateOnNaN(), PrintLogger(log if log is not print else None)]
+    checkpoints = out / "checkpoints"
+    callbacks = [TerminateOnNaN(),  # ModelCheckpoint before EarlyStopping: it keeps the last
+                 ModelCheckpoint(checkpoints, every=config.checkpoint_every,  # epoch, for resume
+                                 keep=config.keep_checkpoints),
+                 PrintLogger(log if log is not print else None)]
     if config.early_stopping is not None:
         callbacks.append(EarlyStopping("val_loss", patience=config.early_stopping))
     loss = losses.softmax_cross_entropy
     train_state, history = fit(
-        model, (x, y), loss=loss, optimizer=optimizer, epochs=config.epochs,
+        model, (x, y), loss=loss, optimizer=optimizer, epochs=config.epochs - done,
         batch_size=config.batch_size, key=jax.random.key(config.seed),
         validation_data=(x_test, y_test), penalty=penalty, callbacks=callbacks,
         progress=config.progress, train_state=train_state)
+    history = History(earlier + history.records, history.stop_reason, history.stopped_by)
     history.to_json(out / "history.json")
+    summary = {"stopped_by": history.stopped_by, "stop_reason": history.stop_reason,
+               "epochs": len(history), "run_directory": str(out)}
+    if history.stopped_by == "interrupted":
+        latest = ModelCheckpoint.latest(checkpoints) if checkpoints.is_dir() else None
+        return {**summary, "signal": received.get("signal", "SIGINT"),
+                "checkpoint": str(latest) if latest else None,
+                "resume": f"jdnn train --resume {out}",
+                "seconds": time.perf_counter() - began}
     from jdnn import viz  # matplotlib only when a run is written
 
     plots = viz.save_run_plots(out, history, model=model, train_state=train_state,
@@ -150,10 +372,10 @@ def train(config: Config, log=print) -> dict[str, Any]:
     checkpoint.save(out / "final.safetensors", train_state, model,
                     metadata={"config": dataclasses.asdict(config)})
     test = evaluate(model, train_state, (x_test, y_test), loss=loss)
-    summary = {"test_loss": test["loss"], "test_accuracy": test["accuracy"],
-               "epochs": len(history), "seconds": time.perf_counter() - began,
-               "run_directory": str(out), "checkpoint": str(out / "final.safetensors"),
-               "plots": [str(p) for p in plots]}
+    summary.update({"test_loss": test["loss"], "test_accuracy": test["accuracy"],
+                    "seconds": time.perf_counter() - began,
+                    "checkpoint": str(out / "final.safetensors"),
+                    "plots": [str(p) for p in plots], "continued": continuing})
     io.write_text(out / "summary.json", json.dumps(summary, indent=2))
     log(f"test accuracy {test['accuracy']:.4f} (test loss {test['loss']:.4f}) after "
         f"{len(history)} epochs in {summary['seconds']:.1f}s; wrote {out}")

@@ -33,16 +33,93 @@ def test_default_run_reaches_97_percent_and_writes_a_run_directory(tmp_path, cap
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     restored = checkpoint.restore(tmp_path / "final.safetensors")
     assert int(restored.step) == 30 * 43  # 1,347 examples in batches of 32
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == [f"epoch-00{e}.safetensors" for e in (28, 29, 30)]  # every epoch, keep 3
+    assert summary["stopped_by"] is None and config["checkpoint_every"] == 1
 
 
-def test_resume_continues_from_a_checkpoint(tmp_path, capsys):
+def test_resume_continues_a_run_to_its_total_epochs(tmp_path, capsys):
     first, second = tmp_path / "first", tmp_path / "second"
-    assert _train(capsys, "--epochs", "2", "--out", str(first))[0] == 0
-    code, out, _ = _train(capsys, "--epochs", "2", "--out", str(second), "--resume",
+    assert _train(capsys, "--dataset", "xor", "--batch-size", "16", "--epochs", "2",
+                  "--out", str(first))[0] == 0
+    # A checkpoint file, into a new directory: --epochs is the total, so 2 more epochs run.
+    code, out, _ = _train(capsys, "--epochs", "4", "--out", str(second), "--resume",
                           str(first / "final.safetensors"))
-    assert code == 0 and "resumed from" in out
+    assert code == 0 and "resumed from" in out and "training epochs 3 to 4" in out
     records = json.loads((second / "history.json").read_text())["records"]
-    assert [r["epoch"] for r in records] == [3, 4]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]      # the whole run's history
+    config = json.loads((second / "config.json").read_text())
+    assert (config["dataset"], config["batch_size"]) == ("xor", 16)  # taken from the run
+    assert int(checkpoint.restore(second / "final.safetensors").step) == 4 * 4
+    # A run directory, without --out: continued in place, from its newest checkpoint.
+    code, out, _ = _train(capsys, "--resume", str(second), "--epochs", "5")
+    assert code == 0 and "epoch-0004.safetensors at epoch 4" in out
+    records = json.loads((second / "history.json").read_text())["records"]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    assert int(checkpoint.restore(second / "final.safetensors").step) == 5 * 4
+    assert json.loads((second / "summary.json").read_text())["continued"] is True
+    # Nothing left to do is an error, not a silent no-op.
+    code, _, err = _train(capsys, "--resume", str(second), "--epochs", "5")
+    assert code == 2 and "has trained 5 epochs and --epochs 5 is the run's total" in err
+    code, _, err = _train(capsys, "--resume", str(tmp_path / "nowhere"))
+    assert code == 2 and "no such file or directory" in err
+
+
+def test_out_never_overwrites_a_file_or_a_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = _train(capsys, "--out", str(tmp_path / "notes.txt"))
+    assert code == 2 and "is an existing file, not a directory" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    code, _, err = _train(capsys, "--out", str(run))
+    assert code == 2 and "already holds a run (config.json)" in err
+    assert f"jdnn train --resume {run}" in err and (run / "config.json").read_text() == "{}"
+
+
+def test_a_diverging_run_exits_3_and_keeps_the_last_finite_state(tmp_path, capsys):
+    with pytest.warns(RuntimeWarning) as warned:
+        code, _, err = _train(capsys, "--dataset", "xor", "--optimizer", "sgd", "--lr", "1e30",
+                              "--epochs", "3", "--out", str(tmp_path))
+    assert any("non-finite training loss" in str(w.message) for w in warned)
+    assert code == 3 and "training diverged: non-finite training loss (nan) in epoch 1" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped_by"] == "non_finite"
+    assert int(checkpoint.restore(tmp_path / "final.safetensors").step) == 0  # epoch 0's
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--lr", "nan", "must be a finite number > 0, got 'nan'"),
+    ("--lr", "0", "must be a finite number > 0"),
+    ("--lr", "-1", "must be a finite number > 0"),
+    ("--lr", "inf", "must be a finite number > 0"),
+    ("--l1", "-0.1", "must be a finite number >= 0"),
+    ("--l2", "nan", "must be a finite number >= 0"),
+    ("--dropout", "1", r"must be a rate in \[0, 1\)"),
+    ("--dropout", "-0.5", r"must be a rate in \[0, 1\)"),
+    ("--epochs", "0", "must be an int >= 1"),
+    ("--epochs", "2.5", "must be an int >= 1, got '2.5'"),
+    ("--batch-size", "0", "must be an int >= 1"),
+    ("--early-stopping", "-1", "must be an int >= 0"),
+    ("--checkpoint-every", "0", "must be an int >= 1"),
+    ("--keep-checkpoints", "0", "must be an int >= 1"),
+    ("--seed", "-3", "must be an int >= 0"),
+])
+def test_invalid_numeric_options_are_usage_errors(capsys, option, value, message):
+    with pytest.raises(SystemExit) as exited:
+        main(["train", option, value])
+    assert exited.value.code == 2
+    assert re.search(f"argument {option}: {message}", capsys.readouterr().err)
+
+
+def test_config_checks_its_numbers_too():
+    from jdnn.run import Config
+
+    with pytest.raises(ValueError, match=r"Config: lr must be a finite number > 0, got nan"):
+        Config(lr=float("nan"))
+    with pytest.raises(ValueError, match=r"Config: epochs must be an int >= 1, got 2.0"):
+        Config(epochs=2.0)
 
 
 def test_options_reach_the_model_and_the_config(tmp_path, capsys):
