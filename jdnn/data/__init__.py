@@ -8,10 +8,10 @@ from jdnn.data.batching import (batches_from_order, epoch_batches, epoch_order,
 from jdnn.data.datasets import digits, moons, spirals, xor
 from jdnn.data.download import download_mnist
 from jdnn.data.idx import load_fashion_mnist, load_mnist, read_idx, write_idx
-from jdnn.data.validate import as_arrays, check_data
+from jdnn.data.validate import as_arrays, check_data, check_labels
 
 __all__ = [
-    "as_arrays", "augment", "batches_from_order", "check_data", "digits", "download_mnist",
-    "epoch_batches", "epoch_order", "load_fashion_mnist", "load_mnist", "moons", "num_batches",
-    "read_idx", "spirals", "write_idx", "xor",
+    "as_arrays", "augment", "batches_from_order", "check_data", "check_labels", "digits",
+    "download_mnist", "epoch_batches", "epoch_order", "load_fashion_mnist", "load_mnist",
+    "moons", "num_batches", "read_idx", "spirals", "write_idx", "xor",
 ]
