@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jdnn import io
@@ -195,6 +196,23 @@ def _set_dropout(model: Layer, state: Any, rates: jax.Array) -> Any:
     return state
 
 
+def _plain(value: Any) -> Any:
+    """`value` with what JSON cannot hold made plain: NumPy scalars as numbers, a function
+    (e.g. `optax.adam` as the space's optimizer) as its qualified name, anything else unknown
+    as its `repr`."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', None) or ''}.{value.__qualname__}".lstrip(".")
+    return repr(value)
+
+
 @dataclasses.dataclass
 class SearchResult:
     """The outcome of `search`.
@@ -231,14 +249,20 @@ class SearchResult:
     def best_model(self) -> Layer:
         return self.model(self.rows[0]["trial"])
 
+    def _member(self, where: str, trial: int) -> tuple:
+        if isinstance(trial, (bool, np.bool_)) or trial not in self.members:
+            raise ValueError(f"SearchResult.{where}: trial must be a trial's index, an int in "
+                             f"[0, {len(self.configs)}), got {trial!r}")
+        return self.members[trial]
+
     def train_state(self, trial: int) -> TrainState:
         """Trial `trial`'s trained state (its best epoch's with `restore_best`), un-stacked."""
-        _, stacked, j = self.members[trial]
+        _, stacked, j = self._member("train_state", trial)
         return jax.tree.map(lambda leaf: leaf[j], stacked)
 
     def model(self, trial: int) -> Layer:
         """The model trial `trial` trained."""
-        return self.members[trial][0]
+        return self._member("model", trial)[0]
 
     def __str__(self) -> str:
         columns = list(self.rows[0]) if self.rows else []
@@ -254,10 +278,11 @@ class SearchResult:
                 + "\n".join(lines) + f"\nbest: {self.best_config}")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: the metric, the best config, the rows and each trial's history."""
-        return {"metric": self.metric, "mode": self.mode, "best_config": self.best_config,
-                "rows": self.rows, "configs": self.configs,
-                "history": [h.to_dict() for h in self.history]}
+        """A JSON-ready dict: the metric, the best config, the rows and each trial's history.
+        Values JSON cannot hold (an optimizer factory in the space) appear by name."""
+        return {"metric": self.metric, "mode": self.mode,
+                "best_config": _plain(self.best_config), "rows": _plain(self.rows),
+                "configs": _plain(self.configs), "history": [h.to_dict() for h in self.history]}
 
     def to_json(self, path) -> None:
         """Writes `to_dict()` as JSON, atomically."""

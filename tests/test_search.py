@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import jdnn
-from jdnn.search import _set_dropout, search
+from jdnn.search import SearchResult, _set_dropout, search
 
 CE = jdnn.losses.softmax_cross_entropy
 EPOCHS = 3
@@ -307,3 +307,25 @@ def test_bad_search_arguments_name_search_before_anything_compiles():
         run(space={"width": [4], "learning_rate": ("loguniform", 1e-4, 1e-1)},
             strategy="random", trials=2)
     assert not TRACES
+
+
+def test_a_result_names_a_bad_trial_and_writes_any_space_as_json(tmp_path):
+    model = jdnn.serial(jdnn.Dense(3))
+    states = jdnn.TrainState({"0_dense": {"w": np.zeros((2, 4, 3))}}, {}, (),
+                             jax.random.split(jax.random.key(0), 2), np.zeros(2, np.int32))
+    configs = [{"optimizer": optax.adam, "width": np.int64(4)}, {"optimizer": "sgd", "width": 8}]
+    rows = [{"rank": 1, "trial": 1, **configs[1], "loss": 0.5},
+            {"rank": 2, "trial": 0, **configs[0], "loss": float("nan")}]
+    result = SearchResult(rows, "loss", "min", configs, [jdnn.History(), jdnn.History()],
+                          {0: (model, states, 0), 1: (model, states, 1)})
+    assert int(result.train_state(np.int64(1)).step) == 0 and result.model(0) is model
+    for trial in (2, -1, True, "0"):
+        with pytest.raises(ValueError, match=r"SearchResult.train_state: trial must be a trial's "
+                                             r"index, an int in \[0, 2\)"):
+            result.train_state(trial)
+    with pytest.raises(ValueError, match=r"SearchResult.model: trial must be"):
+        result.model(5)
+    result.to_json(tmp_path / "r.json")  # a factory in the space is written by name
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["configs"][0]["optimizer"].endswith(".adam") and data["configs"][0]["width"] == 4
+    assert data["best_config"] == {"optimizer": "sgd", "width": 8}
