@@ -28,8 +28,8 @@ from jdnn import checkpoint, data, io, losses, regularizers
 from jdnn.core import Layer
 from jdnn.data.batching import num_batches
 from jdnn.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Relu, serial
-from jdnn.train import (EarlyStopping, History, ModelCheckpoint, PrintLogger, TerminateOnNaN,
-                        evaluate, fit)
+from jdnn.train import (Callback, EarlyStopping, History, ModelCheckpoint, PrintLogger,
+                        TerminateOnNaN, evaluate, fit)
 
 DATASETS = ("digits", "xor", "moons", "mnist", "fashion-mnist")
 MODELS = ("mlp", "cnn")
@@ -280,6 +280,22 @@ def graceful_signals() -> Iterator[dict[str, str]]:
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
+class StopOnSignal(Callback):
+    """Stops `fit` after the current epoch once `graceful_signals` has seen a signal: a
+    backstop for a `KeyboardInterrupt` Python swallowed (one raised while a finalizer or a
+    weakref callback runs is printed as "Exception ignored" and lost), so a signal always ends
+    the run, at the latest when the epoch ends. Put it last: the others see the epoch first."""
+
+    def __init__(self, received: dict[str, str]):
+        self.received = received
+
+    def on_epoch_end(self, run) -> None:
+        if "signal" in self.received and run.stop_reason is None:
+            run.stop("interrupted", f"interrupted ({self.received['signal']}) after epoch "
+                                    f"{run.epoch}: the state is the one after epoch "
+                                    f"{run.epoch}")
+
+
 def _earlier_records(resume: Resume | None, done: int) -> list[dict]:
     """The resumed run's history up to its checkpoint's epoch (none for a loose file)."""
     path = resume.run_dir / "history.json" if resume and resume.run_dir else None
@@ -294,10 +310,10 @@ def train(config: Config, log=print) -> dict[str, Any]:
 
     Writes into the run directory: `config.json`, `checkpoints/epoch-*.safetensors` (every
     `checkpoint_every` epochs and at the end, the newest `keep_checkpoints` kept),
-    `history.json` (the whole run's, across resumptions), and when training ends (not when
-    interrupted) `final.safetensors` (the final state: the best epoch's with early stopping,
-    the last finite one after a divergence), `curves.png` (and `boundary.png` for 2-D data)
-    and `summary.json`.
+    `history.json` (the whole run's, across resumptions), `summary.json`, and when training
+    ends (not when interrupted) `final.safetensors` (the final state: the best epoch's with
+    early stopping, the last finite one after a divergence) and `curves.png` (and
+    `boundary.png` for 2-D data).
 
     `summary["stopped_by"]` says how training ended (`History.stopped_by`: None when all
     epochs ran, `"interrupted"`, `"non_finite"`, `"early_stopping"`); an interrupted run's
@@ -349,6 +365,7 @@ def _train(config: Config, log, received: dict[str, str]) -> dict[str, Any]:
                  PrintLogger(log if log is not print else None)]
     if config.early_stopping is not None:
         callbacks.append(EarlyStopping("val_loss", patience=config.early_stopping))
+    callbacks.append(StopOnSignal(received))
     loss = losses.softmax_cross_entropy
     train_state, history = fit(
         model, (x, y), loss=loss, optimizer=optimizer, epochs=config.epochs - done,
@@ -361,10 +378,12 @@ def _train(config: Config, log, received: dict[str, str]) -> dict[str, Any]:
                "epochs": len(history), "run_directory": str(out)}
     if history.stopped_by == "interrupted":
         latest = ModelCheckpoint.latest(checkpoints) if checkpoints.is_dir() else None
-        return {**summary, "signal": received.get("signal", "SIGINT"),
-                "checkpoint": str(latest) if latest else None,
-                "resume": f"jdnn train --resume {out}",
-                "seconds": time.perf_counter() - began}
+        summary.update({"signal": received.get("signal", "SIGINT"),
+                        "checkpoint": str(latest) if latest else None,
+                        "resume": f"jdnn train --resume {out}",
+                        "seconds": time.perf_counter() - began, "continued": continuing})
+        io.write_text(out / "summary.json", json.dumps(summary, indent=2))
+        return summary
     from jdnn import viz  # matplotlib only when a run is written
 
     plots = viz.save_run_plots(out, history, model=model, train_state=train_state,

@@ -43,7 +43,11 @@ def test_a_signal_saves_the_last_epoch_and_resume_continues_it(tmp_path, capsys,
     try:
         _wait_for_a_checkpoint(process, run / "checkpoints")
         process.send_signal(signum)
-        process.wait(timeout=120)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"jdnn train ignored {signal.Signals(signum).name}: "
+                        f"{(tmp_path / 'err.txt').read_text()[-3000:]}")
     finally:
         if process.poll() is None:
             process.kill()
@@ -61,6 +65,8 @@ def test_a_signal_saves_the_last_epoch_and_resume_continues_it(tmp_path, capsys,
     saved = checkpoint.restore(latest)
     assert int(saved.step) == n * STEPS_PER_EPOCH    # the last recorded epoch: nothing lost
     assert not (run / "final.safetensors").exists()  # an interrupted run is not final
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["signal"] == name and summary["checkpoint"] == str(latest)
     if signum == signal.SIGTERM:
         return   # resuming does not depend on the signal: once is enough
 

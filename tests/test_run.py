@@ -2,12 +2,15 @@
 
 import json
 import re
+import signal
 
 import jax
 import numpy as np
+import optax
 import pytest
 
-from jdnn import checkpoint, data
+import jdnn
+from jdnn import checkpoint, data, run
 from jdnn.cli import main
 
 
@@ -70,12 +73,12 @@ def test_out_never_overwrites_a_file_or_a_run(tmp_path, capsys):
     code, _, err = _train(capsys, "--out", str(tmp_path / "notes.txt"))
     assert code == 2 and "is an existing file, not a directory" in err
     assert (tmp_path / "notes.txt").read_text() == "mine"
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text("{}")
-    code, _, err = _train(capsys, "--out", str(run))
+    taken = tmp_path / "run"
+    taken.mkdir()
+    (taken / "config.json").write_text("{}")
+    code, _, err = _train(capsys, "--out", str(taken))
     assert code == 2 and "already holds a run (config.json)" in err
-    assert f"jdnn train --resume {run}" in err and (run / "config.json").read_text() == "{}"
+    assert f"jdnn train --resume {taken}" in err and (taken / "config.json").read_text() == "{}"
 
 
 def test_a_diverging_run_exits_3_and_keeps_the_last_finite_state(tmp_path, capsys):
@@ -114,12 +117,10 @@ def test_invalid_numeric_options_are_usage_errors(capsys, option, value, message
 
 
 def test_config_checks_its_numbers_too():
-    from jdnn.run import Config
-
     with pytest.raises(ValueError, match=r"Config: lr must be a finite number > 0, got nan"):
-        Config(lr=float("nan"))
+        run.Config(lr=float("nan"))
     with pytest.raises(ValueError, match=r"Config: epochs must be an int >= 1, got 2.0"):
-        Config(epochs=2.0)
+        run.Config(epochs=2.0)
 
 
 def test_options_reach_the_model_and_the_config(tmp_path, capsys):
@@ -189,3 +190,26 @@ def test_summary_prints_the_builtin_models(capsys):
     assert main(["summary", "--json"]) == 0
     tables = json.loads(capsys.readouterr().out)
     assert {"digits-mlp", "digits-cnn", "xor_sigmoid", "mlp", "cnn", "residual"} <= set(tables)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_whose_interrupt_python_swallowed_still_ends_the_run():
+    class Lost:   # Python ignores an exception raised in __del__: the interrupt would be lost
+        def __del__(self):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+    class SignalInAFinalizer(jdnn.Callback):
+        def on_epoch_end(self, r):
+            if r.epoch == 2:
+                Lost()
+
+    (x, y), _ = data.xor(repeat=4)
+    with run.graceful_signals() as received:
+        _, history = jdnn.fit(jdnn.serial(jdnn.Dense(4), jdnn.Relu(), jdnn.Dense(2)),
+                              (x, y.astype(np.int32)), loss=jdnn.losses.softmax_cross_entropy,
+                              optimizer=optax.adam(1e-2), epochs=5, batch_size=8, key=0,
+                              progress=False,
+                              callbacks=[SignalInAFinalizer(), run.StopOnSignal(received)])
+    assert received == {"signal": "SIGINT"}
+    assert history.stopped_by == "interrupted" and len(history) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # put back

@@ -179,6 +179,7 @@ class DonationGuard:
 
     def release(self) -> None:
         """The run holds a whole state again: a deferred interrupt acts now."""
-        self.watched, pending, self.pending = None, self.pending, None
+        self.watched = None   # first: a signal from here on acts at once, none is lost
+        pending, self.pending = self.pending, None
         if pending is not None:
             self.previous[pending[0]](*pending)
