@@ -21,10 +21,10 @@ CI_RUN = ROOT / ".ci" / "run"
 
 
 def _declared() -> list[Requirement]:
-    """The runtime dependencies and the `test` extra: what the oldest-versions pass installs."""
+    """The runtime dependencies and the `test` and `bench` extras: what the oldest pass installs."""
     project = PYPROJECT["project"]
-    return [Requirement(r) for r in [*project["dependencies"],
-                                     *project["optional-dependencies"]["test"]]]
+    extras = project["optional-dependencies"]
+    return [Requirement(r) for r in [*project["dependencies"], *extras["test"], *extras["bench"]]]
 
 
 def _lower_bound(requirement: Requirement) -> Version:
@@ -57,4 +57,4 @@ def test_ci_runs_the_readme_test_command_verbatim_and_the_oldest_versions():
     assert f"```bash\n{command}\n```" in readme
     script = [line.strip() for line in CI_RUN.read_text().splitlines()]
     assert command in script
-    assert 'pip install -e ".[test]" -c .ci/constraints-oldest.txt' in script
+    assert 'pip install -e ".[test,bench]" -c .ci/constraints-oldest.txt' in script
