@@ -171,7 +171,7 @@ def test_one_device_mesh_equals_make_epoch_and_compiles_once():
 
 def test_explicit_mesh_from_make_mesh_is_accepted():
     x, y, step, create = _setup()
-    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    mesh = jax.make_mesh((1,), ("data",), (AxisType.Explicit,), devices=jax.devices()[:1])
     assert mesh.axis_types == (AxisType.Explicit,)
     run = parallel.make_parallel_epoch(step, 16, mesh, drop_remainder=True)
     train_state, means = run(parallel.replicate(create(), mesh), *parallel.put_data((x, y), mesh),

@@ -146,6 +146,24 @@ def test_masked_mean_ignores_masked_values_and_survives_an_empty_mask():
     assert float(masked_mean(values, None)) == pytest.approx(103 / 3)
 
 
+def test_a_masked_row_with_a_label_that_names_no_class_changes_nothing():
+    """Its loss is NaN, but masked out it must not poison the loss, metrics or update."""
+    model, optimizer = _mlp(), optax.sgd(0.1)
+    x, y = _data(n=4)
+    mask = jnp.array([1, 1, 1, 0])
+    step = jdnn.make_train_step(model, jdnn.losses.softmax_cross_entropy, optimizer,
+                                metrics=("accuracy",))
+    ts = jdnn.TrainState.create(model, optimizer, jax.random.key(0), (4, 5))
+    good, good_metrics = step(_copy(ts), x, y, mask)
+    bad, bad_metrics = step(_copy(ts), x, y.at[3].set(-1), mask)
+    assert np.isfinite(float(bad_metrics["loss"]))
+    assert float(bad_metrics["loss"]) == float(good_metrics["loss"])
+    assert float(bad_metrics["accuracy"]) == float(good_metrics["accuracy"])
+    chex.assert_trees_all_close(bad.params, good.params)
+    _, unmasked = step(_copy(ts), x, y.at[3].set(-1), jnp.ones(4))
+    assert np.isnan(float(unmasked["loss"]))          # unmasked, the bad label is never hidden
+
+
 def test_penalty_is_added_and_reported():
     model, optimizer = _mlp(), optax.sgd(0.1)
     x, y = _data()

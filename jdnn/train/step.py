@@ -74,11 +74,15 @@ def resolve_metrics(metrics: Metrics, where: str | None = None) -> dict[str, Met
 
 
 def masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Mean of per-example `values` `(B,)` over the examples where `mask` `(B,)` is set."""
+    """Mean of per-example `values` `(B,)` over the examples where `mask` `(B,)` is set.
+
+    A masked-out row counts for nothing, even when its value is NaN (an out-of-range label's
+    loss): it is selected away, never multiplied by zero (NaN * 0 is NaN)."""
     if mask is None:
         return jnp.mean(values)
     weights = mask.astype(values.dtype)
-    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    kept = jnp.where(weights != 0, values * weights, 0.0)
+    return jnp.sum(kept) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def _per_example(loss: Loss, outputs: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
