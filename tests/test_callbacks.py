@@ -308,6 +308,27 @@ def test_an_interrupted_run_keeps_its_progress(tmp_path):
     assert int(restored.step) == int(ts.step) == 2 * STEPS_PER_EPOCH
 
 
+def test_an_interrupt_right_after_a_save_leaves_no_file_unaccounted_for(tmp_path, monkeypatch):
+    """Ctrl-C lands just after epoch 2's file is renamed into place: that file is still the
+    run's (rotated like the others, not saved twice under another name)."""
+    saver = jdnn.ModelCheckpoint(tmp_path, keep=2)
+    run = _epochs(saver, _begin(saver), 1)
+    save = checkpoint.save
+
+    def save_then_interrupt(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _epochs(saver, run, 1)
+    monkeypatch.undo()
+    saver.on_train_end(run)                   # what fit does after an interrupt
+    assert _files(tmp_path) == ["epoch-0001.safetensors", "epoch-0002.safetensors"]
+    _epochs(saver, run, 2)
+    assert _files(tmp_path) == ["epoch-0003.safetensors", "epoch-0004.safetensors"]
+
+
 def test_an_unwritable_directory_fails_before_the_first_epoch(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     with pytest.raises(checkpoint.CheckpointError, match=r"ModelCheckpoint: cannot write "

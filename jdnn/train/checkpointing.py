@@ -221,7 +221,7 @@ class ModelCheckpoint(Callback):
         if self._session is None:
             return
         step = _step(run.train_state)
-        on_disk = any(w.step == step and w.path.exists() for w in self._written)
+        on_disk = any(w.step == step and w.still_ours() for w in self._written)
         if step == self._start or on_disk:
             return
         last = run.history.records[-1] if run.history.records else {}
@@ -258,9 +258,12 @@ class ModelCheckpoint(Callback):
         written = _Written(path, self._session, time.time_ns(), step)
         stamp = {"lineage": self._lineage, "session": self._session,
                  "saved_ns": written.saved_ns, "step": step}
+        # Accounted for before the save: an interrupt between the rename and this line would
+        # otherwise leave a file of this run that rotation never deletes. Until the file carries
+        # this stamp, `still_ours` is False and rotation leaves whatever is there alone.
+        self._written = [w for w in self._written if w.path != path] + [written]
         checkpoint.save(path, run.train_state, run.model,
                         metadata={"epoch": epoch, "record": record, STAMP: stamp})
-        self._written = [w for w in self._written if w.path != path] + [written]
         while self.keep is not None and len(self._written) > self.keep:
             old = self._written.pop(0)
             if old.still_ours():
