@@ -100,3 +100,11 @@ def test_gradcheck_json_path_gets_its_folder_created(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["gradcheck", "--json", str(tmp_path / "file" / "report.json")])
     assert "argument --json: cannot create the folder" in capsys.readouterr().err
+
+
+def test_gradcheck_on_a_model_that_cannot_run_as_asked_says_why_not_failed(capsys):
+    """The mlp has BatchNorm: at batch 1 in training mode it is refused, not a wrong gradient."""
+    code = main(["gradcheck", "--model", "mlp", "--loss", "mse", "--mode", "train",
+                 "--batch", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "at least 2 examples" in err and "FAILED" not in err
