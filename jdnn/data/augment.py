@@ -262,9 +262,8 @@ def compose(*augmentations: Augmentation) -> Augmentation:
             raise ValueError(f"compose: augmentation {i} must be a function augment(key, x), "
                              f"got {fn!r}")
     # A constructor passed uncalled (random_flip, not random_flip()) is callable too: catch it.
-    constructors = (random_shift, random_crop, random_flip, gaussian_noise, compose)
     for i, fn in enumerate(augmentations):
-        if fn in constructors:
+        if any(fn is constructor for constructor in CONSTRUCTORS):
             raise ValueError(f"compose: augmentation {i} is the constructor {fn.__name__}; call "
                              f"it to get an augmentation, e.g. {fn.__name__}(...)")
 
@@ -276,3 +275,8 @@ def compose(*augmentations: Augmentation) -> Augmentation:
         return x
 
     return augment
+
+
+# The constructors above: callable, hence easy to pass uncalled where an augmentation is due
+# (`compose` and `fit(augment=...)` refuse them by this list).
+CONSTRUCTORS = (random_shift, random_crop, random_flip, gaussian_noise, compose)

@@ -123,11 +123,6 @@ def check_callbacks(where: str, callbacks: Any) -> tuple:
     return tuple(callbacks)
 
 
-# The constructors of jdnn.data.augment: callable, hence easy to pass uncalled by mistake.
-_AUGMENT_CONSTRUCTORS = (augment_lib.random_shift, augment_lib.random_crop,
-                         augment_lib.random_flip, augment_lib.gaussian_noise, augment_lib.compose)
-
-
 def check_augment(where: str, augment: Any) -> Callable | None:
     """`augment` if it is None or a keyed augmentation `augment(key, x) -> x`; a `TypeError`
     for anything else, including a `jdnn.data.augment` constructor passed uncalled (it is
@@ -139,7 +134,7 @@ def check_augment(where: str, augment: Any) -> Callable | None:
     """
     if augment is None:
         return None
-    if any(augment is constructor for constructor in _AUGMENT_CONSTRUCTORS):
+    if any(augment is constructor for constructor in augment_lib.CONSTRUCTORS):
         raise TypeError(f"{where}: augment is the constructor {augment.__name__}; call it to get "
                         f"an augmentation, e.g. augment=jdnn.data.augment.{augment.__name__}(...)")
     if not callable(augment) or inspect.isclass(augment):
