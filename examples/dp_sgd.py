@@ -2,7 +2,7 @@
 
 DP-SGD (Abadi et al., 2016) bounds how much any one training example can move the model: each
 example's gradient is clipped to L2 norm C, and Gaussian noise of standard deviation sigma * C
-is added to their sum. `jdnn.dp.make_dp_train_step` does both in one compiled step; by
+is added to their sum. `jdnn.privacy.dp.make_dp_train_step` does both in one compiled step; by
 default it clips by ghost clipping (per-example norms without per-example gradients), at about
 the cost of a plain step plus the noise draw. This script trains the same MLP without privacy
 and with DP-SGD at a few noise multipliers sigma, and prints each one's test accuracy. (The
@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 import jdnn
-from jdnn.dp import make_dp_train_step
+from jdnn.privacy.dp import make_dp_train_step
 
 SEED = 0
 EPOCHS = 30

@@ -14,7 +14,7 @@ import time
 import optax
 
 import jdnn
-from jdnn.ensemble import evaluate_ensemble, fit_ensemble, predict_ensemble
+from jdnn.multi.ensemble import evaluate_ensemble, fit_ensemble, predict_ensemble
 
 SEED = 0
 MEMBERS = 16

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import jdnn
-from jdnn.search import search
+from jdnn.multi.tuning import search
 
 SEED = 0
 EPOCHS = 30

@@ -4,7 +4,7 @@ Train a small MLP on scikit-learn's 8x8 digits, then take the gradient of every 
 example's own loss (`jdnn.per_example_grads`: `vmap(grad)`, each example a batch of one) and
 rank the examples by its norm. Large norms mark what the model still gets wrong or finds
 atypical: mislabeled-looking, ambiguous or badly drawn digits. The same norms come from ghost
-clipping (`jdnn.ghost.ghost_clipped_grad`) without forming any per-example gradient; the script
+clipping (`jdnn.ghost_clipped_grad`) without forming any per-example gradient; the script
 checks they agree. Run: `python examples/per_example_grads.py [--epochs 10] [--top 5]`.
 """
 
@@ -16,8 +16,8 @@ import numpy as np
 import optax
 
 import jdnn
-from jdnn.ghost import ghost_clipped_grad
-from jdnn.vectorize import per_example_grads
+from jdnn.privacy.ghost import ghost_clipped_grad
+from jdnn.privacy.per_example import per_example_grads
 
 SEED = 0
 EPOCHS = 10

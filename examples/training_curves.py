@@ -13,7 +13,7 @@ import optax
 
 import jdnn
 from jdnn import viz
-from jdnn.summary import summary
+from jdnn.summarize import summary
 
 OUT = "figures/digits"
 EPOCHS, BATCH_SIZE = 100, 32      # an upper bound: early stopping ends the run

@@ -12,7 +12,7 @@ import numpy as np
 
 import jdnn
 from jdnn import viz
-from jdnn.summary import summary
+from jdnn.summarize import summary
 
 OUT = "figures/xor"
 STEPS = 600        # full-batch momentum-SGD steps (lr 0.5, momentum 0.9)

@@ -5,6 +5,8 @@ and optimizer state go in as arguments and come out as results, so `jax.grad`, `
 `jax.vmap` and sharding compose with every layer. See `jdnn.core` for the contract.
 """
 
+import sys as _sys
+
 from jdnn import data, losses, metrics, reference, regularizers
 from jdnn.core import Layer, LayerError, MissingKeyError, Spec
 from jdnn.gradcheck import GradReport, check_gradients
@@ -17,12 +19,22 @@ from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger,
                         make_eval_step, make_train_step, predict)
 
 from jdnn import checkpoint, parallel  # noqa: E402  (both build on jdnn.train)
-from jdnn.ghost import ghost_clipped_grad  # noqa: E402
-from jdnn.dp import make_dp_train_step  # noqa: E402
-from jdnn.vectorize import PerExampleAux, clip_and_aggregate, per_example_grads  # noqa: E402
-from jdnn.ensemble import evaluate_ensemble, fit_ensemble, predict_ensemble  # noqa: E402
-from jdnn import space  # noqa: E402
-from jdnn.search import SearchResult, search  # noqa: E402  (jdnn.search: the function)
+from jdnn import multi, privacy  # noqa: E402
+from jdnn.multi import (SearchResult, evaluate_ensemble, fit_ensemble,  # noqa: E402
+                        predict_ensemble, search)
+from jdnn.multi import space  # noqa: E402
+from jdnn.privacy import (PerExampleAux, clip_and_aggregate, ghost_clipped_grad,  # noqa: E402
+                          make_dp_train_step, per_example_grads)
+from jdnn.summarize import summary  # noqa: E402
+
+# Modules that moved keep their old import paths (`from jdnn.vectorize import ...`). The old
+# `jdnn.summary` and `jdnn.search` modules are reachable only by import: the attributes
+# `jdnn.summary` and `jdnn.search` are the functions.
+_sys.modules.update({
+    "jdnn.vectorize": privacy.per_example, "jdnn.ghost": privacy.ghost, "jdnn.dp": privacy.dp,
+    "jdnn.ensemble": multi.ensemble, "jdnn.search": multi.tuning, "jdnn.space": multi.space,
+    "jdnn.train.members": multi.members, "jdnn.summary": _sys.modules["jdnn.summarize"],
+})
 
 __version__ = "0.1.0"
 
@@ -32,9 +44,9 @@ __all__ = [
     "Elu", "evaluate", "evaluate_ensemble", "fit", "fit_ensemble", "Flatten", "freeze", "Gelu",
     "ghost_clipped_grad", "GradReport", "History", "JSONLogger", "Layer", "LayerError",
     "LeakyRelu", "losses", "make_dp_train_step", "make_eval_step", "make_train_step",
-    "MaxPool2D", "metrics", "MissingKeyError", "ModelCheckpoint", "parallel",
-    "per_example_grads", "PerExampleAux", "predict", "predict_ensemble", "PRelu", "PrintLogger",
-    "ReduceLROnPlateau", "reference", "regularizers", "Relu", "residual", "search",
-    "SearchResult", "serial", "Sigmoid", "Softmax", "space", "Spec", "Tanh", "TerminateOnNaN",
-    "TrainState",
+    "MaxPool2D", "metrics", "MissingKeyError", "ModelCheckpoint", "multi", "parallel",
+    "per_example_grads", "PerExampleAux", "predict", "predict_ensemble", "PRelu",
+    "PrintLogger", "privacy", "ReduceLROnPlateau", "reference", "regularizers", "Relu",
+    "residual", "search", "SearchResult", "serial", "Sigmoid", "Softmax", "space", "Spec",
+    "summary", "Tanh", "TerminateOnNaN", "TrainState",
 ]

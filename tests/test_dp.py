@@ -1,4 +1,4 @@
-"""DP-SGD (`jdnn.dp`): the step's update, noise scale and reproducibility; the noise draw's
+"""DP-SGD (`jdnn.privacy.dp`): the step's update, noise scale and reproducibility; the noise draw's
 statistics."""
 
 import chex
@@ -9,9 +9,9 @@ import optax
 import pytest
 
 import jdnn
-from jdnn.dp import (_uniform_from_words, dp_train_step_fn, gaussian_noise, make_dp_train_step,
-                     standard_normal)
-from jdnn.vectorize import clip_and_aggregate, per_example_grads
+from jdnn.privacy.dp import (_uniform_from_words, dp_train_step_fn, gaussian_noise,
+                             make_dp_train_step, standard_normal)
+from jdnn.privacy.per_example import clip_and_aggregate, per_example_grads
 from tests.test_ghost import _setup
 
 LOSS = jdnn.losses.softmax_cross_entropy

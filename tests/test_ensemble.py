@@ -10,9 +10,9 @@ import optax
 import pytest
 
 import jdnn
-from jdnn.ensemble import (EnsembleHistory, combined_logits, combined_prediction, default_combine,
-                           ensemble_keys, evaluate_ensemble, fit_ensemble, init_members, member,
-                           predict_ensemble)
+from jdnn.multi.ensemble import (EnsembleHistory, combined_logits, combined_prediction,
+                                 default_combine, ensemble_keys, evaluate_ensemble, fit_ensemble,
+                                 init_members, member, predict_ensemble)
 
 CE = jdnn.losses.softmax_cross_entropy
 SIZE, EPOCHS = 3, 2

@@ -1,5 +1,5 @@
-"""Ghost clipping (`jdnn.ghost`): equal to the naive `vmap(grad)` route, norms and clipped mean
-gradients alike."""
+"""Ghost clipping (`jdnn.privacy.ghost`): equal to the naive `vmap(grad)` route, norms and
+clipped mean gradients alike."""
 
 import re
 
@@ -11,8 +11,8 @@ import pytest
 
 import jdnn
 from jdnn.core import MissingKeyError
-from jdnn.ghost import ghost_clipped_grad, outer_sq_norms
-from jdnn.vectorize import clip_and_aggregate, per_example_grads
+from jdnn.privacy.ghost import ghost_clipped_grad, outer_sq_norms
+from jdnn.privacy.per_example import clip_and_aggregate, per_example_grads
 
 LOSS = jdnn.losses.softmax_cross_entropy
 B = 6

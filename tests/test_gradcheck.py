@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import jdnn
-from jdnn import gradcheck_zoo, layers, reference, zoo
+from jdnn import layers, reference
+from jdnn.cli import gradcheck_zoo, zoo
 from jdnn.cli import main
 from jdnn.core import Layer, make_spec
 from jdnn.gradcheck import check_gradients

@@ -10,7 +10,7 @@ import pytest
 
 import jdnn
 from jdnn.train.fit import epoch_orders
-from jdnn.train.members import chunk_orders, member, one_key, stack, train_members
+from jdnn.multi.members import chunk_orders, member, one_key, stack, train_members
 
 
 def _toy_members(curves):

@@ -8,7 +8,8 @@ import optax
 import pytest
 
 import jdnn
-from jdnn import reference, zoo
+from jdnn import reference
+from jdnn.cli import zoo
 from jdnn.core import make_spec
 from jdnn.layers.combinators import child_keys
 from jdnn.layers.dropout import keep_mask

@@ -10,7 +10,8 @@ import optax
 import pytest
 
 import jdnn
-from jdnn import checkpoint, data, run
+from jdnn import checkpoint, data
+from jdnn.cli import run
 from jdnn.cli import main
 
 

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import jdnn
-from jdnn.search import SearchResult, _set_dropout, search
+from jdnn.multi.tuning import SearchResult, _set_dropout, search
 
 CE = jdnn.losses.softmax_cross_entropy
 EPOCHS = 3
@@ -146,7 +146,7 @@ def test_bad_searches_are_clear_errors():
 
 
 def test_optimizers_take_their_hyper_parameters_from_their_state():
-    from jdnn.search import _optimizer
+    from jdnn.multi.tuning import _optimizer
 
     params = {"w": jnp.ones(3)}
     adam = _optimizer("adam", 0.1, 0.5).init(params).hyperparams

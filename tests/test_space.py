@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jdnn.space import check, grid, sample
+from jdnn.multi.space import check, grid, sample
 
 
 def test_grid_enumerates_every_combination_in_order():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import jdnn
-from jdnn import zoo
+from jdnn.cli import zoo
 from jdnn.core import Layer, LayerError, make_spec
-from jdnn.summary import Summary, layer_flops, rebuild, summary
+from jdnn.summarize import Summary, layer_flops, rebuild, summary
 from jdnn.viz import layer_outputs
 
 

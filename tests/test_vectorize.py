@@ -1,5 +1,5 @@
-"""Per-example gradients (`jdnn.vectorize`): against loops of single-example `jax.grad`, the
-batch-norm rules against hand-written forwards, clipping against NumPy."""
+"""Per-example gradients (`jdnn.privacy.per_example`): against loops of single-example
+`jax.grad`, the batch-norm rules against hand-written forwards, clipping against NumPy."""
 
 import collections
 import re
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import jdnn
-from jdnn import zoo
+from jdnn.cli import zoo
 from jdnn.core import MissingKeyError
 from jdnn.layers.combinators import child_keys
 from jdnn.layers.dropout import keep_mask
-from jdnn.vectorize import clip_and_aggregate, per_example_grads, rebuild
+from jdnn.privacy.per_example import clip_and_aggregate, per_example_grads, rebuild
 
 LOSS = jdnn.losses.softmax_cross_entropy
 B = 5

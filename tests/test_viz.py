@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import jdnn
-from jdnn import viz, zoo
+from jdnn import viz
+from jdnn.cli import zoo
 from jdnn.viz.boundary import predicted_class
 from jdnn.viz.network import describe
 from jdnn.viz.trace import layer_outputs
@@ -99,7 +100,7 @@ def test_block_diagram_for_a_cnn_as_svg(tmp_path):
     model = zoo.cnn(10)
     fig = viz.draw_network(model, input_shape=(1, 8, 8, 2), path=tmp_path / "cnn.svg")
     assert fig.jdnn_data["mode"] == "blocks"
-    assert fig.jdnn_data["summary"] == jdnn.summary.summary(model, (1, 8, 8, 2)).to_dict()
+    assert fig.jdnn_data["summary"] == jdnn.summary(model, (1, 8, 8, 2)).to_dict()
     text = (tmp_path / "cnn.svg").read_text()
     assert text.lstrip().startswith("<?xml") and "<svg" in text
     with pytest.raises(ValueError, match="input_shape"):

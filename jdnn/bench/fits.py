@@ -3,7 +3,7 @@
 64-128-10, Adam, batch 32, validation on the test split every epoch).
 
   ensemble  `jdnn.fit_ensemble(size=16)` against `jdnn.fit` with each member's key
-            (`jdnn.ensemble.ensemble_keys`), which trains that member identically
+            (`jdnn.multi.ensemble.ensemble_keys`), which trains that member identically
   search    `jdnn.search` over 16 configurations of one structure (4 learning rates x 2 L2
             strengths x 2 dropout rates) against `jdnn.fit` per configuration (a fixed-rate
             `jdnn.Dropout`, `jdnn.regularizers.penalty(l2=...)`, the trial's key)
@@ -33,8 +33,8 @@ import jdnn
 from jdnn.bench import timing
 from jdnn.bench.compilation import Recorder
 from jdnn.bench.context import Context
-from jdnn.ensemble import ensemble_keys
-from jdnn.space import grid
+from jdnn.multi.ensemble import ensemble_keys
+from jdnn.multi.space import grid
 
 MEMBERS, WIDTH, BATCH, LEARNING_RATE = 16, 128, 32, 1e-3
 SPACE = {"learning_rate": [3e-4, 1e-3, 3e-3, 1e-2], "l2": [0.0, 1e-4], "dropout": [0.0, 0.2]}

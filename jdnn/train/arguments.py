@@ -198,7 +198,7 @@ def check_train_state(where: str, model: Layer, train_state: Any, x: np.ndarray,
     if np.ndim(train_state.step) != 0:
         raise ValueError(f"{where}: train_state is stacked (step of shape "
                          f"{np.shape(train_state.step)}), as fit_ensemble returns; train one "
-                         f"member with jdnn.ensemble.member(train_state, i)")
+                         f"member with jdnn.multi.ensemble.member(train_state, i)")
     if donated(train_state):
         raise ValueError(f"{where}: train_state was donated to an earlier call (fit or a "
                          f"compiled step) and its buffers are deleted; pass the train state "

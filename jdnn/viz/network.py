@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyBboxPatch
 
 from jdnn.core import Layer, child_name
-from jdnn.summary import summary
+from jdnn.summarize import summary
 from jdnn.viz.common import (FAMILY_COLORS, NEGATIVE, POSITIVE, family, finish, mappable,
                              new_figure, one_example)
 from jdnn.viz.trace import compiled_outputs, full_state

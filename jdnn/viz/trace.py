@@ -1,7 +1,7 @@
 """Every layer's output for an input: a model's forward pass replayed layer by layer from its
 spec, so pictures and statistics can look inside a model that only exposes `apply`.
 
-Each leaf is a twin rebuilt from its spec (`jdnn.summary.rebuild`) and applied to its own
+Each leaf is a twin rebuilt from its spec (`jdnn.summarize.rebuild`) and applied to its own
 params and state; combinators are replayed with the same key splitting as `serial` and
 `residual`, so the last output equals `model.apply(...)` exactly (tests check it).
 """
@@ -16,7 +16,7 @@ import jax
 
 from jdnn.core import Layer, Spec, child_name
 from jdnn.layers.combinators import child_keys
-from jdnn.summary import rebuild
+from jdnn.summarize import rebuild
 
 
 def _replay(spec: Spec, path: str, params: Any, state: Any, x: jax.Array,

@@ -19,9 +19,9 @@ One forward pass and one backward pass for the deltas give every norm, hence the
 clipped mean gradient is each layer's own pullback of its deltas with row i scaled by `c_i / B`
 (for a dense layer `x^T diag(c / B) delta`): the weight-gradient products of a plain backward
 pass, without a second pass through the model. The deltas come from zero "probes" added to each
-parameter layer's output (a twin of the model, see `jdnn.vectorize.rebuild`): the gradient with
+parameter layer's output (a twin of the model, see `jdnn.core.rebuild`): the gradient with
 respect to a probe is `delta`, and the twin records each layer's input in its new state.
-The DP-SGD step built on it is `jdnn.dp`.
+The DP-SGD step built on it is `jdnn.privacy.dp`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jdnn.core import Layer, Spec, entry_point
-from jdnn.vectorize import (EXAMPLES, Loss, Path, PerExampleAux, batch_norm_twin, check_batch,
-                            check_batch_norm_rule, rebuild, subtree)
+from jdnn.privacy.per_example import (EXAMPLES, Loss, Path, PerExampleAux, batch_norm_twin,
+                                      check_batch, check_batch_norm_rule, rebuild, subtree)
 
 PROBE, INPUT, OUTPUT = "__probe__", "__input__", "__output__"
 

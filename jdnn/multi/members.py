@@ -69,7 +69,7 @@ def members_of(where: str, train_state: Any) -> int:
                if isinstance(train_state, TrainState) else type(train_state).__name__)
         raise ValueError(f"{where}: train_state must be the stacked TrainState fit_ensemble "
                          f"returns (each leaf with a leading member axis, step of shape (K,)), "
-                         f"got {got}; stack single states with jdnn.ensemble.stack([...])")
+                         f"got {got}; stack single states with jdnn.multi.ensemble.stack([...])")
     return int(np.shape(step)[0])
 
 

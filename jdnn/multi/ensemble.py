@@ -11,7 +11,7 @@ The ensemble predicts with the mean of its members' probabilities (`combine="sof
 its loss and metrics are computed on the log of that mean probability, which a softmax maps
 back to the mean itself, so `softmax_cross_entropy` and `accuracy` apply unchanged.
 
-The engine, shared with `jdnn.search`, is `jdnn.train.members.train_members`.
+The engine, shared with `jdnn.search`, is `jdnn.multi.members.train_members`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from jdnn.data.batching import num_batches
 from jdnn.data.validate import as_arrays, check_data
 from jdnn.train.fit import epoch_fn
 from jdnn.train.history import History
-from jdnn.train.members import (EVAL_BATCH_SIZE, member, member_evaluator, members_of, one_key,
+from jdnn.multi.members import (EVAL_BATCH_SIZE, member, member_evaluator, members_of, one_key,
                                 outputs_fn, prepare_data, stack, train_members)
 from jdnn.train.state import TrainState
 from jdnn.train.step import (Loss, Metrics, check_step_arguments, resolve_metrics,

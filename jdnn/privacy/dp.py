@@ -1,4 +1,4 @@
-"""DP-SGD: each example's gradient clipped (ghost clipping, `jdnn.ghost`), averaged, and
+"""DP-SGD: each example's gradient clipped (ghost clipping, `jdnn.privacy.ghost`), averaged, and
 Gaussian noise added, in one compiled training step (Abadi et al., 2016).
 
 The noise draw is written for speed on a CPU: Threefry-2x32 with both 32-bit output words used
@@ -20,10 +20,10 @@ from jax import lax
 from jax.extend.random import threefry_2x32
 
 from jdnn.core import Layer
-from jdnn.ghost import ghost_clipped_grad
+from jdnn.privacy.ghost import ghost_clipped_grad
 from jdnn.train.state import DROPOUT, NOISE, TrainState, step_key
 from jdnn.train.step import Metric, check_step_arguments, masked_mean, resolve_metrics
-from jdnn.vectorize import Loss, clip_and_aggregate, per_example_grads
+from jdnn.privacy.per_example import Loss, clip_and_aggregate, per_example_grads
 
 METHODS = ("ghost", "vmap")
 NOISE_BLOCK = 16  # the draw is padded to a multiple of this many entries (see gaussian_noise)

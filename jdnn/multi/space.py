@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jdnn.core import whole_number
-from jdnn.train.members import one_key
+from jdnn.multi.members import one_key
 
 VECTORIZED = ("learning_rate", "momentum", "l1", "l2", "dropout", "seed")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform")

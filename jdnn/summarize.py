@@ -18,7 +18,7 @@ FLOPs convention (per example, inference, `train=False`):
 - `Dropout` (the identity at inference) and `Flatten`: 0.
 
 Example:
-    >>> print(jdnn.summary.summary(jdnn.serial(jdnn.Dense(3), jdnn.Sigmoid(), jdnn.Dense(1)),
+    >>> print(jdnn.summary(jdnn.serial(jdnn.Dense(3), jdnn.Sigmoid(), jdnn.Dense(1)),
     ...                            (1, 2)))
 """
 
@@ -334,7 +334,7 @@ def summary(model: Layer,
 
     Example:
         >>> model = jdnn.serial(jdnn.Conv2D(8, 3), jdnn.Relu(), jdnn.Flatten(), jdnn.Dense(10))
-        >>> print(jdnn.summary.summary(model, (1, 8, 8, 1)))
+        >>> print(jdnn.summary(model, (1, 8, 8, 1)))
     """
     shape = _input_shape(input_shape)
     found = []

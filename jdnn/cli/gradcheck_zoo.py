@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jdnn import losses, regularizers, zoo
+from jdnn import losses, regularizers
+from jdnn.cli import zoo
 from jdnn.core import LayerError, whole_number
 from jdnn.gradcheck import TOLERANCES, GradReport, check_gradients
 
@@ -64,7 +65,7 @@ def run(models: list[str], loss_names: list[str], *, mode: str = "both", dtype: 
     """Checks each model with each loss (and an L1 + L2 penalty) in the given modes.
 
     Args:
-        models: names from `jdnn.zoo.MODELS`.
+        models: names from `jdnn.cli.zoo.MODELS`.
         loss_names: names from `LOSSES`.
         mode: `"train"`, `"eval"` or `"both"`.
         dtype: `"float64"` or `"float32"`.

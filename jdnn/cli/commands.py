@@ -35,7 +35,7 @@ SIGNALLED = {"SIGINT": 130, "SIGTERM": 143}   # 128 + the signal's number, as sh
 
 
 def _train(args: argparse.Namespace) -> int:
-    from jdnn import run
+    from jdnn.cli import run
 
     fields = {f.name for f in dataclasses.fields(run.Config)}
     options = {k: v for k, v in vars(args).items() if k in fields}
@@ -66,7 +66,7 @@ def _train(args: argparse.Namespace) -> int:
 def _builtin_models() -> dict:
     """The built-in models by name: `jdnn train`'s digits MLP and CNN and the gradcheck zoo,
     each as `(model, input_shape)` with a batch of one."""
-    from jdnn import run, zoo
+    from jdnn.cli import run, zoo
 
     models = {f"digits-{name}": (run.build(run.Config(model=name), 10), shape) for name, shape
               in (("mlp", (1, 64)), ("cnn", (1, 8, 8, 1)))}
@@ -76,7 +76,7 @@ def _builtin_models() -> dict:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from jdnn.summary import summary
+    from jdnn.summarize import summary
 
     models = _builtin_models()
     names = list(models) if args.model == "all" else [args.model]
@@ -90,7 +90,8 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
-    from jdnn import gradcheck_zoo, io, zoo
+    from jdnn import io
+    from jdnn.cli import gradcheck_zoo, zoo
 
     models = list(zoo.MODELS) if args.model == "all" else [args.model]
     loss_names = list(gradcheck_zoo.LOSSES) if args.loss == "all" else [args.loss]
@@ -142,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--out) are passed to it.")
     bench.add_argument("--quick", action="store_true", help="the ~4-minute subset")
 
-    from jdnn.gradcheck_zoo import LOSSES, MODES
-    from jdnn.zoo import MODELS
+    from jdnn.cli.gradcheck_zoo import LOSSES, MODES
+    from jdnn.cli.zoo import MODELS
 
     check = commands.add_parser(
         "gradcheck", help="check jax.grad against the NumPy backprop reference and finite "
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _zoo_names() -> list[str]:
-    from jdnn.zoo import MODELS
+    from jdnn.cli.zoo import MODELS
 
     return list(MODELS)
 
@@ -189,8 +190,8 @@ def _checked(name: str, kind: type, expected: str, test) -> Callable[[str], Any]
 
 
 def _run_option(name: str) -> Callable[[str], Any]:
-    """The `type=` of `jdnn train`'s numeric option `name`, checked by `jdnn.run.RULES`."""
-    from jdnn import run
+    """The `type=` of `jdnn train`'s numeric option `name`, checked by `jdnn.cli.run.RULES`."""
+    from jdnn.cli import run
 
     return _checked(name, *run.RULES[name])
 
@@ -210,7 +211,7 @@ def _json_path(text: str) -> str:
 
 
 def _add_train(commands) -> None:
-    from jdnn import run
+    from jdnn.cli import run
 
     d = run.Config()
     train = commands.add_parser(
@@ -220,8 +221,8 @@ def _add_train(commands) -> None:
                     "options: an MLP on scikit-learn's bundled digits with Adam. Ctrl-C or "
                     "SIGTERM stops after saving a checkpoint (exit 130 / 143); a run that "
                     "diverges exits 3; --resume continues a run.")
-    # Defaults are None here and filled in by jdnn.run.resolve_config: from the resumed run's
-    # config.json when --resume names one, else from jdnn.run.Config.
+    # Defaults are None here and filled in by jdnn.cli.run.resolve_config: from the resumed run's
+    # config.json when --resume names one, else from jdnn.cli.run.Config.
     train.add_argument("--model", choices=run.MODELS, help=f"(default {d.model})")
     train.add_argument("--dataset", choices=run.DATASETS, help=f"(default {d.dataset})")
     train.add_argument("--data-dir", help="folder with the IDX files for mnist/fashion-mnist")
@@ -289,6 +290,3 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()
     return args.run(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,7 @@ Each example runs as a batch of one (`x[i][None]`) under `jax.vmap(jax.grad(...)
 dropout key. Batch norm in training mode couples the examples of a batch, so a per-example
 gradient needs a rule; `per_example_grads` offers two and refuses to guess (see its docstring).
 The rules are implemented by rebuilding the model from its spec with a batch-norm twin
-(`rebuild`), the same mechanism `jdnn.ghost` uses to tap each layer's input and output.
+(`rebuild`), the same mechanism `jdnn.privacy.ghost` uses to tap each layer's input and output.
 """
 
 from __future__ import annotations

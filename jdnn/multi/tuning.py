@@ -7,7 +7,7 @@ A configuration's hyper-parameters are of two kinds:
   rate of every `jdnn.Dropout(rate, rate_in_state=True)` layer, held in that layer's state) and
   `seed` (the member's key is `jax.random.fold_in(key, seed)`). Configurations that differ
   only in these are members of one stacked `TrainState`, trained by one compiled program
-  (`jdnn.train.members.train_members`).
+  (`jdnn.multi.members.train_members`).
 - structural: everything else. `model_fn(**structural)` builds the model (layer widths, depth);
   `optimizer` (an optax name or factory) and `batch_size` are read by the search itself.
   Configurations are grouped by their structural values: one program per group.
@@ -36,10 +36,10 @@ from jdnn import io
 from jdnn.core import Layer, Spec, child_name, whole_number
 from jdnn.data.batching import num_batches
 from jdnn.regularizers import Penalty, path_of
-from jdnn.space import VECTORIZED, check, check_space, grid, sample
+from jdnn.multi.space import VECTORIZED, check, check_space, grid, sample
 from jdnn.train.fit import epoch_fn
 from jdnn.train.history import History
-from jdnn.train.members import (check_member_data, member_evaluator, one_key, stack,
+from jdnn.multi.members import (check_member_data, member_evaluator, one_key, stack,
                                 train_members)
 from jdnn.train.state import TrainState
 from jdnn.train.step import (Loss, Metrics, check_step_arguments, resolve_metrics,
@@ -378,8 +378,8 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
         loss, epochs, batch_size, metrics: as in `jdnn.fit`.
         key: seeds the random sampling and, folded with each trial's `seed` (0 if absent),
             the trial's initialization, data order and dropout.
-        strategy: `"grid"` (every combination of the lists, `jdnn.space.grid`) or `"random"`
-            (`trials` draws, `jdnn.space.sample`).
+        strategy: `"grid"` (every combination of the lists, `jdnn.multi.space.grid`) or `"random"`
+            (`trials` draws, `jdnn.multi.space.sample`).
         trials: the number of random configurations.
         validation_data: the `(x, y)` pair the `val_*` metrics are computed on every epoch.
         metric: the record entry to rank by, e.g. `"val_accuracy"`, `"val_loss"`, `"loss"`.

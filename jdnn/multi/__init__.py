@@ -1,0 +1,10 @@
+"""Many models at once: K members stacked and trained in one vmapped program (`members`), the
+ensembles (`ensemble`) and hyper-parameter search (`tuning`, over the spaces of `space`) built
+on that engine."""
+
+from jdnn.multi import space
+from jdnn.multi.ensemble import evaluate_ensemble, fit_ensemble, predict_ensemble
+from jdnn.multi.tuning import SearchResult, search
+
+__all__ = ["evaluate_ensemble", "fit_ensemble", "predict_ensemble", "search", "SearchResult",
+           "space"]
