@@ -12,35 +12,33 @@ NHWC. `params` and `state` are plain dicts (`{}` when a layer has none), so path
 `spec` tells the rest of jdnn *what* a layer is without running it: the NumPy reference, the
 summary table, diagrams and checkpoints are all built from it. Layers never import those.
 
-Traits: what a kind says about itself, so that no consumer tests a kind string.
+Kinds. A layer kind (`"Dense"`, `"serial"`, a user's `"Swish"`) is made known to everything
+that reads specs by registering its constructor, built-in kinds exactly like a user's:
 
-    declare(kind, **traits)        called once, in the kind's own module
-    trait(spec, name, default)     what `spec`'s kind declared under `name`
-    output_layer(spec)             the spec of the layer whose output is the model's output
+    @register_layer(family="activation")       def Swish(beta=1.0) -> Layer: ...
+    rebuild(spec)                              the layer `spec` describes, constructed again
+    walk(spec, key)                            every layer: (path, spec, key), data-flow order
+    trait(spec, name, default)                 what `spec`'s kind declared under `name`
 
-Two traits exist so far: `outputs_probabilities=True` (Softmax, Sigmoid: the output is
-probabilities, not logits; `check_data` warns when a from-logits loss follows) and
-`output_child=fn` (a combinator whose output is one child's, `fn(spec) -> child spec or None`;
-`serial`: its last child). A user's kind declares its traits the same way.
-
-Errors: `LayerError` names the layer path; its subclass `MissingKeyError` (a stochastic layer
-in training mode without a key) is re-raised by `entry_point(name)` naming the function the user
-called, e.g. `per_example_grads`, rather than an `apply` they never called.
+No consumer of specs compares `spec.kind` with a string: it asks `trait`. The traits jdnn reads
+are listed in `TRAITS`; a kind declares only those that apply to it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 
-Array = jax.Array
-Shape = tuple[int, ...]
+from jdnn.checks import (Array, LayerError, MissingKeyError, Shape, check_features,  # noqa: F401
+                         check_hparam, check_images, check_input_shape, entry_point, padding_mode,
+                         positive_int, positive_ints, spatial_output_shape, whole_number,
+                         window_output_size)
+
 Params = Mapping[str, Any]
 State = Mapping[str, Any]
 InitFn = Callable[[Array, Shape], tuple[Shape, Params, State]]
@@ -70,6 +68,10 @@ class Spec:
             if key == name:
                 return value
         raise KeyError(f"{self.kind} has no hyper-parameter {name!r}; it has {self.names}")
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The hyper-parameter `name`, or `default` if the spec has none by that name."""
+        return dict(self.hparams).get(name, default)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -141,10 +143,44 @@ def child_name(index: int, spec: Spec) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Traits: a kind declares what consumers need to know about it, in its own module; consumers
-# ask `trait(spec, name)` and never compare `spec.kind` with a string.
+# Kinds: a registry from kind name to constructor, and the traits each kind declares about
+# itself, so consumers of specs never switch on a kind string.
+
+TRAITS = {
+    "family": "the picture family: dense, conv, pool, norm, activation, reshape, dropout, "
+              "combinator (colors in diagrams; a neuron diagram takes dense layers and their "
+              "activation and dropout followers)",
+    "child_keys": "a combinator: fn(spec, key) -> one key (or None) per child; default: the key "
+                  "split into one per child",
+    "output_child": "a combinator whose output is one child's: fn(spec) -> that child's spec",
+    "outputs_probabilities": "True: the output is probabilities, not logits (Softmax, Sigmoid)",
+    "flops": "fn(spec, input_shape, output_shape) -> FLOPs per example of the layer itself "
+             "(a combinator: only what it adds to its children's)",
+    "state": "fn(spec) -> what the layer keeps in its state (a phrase), or None",
+    "stochastic": "fn(key, rate, shape) -> bool keep mask, the draw a stochastic layer makes "
+                  "(the NumPy reference replays it)",
+    "rate_in_state": "fn(spec) -> whether the layer reads its drop rate from its state",
+    "per_example_twin": "fn(spec, rule, axis_name) -> a Layer that does not couple the "
+                        "examples of a batch (BatchNorm's rules for per-example gradients)",
+    "ghost_inputs": "fn(spec, x) -> (B, P, K) rows whose outer product with the output "
+                    "gradient is the weight gradient (ghost clipping's norms)",
+    "activation_stats": "fn(y) -> {'dead_relu' | 'saturated': fraction} for gradient-flow plots",
+    "label": "fn(spec) -> a short label for diagrams, e.g. 'Dense(10)'; default: the kind",
+    "from_spec": "fn(spec, children) -> Layer, when calling the constructor with the spec's "
+                 "hyper-parameters is not how to rebuild the kind",
+}
 
 _TRAITS: dict[str, dict[str, Any]] = {}
+
+
+def per_output(flops: int) -> Callable[[Spec, Shape, Shape], int]:
+    """A `flops` trait for a layer costing `flops` per output entry (1 for most activations)."""
+    def count(spec: Spec, input_shape: Shape, output_shape: Shape) -> int:
+        del spec, input_shape
+        return flops * math.prod(output_shape[1:])
+
+    return count
+_CONSTRUCTORS: dict[str, Callable[..., Layer]] = {}
 
 
 def declare(kind: str, **traits: Any) -> None:
@@ -152,8 +188,10 @@ def declare(kind: str, **traits: Any) -> None:
 
     Args:
         kind: the kind name, as in the layer's `Spec`, e.g. `"Softmax"`.
-        **traits: e.g. `outputs_probabilities=True`, or `output_child=lambda spec: ...` for a
-            combinator whose output is one child's (see the module docstring).
+        **traits: names from `TRAITS`, e.g. `outputs_probabilities=True` or `family="norm"`.
+
+    Raises:
+        TypeError: for a kind that is not a non-empty str, or a trait name jdnn does not read.
 
     Example:
         >>> declare("MySoftmax", outputs_probabilities=True)
@@ -161,6 +199,10 @@ def declare(kind: str, **traits: Any) -> None:
     if not isinstance(kind, str) or not kind:
         raise TypeError(f"declare: kind must be a layer kind name (a non-empty str), got "
                         f"{kind!r}")
+    unknown = sorted(set(traits) - set(TRAITS))
+    if unknown:
+        raise TypeError(f"declare({kind!r}): unknown trait(s) {unknown}; jdnn reads "
+                        f"{sorted(TRAITS)}")
     _TRAITS.setdefault(kind, {}).update(traits)
 
 
@@ -171,6 +213,162 @@ def trait(spec: Spec, name: str, default: Any = None) -> Any:
         >>> trait(jdnn.Softmax().spec, "outputs_probabilities", False)   # True
     """
     return _TRAITS.get(spec.kind, {}).get(name, default)
+
+
+def register_layer(constructor: Callable[..., Layer] | None = None, *, kind: str | None = None,
+                   **traits: Any) -> Any:
+    """Makes a layer kind known to every consumer of specs: `rebuild`, summary, diagrams,
+    search, per-example gradients, checkpoints' spec check. jdnn's own kinds register this way.
+
+    The constructor is called again by `rebuild(spec)` as `constructor(*children, **hparams)`
+    (a combinator takes its layers positionally), so the spec's hyper-parameters must be the
+    constructor's keyword arguments, as plain Python values. Each call is checked to return a
+    `Layer` whose spec has the registered kind.
+
+    Args:
+        constructor: a function returning a `Layer`; registered under its `__name__` unless
+            `kind` is given. Use as `@register_layer` or `@register_layer(family="activation")`.
+        kind: the kind name, if not the constructor's name.
+        **traits: declared for the kind (see `TRAITS` and `declare`).
+
+    Returns:
+        The constructor, wrapped to check what it builds.
+
+    Example:
+        >>> @jdnn.register_layer(family="activation")
+        ... def Swish(beta: float = 1.0) -> jdnn.Layer:
+        ...     spec = jdnn.core.make_spec("Swish", beta=beta)
+        ...     def init(key, input_shape):
+        ...         return input_shape, {}, {}
+        ...     def apply(params, state, x, *, key=None, train=False):
+        ...         return x * jax.nn.sigmoid(beta * x), state
+        ...     return jdnn.Layer(init, apply, spec)
+    """
+    if constructor is None:
+        return functools.partial(register_layer, kind=kind, **traits)
+    if not callable(constructor):
+        raise TypeError(f"register_layer: expected a constructor function returning a jdnn Layer, "
+                        f"got {constructor!r}")
+    name = kind if kind is not None else constructor.__name__
+    declare(name, **traits)
+
+    @functools.wraps(constructor)
+    def checked(*args, **kwargs):
+        layer = constructor(*args, **kwargs)
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{name}: a registered constructor must return a jdnn Layer("
+                            f"init, apply, spec), got {type(layer).__name__}")
+        if layer.spec.kind != name:
+            raise TypeError(f"{name}: registered as kind {name!r} but built a layer whose spec "
+                            f"has kind {layer.spec.kind!r}; build the spec as "
+                            f"make_spec({name!r}, ...) or register with kind="
+                            f"{layer.spec.kind!r}")
+        return layer
+
+    _CONSTRUCTORS[name] = checked
+    return checked
+
+
+def registered_kinds() -> list[str]:
+    """The names of every registered kind, sorted."""
+    return sorted(_CONSTRUCTORS)
+
+
+class UnknownKindError(ValueError):
+    """A spec names a layer kind that no constructor was registered for."""
+
+
+def rebuild(spec: Spec, wrap: Callable[[str, Spec, Layer], Layer] | None = None,
+            path: str = "") -> Layer:
+    """The layer `spec` describes, constructed again from its registered constructor.
+
+    Combinators are rebuilt around rebuilt children, so params, state and random keys are laid
+    out exactly as in the original. The twin's `apply` is the original's; its `init` may differ
+    where the original was given an initializer function instead of a name (recorded as
+    `"<name>"`): the twin then uses the default. Use it with the original's params.
+
+    Args:
+        spec: a `Spec`, e.g. `model.spec` or one of its children.
+        wrap: optional `wrap(path, spec, layer) -> layer`, called on every rebuilt layer,
+            children before their combinator, to swap or instrument it.
+        path: the path of `spec` inside the model (`""` at the root).
+
+    Returns:
+        A `Layer` with the same spec (wrapped, if `wrap` is given).
+
+    Raises:
+        UnknownKindError: for a kind no constructor was registered for, naming it and its path.
+
+    Example:
+        >>> dense = rebuild(model.spec.children[0])
+        >>> y, _ = dense.apply(params["0_dense"], {}, x)
+    """
+    children = [rebuild(child, wrap, join(path, child_name(i, child)))
+                for i, child in enumerate(spec.children)]
+    if spec.kind not in _CONSTRUCTORS:
+        raise UnknownKindError(
+            f"cannot rebuild the layer {spec.kind!r} at {path or '<root>'} from its spec: no "
+            f"constructor is registered for that kind; decorate its constructor with "
+            f"@jdnn.register_layer (registered kinds: {', '.join(registered_kinds())})")
+    from_spec = trait(spec, "from_spec")
+    if from_spec is not None:
+        layer = from_spec(spec, children)
+    else:
+        hparams = {name: value for name, value in spec.hparams
+                   if not (isinstance(value, str) and value.startswith("<"))}
+        layer = _CONSTRUCTORS[spec.kind](*children, **hparams)
+    return wrap(path, spec, layer) if wrap is not None else layer
+
+
+class Node(NamedTuple):
+    """One layer of a model, as `walk` finds it.
+
+    Attributes:
+        path: its key path, `"1_serial/2_dense"`; `""` for the root.
+        spec: its spec.
+        key: the random key it receives when the model gets `key` (None without one).
+    """
+
+    path: str
+    spec: Spec
+    key: jax.Array | None
+
+
+def join(path: str, name: str) -> str:
+    """`path/name`, or `name` at the root."""
+    return f"{path}/{name}" if path else name
+
+
+def walk(spec: Spec, key: jax.Array | None = None, path: str = "") -> Iterator[Node]:
+    """Every layer of the model `spec` describes, combinators and leaves, in data-flow
+    (pre-)order, each with its path and the random key it receives.
+
+    Keys are handed to children as each combinator's kind declares (`child_keys`; by default
+    one split per child), so the key a `Dropout` deep inside sees is the one it draws with.
+
+    Args:
+        spec: the model's spec.
+        key: the key the model's `apply` gets, or None.
+        path: the path of `spec` (`""` at the root).
+
+    Example:
+        >>> [node.path for node in walk(jdnn.serial(jdnn.Dense(3), jdnn.Relu()).spec)]
+        ['', '0_dense', '1_relu']
+    """
+    yield Node(path, spec, key)
+    for i, (child, child_key) in enumerate(zip(spec.children, child_keys(spec, key))):
+        yield from walk(child, child_key, join(path, child_name(i, child)))
+
+
+def _split_keys(spec: Spec, key: jax.Array) -> list[jax.Array]:
+    return list(jax.random.split(key, len(spec.children)))
+
+
+def child_keys(spec: Spec, key: jax.Array | None) -> list[jax.Array | None]:
+    """The key each child of the combinator `spec` receives (see `walk`)."""
+    if key is None:
+        return [None] * len(spec.children)
+    return list(trait(spec, "child_keys", _split_keys)(spec, key))
 
 
 def output_layer(spec: Spec) -> Spec:
@@ -186,191 +384,3 @@ def output_layer(spec: Spec) -> Spec:
     return spec
 
 
-# ---------------------------------------------------------------------------------------------
-# Errors that name the layer. A layer raises `LayerError` with its own kind; each combinator it
-# sits in prefixes the child's key on the way out, so the message names the full path.
-
-
-class LayerError(ValueError):
-    """A bad input or hyper-parameter, naming the layer path, what was expected and what came.
-
-    Attributes:
-        kind: the kind of the layer that raised, e.g. `"Dense"`.
-        path: the layer's path inside the model, e.g. `("1_serial", "2_dense")`; `()` at the root.
-        detail: the message without the path.
-    """
-
-    def __init__(self, kind: str, detail: str, path: tuple[str, ...] = ()):
-        self.kind, self.detail, self.path = kind, detail, path
-        super().__init__(self.message())
-
-    @property
-    def where(self) -> str:
-        """The path as text, `"1_serial/2_dense"`, or `"<root>"`."""
-        return "/".join(self.path) if self.path else "<root>"
-
-    def message(self) -> str:
-        """The full message: `"Dense layer at 1_serial/2_dense: <detail>"`."""
-        return f"{self.kind} layer at {self.where}: {self.detail}"
-
-    def __reduce__(self):
-        return (type(self), (self.kind, self.detail, self.path))
-
-    def within(self, name: str) -> LayerError:
-        """The same error, seen from the combinator that files this layer under `name`."""
-        return type(self)(self.kind, self.detail, (name, *self.path))
-
-
-class MissingKeyError(LayerError):
-    """A stochastic layer (Dropout) applied with `train=True` and no random key.
-
-    The layer raises it telling the caller of `apply` to pass `key=`; an entry point that takes
-    `key=` itself runs the model inside `entry_point(name)`, which re-raises it naming that
-    entry point: `"per_example_grads: the model's Dropout at 2_dropout needs a random key in
-    training mode; pass key=jax.random.key(0) (or train=False)"`.
-
-    Attributes:
-        entry: the entry point the user called, or None (the message then names `apply`).
-    """
-
-    def __init__(self, kind: str, detail: str, path: tuple[str, ...] = (),
-                 entry: str | None = None):
-        self.entry = entry
-        super().__init__(kind, detail, path)
-
-    def message(self) -> str:
-        if self.entry is None:
-            return super().message()
-        return (f"{self.entry}: the model's {self.kind} at {self.where} needs a random key in "
-                f"training mode; pass key=jax.random.key(0) (or train=False)")
-
-    def __reduce__(self):
-        return (MissingKeyError, (self.kind, self.detail, self.path, self.entry))
-
-    def within(self, name: str) -> MissingKeyError:
-        return MissingKeyError(self.kind, self.detail, (name, *self.path), self.entry)
-
-    def called_from(self, entry: str) -> MissingKeyError:
-        """The same error, worded for `entry`, the function the user called."""
-        return MissingKeyError(self.kind, self.detail, self.path, entry)
-
-
-@contextlib.contextmanager
-def entry_point(name: str) -> Iterator[None]:
-    """Re-raises a `MissingKeyError` from inside as one naming `name`, the function the user
-    called (with a `key=` argument of its own), instead of `apply`.
-
-    Example:
-        >>> with entry_point("per_example_grads"):
-        ...     outputs, _ = model.apply(params, state, x, key=key, train=True)
-    """
-    try:
-        yield
-    except MissingKeyError as error:
-        raise error.called_from(name) from None
-
-
-def check_hparam(kind: str, name: str, value: Any, ok: bool, expected: str) -> None:
-    """Raises `ValueError` at construction when a hyper-parameter is invalid."""
-    if not ok:
-        raise ValueError(f"{kind}: {name} must be {expected}, got {value!r}")
-
-
-def whole_number(where: str, name: str, value: Any, minimum: int = 0) -> int:
-    """An int argument `>= minimum` as a Python `int`; NumPy ints are accepted, bools and floats
-    are not. `where` names what the user called (a layer kind or a function such as `"fit"`).
-
-    Raises:
-        ValueError: `"fit: batch_size must be an int >= 1, got 0"`.
-    """
-    ok = (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-          and value >= minimum)
-    expected = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-    check_hparam(where, name, value, ok, expected)
-    return int(value)
-
-
-def positive_int(kind: str, name: str, value: Any) -> int:
-    """A positive int hyper-parameter (NumPy ints accepted, bools and floats not), as `int`."""
-    return whole_number(kind, name, value, minimum=1)
-
-
-def positive_ints(kind: str, name: str, value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
-    """Normalizes an int or an n-tuple of ints (e.g. a kernel size) and checks each is >= 1."""
-    if isinstance(value, (int, np.integer)):
-        values = (value,) * n
-    else:
-        try:
-            values = tuple(value)
-        except TypeError:
-            values = ()
-    ok = len(values) == n and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                  for v in values)
-    check_hparam(kind, name, value, ok and all(v >= 1 for v in values),
-                 f"a positive int or a tuple of {n} positive ints")
-    return tuple(int(v) for v in values)
-
-
-def padding_mode(kind: str, padding: str) -> str:
-    """Validates a padding name; returns it upper-cased (`"SAME"` or `"VALID"`)."""
-    ok = isinstance(padding, str) and padding.upper() in ("SAME", "VALID")
-    check_hparam(kind, "padding", padding, ok, '"SAME" or "VALID"')
-    return padding.upper()
-
-
-def check_input_shape(kind: str, input_shape: Any, min_rank: int = 1) -> Shape:
-    """Checks an `init` input shape is a tuple of non-negative ints of rank >= `min_rank`."""
-    dims = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
-    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
-                               for d in dims):
-        raise LayerError(kind, f"input_shape must be a tuple of ints, got {input_shape!r}")
-    shape = tuple(int(d) for d in dims)
-    if len(shape) < min_rank or any(d < 0 for d in shape):
-        raise LayerError(kind, f"expected an input_shape of rank >= {min_rank} (batch axis first),"
-                               f" got {shape}")
-    return shape
-
-
-def window_output_size(size: int, window: int, stride: int, padding: str) -> int:
-    """Output length of a sliding window (convolution, pooling) along one axis."""
-    if padding == "SAME":
-        return math.ceil(size / stride)
-    return (size - window) // stride + 1
-
-
-def spatial_output_shape(kind: str, shape: Shape, window: tuple[int, int],
-                         strides: tuple[int, int], padding: str, channels: int) -> Shape:
-    """Output shape of a 2-D windowed layer on an NHWC `shape`, with a clear error if too small."""
-    if len(shape) != 4:
-        raise LayerError(kind, f"expected an NHWC input_shape (batch, height, width, channels), "
-                               f"got {shape}; flat images can be reshaped, e.g. to "
-                               f"(batch, 8, 8, 1)")
-    height, width = shape[1:3]
-    if padding == "VALID" and (height < window[0] or width < window[1]):
-        raise LayerError(kind, f"input of spatial size {(height, width)} is smaller than the "
-                               f"window {window} with padding 'VALID'; use padding='SAME' or a "
-                               f"smaller window")
-    out_h = window_output_size(height, window[0], strides[0], padding)
-    out_w = window_output_size(width, window[1], strides[1], padding)
-    return (shape[0], out_h, out_w, channels)
-
-
-def check_features(kind: str, x: Array, expected: int, name: str = "features") -> None:
-    """At `apply`: checks the last axis of `x` has `expected` entries."""
-    if x.ndim == 0 or x.shape[-1] != expected:
-        hint = ""
-        if x.ndim <= 1:
-            hint = (f"; an input of rank {x.ndim} has no batch axis: a batch of N examples has "
-                    f"shape (N, {expected}), a single example x[None]")
-        raise LayerError(kind, f"expected input with last axis ({name}) of size {expected}, got an "
-                               f"input of shape {tuple(x.shape)}{hint}")
-
-
-def check_images(kind: str, x: Array, channels: int | None = None) -> None:
-    """At `apply`: checks `x` is an NHWC batch (rank 4) with `channels` on the last axis."""
-    if x.ndim != 4:
-        hint = "; a single image needs a batch axis: x[None]" if x.ndim == 3 else ""
-        raise LayerError(kind, f"expected an NHWC input (batch, height, width, channels) of rank "
-                               f"4, got an input of shape {tuple(x.shape)}{hint}")
-    if channels is not None:
-        check_features(kind, x, channels, "channels")

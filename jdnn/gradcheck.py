@@ -29,10 +29,8 @@ import numpy as np
 
 from jdnn import losses as losses_lib
 from jdnn import reference
-from jdnn.core import Layer, child_name, whole_number
+from jdnn.core import Layer, trait, walk, whole_number
 from jdnn.data.validate import check_data
-from jdnn.layers.combinators import child_keys
-from jdnn.layers.dropout import keep_mask
 from jdnn.regularizers import Penalty, path_of
 from jdnn.train.step import masked_mean
 
@@ -158,15 +156,17 @@ def _reference_penalty(penalty: Any) -> dict[str, Any]:
                      f"so the reference can twin it, got {penalty!r}")
 
 
-def _dropout_keys(spec, key, path: str = "") -> dict[str, jax.Array]:
-    """The key each Dropout layer draws its mask from, by path, as the combinators hand them."""
-    if spec.kind == "Dropout":
-        return {path: key}
-    found = {}
-    for i, (child, child_key) in enumerate(zip(spec.children, child_keys(spec, key))):
-        name = child_name(i, child)
-        found.update(_dropout_keys(child, child_key, f"{path}/{name}" if path else name))
-    return found
+def _mask_replay(spec, key) -> Callable[[str, tuple, float], np.ndarray]:
+    """`masks(path, shape, rate)` for the reference: the very keep mask each stochastic layer
+    (a kind declaring `stochastic`, e.g. Dropout) draws, from the key the combinators hand it."""
+    draws = {node.path: (trait(node.spec, "stochastic"), node.key) for node in walk(spec, key)
+             if trait(node.spec, "stochastic") is not None}
+
+    def masks(path, shape, rate):
+        draw, layer_key = draws[path]
+        return np.asarray(draw(layer_key, rate, shape))
+
+    return masks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,11 +331,7 @@ def check_gradients(model: Layer, params: Any, state: Any, x: Any, y: Any, loss:
 
         (value, (outputs, new_state)), grads = jax.jit(
             jax.value_and_grad(objective, has_aux=True))(j_params, j_state, j_x, j_y)
-        keys = _dropout_keys(model.spec, key)
-
-        def masks(path, shape, rate):  # the very masks jdnn's Dropout layers draw
-            return np.asarray(keep_mask(keys[path], rate, shape))
-
+        masks = _mask_replay(model.spec, key)
         ref_value, ref_grads, ref_state = net.loss_and_grads(
             j_params, j_state, x_np, y_np, loss=loss_name, label_smoothing=smoothing, mask=mask,
             train=train, masks=masks, **reg)

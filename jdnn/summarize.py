@@ -1,9 +1,11 @@
 """summary: a model's layers as a table of shapes, parameter counts and FLOPs, from its spec.
 
-Nothing runs: the parameter and state trees come from `jax.eval_shape(model.init, ...)` and
-each layer's output shape from the `init` of a twin of that layer rebuilt from its spec
-(`rebuild`), traced abstractly too. Rows are listed in the order data flows: every layer of
-the model, leaves and combinators alike, nested combinators' children indented under them.
+Nothing runs: the parameter and state trees come from `jax.eval_shape(model.init, ...)`, and
+every layer's input and output shapes are recorded by an abstract `init` of the model rebuilt
+from its spec (`jdnn.core.rebuild`). Each kind states its own FLOPs (its `flops` trait, see
+`jdnn.core.TRAITS`); a kind that states none shows `?` in its row and in the totals. Rows
+are listed in the order data flows: every layer of the model, leaves and combinators alike,
+nested combinators' children indented under them.
 
 FLOPs convention (per example, inference, `train=False`):
 
@@ -18,14 +20,12 @@ FLOPs convention (per example, inference, `train=False`):
 - `Dropout` (the identity at inference) and `Flatten`: 0.
 
 Example:
-    >>> print(jdnn.summary(jdnn.serial(jdnn.Dense(3), jdnn.Sigmoid(), jdnn.Dense(1)),
-    ...                            (1, 2)))
+    >>> print(jdnn.summary(jdnn.serial(jdnn.Dense(3), jdnn.Sigmoid(), jdnn.Dense(1)), (1, 2)))
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import reprlib
 from collections.abc import Sequence
@@ -34,55 +34,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from jdnn import layers
-from jdnn.core import Layer, Shape, Spec, child_name, output_shape
+from jdnn.core import (Layer, Shape, Spec, UnknownKindError, child_name, join,  # noqa: F401
+                       output_shape, rebuild, trait, walk)
 
-COMBINATORS = ("serial", "residual")
-ELEMENTWISE = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Gelu", "Elu", "PRelu")
-FLOPS_PER_ELEMENT = {**dict.fromkeys(ELEMENTWISE, 1), "Softmax": 3, "BatchNorm": 4,
-                     "Dropout": 0, "Flatten": 0}
 FLOPS_CONVENTION = ("per example at inference; a multiply-add is 2 FLOPs, bias additions not "
                     "counted; Dense 2*in*out, Conv2D 2*kh*kw*cin*cout*Hout*Wout, pooling wh*ww "
                     "per output, activations 1/element (softmax 3), BatchNorm 4/element, "
                     "residual add 1/element, Dropout and Flatten 0")
-
-
-class UnknownKindError(ValueError):
-    """A spec names a layer kind that is not one of jdnn's own layers."""
-
-
-@functools.cache
-def rebuild(spec: Spec) -> Layer:
-    """A twin of the layer `spec` describes, built by calling jdnn's constructor again.
-
-    The twin's `apply` is the original's (the hyper-parameters are the constructor's
-    arguments); its `init` may differ only when the original was given an initializer function
-    instead of a name (those are recorded as `"<name>"`): the twin then uses the default one.
-    Use the twin with the original's params, never for fresh ones.
-
-    Args:
-        spec: a jdnn `Spec`, e.g. `model.spec` or one of its children.
-
-    Returns:
-        A `Layer` with the same spec kind and hyper-parameters.
-
-    Raises:
-        UnknownKindError: for a kind that is not a jdnn layer (a user's own layer).
-
-    Example:
-        >>> dense = rebuild(model.spec.children[0])
-        >>> y, _ = dense.apply(params["0_dense"], {}, x)
-    """
-    if spec.kind == "serial":
-        return layers.serial(*(rebuild(child) for child in spec.children))
-    if spec.kind == "residual":
-        return layers.residual(rebuild(spec.children[0]))
-    if spec.kind not in layers.__all__:
-        raise UnknownKindError(f"cannot rebuild layer kind {spec.kind!r} from its spec: it is not "
-                               f"one of jdnn's layers ({', '.join(layers.__all__)})")
-    hparams = {name: value for name, value in spec.hparams
-               if not (name in ("w_init", "b_init") and str(value).startswith("<"))}
-    return getattr(layers, spec.kind)(**hparams)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +165,8 @@ def _bytes_text(size: int) -> str:
 
 
 def layer_flops(spec: Spec, input_shape: Shape, output_shape: Shape) -> int | None:
-    """FLOPs per example of a leaf layer (see the module docstring); None for an unknown kind.
+    """FLOPs per example of a layer itself (a combinator: what it adds to its children's), from
+    its kind's `flops` trait; None for a kind that states none.
 
     Args:
         spec: the layer's spec.
@@ -218,31 +177,40 @@ def layer_flops(spec: Spec, input_shape: Shape, output_shape: Shape) -> int | No
         >>> layer_flops(jdnn.Dense(10).spec, (1, 64), (1, 10))
         1280
     """
-    outputs = math.prod(output_shape[1:])
-    if spec.kind == "Dense":
-        return 2 * input_shape[-1] * outputs
-    if spec.kind == "Conv2D":
-        kh, kw = spec["kernel_size"]
-        return 2 * kh * kw * input_shape[-1] * outputs
-    if spec.kind in ("MaxPool2D", "AvgPool2D"):
-        return math.prod(spec["window"]) * outputs
-    if spec.kind in FLOPS_PER_ELEMENT:
-        return FLOPS_PER_ELEMENT[spec.kind] * outputs
-    return None
+    count = trait(spec, "flops")
+    return None if count is None else int(count(spec, input_shape, output_shape))
 
 
 # ---------------------------------------------------------------------------------------------
-# The walk: data-flow order, shapes threaded through each leaf's twin, counts read off the trees.
+# The walk: every layer's shapes from one abstract init, counts read off the trees.
 
 
-def _leaf_shape(spec: Spec, input_shape: Shape | None) -> Shape | None:
-    if input_shape is None:
-        return None
+def layer_shapes(spec: Spec, input_shape: Shape) -> dict[str, tuple[Shape, Shape]]:
+    """`{path: (input_shape, output_shape)}` of every layer of the model `spec` describes,
+    recorded during an abstract `init` of the model rebuilt from its spec; `{}` when a kind in
+    it is not registered (see `jdnn.register_layer`)."""
+    seen: dict[str, tuple[Shape, Shape]] = {}
+
+    def record(path: str, spec: Spec, layer: Layer) -> Layer:
+        def init(key, shape):
+            out, params, state = layer.init(key, shape)
+            seen[path] = (tuple(shape), tuple(out))
+            return out, params, state
+
+        return Layer(init, layer.apply, layer.spec)
+
     try:
-        layer = rebuild(spec)
+        twin = rebuild(spec, record)
     except UnknownKindError:
-        return None
-    return output_shape(layer, input_shape)
+        return {}
+    output_shape(twin, input_shape)
+    return seen
+
+
+def _subtree(tree: Any, path: str) -> Any:
+    for name in path.split("/") if path else ():
+        tree = tree[name]
+    return tree
 
 
 def _size(tree: Any) -> tuple[int, int]:
@@ -251,29 +219,19 @@ def _size(tree: Any) -> tuple[int, int]:
             sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in leaves))
 
 
-def _walk(spec: Spec, path: str, depth: int, shape: Shape | None, params: Any, state: Any,
-          rows: list[Row]) -> tuple[Shape | None, int | None]:
-    """Appends the rows of `spec` and its children; returns its output shape and FLOPs."""
-    index = len(rows)
-    if spec.kind in COMBINATORS:
-        child_depth = depth + 1 if path else depth
-        flops: int | None = 0
-        out = shape
-        for i, child in enumerate(spec.children):
-            name = child_name(i, child)
-            out, child_flops = _walk(child, f"{path}/{name}" if path else name, child_depth,
-                                     out, params[name], state[name], rows)
-            flops = None if flops is None or child_flops is None else flops + child_flops
-        if spec.kind == "residual":
-            out = shape
-            flops = None if flops is None or shape is None else flops + math.prod(shape[1:])
-    else:
-        out = _leaf_shape(spec, shape)
-        flops = None if out is None else layer_flops(spec, shape, out)
-    if path:  # the root combinator's row is the totals
-        row = Row(path, spec.kind, depth, out, _size(params)[0], _size(state)[0], flops)
-        rows.insert(index, row)
-    return out, flops
+def _flops(nodes: list, shapes: dict[str, tuple[Shape, Shape]]) -> dict[str, int | None]:
+    """FLOPs per example of every layer, children summed into their combinator."""
+    flops: dict[str, int | None] = {}
+    for node in reversed(nodes):
+        io = shapes.get(node.path)
+        own = None if io is None else layer_flops(node.spec, *io)
+        if node.spec.children:
+            own = 0 if trait(node.spec, "flops") is None and io is not None else own
+            parts = [own] + [flops[join(node.path, child_name(i, child))]
+                             for i, child in enumerate(node.spec.children)]
+            own = None if None in parts else sum(parts)
+        flops[node.path] = own
+    return flops
 
 
 def _is_int(value: Any) -> bool:
@@ -345,11 +303,19 @@ def summary(model: Layer,
         return params, state
 
     params, state = jax.eval_shape(init, jax.random.key(0))
-    rows: list[Row] = []
-    _, flops = _walk(model.spec, "", 0, shape, params, state, rows)
-    if model.spec.kind not in COMBINATORS:
-        rows = [Row(model.spec.kind.lower(), model.spec.kind, 0, found[0], _size(params)[0],
-                    _size(state)[0], flops)]
+    nodes = list(walk(model.spec))
+    shapes = layer_shapes(model.spec, shape)
+    shapes[""] = (shape, found[0])  # the model's own init knows, registered or not
+    flops = _flops(nodes, shapes)
+    if not model.spec.children:
+        nodes = [nodes[0]._replace(path=model.spec.kind.lower())]
+        flops[nodes[0].path], shapes[nodes[0].path] = flops[""], shapes[""]
+    rows = tuple(Row(node.path, node.spec.kind, node.path.count("/"),
+                     shapes.get(node.path, (None, None))[1],
+                     _size(_subtree(params, node.path if model.spec.children else ""))[0],
+                     _size(_subtree(state, node.path if model.spec.children else ""))[0],
+                     flops[node.path])
+                 for node in nodes if node.path)
     (n_params, param_bytes), (n_state, state_bytes) = _size(params), _size(state)
-    return Summary(model.spec, shape, found[0], tuple(rows), n_params, n_state, param_bytes,
-                   state_bytes, flops)
+    return Summary(model.spec, shape, found[0], rows, n_params, n_state, param_bytes,
+                   state_bytes, flops[""])

@@ -314,8 +314,11 @@ def test_a_users_kind_declares_its_traits_the_same_way():
     declare("TestCoreProbabilities", outputs_probabilities=True)
     spec = make_spec("TestCoreProbabilities")
     assert trait(spec, "outputs_probabilities") is True
-    declare("TestCoreProbabilities", other=3)  # later declarations add to earlier ones
-    assert (trait(spec, "outputs_probabilities"), trait(spec, "other")) == (True, 3)
+    declare("TestCoreProbabilities", family="norm")  # later declarations add to earlier ones
+    assert (trait(spec, "outputs_probabilities"), trait(spec, "family")) == (True, "norm")
+    with pytest.raises(TypeError, match=r"declare\('TestCoreProbabilities'\): unknown trait\(s\) "
+                                        r"\['colour'\]; jdnn reads \['activation_stats', "):
+        declare("TestCoreProbabilities", colour="red")
 
 
 @pytest.mark.parametrize("kind", [None, "", 3])

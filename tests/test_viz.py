@@ -217,8 +217,8 @@ def test_rate_in_state_dropout_is_labeled_and_replayed_with_its_rate(tmp_path):
     outputs = layer_outputs(model, params, state, x, key=drop_key, train=True)
     np.testing.assert_array_equal(outputs[""], model.apply(params, state, x, key=drop_key,
                                                            train=True)[0])
-    with pytest.raises(ValueError, match="Dropout layers with rate_in_state=True, whose rate is "
-                                         "state: pass the model's state"):
+    with pytest.raises(ValueError, match="this model's Dropout at 2_dropout keeps its drop rate "
+                                         "in its state: pass the model's state"):
         layer_outputs(model, params, None, x)
     fig = viz.draw_network(model, params, state, x[0], path=tmp_path / "net.png", dpi=60)
     assert fig.jdnn_data["mode"] == "neurons"

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jdnn.core import (Layer, check_features, check_hparam, check_input_shape, declare,
-                       make_spec)
+from jdnn.core import (Layer, check_features, check_hparam, check_input_shape, make_spec,
+                       per_output, register_layer)
 
 
 def float_dtype():
@@ -33,11 +33,28 @@ def _elementwise(kind: str, fn: Callable[[jax.Array], jax.Array], **hparams) -> 
     return Layer(init, apply, make_spec(kind, **hparams))
 
 
+def _dead(y: jax.Array) -> dict[str, jax.Array]:
+    """The fraction of units that output 0 for every example of the batch."""
+    return {"dead_relu": jnp.mean(jnp.all(y <= 0, axis=0))}
+
+
+def _saturated(low: float, high: float) -> Callable[[jax.Array], dict[str, jax.Array]]:
+    """The fraction of outputs in a flat tail of the curve, below `low` or above `high`."""
+    return lambda y: {"saturated": jnp.mean((y < low) | (y > high))}
+
+
+SIGMOID_BAND, TANH_BAND = 0.05, 0.95
+ACTIVATION = {"family": "activation", "flops": per_output(1)}
+
+
+@register_layer(**ACTIVATION, activation_stats=_dead)
 def Relu() -> Layer:
     """`max(x, 0)`, elementwise."""
     return _elementwise("Relu", jax.nn.relu)
 
 
+@register_layer(**ACTIVATION, outputs_probabilities=True,
+                activation_stats=_saturated(SIGMOID_BAND, 1 - SIGMOID_BAND))
 def Sigmoid() -> Layer:
     """`1 / (1 + exp(-x))`, elementwise.
 
@@ -47,11 +64,13 @@ def Sigmoid() -> Layer:
     return _elementwise("Sigmoid", jax.nn.sigmoid)
 
 
+@register_layer(**ACTIVATION, activation_stats=_saturated(-TANH_BAND, TANH_BAND))
 def Tanh() -> Layer:
     """`tanh(x)`, elementwise."""
     return _elementwise("Tanh", jnp.tanh)
 
 
+@register_layer(**ACTIVATION)
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
     """`x` for `x >= 0`, `negative_slope * x` below, elementwise.
 
@@ -65,6 +84,7 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
     return _elementwise("LeakyRelu", lambda x: jax.nn.leaky_relu(x, slope), negative_slope=slope)
 
 
+@register_layer(**ACTIVATION)
 def Gelu(approximate: bool = True) -> Layer:
     """`x * Phi(x)` (Phi the standard normal CDF), elementwise.
 
@@ -75,6 +95,7 @@ def Gelu(approximate: bool = True) -> Layer:
     return _elementwise("Gelu", lambda x: jax.nn.gelu(x, approximate=approx), approximate=approx)
 
 
+@register_layer(**ACTIVATION)
 def Elu(alpha: float = 1.0) -> Layer:
     """`x` for `x > 0`, `alpha * (exp(x) - 1)` below, elementwise.
 
@@ -87,6 +108,7 @@ def Elu(alpha: float = 1.0) -> Layer:
     return _elementwise("Elu", lambda x: jax.nn.elu(x, a), alpha=a)
 
 
+@register_layer(family="activation", flops=per_output(3), outputs_probabilities=True)
 def Softmax() -> Layer:
     """`exp(x) / sum(exp(x))` over the last axis (computed stably).
 
@@ -97,11 +119,7 @@ def Softmax() -> Layer:
     return _elementwise("Softmax", lambda x: jax.nn.softmax(x, axis=-1))
 
 
-# What consumers learn without testing kind strings (see jdnn.core): these output probabilities.
-declare("Sigmoid", outputs_probabilities=True)
-declare("Softmax", outputs_probabilities=True)
-
-
+@register_layer(**ACTIVATION)
 def PRelu(alpha_init: float = 0.25) -> Layer:
     """Parametric ReLU: `x` for `x >= 0`, `alpha * x` below, with `alpha` learned per feature.
 

@@ -1,12 +1,16 @@
 """Combinators: layers built from layers. They own the bookkeeping single layers never do:
 threading shapes through `init`, filing each child's params and state under a readable key
-(`"2_dense"`), splitting random keys per child, and naming the child's path in errors."""
+(`"2_dense"`), handing random keys to children, and naming the child's path in errors.
+
+Each registers how it hands its key to its children (`child_keys`), so `jdnn.core.walk` hands
+out the same keys without knowing the combinator."""
 
 from __future__ import annotations
 
 import jax
 
-from jdnn.core import Layer, LayerError, Spec, check_hparam, child_name, declare, make_spec
+from jdnn.core import (Layer, LayerError, Spec, check_hparam, child_keys, child_name, make_spec,
+                       per_output, register_layer)
 
 
 def _check_layers(kind: str, layers: tuple) -> None:
@@ -15,15 +19,20 @@ def _check_layers(kind: str, layers: tuple) -> None:
                      "a jdnn Layer (did you forget to call the constructor, e.g. Relu()?)")
 
 
-def child_keys(spec: Spec, key: jax.Array | None) -> list[jax.Array | None]:
-    """The random key each child of a combinator receives: `serial` splits its key into one per
-    child, `residual` hands its key to its only child. `None` stays `None` for every child."""
-    n = len(spec.children)
-    if key is None:
-        return [None] * n
-    return [key] if spec.kind == "residual" else list(jax.random.split(key, n))
+def _split(spec: Spec, key: jax.Array) -> list[jax.Array]:
+    """One key per child, split from the combinator's."""
+    return list(jax.random.split(key, len(spec.children)))
 
 
+def _same(spec: Spec, key: jax.Array) -> list[jax.Array]:
+    """The combinator's own key, for its only child."""
+    del spec
+    return [key]
+
+
+# serial's output is its last child's (none for an empty serial, the identity)
+@register_layer(family="combinator", child_keys=_split,
+                output_child=lambda spec: spec.children[-1] if spec.children else None)
 def serial(*layers: Layer) -> Layer:
     """Layers applied one after another: `serial(f, g, h)(x) = h(g(f(x)))`.
 
@@ -72,10 +81,7 @@ def serial(*layers: Layer) -> Layer:
     return Layer(init, apply, spec)
 
 
-# serial's output is its last child's (none for an empty serial, the identity)
-declare("serial", output_child=lambda spec: spec.children[-1] if spec.children else None)
-
-
+@register_layer(family="combinator", child_keys=_same, flops=per_output(1))
 def residual(layer: Layer) -> Layer:
     """A skip connection around `layer`: `y = x + layer(x)`.
 

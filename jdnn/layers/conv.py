@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 
 import jax
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jdnn.core import (Layer, check_images, check_input_shape, make_spec, padding_mode,
-                       positive_int, positive_ints, spatial_output_shape)
+                       positive_int, positive_ints, register_layer, spatial_output_shape)
 from jdnn.layers import initializers
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -69,6 +70,30 @@ def _warn_if_channels_first(shape: tuple[int, ...], kernel: tuple[int, int]) -> 
                       UserWarning, stacklevel=2)
 
 
+def _flops(spec, input_shape, output_shape) -> int:
+    kh, kw = spec["kernel_size"]
+    return 2 * kh * kw * input_shape[-1] * math.prod(output_shape[1:])
+
+
+def _patches(spec, x: jax.Array) -> jax.Array:
+    """The input patch under each output pixel: `(B, H', W', kh * kw * C)`."""
+    return lax.conv_general_dilated_patches(x, spec["kernel_size"], spec["strides"],
+                                            spec["padding"], dimension_numbers=_DIMENSIONS)
+
+
+def _label(spec) -> str:
+    """E.g. `Conv2D(32, 3x3)`, `Conv2D(64, 3x3, /2, VALID)`."""
+    kh, kw = spec["kernel_size"]
+    parts = [str(spec["features"]), f"{kh}x{kw}"]
+    if spec["strides"] != (1, 1):
+        parts.append(f"/{spec['strides'][0]}" if len(set(spec["strides"])) == 1
+                     else f"/{spec['strides']}")
+    if spec["padding"] != "SAME":
+        parts.append(spec["padding"])
+    return f"Conv2D({', '.join(parts)})"
+
+
+@register_layer(family="conv", flops=_flops, ghost_inputs=_patches, label=_label)
 def Conv2D(features: int, kernel_size: int | tuple[int, int], strides: int | tuple[int, int] = 1,
            padding: str = "SAME", *, use_bias: bool = True,
            w_init: str | initializers.Initializer = "lecun_normal",

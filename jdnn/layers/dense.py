@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 
 from jdnn.core import (Layer, LayerError, check_features, check_input_shape, make_spec,
-                       positive_int)
+                       positive_int, register_layer)
 from jdnn.layers import initializers
 
 
+@register_layer(family="dense", flops=lambda spec, i, o: 2 * i[-1] * math.prod(o[1:]),
+                ghost_inputs=lambda spec, x: x, label=lambda spec: f"Dense({spec['features']})")
 def Dense(features: int, *, use_bias: bool = True, w_init: str | initializers.Initializer =
           "lecun_normal", b_init: str | initializers.Initializer = "zeros") -> Layer:
     """A fully connected layer on the last axis.

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jdnn.core import (Layer, LayerError, MissingKeyError, check_hparam, check_input_shape,
-                       make_spec)
+                       make_spec, per_output, register_layer)
 
 
 def keep_mask(key: jax.Array, rate: float | jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -22,6 +22,12 @@ def keep_mask(key: jax.Array, rate: float | jax.Array, shape: tuple[int, ...]) -
     return jax.random.bernoulli(key, 1.0 - rate, shape)
 
 
+@register_layer(family="dropout", flops=per_output(0), stochastic=keep_mask,
+                rate_in_state=lambda spec: bool(spec.get("rate_in_state", False)),
+                state=lambda spec: "its drop rate" if spec.get("rate_in_state", False) else None,
+                # a rate held in the state may since have been changed: say it is the initial one
+                label=lambda spec: f"Dropout({spec['rate']:g}"
+                                   f"{', in state' if spec.get('rate_in_state', False) else ''})")
 def Dropout(rate: float, *, rate_in_state: bool = False) -> Layer:
     """Inverted dropout: `rate` is the probability of *dropping* a unit.
 

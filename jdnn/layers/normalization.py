@@ -7,7 +7,8 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from jdnn.core import Layer, LayerError, check_features, check_hparam, check_input_shape, make_spec
+from jdnn.core import (Layer, LayerError, Spec, check_features, check_hparam, check_input_shape,
+                       declare, make_spec, per_output, register_layer)
 
 
 def _check_batch_statistics(x) -> None:
@@ -24,6 +25,7 @@ def _check_batch_statistics(x) -> None:
                                       f"normalize with the running statistics")
 
 
+@register_layer(family="norm", flops=per_output(4), state=lambda spec: "running statistics")
 def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     """Batch normalization over every axis but the last (the features or channels).
 
@@ -80,3 +82,36 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         return x_hat * params["scale"] + params["bias"], new_state
 
     return Layer(init, apply, make_spec("BatchNorm", momentum=momentum, eps=eps))
+
+
+def per_example_twin(spec: Spec, rule: str, axis_name: str | None = None) -> Layer:
+    """A BatchNorm that normalizes with statistics held fixed (no gradient through them).
+
+    `rule="batch_stats"`: the batch's mean and (biased) variance, over every axis but the last
+    and, when `axis_name` is given, also over that vmap axis (each example then holds a batch of
+    one); the running statistics are updated from them as BatchNorm's training mode does.
+    `rule="running"`: the running statistics, left unchanged. Either way dropout elsewhere in the
+    model still sees `train=True`.
+    """
+    stock = BatchNorm(spec["momentum"], spec["eps"])
+    momentum = spec["momentum"]
+
+    def pmean(value):
+        return value if axis_name is None else lax.pmean(value, axis_name)
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key, train
+        if rule == "running":
+            return stock.apply(params, state, x, train=False)
+        axes = tuple(range(x.ndim - 1))
+        mean = pmean(jnp.mean(x, axis=axes))
+        var = pmean(jnp.mean(jnp.square(x - mean), axis=axes))
+        stats = {"mean": lax.stop_gradient(mean), "var": lax.stop_gradient(var)}
+        y, _ = stock.apply(params, stats, x, train=False)
+        return y, {k: momentum * state[k] + (1.0 - momentum) * stats[k] for k in stats}
+
+    return Layer(stock.init, apply, spec)
+
+
+# per-example gradients (jdnn.privacy) swap BatchNorm for this twin under a rule
+declare("BatchNorm", per_example_twin=per_example_twin)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from jdnn.core import (
     check_images,
     check_input_shape,
     make_spec,
+    register_layer,
     padding_mode,
     positive_ints,
     spatial_output_shape,
@@ -98,6 +100,23 @@ def _mean(x, dims, steps, pad):
     return total / lax.reduce_window(ones, 0.0, lax.add, dims, steps, pad)
 
 
+def _flops(spec, input_shape, output_shape) -> int:
+    return math.prod(spec["window"]) * math.prod(output_shape[1:])
+
+
+def _label(spec) -> str:
+    """E.g. `MaxPool2D(2x2)`, `AvgPool2D(3x3, /1, SAME)`."""
+    size = spec["window"]
+    parts = [f"{size[0]}x{size[1]}"]
+    if spec["strides"] != size:
+        parts.append(f"/{spec['strides'][0]}" if len(set(spec["strides"])) == 1
+                     else f"/{spec['strides']}")
+    if spec["padding"] != "VALID":
+        parts.append(spec["padding"])
+    return f"{spec.kind}({', '.join(parts)})"
+
+
+@register_layer(family="pool", flops=_flops, label=_label)
 def MaxPool2D(window: int | tuple[int, int], strides: int | tuple[int, int] | None = None,
               padding: str = "VALID") -> Layer:
     """Max pooling: each output is the largest input in its window, per channel.
@@ -116,6 +135,7 @@ def MaxPool2D(window: int | tuple[int, int], strides: int | tuple[int, int] | No
     return _pool("MaxPool2D", window, strides, padding, _max)
 
 
+@register_layer(family="pool", flops=_flops, label=_label)
 def AvgPool2D(window: int | tuple[int, int], strides: int | tuple[int, int] | None = None,
               padding: str = "VALID") -> Layer:
     """Average pooling: each output is the mean of its window, per channel.

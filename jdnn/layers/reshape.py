@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-from jdnn.core import Layer, LayerError, check_input_shape, make_spec
+from jdnn.core import Layer, LayerError, check_input_shape, make_spec, per_output, register_layer
 
 
+@register_layer(family="reshape", flops=per_output(0))
 def Flatten() -> Layer:
     """Flattens `(N, d1, d2, ...)` to `(N, d1 * d2 * ...)`, keeping the batch axis.
 

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from jdnn import io
-from jdnn.core import Layer, Spec, child_name, whole_number
+from jdnn.core import Layer, Spec, trait, walk, whole_number
 from jdnn.data.batching import num_batches
 from jdnn.regularizers import Penalty, path_of
 from jdnn.multi.space import VECTORIZED, check, check_space, grid, sample
@@ -148,16 +148,13 @@ def check_model_fn(model_fn: Callable, names: list[str]) -> None:
         f"and passes every other space name to model_fn as a keyword argument")
 
 
-def _dropout_paths(spec: Spec, path: str = "") -> tuple[list[str], list[str]]:
-    """The paths of the model's `Dropout` layers: `(rate in state, fixed rate)`."""
-    if spec.kind == "Dropout":
-        in_state = "rate_in_state" in spec.names and spec["rate_in_state"]
-        return ([path], []) if in_state else ([], [path])
+def _dropout_paths(spec: Spec) -> tuple[list[str], list[str]]:
+    """The paths of the model's stochastic layers (Dropout): `(rate in state, fixed rate)`."""
     in_state, fixed = [], []
-    for i, child in enumerate(spec.children):
-        name = child_name(i, child)
-        child_in_state, child_fixed = _dropout_paths(child, f"{path}/{name}" if path else name)
-        in_state, fixed = in_state + child_in_state, fixed + child_fixed
+    for node in walk(spec):
+        if trait(node.spec, "stochastic") is not None:
+            reads_state = trait(node.spec, "rate_in_state", lambda spec: False)(node.spec)
+            (in_state if reads_state else fixed).append(node.path)
     return in_state, fixed
 
 

@@ -30,11 +30,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jdnn.core import Layer, Spec, entry_point
-from jdnn.privacy.per_example import (EXAMPLES, Loss, Path, PerExampleAux, batch_norm_twin,
-                                      check_batch, check_batch_norm_rule, rebuild, subtree)
+from jdnn.core import Layer, Spec, entry_point, rebuild, trait
+from jdnn.privacy.per_example import (EXAMPLES, Loss, Path, PerExampleAux, check_batch,
+                                      check_batch_norm_rule, leaf_wrapper, subtree, twin_for)
 
 PROBE, INPUT, OUTPUT = "__probe__", "__input__", "__output__"
 
@@ -97,11 +96,9 @@ def outer_sq_norms(xs: jax.Array, deltas: jax.Array) -> jax.Array:
 def _sq_norms(tap: Tap, params: Any, state: Any, x: jax.Array, delta: jax.Array,
               train: bool) -> jax.Array:
     batch = x.shape[0]
-    if tap.spec.kind in ("Dense", "Conv2D"):
-        if tap.spec.kind == "Conv2D":
-            x = lax.conv_general_dilated_patches(
-                x, tap.spec["kernel_size"], tap.spec["strides"], tap.spec["padding"],
-                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    rows = trait(tap.spec, "ghost_inputs")
+    if rows is not None:  # an affine layer: weight gradient = rows^T delta (Dense, Conv2D)
+        x = rows(tap.spec, x)
         xs = x.reshape(batch, -1, x.shape[-1])
         deltas = delta.reshape(batch, -1, delta.shape[-1])
         total = outer_sq_norms(xs, deltas)
@@ -173,16 +170,14 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
     taps = []
 
     def wrap(path, spec, layer):
-        example_layer = layer
-        if rule is not None and spec.kind == "BatchNorm":
-            layer = batch_norm_twin(spec, rule)
-            example_layer = batch_norm_twin(spec, rule, EXAMPLES)
+        layer, example_layer = twin_for(spec, layer, rule, None), twin_for(spec, layer, rule,
+                                                                         EXAMPLES)
         if not jax.tree.leaves(subtree(params, path)):
             return layer
         taps.append(Tap(path, spec, layer, example_layer))
         return tapped(layer)
 
-    twin = rebuild(model.spec, wrap)
+    twin = rebuild(model.spec, leaf_wrapper(wrap))
 
     def forward(p, probes):
         probed = state

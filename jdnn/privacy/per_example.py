@@ -6,8 +6,9 @@
 Each example runs as a batch of one (`x[i][None]`) under `jax.vmap(jax.grad(...))`, with its own
 dropout key. Batch norm in training mode couples the examples of a batch, so a per-example
 gradient needs a rule; `per_example_grads` offers two and refuses to guess (see its docstring).
-The rules are implemented by rebuilding the model from its spec with a batch-norm twin
-(`rebuild`), the same mechanism `jdnn.privacy.ghost` uses to tap each layer's input and output.
+The rules are implemented by rebuilding the model from its spec (`jdnn.core.rebuild`) with
+each coupling layer swapped for its kind's `per_example_twin`, the same mechanism
+`jdnn.privacy.ghost` uses to tap each layer's input and output.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
 
-from jdnn import layers as layers_lib
-from jdnn.core import Layer, Spec, child_name, entry_point
+from jdnn.core import Layer, Spec, entry_point, rebuild, trait, walk
 from jdnn.data.validate import check_labels
 
 Loss = Callable[[jax.Array, jax.Array], jax.Array]
@@ -45,40 +44,26 @@ class PerExampleAux(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------
-# Rebuilding a model from its spec, so single layers can be swapped for twins.
+# Models rebuilt from their spec (`jdnn.core.rebuild`) with single layers swapped for twins.
 
 
-def rebuild(spec: Spec, wrap: Callable[[Path, Spec, Layer], Layer] | None = None,
-            path: Path = ()) -> Layer:
-    """A twin of the model `spec` describes, built from jdnn's own constructors.
+def leaf_wrapper(wrap: Callable[[Path, Spec, Layer], Layer]) -> Callable[[str, Spec, Layer],
+                                                                        Layer]:
+    """A `rebuild` wrapper that hands only leaf layers to `wrap(path, spec, layer)`, with the
+    path as a tuple of keys (`("1_serial", "0_dense")`); combinators are kept as rebuilt."""
+    def on_node(path: str, spec: Spec, layer: Layer) -> Layer:
+        if spec.children:
+            return layer
+        return wrap(tuple(path.split("/")) if path else (), spec, layer)
 
-    Combinators are rebuilt with `serial`/`residual`, so params, state and dropout keys are
-    laid out exactly as in the original; each leaf layer is rebuilt from its kind and
-    hyper-parameters and handed to `wrap(path, spec, layer)`, which may return a replacement.
-    Initializers are not recorded faithfully in specs and are not needed here: a twin is for
-    `apply` only.
+    return on_node
 
-    Raises:
-        ValueError: for a layer kind that is not one of jdnn's (a user-defined layer).
-    """
-    if spec.kind in ("serial", "residual"):
-        children = [rebuild(child, wrap, (*path, child_name(i, child)))
-                    for i, child in enumerate(spec.children)]
-        return getattr(layers_lib, spec.kind)(*children)
-    hparams = {name: "zeros" if name in ("w_init", "b_init") else value
-               for name, value in spec.hparams}
-    layer = None
-    if spec.kind in layers_lib.__all__ and not spec.children:
-        try:
-            layer = getattr(layers_lib, spec.kind)(**hparams)
-        except TypeError:  # a user's kind under a jdnn name, with other hyper-parameters
-            layer = None
-    if layer is None:
-        where = "/".join(path) or "<root>"
-        raise ValueError(f"cannot rebuild the layer {spec.kind!r} at {where}: batch-norm rules "
-                         f"and ghost clipping rebuild the model from its spec and know only "
-                         f"jdnn's layers {sorted(layers_lib.__all__)}")
-    return wrap(path, spec, layer) if wrap is not None else layer
+
+def twin_for(spec: Spec, layer: Layer, rule: str | None, axis_name: str | None) -> Layer:
+    """`layer`, or its kind's `per_example_twin` under `rule` (BatchNorm's statistics held
+    fixed, see `jdnn.layers.normalization.per_example_twin`)."""
+    make_twin = trait(spec, "per_example_twin")
+    return layer if rule is None or make_twin is None else make_twin(spec, rule, axis_name)
 
 
 def subtree(tree: Any, path: Path) -> Any:
@@ -89,8 +74,9 @@ def subtree(tree: Any, path: Path) -> Any:
 
 
 def has_batch_norm(spec: Spec) -> bool:
-    """Whether a BatchNorm layer appears anywhere in the model `spec` describes."""
-    return spec.kind == "BatchNorm" or any(has_batch_norm(c) for c in spec.children)
+    """Whether a layer that couples the examples of a batch (BatchNorm in training mode: its
+    kind declares a `per_example_twin`) appears anywhere in the model `spec` describes."""
+    return any(trait(node.spec, "per_example_twin") is not None for node in walk(spec))
 
 
 def check_batch_norm_rule(spec: Spec, train: bool, batch_norm: str | None) -> str | None:
@@ -112,35 +98,6 @@ def check_batch_norm_rule(spec: Spec, train: bool, batch_norm: str | None) -> st
                          "fixed) or batch_norm='running' (normalize with the running "
                          "statistics), or pass train=False")
     return batch_norm
-
-
-def batch_norm_twin(spec: Spec, rule: str, axis_name: str | None = None) -> Layer:
-    """A BatchNorm that normalizes with statistics held fixed (no gradient through them).
-
-    `rule="batch_stats"`: the batch's mean and (biased) variance, over every axis but the last
-    and, when `axis_name` is given, also over that vmap axis (each example then holds a batch of
-    one); the running statistics are updated from them as BatchNorm's training mode does.
-    `rule="running"`: the running statistics, left unchanged. Either way dropout elsewhere in the
-    model still sees `train=True`.
-    """
-    stock = layers_lib.BatchNorm(spec["momentum"], spec["eps"])
-    momentum = spec["momentum"]
-
-    def pmean(value):
-        return value if axis_name is None else lax.pmean(value, axis_name)
-
-    def apply(params, state, x, *, key=None, train=False):
-        del key, train
-        if rule == "running":
-            return stock.apply(params, state, x, train=False)
-        axes = tuple(range(x.ndim - 1))
-        mean = pmean(jnp.mean(x, axis=axes))
-        var = pmean(jnp.mean(jnp.square(x - mean), axis=axes))
-        stats = {"mean": lax.stop_gradient(mean), "var": lax.stop_gradient(var)}
-        y, _ = stock.apply(params, stats, x, train=False)
-        return y, {k: momentum * state[k] + (1.0 - momentum) * stats[k] for k in stats}
-
-    return Layer(stock.init, apply, spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,11 +183,8 @@ def per_example_grads(model: Layer, loss: Loss, params: Any, state: Any, x: jax.
     batch = check_batch("per_example_grads", model, loss, x, y, mask)
     rule = check_batch_norm_rule(model.spec, train, batch_norm)
     if rule is not None:
-        def wrap(path, spec, layer):
-            del path
-            return batch_norm_twin(spec, rule, EXAMPLES) if spec.kind == "BatchNorm" else layer
-
-        model = rebuild(model.spec, wrap)
+        model = rebuild(model.spec, leaf_wrapper(
+            lambda path, spec, layer: twin_for(spec, layer, rule, EXAMPLES)))
 
     def example_loss(p, x_i, y_i, key_i):
         outputs, new_state = model.apply(p, state, x_i[None], key=key_i, train=train)

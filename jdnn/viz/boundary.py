@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from jdnn.core import Layer, Spec
+from jdnn.core import Layer, output_layer, trait
 from jdnn.viz.common import finish, new_figure
 from jdnn.viz.trace import compiled_apply, full_state
 
@@ -40,15 +40,10 @@ class Grid(NamedTuple):
     threshold: float | None
 
 
-def _last_leaf(spec: Spec) -> Spec:
-    while spec.children:
-        spec = spec.children[-1]
-    return spec
-
-
 def default_threshold(model: Layer) -> float:
-    """0.5 for a model whose last layer is `Sigmoid`, else 0.0 (logits)."""
-    return 0.5 if _last_leaf(model.spec).kind == "Sigmoid" else 0.0
+    """0.5 for a model whose output layer outputs probabilities (`Sigmoid`), else 0.0
+    (logits)."""
+    return 0.5 if trait(output_layer(model.spec), "outputs_probabilities", False) else 0.0
 
 
 def predicted_class(outputs: Any, threshold: float = 0.0) -> np.ndarray:

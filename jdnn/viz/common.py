@@ -12,6 +12,8 @@ import pathlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from jdnn.core import Spec, trait
+
 FORMATS = (".png", ".svg", ".pdf")
 
 # One color per layer family, shared by the block diagram and the gradient-flow plots.
@@ -23,25 +25,11 @@ FAMILY_COLORS = {
 POSITIVE, NEGATIVE = "#2166ac", "#b2182b"
 
 
-def family(kind: str) -> str:
-    """The family of a layer kind: `"dense"`, `"conv"`, `"pool"`, `"norm"`, ..."""
-    if kind == "Dense":
-        return "dense"
-    if kind == "Conv2D":
-        return "conv"
-    if kind.endswith("Pool2D"):
-        return "pool"
-    if kind == "BatchNorm":
-        return "norm"
-    if kind in ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Gelu", "Elu", "PRelu", "Softmax"):
-        return "activation"
-    if kind == "Flatten":
-        return "reshape"
-    if kind == "Dropout":
-        return "dropout"
-    if kind in ("serial", "residual"):
-        return "combinator"
-    return "other"
+def family(spec: Spec) -> str:
+    """The family a layer's kind declared (`"dense"`, `"conv"`, `"pool"`, `"norm"`, ...; see
+    `jdnn.core.TRAITS`), or `"other"` for a kind that declared none."""
+    name = trait(spec, "family", "other")
+    return name if name in FAMILY_COLORS else "other"
 
 
 def new_figure(width: float, height: float, dpi: float = 100) -> Figure:

@@ -25,13 +25,12 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from jdnn.core import Layer, child_name
+from jdnn.core import Layer, trait, walk
 from jdnn.regularizers import path_of
 from jdnn.train.callbacks import Callback, Run
 from jdnn.viz.common import finish, new_figure
 from jdnn.viz.trace import full_state, layer_outputs
 
-SIGMOID_BAND, TANH_BAND = 0.05, 0.95
 
 
 def layer_grad_norms(grads: Any) -> dict[str, jax.Array]:
@@ -46,27 +45,15 @@ def layer_grad_norms(grads: Any) -> dict[str, jax.Array]:
 
 def activation_stats(model: Layer, outputs: Mapping[str, jax.Array]
                      ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """`(dead_relu, saturated)` fractions per activation layer from `layer_outputs`."""
-    kinds = _kinds(model.spec)
-    dead, saturated = {}, {}
-    for path, y in outputs.items():
-        kind = kinds.get(path)
-        if kind == "Relu":
-            dead[path] = jnp.mean(jnp.all(y <= 0, axis=0))
-        elif kind == "Sigmoid":
-            saturated[path] = jnp.mean((y < SIGMOID_BAND) | (y > 1 - SIGMOID_BAND))
-        elif kind == "Tanh":
-            saturated[path] = jnp.mean(jnp.abs(y) > TANH_BAND)
-    return dead, saturated
-
-
-def _kinds(spec, path: str = "") -> dict[str, str]:
-    """`{layer path: kind}` for every layer, in data-flow (pre-)order."""
-    kinds = {path: spec.kind}
-    for i, child in enumerate(spec.children):
-        name = child_name(i, child)
-        kinds.update(_kinds(child, f"{path}/{name}" if path else name))
-    return kinds
+    """`(dead_relu, saturated)` fractions per activation layer from `layer_outputs`, for the
+    kinds that declare `activation_stats` (ReLU: dead units; sigmoid, tanh: saturation)."""
+    found: dict[str, dict[str, jax.Array]] = {"dead_relu": {}, "saturated": {}}
+    for node in walk(model.spec):
+        stats = trait(node.spec, "activation_stats")
+        if stats is not None and node.path in outputs:
+            for name, value in stats(outputs[node.path]).items():
+                found[name][node.path] = value
+    return found["dead_relu"], found["saturated"]
 
 
 def make_probe(model: Layer, loss: Callable, key: jax.Array | None = None) -> Callable:
@@ -134,7 +121,7 @@ class GradientFlow(Callback):
         if self._probe is None or self._probe[0] is not model:
             self._probe = (model, make_probe(model, self.loss, self.key))
         values = _host(self._probe[1](params, full_state(model, state), self.x, self.y),
-                       list(_kinds(model.spec)))
+                       [node.path for node in walk(model.spec)])
         record = {"epoch": int(epoch), **values}
         self.records.append(record)
         return record

@@ -20,14 +20,13 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyBboxPatch
 
-from jdnn.core import Layer, child_name
+from jdnn.core import Layer, child_name, output_layer, trait, walk
 from jdnn.summarize import summary
 from jdnn.viz.common import (FAMILY_COLORS, NEGATIVE, POSITIVE, family, finish, mappable,
                              new_figure, one_example)
 from jdnn.viz.trace import compiled_outputs, full_state
 
-FOLLOWERS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Gelu", "Elu", "PRelu", "Softmax",
-             "Dropout")
+FOLLOWERS = ("activation", "dropout")  # the families drawn as part of the dense column before
 CMAP = "viridis"
 
 
@@ -40,18 +39,19 @@ def dense_columns(model: Layer, params: Any, max_units: int = 16
         its nodes show (the last activation after it), and a label like `"Dense(3)\\nSigmoid"`.
     """
     spec = model.spec
-    if spec.kind != "serial" or not spec.children or spec.children[0].kind != "Dense":
-        return None
+    if output_layer(spec) is spec or not spec.children or family(spec.children[0]) != "dense":
+        return None  # not a chain of layers starting with a dense one
     columns: list[list[str]] = []
     for i, child in enumerate(spec.children):
         name = child_name(i, child)
-        if child.kind == "Dense":
-            if child["features"] > max_units:
+        if family(child) == "dense":
+            units = np.shape(params[name]["w"])[1]
+            if units > max_units:
                 return None
-            columns.append([name, name, f"Dense({child['features']})"])
-        elif child.kind in FOLLOWERS:
+            columns.append([name, name, describe(child)])
+        elif family(child) in FOLLOWERS:
             columns[-1][1] = name
-            if child.kind != "Dropout":
+            if family(child) == "activation":
                 columns[-1][2] += f"\n{child.kind}"
         else:
             return None
@@ -167,43 +167,22 @@ def _rgb(color: str) -> tuple[float, float, float]:
 
 def describe(spec) -> str:
     """A short label of a layer, e.g. `Dense(10)`, `Conv2D(32, 3x3, /2, VALID)`, `Dropout(0.25)`
-    (`Dropout(0.25, in state)` for a rate held in the state: 0.25 is its initial value)."""
-    if spec.kind == "Dense":
-        return f"Dense({spec['features']})"
-    if spec.kind in ("Conv2D", "MaxPool2D", "AvgPool2D"):
-        size = spec["kernel_size"] if spec.kind == "Conv2D" else spec["window"]
-        parts = [f"{size[0]}x{size[1]}"]
-        if spec.kind == "Conv2D":
-            parts.insert(0, str(spec["features"]))
-        if spec["strides"] != ((1, 1) if spec.kind == "Conv2D" else size):
-            parts.append(f"/{spec['strides'][0]}" if len(set(spec["strides"])) == 1
-                         else f"/{spec['strides']}")
-        if spec["padding"] != ("SAME" if spec.kind == "Conv2D" else "VALID"):
-            parts.append(spec["padding"])
-        return f"{spec.kind}({', '.join(parts)})"
-    if spec.kind == "Dropout":  # a rate held in the state may since have been changed
-        in_state = ", in state" if "rate_in_state" in spec.names and spec["rate_in_state"] else ""
-        return f"Dropout({spec['rate']:g}{in_state})"
-    return spec.kind
-
-
-def _specs_by_path(spec, path: str = "") -> dict[str, Any]:
-    found = {path: spec}
-    for i, child in enumerate(spec.children):
-        name = child_name(i, child)
-        found.update(_specs_by_path(child, f"{path}/{name}" if path else name))
-    return found
+    (`Dropout(0.25, in state)` for a rate held in the state: 0.25 is its initial value): its
+    kind's `label` trait, or the kind."""
+    label = trait(spec, "label")
+    return spec.kind if label is None else label(spec)
 
 
 def _draw_blocks(ax, table) -> dict[str, Any]:
-    specs = _specs_by_path(table.spec)
-    rows = [("input", "", table.input_shape, None, 0), *(
-        (row.name, describe(specs.get(row.path, table.spec)), row.output_shape, row.params,
-         row.depth) for row in table.rows)]
+    specs = {node.path: node.spec for node in walk(table.spec)}
+    rows = [("input", None, table.input_shape, None, 0), *(
+        (row.name, specs.get(row.path, table.spec), row.output_shape, row.params, row.depth)
+        for row in table.rows)]
     height = len(rows)
     ax.plot([0.5, 0.5], [0.0, -height + 1.0], color="#555555", lw=1.2, zorder=0)
-    for i, (name, kind, shape, count, depth) in enumerate(rows):
-        color = "#ffffff" if not kind else FAMILY_COLORS[family(kind.partition("(")[0])]
+    for i, (name, spec, shape, count, depth) in enumerate(rows):
+        color = "#ffffff" if spec is None else FAMILY_COLORS[family(spec)]
+        kind = "" if spec is None else describe(spec)
         x0 = 0.05 + 0.06 * depth
         box = FancyBboxPatch((x0, -i - 0.38), 0.9 - 0.06 * depth, 0.76,
                              boxstyle="round,pad=0,rounding_size=0.12", facecolor=color,

@@ -1,9 +1,9 @@
-"""Every layer's output for an input: a model's forward pass replayed layer by layer from its
-spec, so pictures and statistics can look inside a model that only exposes `apply`.
+"""Every layer's output for an input: a model's forward pass replayed from its spec, so
+pictures and statistics can look inside a model that only exposes `apply`.
 
-Each leaf is a twin rebuilt from its spec (`jdnn.summarize.rebuild`) and applied to its own
-params and state; combinators are replayed with the same key splitting as `serial` and
-`residual`, so the last output equals `model.apply(...)` exactly (tests check it).
+The model is rebuilt from its spec (`jdnn.core.rebuild`) with every layer, leaves and
+combinators, wrapped to record its output; params, state and keys reach each layer exactly as
+in the original, so the last output equals `model.apply(...)` exactly (tests check it).
 """
 
 from __future__ import annotations
@@ -14,39 +14,39 @@ from typing import Any
 
 import jax
 
-from jdnn.core import Layer, Spec, child_name
-from jdnn.layers.combinators import child_keys
-from jdnn.summarize import rebuild
+from jdnn.core import Layer, Spec, rebuild, trait, walk
 
 
-def _replay(spec: Spec, path: str, params: Any, state: Any, x: jax.Array,
-            key: jax.Array | None, train: bool, outputs: dict[str, jax.Array]) -> jax.Array:
-    if path:
-        outputs[path] = x  # a placeholder, so paths come out in data-flow (pre-)order
-    if spec.kind in ("serial", "residual"):
-        y = x
-        for i, (child, child_key) in enumerate(zip(spec.children, child_keys(spec, key))):
-            name = child_name(i, child)
-            y = _replay(child, f"{path}/{name}" if path else name, params[name], state[name], y,
-                        child_key, train, outputs)
-        if spec.kind == "residual":
-            y = x + y
-    else:
-        y, _ = rebuild(spec).apply(params, state, x, key=key, train=train)
-    if path:
-        outputs[path] = y
-    return y
+def _recorder(outputs: dict[str, jax.Array]):
+    """A `rebuild` wrapper that stores each layer's output in `outputs` under its path."""
+    def wrap(path: str, spec: Spec, layer: Layer) -> Layer:
+        def apply(params, state, x, *, key=None, train=False):
+            y, new_state = layer.apply(params, state, x, key=key, train=train)
+            outputs[path] = y
+            return y, new_state
+
+        return Layer(layer.init, apply, layer.spec)
+
+    return wrap
 
 
 def empty_state(spec: Spec) -> Any:
-    """The state tree of a model without stateful layers: `{}` per leaf, nested by child key."""
-    if spec.kind == "BatchNorm":
-        raise ValueError("this model has BatchNorm layers, whose running statistics are state: "
-                         "pass the model's state (e.g. train_state.state), not None")
-    if spec.kind == "Dropout" and "rate_in_state" in spec.names and spec["rate_in_state"]:
-        raise ValueError("this model has Dropout layers with rate_in_state=True, whose rate is "
-                         "state: pass the model's state (e.g. train_state.state), not None")
-    return {child_name(i, child): empty_state(child) for i, child in enumerate(spec.children)}
+    """The state tree of a model without stateful layers: `{}` per leaf, nested by child key;
+    a clear error naming the first layer that keeps something in its state."""
+    tree: dict[str, Any] = {}
+    for node in walk(spec):
+        held = trait(node.spec, "state")
+        if held is not None and held(node.spec):
+            raise ValueError(f"this model's {node.spec.kind} at {node.path or '<root>'} keeps "
+                             f"{held(node.spec)} in its state: pass the model's state (e.g. "
+                             f"train_state.state), not None")
+        if node.path:
+            parent, _, name = node.path.rpartition("/")
+            subtree = tree
+            for key in parent.split("/") if parent else ():
+                subtree = subtree[key]
+            subtree[name] = {}
+    return tree
 
 
 def full_state(model: Layer | Spec, state: Any) -> Any:
@@ -78,8 +78,10 @@ def layer_outputs(model: Layer | Spec, params: Any, state: Any, x: jax.Array, *,
         >>> outs["1_sigmoid"].shape   # (B, 3): the first hidden layer's activations
     """
     spec = model.spec if isinstance(model, Layer) else model
-    outputs: dict[str, jax.Array] = {}
-    outputs[""] = _replay(spec, "", params, full_state(spec, state), x, key, train, outputs)
+    outputs: dict[str, jax.Array] = {node.path: None for node in walk(spec) if node.path}
+    rebuild(spec, _recorder(outputs)).apply(params, full_state(spec, state), x, key=key,
+                                             train=train)
+    outputs[""] = outputs.pop("")  # the model's own output last
     return outputs
 
 
