@@ -384,3 +384,49 @@ def output_layer(spec: Spec) -> Spec:
     return spec
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Tree paths: a leaf of a params (or state, or optimizer state) tree is named by its keys joined
+# with "/", e.g. "0_dense/w". Freezing, penalties, checkpoints and gradient reports all read
+# these names.
+
+
+def path_of(keypath: tuple[Any, ...]) -> str:
+    """A readable path from a `jax.tree_util` key path, e.g. `"0_dense/w"`.
+
+    Args:
+        keypath: the key path of a leaf, as given by `jax.tree_util.tree_flatten_with_path`.
+
+    Returns:
+        The keys (dict keys, sequence indices, attribute names) joined with `/`; `""` for a
+        bare leaf.
+
+    Example:
+        >>> [path_of(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        ['0_dense/b', '0_dense/w']
+    """
+    parts = []
+    for entry in keypath:
+        if isinstance(entry, jax.tree_util.DictKey):
+            parts.append(str(entry.key))
+        elif isinstance(entry, jax.tree_util.SequenceKey):
+            parts.append(str(entry.idx))
+        elif isinstance(entry, jax.tree_util.GetAttrKey):
+            parts.append(entry.name)
+        elif isinstance(entry, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(entry.key))
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def is_under(path: str, prefixes: tuple[str, ...] | list[str]) -> bool:
+    """Whether `path` is one of `prefixes` or lies below one: `"0_conv2d/w"` is under
+    `"0_conv2d"`, but not under `"0_conv"`.
+
+    Example:
+        >>> is_under("0_conv2d/w", ["0_conv2d"]), is_under("0_conv2d/w", ["0_conv"])
+        (True, False)
+    """
+    return any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in prefixes)
