@@ -58,7 +58,7 @@ def test_early_stopping_stops_and_restores_the_best_parameters():
     ts, history = _fit(optimizer=_exploding(3, 1e3), epochs=20, callbacks=[recorder, stopper])
     best = history.best("val_loss")["epoch"]
     assert best <= 4
-    assert len(history) == best + 3  # patience 2: the third epoch without improvement stops
+    assert len(history) == best + 2  # patience 2: the second epoch without improvement stops
     assert "early stopping: val_loss did not improve for 2 epochs" in history.stop_reason
     chex.assert_trees_all_equal(ts.params, recorder.states[best].params)
     assert not np.array_equal(ts.params["0_dense"]["w"],

@@ -280,7 +280,9 @@ def train_members(train_state: TrainState, hparams: Any, member_epoch: Callable,
     (`val_*` in its history) and their combination (the `combined` history), if given.
     With a `monitor`, a member whose value has not improved for `patience` epochs, or whose
     loss is not finite, is frozen (`jnp.where(stopped, old, new)` after each epoch) while the
-    others go on; `keep_best` also keeps each member's state from its best epoch.
+    others go on; `keep_best` also keeps each member's state from its best epoch. `patience`
+    is Keras' and `jdnn.EarlyStopping`'s: the number of epochs without improvement after which
+    a member stops (best at epoch 4, `patience=2`: it stops after epoch 6), >= 1.
     """
     epochs = whole_number("train_members", "epochs", epochs, 0)
     steps_per_epoch = whole_number("train_members", "steps_per_epoch", steps_per_epoch, 1)

@@ -384,8 +384,10 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
         optimizer: an optax optimizer's name or factory `f(learning_rate, ...)`, wrapped in
             `optax.inject_hyperparams`; `momentum` goes to its `momentum` (SGD, RMSprop) or
             `b1` (Adam-like) argument.
-        patience: stop a trial after this many epochs without improving `metric`; None trains
-            every trial for all epochs. A trial whose loss is not finite stops at once.
+        patience: the number of epochs without improving `metric` after which a trial stops,
+            >= 1 (as in `jdnn.EarlyStopping` and Keras: best at epoch 4, `patience=2`, it stops
+            after epoch 6); None trains every trial for all epochs. A trial whose loss is not
+            finite stops at once.
         restore_best: rank, and return the state of, each trial's best epoch, not its last.
         epochs_per_call: the most epochs per compiled call.
         progress: show a tqdm bar per structure (only when stderr is a terminal).

@@ -96,9 +96,14 @@ def _monitored(run: Run, monitor: str) -> float:
 class EarlyStopping(Callback):
     """Stops when `monitor` has not improved for `patience` epochs.
 
+    `patience` means what it means in Keras ("number of epochs with no improvement after which
+    training will be stopped") and in `jdnn.search` (`jdnn.multi.members.train_members`): with
+    the best value at epoch 4 and `patience=2`, epochs 5 and 6 do not improve and the run stops
+    after epoch 6; `patience=0` stops after the first epoch that does not improve.
+
     Args:
         monitor: a history key, e.g. `"val_loss"` or `"val_accuracy"`.
-        patience: epochs without improvement before stopping.
+        patience: the number of epochs without improvement after which training stops, >= 0.
         min_delta: the smallest change that counts as an improvement.
         mode: `"min"`, `"max"`, or `"auto"` (max for accuracies, min otherwise).
         restore_best: end with the parameters of the best epoch, not the last.
@@ -127,7 +132,7 @@ class EarlyStopping(Callback):
                 self.best_state = copy_state(run.train_state)
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             run.stop("early_stopping",
                      f"early stopping: {self.monitor} did not improve for {self.patience} "
                      f"epochs after epoch {self.best_epoch} ({self.best:.6g})")
