@@ -319,7 +319,7 @@ def test_an_interrupt_right_after_a_save_leaves_no_file_unaccounted_for(tmp_path
         save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
+    monkeypatch.setattr(checkpoint.callback, "save", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         _epochs(saver, run, 1)
     monkeypatch.undo()

@@ -28,14 +28,19 @@ Dtypes are stored natively (bfloat16 as BF16, float8 kinds too); ones safetensor
 for (complex128, int4) are refused at save time with a `CheckpointError`.
 
 `restore_matching` restores layer by layer, each whole or not at all, and reports why.
-`jdnn.ModelCheckpoint` saves during `fit` and rotates only the files its own run wrote.
+`ModelCheckpoint` (also `jdnn.ModelCheckpoint`) is the callback that saves during `fit` and
+rotates only the files its own run wrote.
+
+Imports run one way: this package builds on `jdnn.train` (the `TrainState`, the `Callback`
+base) and `jdnn.train` imports nothing from it.
 """
 
 from jdnn.checkpoint.api import Checkpoint, restore, save
+from jdnn.checkpoint.callback import ModelCheckpoint
 from jdnn.checkpoint.fileformat import FORMAT_VERSION, CheckpointError
 from jdnn.checkpoint.transfer import LayerMatch, MatchReport, restore_matching
 
 __all__ = [
-    "FORMAT_VERSION", "Checkpoint", "CheckpointError", "LayerMatch", "MatchReport", "restore",
-    "restore_matching", "save",
+    "FORMAT_VERSION", "Checkpoint", "CheckpointError", "LayerMatch", "MatchReport",
+    "ModelCheckpoint", "restore", "restore_matching", "save",
 ]

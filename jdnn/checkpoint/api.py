@@ -124,6 +124,9 @@ def save(path: PathLike, train_state: TrainState, model: Layer, *,
     Example:
         >>> jdnn.checkpoint.save("ckpt/last.safetensors", ts, model, metadata={"epoch": 3})
     """
+    # The one import not at the top: `__version__` is defined in `jdnn/__init__.py`, which
+    # imports this package before it gets there (a module of its own for the version, imported
+    # by both, would let this move up).
     from jdnn import __version__
 
     metadata = {} if metadata is None else metadata

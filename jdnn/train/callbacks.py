@@ -3,7 +3,8 @@
 A callback sees the `Run` (the model, the current `TrainState`, the `History`) after each
 epoch and may replace the train state (restore the best one, lower the learning rate) or stop
 the run. Compiled epochs never see them, so they cost nothing inside the loop. The checkpoint
-callback, `ModelCheckpoint`, has a module of its own: `jdnn.train.checkpointing`.
+callback, `ModelCheckpoint`, lives with the checkpoints (`jdnn.checkpoint.callback`), which
+build on this module; nothing here imports them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import optax
+from tqdm.auto import tqdm
 
 from jdnn import io
 from jdnn.core import Layer
@@ -239,8 +241,6 @@ class PrintLogger(Callback):
         if self.print_fn is not None:
             self.print_fn(line)
         else:
-            from tqdm.auto import tqdm
-
             tqdm.write(line)
 
     def on_train_end(self, run: Run) -> None:
