@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+import jdnn
 from jdnn.bench import compare, report, roofline, targets, timing, workloads
 from jdnn.bench.sides import SIDES, Skipped, require
 from jdnn.bench.sides.equinox_side import from_channel_first, to_channel_first
@@ -199,12 +200,25 @@ def test_every_side_has_jdnns_loss_and_gradients(side, make):
     assert _max_rel(grads, expected) < 1e-4
 
 
-@pytest.mark.parametrize("side", ["torch", "linen"])
+@pytest.mark.parametrize("side", ["torch", "linen", "raw_jax"])
 def test_peers_match_on_the_cnn(side):
     problem, (expected_loss, expected) = _problem(_tiny_cnn)
     loss, grads = _loss_and_grads(side, problem)
     assert loss == pytest.approx(expected_loss, rel=1e-5)
     assert _max_rel(grads, expected) < 1e-4
+
+
+def test_plan_names_the_layers_the_peers_cannot_rebuild(monkeypatch):
+    ops = workloads.plan(workloads.cnn(2))
+    assert [op.kind for op in ops] == ["conv", "relu", "maxpool", "conv", "relu", "maxpool",
+                                       "flatten", "dense", "relu", "dense"]
+    assert [op.name for op in workloads.dense_ops(ops)] == ["0_conv2d", "3_conv2d", "7_dense",
+                                                            "9_dense"]
+    for layer in (jdnn.Conv2D(4, 5), jdnn.MaxPool2D(3), jdnn.Tanh()):
+        monkeypatch.setattr(workloads, "build_model",
+                            lambda w, layer=layer: jdnn.serial(layer, jdnn.Flatten()))
+        with pytest.raises(ValueError, match=r"the benchmark's peers rebuild only .* got \w+\("):
+            workloads.plan(workloads.cnn(2))
 
 
 def test_channel_first_conversion_round_trips():

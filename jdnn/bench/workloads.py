@@ -14,7 +14,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jdnn.core import Layer, child_name, output_shape
+from jdnn.core import Layer, Spec, child_name, output_shape, rebuild
+from jdnn.data import digits
+from jdnn.data import xor as xor_data
 from jdnn.layers import Conv2D, Dense, Flatten, MaxPool2D, Relu, Sigmoid, serial
 
 
@@ -112,17 +114,38 @@ class Op:
     """One layer of a model, as the peers rebuild it: jdnn's key, its kind, its shapes."""
 
     name: str
-    kind: str  # "dense", "conv", "relu", "sigmoid", "maxpool", "flatten"
+    kind: str  # a key of `PEER_KINDS`' values: "dense", "conv", "relu", "sigmoid", ...
     in_shape: tuple[int, ...]  # one example's input shape
     out_shape: tuple[int, ...]
 
+    @property
+    def has_params(self) -> bool:
+        """Whether the layer holds parameters (`{"w", "b"}`): dense and conv."""
+        return self.kind in WEIGHTED
 
-# The layer kinds the peers rebuild, and the only forms they support: 3x3 stride-1 SAME
-# convolutions and 2x2 non-overlapping max pooling (what the benchmark's CNN uses).
+
+def _always(hparams: dict) -> bool:
+    del hparams
+    return True
 
 
-_KINDS = {"Dense": "dense", "Conv2D": "conv", "Relu": "relu", "Sigmoid": "sigmoid",
-          "MaxPool2D": "maxpool", "Flatten": "flatten"}
+def _conv_3x3_same(hparams: dict) -> bool:
+    return (hparams["kernel_size"] == (3, 3) and hparams["strides"] == (1, 1)
+            and hparams["padding"] == "SAME")
+
+
+def _pool_2x2(hparams: dict) -> bool:
+    return (hparams["window"] == (2, 2) and hparams["strides"] == (2, 2)
+            and hparams["padding"] == "VALID")
+
+
+# The jdnn layer kinds the peers rebuild: kind -> (the `Op` kind every side translates, whether
+# the hyper-parameters are in the only form the peers support). One lookup per layer: the
+# benchmark's CNN uses only 3x3 stride-1 SAME convolutions and 2x2 non-overlapping max pooling.
+PEER_KINDS = {"Dense": ("dense", _always), "Conv2D": ("conv", _conv_3x3_same),
+              "MaxPool2D": ("maxpool", _pool_2x2), "Relu": ("relu", _always),
+              "Sigmoid": ("sigmoid", _always), "Flatten": ("flatten", _always)}
+WEIGHTED = frozenset({"dense", "conv"})  # the `Op` kinds that hold parameters
 
 
 def plan(w: Workload) -> list[Op]:
@@ -131,50 +154,28 @@ def plan(w: Workload) -> list[Op]:
     shape = (1, *w.example_shape)
     ops = []
     for i, spec in enumerate(model.spec.children):
-        _check_supported(spec)
-        layer = _child_layer(model, i)
-        out_shape = output_shape(layer, shape)
-        ops.append(Op(child_name(i, spec), _KINDS[spec.kind], shape[1:], tuple(out_shape[1:])))
+        out_shape = output_shape(rebuild(spec), shape)
+        ops.append(Op(child_name(i, spec), _peer_kind(spec), shape[1:], tuple(out_shape[1:])))
         shape = out_shape
     return ops
 
 
-def _check_supported(spec) -> None:
-    kw = dict(spec.hparams)
-    ok = spec.kind in _KINDS
-    if spec.kind == "Conv2D":
-        ok = kw["kernel_size"] == (3, 3) and kw["strides"] == (1, 1) and kw["padding"] == "SAME"
-    if spec.kind == "MaxPool2D":
-        ok = kw["window"] == (2, 2) and kw["strides"] == (2, 2) and kw["padding"] == "VALID"
-    if not ok:
+def _peer_kind(spec: Spec) -> str:
+    """The `Op` kind of a layer the peers can rebuild, else a `ValueError` naming the spec."""
+    kind, supported = PEER_KINDS.get(spec.kind, (None, None))
+    if kind is None or not supported(dict(spec.hparams)):
         raise ValueError(f"the benchmark's peers rebuild only Dense, 3x3 SAME Conv2D, 2x2 "
                          f"MaxPool2D, Relu, Sigmoid and Flatten; got {spec!r}")
-
-
-def _child_layer(model: Layer, index: int) -> Layer:
-    """Rebuilds the `index`-th child of a serial model from its spec (shapes only)."""
-    spec = model.spec.children[index]
-    kw = dict(spec.hparams)
-    if spec.kind == "Dense":
-        return Dense(kw["features"])
-    if spec.kind == "Conv2D":
-        return Conv2D(kw["features"], kw["kernel_size"], kw["strides"], kw["padding"])
-    if spec.kind == "MaxPool2D":
-        return MaxPool2D(kw["window"], kw["strides"], kw["padding"])
-    return {"Relu": Relu, "Sigmoid": Sigmoid, "Flatten": Flatten}[spec.kind]()
+    return kind
 
 
 def make_data(w: Workload) -> tuple[np.ndarray, np.ndarray]:
     """`w.examples` inputs and labels (float32 x, int32 labels or float32 0/1 for XOR)."""
     n = w.examples
     if w.data == "digits":
-        from jdnn.data import digits
-
         (x, y), _ = digits()
         return x[:n], y[:n]
     if w.data == "xor":
-        from jdnn.data import xor as xor_data
-
         (x, y), _ = xor_data(repeat=math.ceil(n / 4))
         return x[:n], y[:n]
     rng = np.random.default_rng(w.seed + 1)
@@ -218,7 +219,7 @@ def make_problem(w: Workload) -> Problem:
 
 def dense_ops(ops: list[Op]) -> list[Op]:
     """The ops that hold parameters (dense and conv), in order."""
-    return [op for op in ops if op.kind in ("dense", "conv")]
+    return [op for op in ops if op.has_params]
 
 
 def flatten_permutation(op: Op) -> np.ndarray | None:
@@ -229,3 +230,16 @@ def flatten_permutation(op: Op) -> np.ndarray | None:
         return None
     h, w, c = op.in_shape
     return np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1).ravel()
+
+
+def channel_first_rows(ops: list[Op]) -> dict[str, np.ndarray | None]:
+    """For each layer with parameters, by name: `flatten_permutation` of the `Flatten` of NHWC
+    maps (a 3-D example in, a 1-D one out) that feeds it, through parameter-free layers, when it
+    is the first such layer after one; None for the others."""
+    rows, pending = {}, None
+    for op in ops:
+        if op.has_params:
+            rows[op.name], pending = pending, None
+        elif len(op.in_shape) == 3 and len(op.out_shape) == 1:
+            pending = flatten_permutation(op)
+    return rows

@@ -3,7 +3,7 @@
 
 Equinox is channel-first: `Linear.weight` is `(out, in)` (jdnn's `w` transposed), `Conv2d` takes
 `(C, H, W)` images with an `(O, I, kh, kw)` weight and an `(O, 1, 1)` bias, and flattening
-`(C, H, W)` orders the dense layer's rows differently (see `flatten_permutation`).
+`(C, H, W)` orders the dense layer's rows differently (see `workloads.channel_first_rows`).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jdnn.bench.sides.base import Runner, Side, batches, require
 from jdnn.bench.sides.jdnn_side import optimizer
-from jdnn.bench.workloads import Problem, flatten_permutation
+from jdnn.bench.workloads import Problem, channel_first_rows, dense_ops
 
 
 def channel_first(x: np.ndarray) -> np.ndarray:
@@ -22,43 +23,73 @@ def channel_first(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
 
 
+def _dense_to(w: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return np.ascontiguousarray((w if rows is None else w[rows]).T)
+
+
+def _dense_from(weight: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    if rows is None:
+        return weight.T
+    w = np.empty_like(weight.T)
+    w[rows] = weight.T
+    return w
+
+
+def _conv_to(w: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    del rows
+    return np.ascontiguousarray(np.asarray(w).transpose(3, 2, 0, 1))  # HWIO -> OIHW
+
+
+def _conv_from(weight: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    del rows
+    return weight.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+
+
+# `Op` kind -> (jdnn's `w` -> the channel-first weight, and back), given the layer's row order
+# (`channel_first_rows`).
+_CHANNEL_FIRST = {"dense": (_dense_to, _dense_from), "conv": (_conv_to, _conv_from)}
+
+
 def to_channel_first(problem: Problem, params: dict) -> list[tuple[np.ndarray, np.ndarray]]:
     """jdnn params -> `[(weight, bias), ...]` in the channel-first `(out, in)` / OIHW layout
     (shared with PyTorch); `bias` is `(out,)`."""
-    out, perm = [], None
-    for op in problem.ops:
-        if op.kind == "flatten":
-            perm = flatten_permutation(op)
-        elif op.kind == "dense":
-            w = params[op.name]["w"]
-            w = w[perm] if perm is not None else w
-            perm = None
-            out.append((np.ascontiguousarray(w.T), np.asarray(params[op.name]["b"])))
-        elif op.kind == "conv":
-            w = np.ascontiguousarray(np.asarray(params[op.name]["w"]).transpose(3, 2, 0, 1))
-            out.append((w, np.asarray(params[op.name]["b"])))
+    rows = channel_first_rows(problem.ops)
+    out = []
+    for op in dense_ops(problem.ops):
+        to, _ = _CHANNEL_FIRST[op.kind]
+        out.append((to(params[op.name]["w"], rows[op.name]), np.asarray(params[op.name]["b"])))
     return out
 
 
 def from_channel_first(problem: Problem, pairs: list) -> dict:
     """The inverse of `to_channel_first`: `[(weight, bias), ...]` back to jdnn's tree."""
-    tree, layer, perm = {}, iter(pairs), None
-    for op in problem.ops:
-        tree[op.name] = {}
-        if op.kind == "flatten":
-            perm = flatten_permutation(op)
-        elif op.kind in ("dense", "conv"):
-            weight, bias = (np.asarray(a) for a in next(layer))
-            if op.kind == "conv":
-                w = weight.transpose(2, 3, 1, 0)
-            else:
-                w = weight.T
-                if perm is not None:
-                    w = np.empty_like(w)
-                    w[perm] = weight.T
-                perm = None
-            tree[op.name] = {"w": np.ascontiguousarray(w), "b": bias.reshape(-1)}
+    rows = channel_first_rows(problem.ops)
+    tree = {op.name: {} for op in problem.ops}
+    for op, pair in zip(dense_ops(problem.ops), pairs, strict=True):
+        weight, bias = (np.asarray(a) for a in pair)
+        _, back = _CHANNEL_FIRST[op.kind]
+        tree[op.name] = {"w": np.ascontiguousarray(back(weight, rows[op.name])),
+                         "b": bias.reshape(-1)}
     return tree
+
+
+def _called(layer, x):
+    return layer(x)
+
+
+# `Op` kind -> `f(layer, x)`: one example through the layer `_EQX_LAYERS` built (or None).
+_EQX_APPLY = {"dense": _called, "conv": _called, "maxpool": _called,
+              "relu": lambda _, x: jax.nn.relu(x), "sigmoid": lambda _, x: jax.nn.sigmoid(x),
+              "flatten": lambda _, x: x.reshape(-1)}
+
+# `Op` kind -> `f(eqx, op, keys)`: its `eqx.nn` layer; the others have none.
+_EQX_LAYERS = {
+    "dense": lambda eqx, op, keys: eqx.nn.Linear(op.in_shape[-1], op.out_shape[-1],
+                                                 key=next(keys)),
+    "conv": lambda eqx, op, keys: eqx.nn.Conv2d(op.in_shape[-1], op.out_shape[-1], 3, padding=1,
+                                                key=next(keys)),
+    "maxpool": lambda eqx, op, keys: eqx.nn.MaxPool2d(2, 2),
+}
 
 
 def eqx_model(problem: Problem, params: dict):
@@ -70,30 +101,16 @@ def eqx_model(problem: Problem, params: dict):
 
         def __call__(self, x):
             for kind, layer in zip(self.kinds, self.layers):
-                if kind in ("dense", "conv", "maxpool"):
-                    x = layer(x)
-                elif kind == "relu":
-                    x = jax.nn.relu(x)
-                elif kind == "sigmoid":
-                    x = jax.nn.sigmoid(x)
-                else:
-                    x = x.reshape(-1)
+                x = _EQX_APPLY[kind](layer, x)
             return x
 
     keys = iter(jax.random.split(jax.random.key(0), len(problem.ops)))
     pairs = iter(to_channel_first(problem, params))
     layers = []
     for op in problem.ops:
-        if op.kind == "dense":
-            layer = eqx.nn.Linear(op.in_shape[-1], op.out_shape[-1], key=next(keys))
-        elif op.kind == "conv":
-            layer = eqx.nn.Conv2d(op.in_shape[-1], op.out_shape[-1], 3, padding=1,
-                                  key=next(keys))
-        elif op.kind == "maxpool":
-            layer = eqx.nn.MaxPool2d(2, 2)
-        else:
-            layer = None
-        if op.kind in ("dense", "conv"):
+        build = _EQX_LAYERS.get(op.kind)
+        layer = None if build is None else build(eqx, op, keys)
+        if op.has_params:
             weight, bias = next(pairs)
             layer = eqx.tree_at(lambda m: (m.weight, m.bias), layer,
                                 (jnp.array(weight), jnp.array(bias).reshape(layer.bias.shape)))
@@ -102,8 +119,6 @@ def eqx_model(problem: Problem, params: dict):
 
 
 def _loss(problem: Problem, model, x, y):
-    import optax
-
     logits = jax.vmap(model)(x)
     if problem.workload.classes == 1:
         return jnp.mean(optax.sigmoid_binary_cross_entropy(logits[:, 0], y))

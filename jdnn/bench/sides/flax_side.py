@@ -11,37 +11,34 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jdnn.bench.sides.base import Runner, Side, batches, require
 from jdnn.bench.sides.jdnn_side import optimizer
-from jdnn.bench.workloads import Op, Problem, Workload
+from jdnn.bench.workloads import Problem, Workload
 
 
 def _loss(w: Workload, logits, y):
-    import optax
-
     if w.classes == 1:
         return jnp.mean(optax.sigmoid_binary_cross_entropy(logits[:, 0], y))
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
 
-def _activation(op: Op, x):
-    if op.kind == "relu":
-        return jax.nn.relu(x)
-    if op.kind == "sigmoid":
-        return jax.nn.sigmoid(x)
-    if op.kind == "maxpool":
-        from flax import linen
+def _max_pool(x):
+    linen = require("flax.linen", "flax")
+    return linen.max_pool(x, (2, 2), strides=(2, 2))
 
-        return linen.max_pool(x, (2, 2), strides=(2, 2))
-    return x.reshape(x.shape[0], -1)  # flatten
+
+# `Op` kind -> `f(x)` for the layers without parameters, a batch through it (NHWC, as jdnn).
+_PARAMETER_FREE = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "maxpool": _max_pool,
+                   "flatten": lambda x: x.reshape(x.shape[0], -1)}
 
 
 def _to_jdnn(problem: Problem, get) -> dict:
     """jdnn's tree from `get(name) -> (kernel, bias)` for each parametric layer."""
     tree = {}
     for op in problem.ops:
-        if op.kind in ("dense", "conv"):
+        if op.has_params:
             kernel, bias = get(op.name)
             tree[op.name] = {"w": jax.device_get(kernel), "b": jax.device_get(bias)}
         else:
@@ -52,24 +49,27 @@ def _to_jdnn(problem: Problem, get) -> dict:
 # --- NNX -------------------------------------------------------------------------------------
 
 
+# `Op` kind -> `f(nnx, op, rngs)`: the NNX layer of a layer with parameters.
+_NNX_LAYERS = {
+    "dense": lambda nnx, op, rngs: nnx.Linear(op.in_shape[-1], op.out_shape[-1], rngs=rngs),
+    "conv": lambda nnx, op, rngs: nnx.Conv(op.in_shape[-1], op.out_shape[-1], (3, 3),
+                                           padding="SAME", rngs=rngs),
+}
+
+
 def nnx_model(problem: Problem, params: dict):
     nnx = require("flax.nnx", "flax")
 
     class Net(nnx.Module):
         def __init__(self, ops, rngs):
             self.ops = tuple(ops)
-            layers = {}
-            for op in ops:
-                if op.kind == "dense":
-                    layers[op.name] = nnx.Linear(op.in_shape[-1], op.out_shape[-1], rngs=rngs)
-                elif op.kind == "conv":
-                    layers[op.name] = nnx.Conv(op.in_shape[-1], op.out_shape[-1], (3, 3),
-                                               padding="SAME", rngs=rngs)
-            self.layers = nnx.Dict(layers)
+            self.layers = nnx.Dict({op.name: _NNX_LAYERS[op.kind](nnx, op, rngs)
+                                    for op in ops if op.has_params})
 
         def __call__(self, x):
             for op in self.ops:
-                x = self.layers[op.name](x) if op.name in self.layers else _activation(op, x)
+                x = (self.layers[op.name](x) if op.name in self.layers
+                     else _PARAMETER_FREE[op.kind](x))
             return x
 
     model = Net(problem.ops, nnx.Rngs(0))
@@ -156,6 +156,14 @@ def nnx_loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, dic
 # --- linen -----------------------------------------------------------------------------------
 
 
+# `Op` kind -> `f(linen, op)`: the linen layer of a layer with parameters, under jdnn's name.
+_LINEN_LAYERS = {
+    "dense": lambda linen, op: linen.Dense(op.out_shape[-1], name=op.name),
+    "conv": lambda linen, op: linen.Conv(op.out_shape[-1], (3, 3), padding="SAME",
+                                         name=op.name),
+}
+
+
 def linen_module(problem: Problem):
     linen = require("flax.linen", "flax")
 
@@ -165,12 +173,8 @@ def linen_module(problem: Problem):
         @linen.compact
         def __call__(self, x):
             for op in self.ops:
-                if op.kind == "dense":
-                    x = linen.Dense(op.out_shape[-1], name=op.name)(x)
-                elif op.kind == "conv":
-                    x = linen.Conv(op.out_shape[-1], (3, 3), padding="SAME", name=op.name)(x)
-                else:
-                    x = _activation(op, x)
+                x = (_LINEN_LAYERS[op.kind](linen, op)(x) if op.has_params
+                     else _PARAMETER_FREE[op.kind](x))
             return x
 
     return Net(tuple(problem.ops))
@@ -179,12 +183,10 @@ def linen_module(problem: Problem):
 def _linen_params(problem: Problem, params: dict) -> dict:
     return {op.name: {"kernel": jnp.array(params[op.name]["w"]),
                       "bias": jnp.array(params[op.name]["b"])}
-            for op in problem.ops if op.kind in ("dense", "conv")}
+            for op in problem.ops if op.has_params}
 
 
 def build_linen(problem: Problem) -> Runner:
-    import optax
-
     net, w = linen_module(problem), problem.workload
     tx = optimizer(w)
 

@@ -30,23 +30,32 @@ def from_raw(problem: Problem, raw: list) -> dict:
     return tree
 
 
+def _dense(x: jax.Array, wb: tuple) -> jax.Array:
+    w, b = wb
+    return x @ w + b
+
+
+def _conv(x: jax.Array, wb: tuple) -> jax.Array:
+    w, b = wb
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_NHWC) + b
+
+
+# `Op` kind -> `f(x, (w, b) or None) -> y`, one batch through that layer.
+_FORWARD = {
+    "dense": _dense,
+    "conv": _conv,
+    "relu": lambda x, _: jnp.maximum(x, 0.0),
+    "sigmoid": lambda x, _: 1.0 / (1.0 + jnp.exp(-x)),
+    "maxpool": lambda x, _: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                              "VALID"),
+    "flatten": lambda x, _: x.reshape(x.shape[0], -1),
+}
+
+
 def forward(ops: list[Op], params: list, x: jax.Array) -> jax.Array:
     layer = iter(params)
     for op in ops:
-        if op.kind == "dense":
-            w, b = next(layer)
-            x = x @ w + b
-        elif op.kind == "conv":
-            w, b = next(layer)
-            x = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_NHWC) + b
-        elif op.kind == "relu":
-            x = jnp.maximum(x, 0.0)
-        elif op.kind == "sigmoid":
-            x = 1.0 / (1.0 + jnp.exp(-x))
-        elif op.kind == "maxpool":
-            x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-        elif op.kind == "flatten":
-            x = x.reshape(x.shape[0], -1)
+        x = _FORWARD[op.kind](x, next(layer) if op.has_params else None)
     return x
 
 

@@ -21,22 +21,22 @@ def threads() -> int:
     return os.cpu_count() or 1
 
 
+# `Op` kind -> `f(torch.nn, op)`: the `torch.nn` layer, channel-first.
+_TORCH_LAYERS = {
+    "dense": lambda nn, op: nn.Linear(op.in_shape[-1], op.out_shape[-1]),
+    "conv": lambda nn, op: nn.Conv2d(op.in_shape[-1], op.out_shape[-1], 3, padding=1),
+    "maxpool": lambda nn, op: nn.MaxPool2d(2),
+    "relu": lambda nn, op: nn.ReLU(),
+    "sigmoid": lambda nn, op: nn.Sigmoid(),
+    "flatten": lambda nn, op: nn.Flatten(),
+}
+
+
 def torch_model(problem: Problem, params: dict):
     torch = require("torch")
     nn = torch.nn
     torch.set_num_threads(threads())
-    layers = []
-    for op in problem.ops:
-        if op.kind == "dense":
-            layers.append(nn.Linear(op.in_shape[-1], op.out_shape[-1]))
-        elif op.kind == "conv":
-            layers.append(nn.Conv2d(op.in_shape[-1], op.out_shape[-1], 3, padding=1))
-        elif op.kind == "maxpool":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            layers.append({"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "flatten": nn.Flatten}[
-                op.kind]())
-    net = nn.Sequential(*layers)
+    net = nn.Sequential(*(_TORCH_LAYERS[op.kind](nn, op) for op in problem.ops))
     pairs = iter(to_channel_first(problem, params))
     with torch.no_grad():
         for layer in net:
