@@ -8,6 +8,4 @@ SIDES: dict[str, Side] = {side.name: side for side in (
     flax_side.NNX_JIT, flax_side.NNX_SPLIT, flax_side.LINEN, equinox_side.SIDE, torch_side.SIDE,
     torch_side.ONE_THREAD)}
 
-PEERS = ("nnx_jit", "nnx_split", "linen", "equinox", "torch", "torch_1thread")
-
-__all__ = ["PEERS", "Runner", "SIDES", "Side", "Skipped", "require"]
+__all__ = ["Runner", "SIDES", "Side", "Skipped", "require"]
