@@ -9,6 +9,10 @@ Shapes are checked rather than broadcast: predictions `(B, 1)` against targets `
 silently broadcast to `(B, B)`. That one case is accepted (targets are read as `(B, 1)`); any
 other mismatch is a `ValueError` naming both shapes.
 
+Which targets a loss takes is a property of the loss (`label_kind`): class labels for the two
+cross-entropies, anything else for `mse` and a user's own loss. Training reads it to pick the
+default metrics (accuracy only for class labels) and to check the labels before anything runs.
+
 Labels a loss cannot mean never give a plausible number: an integer class index outside
 `[0, C)`, or a one-hot/probability/binary label outside `[0, 1]` (NaN included), makes that
 example's loss NaN, eagerly, under `jit` and under `vmap` alike (values are not known at trace
@@ -20,11 +24,18 @@ a NaN example itself contributes a zero gradient (its NaN loss is the signal).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from jdnn.core import Array
+
+# A loss: `loss(outputs (B, ...), targets (B, ...)) -> (B,)`, one value per example.
+Loss = Callable[[Array, Array], Array]
 
 
 def _floating(x: Array) -> Array:
@@ -222,3 +233,109 @@ def softmax_cross_entropy(logits: Array, labels: Array, *,
     if smooth:
         labels = optax.smooth_labels(labels, smoothing)
     return _per_example(_nan_unless(valid, optax.losses.softmax_cross_entropy(logits, labels)))
+
+
+def _unwrapped(loss: Any) -> Any:
+    """`loss` with any `functools.partial`s around it taken off."""
+    while isinstance(loss, functools.partial):
+        loss = loss.func
+    return loss
+
+
+def loss_name(loss: Any) -> str:
+    """`loss`'s name in messages: its `__name__` (a partial's function's), e.g. `"my_mse"`."""
+    loss = _unwrapped(loss)
+    return getattr(loss, "__name__", type(loss).__name__)
+
+
+# The kind of targets each built-in classification loss takes (see `label_kind`).
+_LABEL_KINDS = ((softmax_cross_entropy, "softmax"), (binary_cross_entropy, "binary"))
+
+
+def label_kind(loss: Any) -> str | None:
+    """The kind of class labels `loss` takes, or None for any other loss.
+
+    `"softmax"` for `softmax_cross_entropy` (integer class indices, or one-hot/probability
+    vectors, against `(B, ..., C)` logits), `"binary"` for `binary_cross_entropy` (labels in
+    `{0, 1}` against one logit per example); `functools.partial`s of them are the same loss.
+    None for `mse` and for a user's own loss: their targets are not known to be class labels,
+    so accuracy is not their default metric and no label check applies.
+
+    Example:
+        >>> label_kind(jdnn.losses.softmax_cross_entropy), label_kind(jdnn.losses.mse)
+        ('softmax', None)
+    """
+    loss = _unwrapped(loss)
+    return next((kind for known, kind in _LABEL_KINDS if loss is known), None)
+
+
+def checks_shapes(loss: Any) -> bool:
+    """Whether `loss` is a built-in loss, which checks its targets' shape against the outputs
+    itself (`mse` and the cross-entropies raise rather than broadcast). Partials unwrapped."""
+    loss = _unwrapped(loss)
+    return any(loss is known for known in (mse, binary_cross_entropy, softmax_cross_entropy))
+
+
+def per_example_values(loss: Loss, outputs: Array, targets: Array) -> Array:
+    """`loss(outputs, targets)`, checked to hold one value per example, `(B,)`, when traced.
+
+    The guard every training step puts around a loss, built-in or a user's: a loss that
+    averages over the batch, keeps a feature axis, or lets its targets broadcast across
+    examples fails here, at trace time, with its name and all three shapes.
+
+    Args:
+        loss: a per-example loss `loss(outputs, targets) -> (B,)`.
+        outputs: the model's outputs `(B, ...)`.
+        targets: the targets `(B, ...)`.
+
+    Returns:
+        The per-example values `(B,)`.
+
+    Raises:
+        ValueError: if the values are not of shape `(B,)`.
+
+    Example:
+        >>> values = per_example_values(my_loss, outputs, y)   # (B,)
+    """
+    values = jnp.asarray(loss(outputs, targets))
+    batch = outputs.shape[0]
+    if values.shape == (batch,):
+        return values
+    out_shape, target_shape = tuple(outputs.shape), tuple(targets.shape)
+    if values.ndim == 0:
+        hint = ("it reduces over the batch: average over the non-batch axes only (e.g. "
+                "jnp.mean(..., axis=-1)); the caller takes the masked mean")
+    elif batch in values.shape[1:]:
+        hint = (f"the batch size appears twice, so the outputs and targets probably broadcast "
+                f"against each other across examples: give the targets the outputs' shape "
+                f"{out_shape} (e.g. y.reshape(-1, 1) for (B,) targets and (B, 1) outputs) and "
+                f"average over every axis but the first")
+    else:
+        hint = "average over every axis but the first, e.g. jnp.mean(values, axis=-1)"
+    raise ValueError(f"the loss {loss_name(loss)} must return one value per example, shape "
+                     f"({batch},), got shape {tuple(values.shape)} for outputs of shape "
+                     f"{out_shape} and targets of shape {target_shape}; {hint}")
+
+
+def masked_mean(values: Array, mask: Array | None) -> Array:
+    """Mean of per-example `values` `(B,)` over the examples where `mask` `(B,)` is set.
+
+    A masked-out row counts for nothing, even when its value is NaN (an out-of-range label's
+    loss): it is selected away, never multiplied by zero (NaN * 0 is NaN). With no example
+    kept the mean is 0.
+
+    Args:
+        values: `(B,)`, e.g. a loss's per-example values.
+        mask: `(B,)` bools or 0/1 weights, or None for all examples.
+
+    Returns:
+        A scalar: `sum(values * mask) / max(sum(mask), 1)`.
+
+    Example:
+        >>> masked_mean(jdnn.losses.mse(out, y), batch_mask)   # out (B, 1), y (B,)
+    """
+    if mask is None:
+        return jnp.mean(values)
+    weights = mask.astype(values.dtype)
+    kept = jnp.where(weights != 0, values * weights, 0.0)
+    return jnp.sum(kept) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -3,16 +3,30 @@
 The mask is how padded batches stay honest: the last batch of an epoch is padded to full size
 and its padding rows are masked out, so the step compiles once and the numbers stay exact.
 Everything here works under `jax.jit` (shapes are checked at trace time).
+
+Metrics are asked for by name (`"accuracy"`) or as functions `fn(predictions, labels, mask)`;
+`resolve_metrics` turns what a user passed into `{name: fn}`. What is reported when nothing is
+asked for follows the loss (`default_metrics`): accuracy for the classification losses, just
+the loss for `mse` or a user's loss, since accuracy means nothing for regression targets.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
+from jdnn import losses
 from jdnn.core import Array
+
+# A metric: `fn(predictions (B, ...), labels (B, ...), mask (B,) | None) -> scalar`.
+Metric = Callable[..., Array]
+# What entry points take as `metrics=`: names and functions, or a `{name: fn}` mapping.
+Metrics = Sequence[str | Metric] | Mapping[str, Metric]
 
 
 def _in_unit_interval(labels: Array) -> Array:
@@ -99,3 +113,84 @@ def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
 
 # The metrics that can be asked for by name (`make_train_step(..., metrics=("accuracy",))`).
 BY_NAME = {"accuracy": accuracy}
+
+
+def default_metrics(loss: Any) -> tuple[str, ...]:
+    """The metrics reported when none are asked for (`metrics=None`), which follow the loss:
+    `("accuracy",)` for a loss that takes class labels (`softmax_cross_entropy`,
+    `binary_cross_entropy`, or partials of them; see `jdnn.losses.label_kind`), `()` for any
+    other (`mse`, a user's own loss): the loss alone.
+
+    Example:
+        >>> default_metrics(jdnn.losses.softmax_cross_entropy), default_metrics(jdnn.losses.mse)
+        (('accuracy',), ())
+    """
+    return ("accuracy",) if losses.label_kind(loss) is not None else ()
+
+
+def is_accuracy(fn: Any) -> bool:
+    """Whether the metric function `fn` is `accuracy` (or a `functools.partial` of it)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn is accuracy
+
+
+def _metric_name(fn: Callable) -> str:
+    """A metric function's name in reports: its `__name__` (a partial's function's)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def resolve_metrics(metrics: Metrics | None, where: str | None = None, *,
+                    loss: Any = None) -> dict[str, Metric]:
+    """Maps metric names (`"accuracy"`) or functions `fn(predictions, labels, mask)` to a dict.
+
+    Accepts a sequence of names and functions, a `{name: fn}` mapping, one name or function,
+    or None for the loss's default (`default_metrics(loss)`; none without a loss).
+
+    Args:
+        metrics: what the user passed as `metrics=`.
+        where: the entry point (e.g. `"fit"`) that starts error messages.
+        loss: the run's loss, which picks the default when `metrics` is None.
+
+    Returns:
+        `{name: fn}`, in the order given.
+
+    Raises:
+        TypeError: for anything that is not a name or a function.
+        ValueError: for an unknown metric name.
+
+    Example:
+        >>> resolve_metrics(("accuracy",))                  # {"accuracy": accuracy}
+        >>> resolve_metrics(None, loss=jdnn.losses.mse)      # {}
+    """
+    prefix = f"{where}: " if where else ""
+    if metrics is None:
+        metrics = default_metrics(loss)
+    if isinstance(metrics, Mapping):
+        bad = {k: v for k, v in metrics.items() if not (isinstance(k, str) and callable(v))}
+        if bad:
+            raise TypeError(f"{prefix}metrics as a mapping must map names to functions "
+                            f"fn(predictions, labels, mask), got {bad!r:.100}")
+        return dict(metrics)
+    if isinstance(metrics, str) or callable(metrics):
+        metrics = (metrics,)
+    if not isinstance(metrics, Sequence):
+        raise TypeError(f"{prefix}metrics must be a list or tuple of metric names and functions, "
+                        f"got {type(metrics).__name__} {metrics!r:.60}; e.g. "
+                        f"metrics=(\"accuracy\",), or () for none")
+    resolved = {}
+    for metric in metrics:
+        if callable(metric):
+            resolved[_metric_name(metric)] = metric
+        elif isinstance(metric, str) and metric in BY_NAME:
+            resolved[metric] = BY_NAME[metric]
+        elif isinstance(metric, str):
+            raise ValueError(f"{prefix}unknown metric {metric!r}: give a name from "
+                             f"{sorted(BY_NAME)} or a function fn(predictions, labels, mask)")
+        else:
+            raise TypeError(f"{prefix}each metric must be a name from {sorted(BY_NAME)} or a "
+                            f"function fn(predictions, labels, mask), got "
+                            f"{type(metric).__name__} {metric!r:.60}")
+    return resolved

@@ -20,37 +20,9 @@ import jax.numpy as jnp
 import optax
 from jax import tree_util
 
-from jdnn.core import Array, Params
+from jdnn.core import Array, Params, is_under, path_of  # path_of, is_under: their old home
 
 Where = Callable[[str], bool] | str
-
-
-def path_of(keypath: tuple[Any, ...]) -> str:
-    """A readable path from a `jax.tree_util` key path, e.g. `"0_dense/w"`.
-
-    Args:
-        keypath: the key path of a leaf, as given by `jax.tree_util.tree_flatten_with_path`.
-
-    Returns:
-        The keys (dict keys, sequence indices, attribute names) joined with `/`; `""` for a
-        bare leaf.
-
-    Example:
-        >>> [jdnn.regularizers.path_of(k) for k, _ in tree_flatten_with_path(params)[0]]
-    """
-    parts = []
-    for entry in keypath:
-        if isinstance(entry, tree_util.DictKey):
-            parts.append(str(entry.key))
-        elif isinstance(entry, tree_util.SequenceKey):
-            parts.append(str(entry.idx))
-        elif isinstance(entry, tree_util.GetAttrKey):
-            parts.append(entry.name)
-        elif isinstance(entry, tree_util.FlattenedIndexKey):
-            parts.append(str(entry.key))
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
 
 
 def leaf_paths(params: Params) -> list[str]:
@@ -60,12 +32,6 @@ def leaf_paths(params: Params) -> list[str]:
         >>> jdnn.regularizers.leaf_paths({"0_dense": {"w": w, "b": b}})  # ["0_dense/b", ...]
     """
     return [path_of(keypath) for keypath, _ in tree_util.tree_flatten_with_path(params)[0]]
-
-
-def is_under(path: str, prefixes: Sequence[str]) -> bool:
-    """Whether `path` is one of `prefixes` or lies below one: `"0_conv2d/w"` is under
-    `"0_conv2d"`, but not under `"0_conv"`."""
-    return any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
 def is_weight(path: str) -> bool:

@@ -7,91 +7,23 @@ update; a new `TrainState`. All of it inside one `jax.jit`, with the incoming st
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jdnn import metrics as metrics_lib
-from jdnn import regularizers
-from jdnn.core import Layer
+from jdnn.core import Layer, is_under, path_of
+# Loss, masked_mean, Metric, Metrics and resolve_metrics live in jdnn.losses and jdnn.metrics;
+# imported here by name, they keep their old import path, jdnn.train.step.
+from jdnn.losses import Loss, masked_mean, per_example_values
+from jdnn.metrics import Metric, Metrics, resolve_metrics
 from jdnn.train import arguments
 from jdnn.train.state import AUGMENT, DROPOUT, TrainState, step_key
 
-Loss = Callable[[jax.Array, jax.Array], jax.Array]
-Metric = Callable[..., jax.Array]
-Metrics = Sequence[str | Metric] | Mapping[str, Metric]
-
-
-def _metric_name(fn: Callable) -> str:
-    """A metric function's name in reports: its `__name__` (a partial's function's)."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return getattr(fn, "__name__", type(fn).__name__)
-
-
-def resolve_metrics(metrics: Metrics, where: str | None = None) -> dict[str, Metric]:
-    """Maps metric names (`"accuracy"`) or functions `fn(predictions, labels, mask)` to a dict.
-
-    Accepts a sequence of names and functions, a `{name: fn}` mapping, or one name or function.
-    `where` (e.g. `"fit"`) names the entry point in error messages.
-
-    Raises:
-        TypeError: for anything that is not a name or a function.
-        ValueError: for an unknown metric name.
-    """
-    prefix = f"{where}: " if where else ""
-    if isinstance(metrics, Mapping):
-        bad = {k: v for k, v in metrics.items() if not (isinstance(k, str) and callable(v))}
-        if bad:
-            raise TypeError(f"{prefix}metrics as a mapping must map names to functions "
-                            f"fn(predictions, labels, mask), got {bad!r:.100}")
-        return dict(metrics)
-    if isinstance(metrics, str) or callable(metrics):
-        metrics = (metrics,)
-    if not isinstance(metrics, Sequence):
-        raise TypeError(f"{prefix}metrics must be a list or tuple of metric names and functions, "
-                        f"got {type(metrics).__name__} {metrics!r:.60}; e.g. "
-                        f"metrics=(\"accuracy\",), or () for none")
-    resolved = {}
-    for metric in metrics:
-        if callable(metric):
-            resolved[_metric_name(metric)] = metric
-        elif isinstance(metric, str) and metric in metrics_lib.BY_NAME:
-            resolved[metric] = metrics_lib.BY_NAME[metric]
-        elif isinstance(metric, str):
-            raise ValueError(f"{prefix}unknown metric {metric!r}: give a name from "
-                             f"{sorted(metrics_lib.BY_NAME)} or a function "
-                             f"fn(predictions, labels, mask)")
-        else:
-            raise TypeError(f"{prefix}each metric must be a name from "
-                            f"{sorted(metrics_lib.BY_NAME)} or a function fn(predictions, "
-                            f"labels, mask), got {type(metric).__name__} {metric!r:.60}")
-    return resolved
-
-
-def masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Mean of per-example `values` `(B,)` over the examples where `mask` `(B,)` is set.
-
-    A masked-out row counts for nothing, even when its value is NaN (an out-of-range label's
-    loss): it is selected away, never multiplied by zero (NaN * 0 is NaN)."""
-    if mask is None:
-        return jnp.mean(values)
-    weights = mask.astype(values.dtype)
-    kept = jnp.where(weights != 0, values * weights, 0.0)
-    return jnp.sum(kept) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
-def _per_example(loss: Loss, outputs: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
-    values = loss(outputs, y)
-    if values.shape != (x.shape[0],):
-        raise ValueError(f"the loss must return one value per example, shape ({x.shape[0]},), "
-                         f"got shape {tuple(values.shape)}; jdnn.losses are per-example — a loss "
-                         f"that already averages should drop its mean")
-    return values
+__all__ = ["check_step_arguments", "eval_step_fn", "Loss", "make_eval_step", "make_train_step",
+           "masked_mean", "Metric", "Metrics", "resolve_metrics", "train_step_fn"]
 
 
 def _check_mask(mask: jax.Array | None, x: jax.Array) -> None:
@@ -106,7 +38,7 @@ def _freeze(new_state: Any, old_state: Any, frozen: Sequence[str]) -> Any:
         return new_state
 
     def pick(keypath, new, old):
-        return old if regularizers.is_under(regularizers.path_of(keypath), frozen) else new
+        return old if is_under(path_of(keypath), frozen) else new
 
     return jax.tree_util.tree_map_with_path(pick, new_state, old_state)
 
@@ -140,12 +72,12 @@ def train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransformat
 
     Arguments as in `make_train_step`. Returns `step(train_state, x, y, mask=None)`.
     """
-    metric_fns = resolve_metrics(metrics)
+    metric_fns = resolve_metrics(metrics, loss=loss)
     frozen = tuple(frozen_state)
 
     def objective(params, state, x, y, mask, key):
         outputs, new_state = model.apply(params, state, x, key=key, train=True)
-        data_loss = masked_mean(_per_example(loss, outputs, y, x), mask)
+        data_loss = masked_mean(per_example_values(loss, outputs, y), mask)
         extra = penalty(params) if penalty is not None else jnp.zeros((), data_loss.dtype)
         return data_loss + extra, (data_loss, extra, outputs, new_state)
 
@@ -211,12 +143,12 @@ def make_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransform
 
 def eval_step_fn(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callable:
     """The pure, uncompiled evaluation step that `make_eval_step` jits."""
-    metric_fns = resolve_metrics(metrics)
+    metric_fns = resolve_metrics(metrics, loss=loss)
 
     def eval_step(train_state: TrainState, x, y, mask=None):
         _check_mask(mask, x)
         outputs, _ = model.apply(train_state.params, train_state.state, x, train=False)
-        report = {"loss": masked_mean(_per_example(loss, outputs, y, x), mask)}
+        report = {"loss": masked_mean(per_example_values(loss, outputs, y), mask)}
         report.update({name: fn(outputs, y, mask) for name, fn in metric_fns.items()})
         return report
 
