@@ -13,8 +13,11 @@ axis into a local sum plus an all-reduce. That gives, with no collective written
   which XLA computes with an all-reduce), so the result does not depend on the device count;
 - the loss and metrics of the global batch.
 
-The math is the single-device math; only the order of floating-point additions changes, so a
-run on 8 devices matches a run on one to float tolerance (tests/test_parallel.py checks it).
+The epoch is `jdnn.train.fit`'s own `epoch_fn`, handed a sharding hook (`EpochSharding`: where
+the state, the batches and the plan live), the epoch `fit(..., mesh=)` runs too; this module
+builds the mesh and places the arrays. The math is the single-device math; only the order of
+floating-point additions changes, so a run on 8 devices matches a run on one to float
+tolerance (tests/test_parallel.py checks it).
 
 Design decisions:
 
@@ -70,14 +73,16 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jdnn.data.batching import batches_from_order
-from jdnn.train.fit import weighted_means
+# The epoch and its sharding hook live in jdnn.train.fit (fit(..., mesh=) runs them too); this
+# module builds on them, so imports run one way. check_batch_size and DATA_AXIS are re-exported.
+from jdnn.train.fit import (DATA_AXIS, auto_mesh, axis_size, check_batch_size, epoch_fn,
+                            epoch_sharding, make_epoch)
 
-DATA_AXIS = "data"
+__all__ = ["batch_sharding", "check_batch_size", "DATA_AXIS", "data_mesh", "make_parallel_epoch",
+           "parallel_epoch_fn", "put_data", "replicate", "replicated"]
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = DATA_AXIS) -> Mesh:
@@ -103,32 +108,15 @@ def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = DATA_AXIS
     return Mesh(np.asarray(devices), (axis,), axis_types=(AxisType.Auto,))
 
 
-def _auto(mesh: Mesh) -> Mesh:
-    """`mesh` with every axis of `Auto` type (a `jax.make_mesh` mesh defaults to `Explicit`)."""
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a jax.sharding.Mesh, e.g. jdnn.parallel.data_mesh(), got "
-                        f"{type(mesh).__name__}")
-    if all(t == AxisType.Auto for t in mesh.axis_types):
-        return mesh
-    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * mesh.devices.ndim)
-
-
-def _axis_size(mesh: Mesh, axis: str) -> int:
-    if axis not in _auto(mesh).axis_names:
-        raise ValueError(f"the mesh has no axis {axis!r}; its axes are {mesh.axis_names}: pass "
-                         f"axis= one of them, or build the mesh with jdnn.parallel.data_mesh()")
-    return mesh.shape[axis]
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     """The sharding that puts a full copy of an array on every device of `mesh`."""
-    return NamedSharding(_auto(mesh), P())
+    return NamedSharding(auto_mesh(mesh), P())
 
 
 def batch_sharding(mesh: Mesh, axis: str = DATA_AXIS) -> NamedSharding:
     """The sharding that splits an array's leading (batch) axis along `axis` of `mesh`."""
-    _axis_size(mesh, axis)
-    return NamedSharding(_auto(mesh), P(axis))
+    axis_size(mesh, axis)
+    return NamedSharding(auto_mesh(mesh), P(axis))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -168,52 +156,20 @@ def put_data(tree: Any, mesh: Mesh) -> Any:
     return replicate(tree, mesh)
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, axis: str = DATA_AXIS) -> int:
-    """Raises a `ValueError` unless `batch_size` splits evenly over the mesh's `axis`.
-
-    Args:
-        batch_size: examples per step over all devices.
-        mesh: the mesh.
-        axis: the mesh axis the batch is split along.
-
-    Returns:
-        The number of examples each device computes per step.
-    """
-    devices = _axis_size(mesh, axis)
-    if batch_size % devices:
-        below = batch_size // devices * devices
-        options = " or ".join(str(b) for b in (below, below + devices) if b > 0)
-        raise ValueError(f"batch_size (={batch_size}) must be divisible by the number of devices "
-                         f"on mesh axis {axis!r} (={devices}), so that each device gets an equal "
-                         f"slice of every batch: pick a multiple of {devices}, e.g. {options}")
-    return batch_size // devices
-
-
 def parallel_epoch_fn(step: Callable, batch_size: int, mesh: Mesh, *,
                       drop_remainder: bool = False, axis: str = DATA_AXIS) -> Callable:
     """`jdnn.train.fit.epoch_fn` with every batch sharded along `axis`; uncompiled.
 
-    Same plan (the epoch's `order`, the padded and masked last batch), same scan over
-    `step`; only the batch indices, the gathered batches and the masks carry a sharding
-    constraint. `make_parallel_epoch` compiles it.
+    The same epoch (the epoch's `order`, the padded and masked last batch, the scan over
+    `step`), given the sharding hook `jdnn.train.fit.epoch_sharding(mesh, batch_size, axis)`:
+    only the batch indices, the gathered batches and the masks carry a sharding constraint.
+    `make_parallel_epoch` compiles it.
+
+    Raises:
+        ValueError: `batch_size` not divisible by the size of `axis`, or no such axis.
     """
-    check_batch_size(batch_size, mesh, axis)
-    rows = batch_sharding(mesh, axis)
-    plan_sharding = NamedSharding(rows.mesh, P(None, axis))   # (steps, batch): split the batch
-
-    def epoch(train_state, x, y, order):
-        indices, masks = batches_from_order(order, batch_size, drop_remainder=drop_remainder)
-        indices, masks = lax.with_sharding_constraint((indices, masks), plan_sharding)
-
-        def body(state, batch):
-            i, mask = batch
-            xb, yb, mask = lax.with_sharding_constraint((x[i], y[i], mask), rows)
-            return step(state, xb, yb, mask)
-
-        train_state, reports = lax.scan(body, train_state, (indices, masks))
-        return train_state, weighted_means(reports, masks)
-
-    return epoch
+    return epoch_fn(step, batch_size, drop_remainder=drop_remainder,
+                    sharding=epoch_sharding(mesh, batch_size, axis))
 
 
 def make_parallel_epoch(step: Callable, batch_size: int, mesh: Mesh, *,
@@ -249,7 +205,5 @@ def make_parallel_epoch(step: Callable, batch_size: int, mesh: Mesh, *,
         >>> order = jdnn.train.fit.epoch_orders(train_state, len(x))   # this epoch's shuffle
         >>> train_state, means = epoch(train_state, x, y, order)   # means["loss"], ...
     """
-    epoch = parallel_epoch_fn(step, batch_size, mesh, drop_remainder=drop_remainder,
-                              axis=axis)
-    everywhere = replicated(mesh)
-    return jax.jit(epoch, in_shardings=everywhere, out_shardings=everywhere, donate_argnums=0)
+    return make_epoch(step, batch_size, drop_remainder=drop_remainder,
+                      sharding=epoch_sharding(mesh, batch_size, axis))

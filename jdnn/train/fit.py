@@ -13,23 +13,27 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jdnn.core import Layer, whole_number
 from jdnn.data.batching import batches_from_order, epoch_order, num_batches
+from jdnn.losses import Loss
+from jdnn.metrics import Metrics
 from jdnn.train.arguments import check_callbacks, check_train_state, checked_data
 from jdnn.train.callbacks import Callback, Run, copy_state
 from jdnn.train.evaluate import DEFAULT_BATCH_SIZE, make_evaluator
 from jdnn.train.history import History
 from jdnn.train.state import DonationGuard, TrainState, as_key, donated
-from jdnn.train.step import Loss, Metrics, check_step_arguments, train_step_fn
+from jdnn.train.step import check_step_arguments, train_step_fn
 
 MODES = ("scan", "step")
 
@@ -56,7 +60,95 @@ def epoch_orders(train_state: TrainState, n: int) -> np.ndarray:
     return np.stack([epoch_order(k, s, n) for k, s in zip(key_data, step)])
 
 
-def epoch_fn(step: Callable, batch_size: int, *, drop_remainder: bool = False) -> Callable:
+# ---------------------------------------------------------------------------------------------
+# The sharding hook. A data-parallel epoch is the same epoch with its batches split across the
+# devices of a mesh; `epoch_fn` takes where the arrays live as data, an `EpochSharding`, so
+# `jdnn.parallel` (which builds on this module) and `fit(..., mesh=)` run one and the same epoch.
+
+DATA_AXIS = "data"
+
+
+class EpochSharding(NamedTuple):
+    """Where the arrays of a data-parallel epoch live; the hook of `epoch_fn` and `make_epoch`.
+
+    Built by `epoch_sharding(mesh, batch_size)`. See `jdnn.parallel` for the plan and its
+    trade-offs.
+
+    Attributes:
+        replicated: the train state, the dataset and the epoch's means: a full copy on every
+            device.
+        batch: each gathered batch `(x, y, mask)`, split along its leading (batch) axis.
+        plan: the epoch's batch indices and masks `(steps, batch)`, split along the batch axis.
+    """
+
+    replicated: NamedSharding
+    batch: NamedSharding
+    plan: NamedSharding
+
+
+def auto_mesh(mesh: Mesh) -> Mesh:
+    """`mesh` with every axis of `Auto` type (a `jax.make_mesh` mesh defaults to `Explicit`):
+    shardings are then constraints that XLA's partitioner propagates.
+
+    Raises:
+        TypeError: for anything that is not a `jax.sharding.Mesh`.
+    """
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, e.g. jdnn.parallel.data_mesh(), got "
+                        f"{type(mesh).__name__}")
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * mesh.devices.ndim)
+
+
+def axis_size(mesh: Mesh, axis: str) -> int:
+    """The number of devices along `axis` of `mesh`; a `ValueError` if it has no such axis."""
+    if axis not in auto_mesh(mesh).axis_names:
+        raise ValueError(f"the mesh has no axis {axis!r}; its axes are {mesh.axis_names}: pass "
+                         f"axis= one of them, or build the mesh with jdnn.parallel.data_mesh()")
+    return mesh.shape[axis]
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, axis: str = DATA_AXIS) -> int:
+    """Raises a `ValueError` unless `batch_size` splits evenly over the mesh's `axis`.
+
+    Args:
+        batch_size: examples per step over all devices.
+        mesh: the mesh.
+        axis: the mesh axis the batch is split along.
+
+    Returns:
+        The number of examples each device computes per step.
+    """
+    devices = axis_size(mesh, axis)
+    if batch_size % devices:
+        below = batch_size // devices * devices
+        options = " or ".join(str(b) for b in (below, below + devices) if b > 0)
+        raise ValueError(f"batch_size (={batch_size}) must be divisible by the number of devices "
+                         f"on mesh axis {axis!r} (={devices}), so that each device gets an equal "
+                         f"slice of every batch: pick a multiple of {devices}, e.g. {options}")
+    return batch_size // devices
+
+
+def epoch_sharding(mesh: Mesh, batch_size: int, axis: str = DATA_AXIS) -> EpochSharding:
+    """The `EpochSharding` of data-parallel training on `mesh`: batches split along `axis`,
+    everything else replicated.
+
+    Raises:
+        TypeError: if `mesh` is not a `jax.sharding.Mesh`.
+        ValueError: if `mesh` has no `axis`, or `batch_size` is not a multiple of its size.
+
+    Example:
+        >>> epoch = make_epoch(step, 256, sharding=epoch_sharding(jdnn.parallel.data_mesh(), 256))
+    """
+    check_batch_size(batch_size, mesh, axis)
+    mesh = auto_mesh(mesh)
+    return EpochSharding(NamedSharding(mesh, P()), NamedSharding(mesh, P(axis)),
+                         NamedSharding(mesh, P(None, axis)))
+
+
+def epoch_fn(step: Callable, batch_size: int, *, drop_remainder: bool = False,
+             sharding: EpochSharding | None = None) -> Callable:
     """One epoch as a pure function `epoch(train_state, x, y, order) -> (train_state, means)`.
 
     `x` and `y` hold all `n` examples (device arrays) and `order` `(n,)` is the epoch's
@@ -64,14 +156,29 @@ def epoch_fn(step: Callable, batch_size: int, *, drop_remainder: bool = False) -
     dropped), gathered, and scanned with `step`; `means` holds each metric averaged over the
     epoch's real (unpadded) examples. Uncompiled: `make_epoch` jits it, `jax.vmap` can batch it
     (ensembles, hyper-parameter search).
+
+    Args:
+        step: a pure training step `step(train_state, x, y, mask) -> (train_state, metrics)`
+            (see `fit`'s `step=`), e.g. `jdnn.train.step.train_step_fn(...)`.
+        batch_size: examples per step.
+        drop_remainder: drop the last, short batch instead of padding and masking it.
+        sharding: where the arrays live, for data-parallel training (`epoch_sharding`): each
+            batch and the epoch's plan carry its sharding constraints; None on one device.
     """
+
+    def placed(tree, field):
+        """`tree` constrained to the sharding's `field`; as it is on one device."""
+        if sharding is None:
+            return tree
+        return lax.with_sharding_constraint(tree, getattr(sharding, field))
 
     def epoch(train_state, x, y, order):
         indices, masks = batches_from_order(order, batch_size, drop_remainder=drop_remainder)
+        indices, masks = placed((indices, masks), "plan")
 
         def body(state, batch):
             i, mask = batch
-            return step(state, x[i], y[i], mask)
+            return step(state, *placed((x[i], y[i], mask), "batch"))
 
         train_state, reports = lax.scan(body, train_state, (indices, masks))
         return train_state, weighted_means(reports, masks)
@@ -79,9 +186,16 @@ def epoch_fn(step: Callable, batch_size: int, *, drop_remainder: bool = False) -
     return epoch
 
 
-def make_epoch(step: Callable, batch_size: int, *, drop_remainder: bool = False) -> Callable:
-    """`epoch_fn` compiled, with the incoming train state donated."""
-    return jax.jit(epoch_fn(step, batch_size, drop_remainder=drop_remainder), donate_argnums=0)
+def make_epoch(step: Callable, batch_size: int, *, drop_remainder: bool = False,
+               sharding: EpochSharding | None = None) -> Callable:
+    """`epoch_fn` compiled, with the incoming train state donated. With a `sharding`, the
+    epoch's inputs and outputs are replicated over its mesh (place the train state and the
+    data there once, e.g. `jax.device_put(tree, sharding.replicated)`)."""
+    epoch = epoch_fn(step, batch_size, drop_remainder=drop_remainder, sharding=sharding)
+    if sharding is None:
+        return jax.jit(epoch, donate_argnums=0)
+    return jax.jit(epoch, in_shardings=sharding.replicated, out_shardings=sharding.replicated,
+                   donate_argnums=0)
 
 
 def _host_epoch(step: Callable, batch_size: int, drop_remainder: bool) -> Callable:
@@ -226,12 +340,9 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         if mode != "scan":
             raise ValueError(f"fit: mesh= trains data-parallel in mode='scan' only, got "
                              f"mode={mode!r}")
-        from jdnn import parallel  # parallel builds on this module
-
-        run_epoch = parallel.make_parallel_epoch(step, batch_size, mesh,
-                                                 drop_remainder=drop_remainder)
-        train_state = parallel.replicate(train_state, mesh)
-        x, y = parallel.put_data((x, y), mesh)
+        sharding = epoch_sharding(mesh, batch_size)
+        run_epoch = make_epoch(step, batch_size, drop_remainder=drop_remainder, sharding=sharding)
+        train_state, x, y = jax.device_put((train_state, x, y), sharding.replicated)
     elif mode == "scan":
         run_epoch = make_epoch(step, batch_size, drop_remainder=drop_remainder)
         x, y = jnp.asarray(x), jnp.asarray(y)
