@@ -7,6 +7,12 @@ inside a compiled step. `check_data` finds them up front and says what is wrong,
 to fix it. It reads the model only through `model.init` on an abstract key (no parameters are
 materialized), and the loss only by identity, so it costs one pass over the data.
 
+Every loss gets its targets' shape checked against the model's outputs. The built-in losses
+check their own shapes; for any other loss (a user's `my_mse`) targets whose rank differs from
+the outputs' in a way broadcasting accepts (`(B, 1)` outputs against `(B,)` targets broadcast to
+`(B, B)`) are an error: such a loss would compare every example with every other and train a
+silently wrong model. Asking for accuracy explicitly needs targets that are class labels.
+
 `check_labels` is the label part alone, for entry points that get a batch rather than a dataset
 (`per_example_grads`, `ghost_clipped_grad`). A model whose last layer outputs probabilities
 (it declares the trait `outputs_probabilities`, e.g. `Softmax`) before a loss that takes logits
@@ -15,7 +21,7 @@ is a warning, once: it trains, but badly.
 
 from __future__ import annotations
 
-import functools
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -24,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdnn import metrics as metrics_lib
 from jdnn.core import Layer, LayerError, Shape, output_layer, output_shape, trait
-from jdnn.losses import binary_cross_entropy, softmax_cross_entropy
+from jdnn.losses import checks_shapes, label_kind, loss_name
 
 
 def _describe(data: Any) -> str:
@@ -101,17 +108,6 @@ def _check_finite(name: str, part: str, a: np.ndarray) -> None:
     if count:
         raise ValueError(f"{name}: {part} has {count} non-finite value(s) (NaN or inf); "
                          f"{_where(part, a, bad)}. Remove or impute them before training")
-
-
-def _loss_kind(loss: Callable | None) -> str | None:
-    """`"softmax"`, `"binary"` or None (unknown: no label checks), unwrapping partials."""
-    while isinstance(loss, functools.partial):
-        loss = loss.func
-    if loss is softmax_cross_entropy:
-        return "softmax"
-    if loss is binary_cross_entropy:
-        return "binary"
-    return None
 
 
 def _misfit(name: str, shape: Shape, error: LayerError) -> ValueError:
@@ -226,8 +222,85 @@ def _check_binary_labels(name: str, y: np.ndarray, out: Shape | None) -> None:
                                   "softmax_cross_entropy with integer labels")
 
 
+def _broadcasts_across_examples(out: Shape, target: Shape) -> bool:
+    """Whether outputs of shape `out` and targets of shape `target` (batch axis first) differ
+    in rank yet broadcast together at any batch size. The batch axis of one then meets another
+    axis of the other: `(B, 1)` against `(B,)` gives `(B, B)`, every example paired with every
+    other. Tried with a batch size no other axis has, so that only axes of size 1 let it pass."""
+    if len(out) == len(target):
+        return False
+    batch = max((*out[1:], *target[1:], 1)) + 2
+    try:
+        np.broadcast_shapes((batch, *out[1:]), (batch, *target[1:]))
+    except ValueError:
+        return False
+    return True
+
+
+def _reshape_hint(out: Shape, target: Shape) -> str:
+    """How to give targets of shape `target` the outputs' shape `out`."""
+    if out[1:] == (*target[1:], 1):
+        return "y.reshape(-1, 1) (or y[:, None])" if len(target) == 1 else "y[..., None]"
+    if target[1:] == (*out[1:], 1):
+        return "y.reshape(-1) (or y[:, 0])" if len(out) == 1 else "y[..., 0]"
+    if math.prod(out[1:]) == math.prod(target[1:]):
+        return f"y.reshape{(-1, *out[1:])}"
+    return "targets of the outputs' shape"
+
+
+def _check_target_shape(name: str, target: Shape, out: Shape, loss: Callable) -> None:
+    """Raises for targets a loss that does not check shapes would broadcast across examples."""
+    target, out = tuple(target), tuple(out)
+    if not _broadcasts_across_examples(out, target):
+        return
+    n = target[0]
+    mixed = np.broadcast_shapes((n, *out[1:]), target)
+    raise ValueError(f"{name}: y of shape {target} does not match the model's output shape "
+                     f"{(n, *out[1:])} under the loss {loss_name(loss)}: it would broadcast "
+                     f"the outputs against the targets to shape {mixed}, pairing every example "
+                     f"with every other, and train a silently wrong model. Give y the outputs' "
+                     f"shape: {_reshape_hint(out, target)}")
+
+
+_NOT_CLASSES = ("Accuracy compares predicted classes with class labels: for regression targets "
+                "leave metrics out (the default follows the loss: accuracy only for a "
+                "classification loss) or pass metrics=()")
+
+
+def _check_accuracy_targets(name: str, y: np.ndarray, out: Shape | None) -> None:
+    """Explicitly asked-for accuracy needs class labels: whole indices in `[0, C)` against `C`
+    outputs, one-hot or probability rows of the outputs' shape, or 0/1 for one output."""
+    y = y.astype(np.int8) if y.dtype == np.bool_ else y
+    classes = out[-1] if out is not None and len(out) == 2 and out[-1] > 1 else None
+    rows = y.ndim == 2 and y.shape[1] > 1 and (out is None or y.shape[1:] == out[1:])
+    single = y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)
+    if rows:
+        off = ((y < 0) | (y > 1)).any(axis=1) | ~np.isclose(y.sum(axis=1), 1.0, atol=1e-3)
+        if off.any():
+            first = int(np.argmax(off))
+            raise ValueError(f"{name}: metrics asks for accuracy, but y has {int(off.sum())} "
+                             f"row(s) that are not one-hot or probability vectors (entries in "
+                             f"[0, 1] summing to 1); the first is y[{first}] = "
+                             f"{y[first].tolist()!r:.80}. {_NOT_CLASSES}")
+        return
+    if single and classes is not None:
+        off = (y != np.round(y)) | (y < 0) | (y >= classes)
+        what = f"values that are not class indices in [0, {classes})"
+    elif single and out is not None and out[1:] in ((), (1,)):
+        off = (y != 0) & (y != 1)
+        what = "values other than 0 and 1 (a single output's classes)"
+    elif single and out is None:
+        off = (y != np.round(y)) | (y < 0)
+        what = "values that are not class indices (whole numbers >= 0)"
+    else:   # shapes accuracy does not take: it names them when the step is traced
+        return
+    if off.any():
+        raise ValueError(f"{name}: metrics asks for accuracy, but y has {int(off.sum())} "
+                         f"{what}; {_where('y', y, off)}. {_NOT_CLASSES}")
+
+
 def check_data(x: Any, y: Any, *, model: Layer | None = None, loss: Callable | None = None,
-               name: str = "train_data") -> None:
+               name: str = "train_data", metrics: Any = None) -> None:
     """Raises a clear `ValueError` if `(x, y)` cannot train `model` under `loss`.
 
     Checked, in order: `x` and `y` are real-valued arrays with a first (example) axis of the
@@ -246,12 +319,25 @@ def check_data(x: Any, y: Any, *, model: Layer | None = None, loss: Callable | N
     probabilities (`Softmax`, `Sigmoid`: layers that declare `outputs_probabilities`) is a
     `UserWarning`, shown once: these losses take logits.
 
+    With a model and a loss other than the built-in ones (which check their own shapes), `y`
+    must not differ from the outputs in rank where broadcasting would accept it: outputs
+    `(N, 1)` against targets `(N,)` (or `(N,)` against `(N, 1)`) would broadcast to `(B, B)`
+    in every batch. Targets of the outputs' shape, class indices `(N,)` for `(N, C)` outputs,
+    and any other pair broadcasting refuses pass.
+
+    With `metrics` naming `accuracy` (an explicit request: None, the default, checks nothing),
+    the targets must be class labels: integer-valued indices in `[0, C)` for `(N, C)` outputs,
+    one-hot or probability rows (entries in `[0, 1]` summing to 1) of the outputs' shape, or
+    `0`/`1` for a single output.
+
     Args:
         x: inputs `(N, ...)`.
         y: targets `(N, ...)`.
         model: optional; its `init` is traced abstractly on `(1, *x.shape[1:])`.
         loss: optional per-example loss, e.g. `jdnn.losses.softmax_cross_entropy`.
         name: what the data are called in messages, e.g. `"validation_data"`.
+        metrics: the metrics the user asked for, as passed to `fit` (names or functions);
+            None when they were not given.
 
     Raises:
         ValueError: naming `name`, what was expected and what was found (with counts and the
@@ -274,7 +360,12 @@ def check_data(x: Any, y: Any, *, model: Layer | None = None, loss: Callable | N
     _check_finite(name, "x", x)
     _check_finite(name, "y", y)
     out = model_output_shape(name, model, x.shape) if model is not None else None
-    _check_labels_of(name, y, out, _loss_kind(loss), model)
+    if out is not None and loss is not None and not checks_shapes(loss):
+        _check_target_shape(name, y.shape, out, loss)
+    _check_labels_of(name, y, out, label_kind(loss), model)
+    if metrics is not None and any(map(metrics_lib.is_accuracy,
+                                       metrics_lib.resolve_metrics(metrics).values())):
+        _check_accuracy_targets(name, y, out)
 
 
 def _check_labels_of(name: str, y: np.ndarray, out: Shape | None, kind: str | None,
@@ -297,9 +388,9 @@ def check_labels(y: Any, *, loss: Callable | None, model: Layer | None = None,
     they call it when `y` is concrete, naming themselves; under `jit` the labels are traced and
     the losses' NaN rule (an out-of-range label gives a NaN loss) is the guard instead. Checks
     that `y` is a real, finite array with a first axis, then the labels as `check_data` does for
-    `loss` (nothing more for a loss it does not know), against the model's output for inputs
-    of shape `x_shape` when both are given; warns, as `check_data` does, when the model's last
-    layer outputs probabilities.
+    `loss` against the model's output for inputs of shape `x_shape` when both are given; warns,
+    as `check_data` does, when the model's last layer outputs probabilities. For a loss it does
+    not know, only the labels' shape is checked against the outputs' (as `check_data` does).
 
     Args:
         y: the labels `(B, ...)` (NumPy or concrete JAX array).
@@ -316,8 +407,10 @@ def check_labels(y: Any, *, loss: Callable | None, model: Layer | None = None,
         >>> check_labels(y, loss=jdnn.losses.softmax_cross_entropy, model=model,
         ...              x_shape=x.shape, name="per_example_grads")
     """
-    kind = _loss_kind(loss)
+    kind = label_kind(loss)
     if kind is None:
+        if not (loss is None or checks_shapes(loss) or model is None or x_shape is None):
+            _check_target_shape(name, np.shape(y), model_output_shape(name, model, x_shape), loss)
         return
     y = np.asarray(y)
     _check_numeric(name, "y", y)

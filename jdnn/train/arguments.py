@@ -155,21 +155,24 @@ def check_names(where: str, names: Any, what: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def checked_data(model: Layer, loss: Callable, train_data: Any, validation_data: Any):
+def checked_data(model: Layer, loss: Callable, train_data: Any, validation_data: Any, *,
+                 metrics: Any = None):
     """The training `(x, y)` as NumPy arrays and the validation pair on the device (or None),
     each checked against the model and loss before anything is compiled (`check_data`), and
     the validation inputs against the training inputs' per-example shape: the model is built
     for one input shape, so other validation inputs would fail only after the first epoch.
+    `metrics`, as the user passed them (None: not given), are checked against the targets too
+    (asking for accuracy needs class labels).
 
     Raises:
         ValueError: naming `train_data` or `validation_data`.
     """
     x, y = as_arrays(train_data, "train_data")
-    check_data(x, y, model=model, loss=loss, name="train_data")
+    check_data(x, y, model=model, loss=loss, name="train_data", metrics=metrics)
     validation = None
     if validation_data is not None:
         validation = as_arrays(validation_data, "validation_data")
-        check_data(*validation, model=model, loss=loss, name="validation_data")
+        check_data(*validation, model=model, loss=loss, name="validation_data", metrics=metrics)
         if validation[0].shape[1:] != x.shape[1:]:
             raise ValueError(f"validation_data: x has examples of shape "
                              f"{validation[0].shape[1:]}, but train_data's x has examples of "

@@ -14,16 +14,17 @@ from jax import lax
 from jdnn.core import Layer, whole_number
 from jdnn.data.batching import epoch_batches
 from jdnn.data.validate import as_arrays, check_data
+from jdnn.losses import Loss
+from jdnn.metrics import Metrics, resolve_metrics
 from jdnn.train.state import TrainState
-from jdnn.train.step import (Loss, Metrics, check_step_arguments, eval_step_fn,
-                             resolve_metrics)
+from jdnn.train.step import check_step_arguments, eval_step_fn
 
 DEFAULT_BATCH_SIZE = 1024
 
 
 @functools.lru_cache(maxsize=64)
 def _evaluator(model: Layer, loss: Loss, metrics: tuple, batch_size: int) -> Callable:
-    step = eval_step_fn(model, loss, metrics=dict(metrics))
+    step = eval_step_fn(model, loss, metrics=dict(metrics))  # resolved already: never None
 
     @jax.jit
     def run(train_state, x, y):
@@ -41,20 +42,22 @@ def _evaluator(model: Layer, loss: Loss, metrics: tuple, batch_size: int) -> Cal
     return run
 
 
-def make_evaluator(model: Layer, loss: Loss, *, metrics: Metrics = ("accuracy",),
+def make_evaluator(model: Layer, loss: Loss, *, metrics: Metrics | None = None,
                    batch_size: int = DEFAULT_BATCH_SIZE) -> Callable:
     """A compiled `evaluator(train_state, x, y) -> {"loss": ..., metric: ...}` over a dataset.
 
     The data are cut into padded, masked batches scanned on the device; each value is the mean
-    over all examples. Built once per (model, loss, metrics, batch size) and cached.
+    over all examples. Built once per (model, loss, metrics, batch size) and cached. `metrics`
+    as in `evaluate` (None: the loss's default).
     """
     check_step_arguments("make_evaluator", loss=loss, metrics=metrics)
     batch_size = whole_number("make_evaluator", "batch_size", batch_size, minimum=1)
-    return _evaluator(model, loss, tuple(resolve_metrics(metrics).items()), batch_size)
+    return _evaluator(model, loss, tuple(resolve_metrics(metrics, loss=loss).items()),
+                      batch_size)
 
 
 def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
-             metrics: Metrics = ("accuracy",), batch_size: int = DEFAULT_BATCH_SIZE
+             metrics: Metrics | None = None, batch_size: int = DEFAULT_BATCH_SIZE
              ) -> dict[str, float]:
     """The loss and metrics of a trained model on a dataset, in evaluation mode.
 
@@ -63,11 +66,20 @@ def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
         train_state: its trained state (params and batch-norm statistics are used).
         data: an `(x, y)` pair of arrays, `x` `(N, ...)`, `y` `(N, ...)`.
         loss: the per-example loss, e.g. `jdnn.losses.softmax_cross_entropy`.
-        metrics: names from `jdnn.metrics` or functions; `()` for regression.
+        metrics: names from `jdnn.metrics` or functions `fn(predictions, labels, mask)`. None,
+            the default, follows the loss: `("accuracy",)` for a classification loss
+            (`softmax_cross_entropy`, `binary_cross_entropy`), none for any other (`mse`, a loss
+            of one's own). Asking for `"accuracy"` needs targets that are class labels.
         batch_size: examples per compiled batch.
 
     Returns:
         `{"loss": float, **metrics}`, means over all `N` examples.
+
+    Raises:
+        TypeError: for a loss or metric of the wrong kind.
+        ValueError: for data that do not fit the model and loss (starting with `data`), e.g.
+            targets `(N,)` for outputs `(N, 1)` under a loss of one's own, or accuracy asked
+            for on targets that are not class labels.
 
     Example:
         >>> jdnn.evaluate(model, train_state, (x_test, y_test),
@@ -76,7 +88,7 @@ def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
     check_step_arguments("evaluate", loss=loss, metrics=metrics)
     batch_size = whole_number("evaluate", "batch_size", batch_size, minimum=1)
     x, y = as_arrays(data, "data")
-    check_data(x, y, model=model, loss=loss, name="data")
+    check_data(x, y, model=model, loss=loss, name="data", metrics=metrics)
     report = make_evaluator(model, loss, metrics=metrics, batch_size=batch_size)(
         train_state, jnp.asarray(x), jnp.asarray(y))
     return {name: float(value) for name, value in report.items()}

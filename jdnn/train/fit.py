@@ -232,7 +232,7 @@ def _attach(error: BaseException, train_state: Any, history: History, note: str)
 def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientTransformation,
         epochs: int, batch_size: int, key: jax.Array | int | None = None,
         validation_data: Any = None,
-        metrics: Metrics = ("accuracy",), penalty: Callable | None = None,
+        metrics: Metrics | None = None, penalty: Callable | None = None,
         augment: Callable | None = None, callbacks: Sequence[Callback] = (),
         progress: bool = True, train_state: TrainState | None = None, mode: str = "scan",
         drop_remainder: bool = False, frozen_state: Sequence[str] = (),
@@ -275,7 +275,11 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
             state's own key).
         validation_data: an optional `(x, y)` pair evaluated after each epoch (`val_*` keys);
             its examples must have the training examples' shape.
-        metrics: names from `jdnn.metrics` or functions; `()` for regression.
+        metrics: names from `jdnn.metrics` or functions `fn(predictions, labels, mask)`,
+            computed on each training batch and on `validation_data`. None, the default,
+            follows the loss (`jdnn.metrics.default_metrics`): `("accuracy",)` for
+            `softmax_cross_entropy` and `binary_cross_entropy`, none (the loss alone) for `mse`
+            or a loss of one's own. Asking for `"accuracy"` needs targets that are class labels.
         penalty: optional `penalty(params) -> scalar`, e.g. `jdnn.regularizers.penalty(l2=1e-4)`.
         augment: optional keyed augmentation `augment(key, x) -> x` applied to every batch,
             e.g. `jdnn.data.augment.random_flip()` (called).
@@ -302,7 +306,9 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         TypeError: for a loss, optimizer, callbacks, augmentation or train state of the wrong
             kind (e.g. `loss="mse"`, `optimizer=optax.adam`, a callback not in a list).
         ValueError: for bad counts or data, before anything is compiled; data errors start
-            with `train_data` or `validation_data`.
+            with `train_data` or `validation_data` (e.g. targets `(N,)` for outputs `(N, 1)`
+            under a loss of one's own, or accuracy asked for on targets that are not class
+            labels).
 
     Example:
         >>> (x, y), (x_test, y_test) = jdnn.data.digits()
@@ -319,7 +325,7 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     check_step_arguments("fit", loss=loss, optimizer=optimizer, metrics=metrics,
                          penalty=penalty, augment=augment, frozen_state=frozen_state)
     callbacks = check_callbacks("fit", callbacks)
-    x, y, validation = checked_data(model, loss, train_data, validation_data)
+    x, y, validation = checked_data(model, loss, train_data, validation_data, metrics=metrics)
     n = x.shape[0]
     if drop_remainder and batch_size > n:
         raise ValueError(f"fit: batch_size={batch_size} is larger than train_data's {n} "
