@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdnn import losses
-from jdnn.core import Layer, LayerError
+from jdnn.core import Layer, LayerError, path_of
 from jdnn.data import augment as augment_lib
 from jdnn.data.validate import as_arrays, check_data
 from jdnn.train.callbacks import Callback
@@ -141,6 +141,99 @@ def check_augment(where: str, augment: Any) -> Callable | None:
         raise TypeError(f"{where}: augment must be a function augment(key, x) -> x (see "
                         f"jdnn.data.augment), got {_describe(augment)}")
     return augment
+
+
+# The keyword arguments that configure fit's own step: meaningless next to a step of one's own.
+_STEP_OPTIONS = ("penalty", "augment", "frozen_state")
+
+
+def check_step(where: str, step: Any, **options: Any) -> Callable:
+    """`step` if it can be a training step `step(train_state, x, y, mask) -> (train_state,
+    metrics)`: a function (plain or jitted) that takes those four arguments. A `TypeError` for
+    anything else, e.g. `jdnn.make_dp_train_step` passed uncalled; a `ValueError` if any of
+    `options` (`penalty`, `augment`, `frozen_state`: they configure `fit`'s own step) is set,
+    since a step of one's own would silently ignore it.
+
+    Example:
+        >>> check_step("fit", jdnn.make_dp_train_step)   # TypeError: ... build the step first
+    """
+    if not callable(step) or inspect.isclass(step):
+        raise TypeError(f"{where}: step must be a training step step(train_state, x, y, mask) "
+                        f"-> (train_state, metrics), got {_describe(step)}; e.g. "
+                        f"step=jdnn.make_dp_train_step(model, loss, optimizer, ...)")
+    try:
+        signature = inspect.signature(step)
+    except (TypeError, ValueError):  # no signature to read (some builtins): trust it
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(None, None, None, None)
+        except TypeError as error:
+            name = getattr(step, "__name__", type(step).__name__)
+            if name.startswith(("make_", "build_")) or name.endswith("_fn"):
+                raise TypeError(f"{where}: step must be a training step taking (train_state, x, "
+                                f"y, mask), got the function {name}, which builds one: call "
+                                f"it first, e.g. step={name}(model, loss, optimizer, ...)"
+                                ) from None
+            raise TypeError(f"{where}: step must take (train_state, x, y, mask), but "
+                            f"{name}{signature} cannot ({error})") from None
+    given = [name for name in _STEP_OPTIONS if options.get(name) not in (None, ())]
+    if given:
+        raise ValueError(f"{where}: {', '.join(f'{n}=' for n in given)} configure {where}'s own "
+                         f"training step, so with step= they would be ignored; build them into "
+                         f"the step you pass")
+    return step
+
+
+def _leaf_specs(tree: Any) -> dict[str, tuple]:
+    return {path_of(k): (tuple(jnp.shape(v)), jnp.result_type(v))
+            for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_step_result(where: str, train_state: TrainState, result: Any) -> None:
+    """Checks, at trace time, what a step of the user's own returned: a pair `(train_state,
+    metrics)`, the new `TrainState` with the incoming one's structure, shapes and dtypes (the
+    epoch's `lax.scan` carries it), and a dict of scalars (the batch's means).
+
+    Raises:
+        TypeError: for a result that is not such a pair, or a state that is not a `TrainState`.
+        ValueError: for a state whose leaves differ from the incoming ones, or a metric that is
+            not a scalar; each naming the path or the metric.
+    """
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise TypeError(f"{where}: step must return a pair (train_state, metrics), got "
+                        f"{_describe(result)}")
+    new_state, report = result
+    if not isinstance(new_state, TrainState):
+        raise TypeError(f"{where}: step must return the new TrainState first, got "
+                        f"{_describe(new_state)}")
+    before, after = _leaf_specs(train_state), _leaf_specs(new_state)
+    if before != after:
+        changed = sorted(set(before) ^ set(after)) or [
+            path for path in before if before[path] != after[path]]
+        path = changed[0]
+        raise ValueError(f"{where}: step must return a train state of the same structure, "
+                         f"shapes and dtypes as the one it got; {path or 'a leaf'} differs "
+                         f"({before.get(path, 'absent')} in, {after.get(path, 'absent')} out)")
+    if not (isinstance(report, dict) and all(isinstance(k, str) for k in report)):
+        raise TypeError(f"{where}: step must return its metrics as a dict of names to scalars, "
+                        f"got {_describe(report)}")
+    for name, value in report.items():
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"{where}: step's metric {name!r} has shape {jnp.shape(value)}; "
+                             f"metrics must be scalars, the means over the batch's examples "
+                             f"where the mask is set (e.g. jdnn.losses.masked_mean(values, mask))")
+
+
+def checked_step(where: str, step: Callable) -> Callable:
+    """`step` with `check_step_result` run on its result when it is traced (free at run time)."""
+
+    def checked(train_state, x, y, mask):
+        result = step(train_state, x, y, mask)
+        check_step_result(where, train_state, result)
+        return result
+
+    return checked
 
 
 def check_names(where: str, names: Any, what: str) -> tuple[str, ...]:

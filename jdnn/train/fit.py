@@ -6,6 +6,11 @@ from the state's key and step, goes in with it. Python runs once
 per epoch, for validation, callbacks, the progress bar and the history. `mode="step"` keeps the
 data on the host and dispatches one compiled step per batch, for datasets that do not fit on
 the device; it draws the same permutations.
+
+The step scanned is fit's own (`jdnn.train.step.train_step_fn`) or any pure step with the same
+contract, `step(train_state, x, y, mask) -> (train_state, metrics)` (`fit(..., step=)`, e.g.
+DP-SGD's): every way of training gets callbacks, history and checkpoints from this one loop.
+Data-parallel training is the same epoch given a sharding hook (`EpochSharding`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from jdnn.core import Layer, whole_number
 from jdnn.data.batching import batches_from_order, epoch_order, num_batches
 from jdnn.losses import Loss
 from jdnn.metrics import Metrics
-from jdnn.train.arguments import check_callbacks, check_train_state, checked_data
+from jdnn.train.arguments import (check_callbacks, check_step, check_train_state, checked_data,
+                                  checked_step)
 from jdnn.train.callbacks import Callback, Run, copy_state
 from jdnn.train.evaluate import DEFAULT_BATCH_SIZE, make_evaluator
 from jdnn.train.history import History
@@ -236,14 +242,29 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         augment: Callable | None = None, callbacks: Sequence[Callback] = (),
         progress: bool = True, train_state: TrainState | None = None, mode: str = "scan",
         drop_remainder: bool = False, frozen_state: Sequence[str] = (),
-        eval_batch_size: int = DEFAULT_BATCH_SIZE, mesh: Any = None
-        ) -> tuple[TrainState, History]:
+        eval_batch_size: int = DEFAULT_BATCH_SIZE, mesh: Any = None,
+        step: Callable | None = None) -> tuple[TrainState, History]:
     """Trains `model` on `train_data` for `epochs` epochs.
 
     Each epoch draws a permutation from the train state's key and step, cuts the data into
     batches of `batch_size` (the last one padded and masked, or dropped), and runs the compiled
     training step on each; then evaluates `validation_data`, records the history and runs the
     callbacks. The step is compiled once for the whole run.
+
+    The step is `fit`'s own (`jdnn.train.step.train_step_fn`: the loss, `penalty`, `augment`,
+    `frozen_state`) unless `step=` gives another, so every way of training (DP-SGD's
+    `jdnn.make_dp_train_step`, a step of one's own) gets callbacks, history, validation,
+    checkpoints and interrupts from this one loop. A step's contract:
+
+        step(train_state, x, y, mask) -> (train_state, metrics)
+
+    pure (the epoch scans it inside one `jax.jit`; a jitted step is fine too), with `x` and `y`
+    one batch `(B, ...)` and `mask` `(B,)` marking its real examples (the last batch is
+    padded); it returns the next `TrainState`, with the incoming one's structure, shapes and
+    dtypes and `step` advanced by one (each epoch's order and every step key derive from it),
+    and a dict of scalar metrics, each the mean over the examples `mask` keeps (the history
+    records their means over the epoch). Draw randomness from
+    `jdnn.train.state.step_key(train_state, stream)`.
 
     Interrupts and errors lose nothing. On `KeyboardInterrupt` (Ctrl-C, or a callback raising
     it) fit stops and *returns* `(train_state, history)` as usual, the state being the last
@@ -276,10 +297,11 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         validation_data: an optional `(x, y)` pair evaluated after each epoch (`val_*` keys);
             its examples must have the training examples' shape.
         metrics: names from `jdnn.metrics` or functions `fn(predictions, labels, mask)`,
-            computed on each training batch and on `validation_data`. None, the default,
-            follows the loss (`jdnn.metrics.default_metrics`): `("accuracy",)` for
-            `softmax_cross_entropy` and `binary_cross_entropy`, none (the loss alone) for `mse`
-            or a loss of one's own. Asking for `"accuracy"` needs targets that are class labels.
+            computed on each training batch (by fit's own step) and on `validation_data`.
+            None, the default, follows the loss (`jdnn.metrics.default_metrics`):
+            `("accuracy",)` for `softmax_cross_entropy` and `binary_cross_entropy`, none (the
+            loss alone) for `mse` or a loss of one's own. Asking for `"accuracy"` needs
+            targets that are class labels.
         penalty: optional `penalty(params) -> scalar`, e.g. `jdnn.regularizers.penalty(l2=1e-4)`.
         augment: optional keyed augmentation `augment(key, x) -> x` applied to every batch,
             e.g. `jdnn.data.augment.random_flip()` (called).
@@ -298,17 +320,27 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
             training, each batch split across the devices, the train state replicated, the
             gradients all-reduced by XLA; batch-norm statistics are the global batch's.
             `batch_size` must be a multiple of the device count; scan mode only.
+        step: a training step of one's own, `step(train_state, x, y, mask) -> (train_state,
+            metrics)` (the contract above), e.g. `jdnn.make_dp_train_step(model, loss,
+            optimizer, l2_norm_clip=1.0, noise_multiplier=1.1)`; it replaces fit's own step, so
+            `penalty`, `augment` and `frozen_state` must be left out (build them into the step)
+            and `metrics` apply to validation only. `loss` still checks the labels and
+            validates; `optimizer` initializes the train state unless `train_state` is given
+            (pass the step's optimizer).
 
     Returns:
         `(train_state, history)`.
 
     Raises:
-        TypeError: for a loss, optimizer, callbacks, augmentation or train state of the wrong
-            kind (e.g. `loss="mse"`, `optimizer=optax.adam`, a callback not in a list).
+        TypeError: for a loss, optimizer, callbacks, augmentation, step or train state of the
+            wrong kind (e.g. `loss="mse"`, `optimizer=optax.adam`, a callback not in a list,
+            `step=jdnn.make_dp_train_step` uncalled), or a step that returns something other
+            than `(train_state, metrics)` (when it is traced).
         ValueError: for bad counts or data, before anything is compiled; data errors start
             with `train_data` or `validation_data` (e.g. targets `(N,)` for outputs `(N, 1)`
             under a loss of one's own, or accuracy asked for on targets that are not class
-            labels).
+            labels). For a step that does not advance `train_state.step` by one per batch
+            (after the first epoch).
 
     Example:
         >>> (x, y), (x_test, y_test) = jdnn.data.digits()
@@ -316,6 +348,12 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         >>> train_state, history = jdnn.fit(model, (x, y),
         ...     loss=jdnn.losses.softmax_cross_entropy, optimizer=optax.adam(1e-3),
         ...     epochs=20, batch_size=64, key=jax.random.key(0), validation_data=(x_test, y_test))
+        >>> loss, sgd = jdnn.losses.softmax_cross_entropy, optax.sgd(0.1)   # DP-SGD, same loop
+        >>> dp_step = jdnn.make_dp_train_step(model, loss, sgd, l2_norm_clip=1.0,
+        ...                                   noise_multiplier=1.1)
+        >>> train_state, history = jdnn.fit(model, (x, y), loss=loss, optimizer=sgd, step=dp_step,
+        ...     epochs=20, batch_size=64, key=0, callbacks=[jdnn.EarlyStopping(patience=3)],
+        ...     validation_data=(x_test, y_test))
     """
     if mode not in MODES:
         raise ValueError(f"fit: mode must be one of {MODES}, got {mode!r}")
@@ -324,6 +362,8 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     eval_batch_size = whole_number("fit", "eval_batch_size", eval_batch_size, minimum=1)
     check_step_arguments("fit", loss=loss, optimizer=optimizer, metrics=metrics,
                          penalty=penalty, augment=augment, frozen_state=frozen_state)
+    if step is not None:
+        check_step("fit", step, penalty=penalty, augment=augment, frozen_state=frozen_state)
     callbacks = check_callbacks("fit", callbacks)
     x, y, validation = checked_data(model, loss, train_data, validation_data, metrics=metrics)
     n = x.shape[0]
@@ -340,27 +380,32 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     else:
         check_train_state("fit", model, train_state, x)
 
-    step = train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics,
-                         augment=augment, frozen_state=frozen_state)
+    if step is None:
+        train_step = train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics,
+                                   augment=augment, frozen_state=frozen_state)
+    else:
+        train_step = checked_step("fit", step)
     if mesh is not None:
         if mode != "scan":
             raise ValueError(f"fit: mesh= trains data-parallel in mode='scan' only, got "
                              f"mode={mode!r}")
         sharding = epoch_sharding(mesh, batch_size)
-        run_epoch = make_epoch(step, batch_size, drop_remainder=drop_remainder, sharding=sharding)
+        run_epoch = make_epoch(train_step, batch_size, drop_remainder=drop_remainder,
+                               sharding=sharding)
         train_state, x, y = jax.device_put((train_state, x, y), sharding.replicated)
     elif mode == "scan":
-        run_epoch = make_epoch(step, batch_size, drop_remainder=drop_remainder)
+        run_epoch = make_epoch(train_step, batch_size, drop_remainder=drop_remainder)
         x, y = jnp.asarray(x), jnp.asarray(y)
     else:
-        run_epoch = _host_epoch(jax.jit(step, donate_argnums=0), batch_size, drop_remainder)
+        run_epoch = _host_epoch(jax.jit(train_step, donate_argnums=0), batch_size,
+                                drop_remainder)
     evaluator = (make_evaluator(model, loss, metrics=metrics, batch_size=eval_batch_size)
                  if validation is not None else None)
 
     steps_per_epoch = num_batches(n, batch_size, drop_remainder=drop_remainder)
-    key_data, step = host_key_and_step(train_state)   # then counted here: no sync per epoch
-    step = int(step)
-    start = step // steps_per_epoch
+    key_data, count = host_key_and_step(train_state)   # then counted here: no sync per epoch
+    count = int(count)
+    start = count // steps_per_epoch
     run = Run(model, train_state, History(), epoch=start)
     begun: list = []          # callbacks whose on_train_begin ran: they get on_train_end
     trained, finished = None, False   # the running epoch's output, and whether it completed
@@ -373,11 +418,11 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
                 callback.on_train_begin(run)
                 begun.append(callback)
             if run.train_state is not train_state:
-                key_data, step = host_key_and_step(run.train_state)
-                step = int(step)
+                key_data, count = host_key_and_step(run.train_state)
+                count = int(count)
             for epoch in bar:
                 began = time.perf_counter()
-                order = epoch_order(key_data, step, n)
+                order = epoch_order(key_data, count, n)
                 if mode == "step":   # its steps donate a copy: the epoch's start survives
                     trained, means = run_epoch(copy_state(run.train_state), x, y, order)
                 else:                # a donated input: interrupts wait for the epoch's output
@@ -386,12 +431,14 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
                 record = {"epoch": epoch, **_ordered(means)}
                 finished = True
                 guard.hold()   # the epoch is done: keep it, through its validation
+                if step is not None and epoch == start + 1:   # a step of one's own: once
+                    _check_counted(trained, count + steps_per_epoch, steps_per_epoch)
                 if evaluator is not None:
                     val = evaluator(trained, *validation)
                     record.update({f"val_{k}": v for k, v in _ordered(val).items()})
                 record["seconds"] = time.perf_counter() - began
                 run.history.append(record)
-                run.train_state, run.epoch, step = trained, epoch, step + steps_per_epoch
+                run.train_state, run.epoch, count = trained, epoch, count + steps_per_epoch
                 current, trained, finished = trained, None, False
                 guard.release()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
@@ -399,8 +446,8 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
                 for callback in callbacks:
                     callback.on_epoch_end(run)
                 if run.train_state is not current:   # a callback swapped the state: read it
-                    key_data, step = host_key_and_step(run.train_state)
-                    step = int(step)
+                    key_data, count = host_key_and_step(run.train_state)
+                    count = int(count)
                 if run.stop_reason is not None:
                     break
     except KeyboardInterrupt as interrupt:
@@ -440,6 +487,17 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
                 "error.train_state and the history as error.history")
         raise
     return run.train_state, run.history
+
+
+def _check_counted(train_state: TrainState, expected: int, steps: int) -> None:
+    """A step of one's own must advance `train_state.step` by one per batch: fit counts the
+    steps on the host and draws every epoch's order (and the step keys) from the count."""
+    got = int(jax.device_get(train_state.step))
+    if got != expected:
+        raise ValueError(f"fit: step= must advance train_state.step by one per call (return "
+                         f"TrainState(..., train_state.step + 1)): after an epoch of {steps} "
+                         f"steps it is {got}, not {expected}; fit draws each epoch's order and "
+                         f"every step's keys from it")
 
 
 def _which(epoch: int, start: int) -> str:
