@@ -1,10 +1,7 @@
 """DP-SGD: each example's gradient clipped (ghost clipping, `jdnn.privacy.ghost`), averaged, and
 Gaussian noise added, in one compiled training step (Abadi et al., 2016).
 
-The noise draw is written for speed on a CPU: Threefry-2x32 with both 32-bit output words used
-(`jax.random.normal` hashes once per word and throws half away), JAX's own bits-to-normal
-transform, and a draw padded to a multiple of `NOISE_BLOCK` entries (XLA:CPU does not vectorize
-loops over an odd element count: an odd-sized draw ran ~10x slower).
+The noise is one `jax.random.normal` draw for the whole gradient (`gaussian_noise`).
 """
 
 from __future__ import annotations
@@ -16,8 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
-from jax.extend.random import threefry_2x32
 
 from jdnn.core import Layer
 from jdnn.privacy.ghost import ghost_clipped_grad
@@ -26,68 +21,42 @@ from jdnn.train.step import Metric, check_step_arguments, masked_mean, resolve_m
 from jdnn.privacy.per_example import Loss, clip_and_aggregate, per_example_grads
 
 METHODS = ("ghost", "vmap")
-NOISE_BLOCK = 16  # the draw is padded to a multiple of this many entries (see gaussian_noise)
-
-
-def _uniform_from_words(words: jax.Array, dtype: Any) -> jax.Array:
-    """Floats uniform in `[-1 + ulp, 1)` from uniform `uint32` words, as `jax.random.uniform`
-    makes them: the top mantissa bits under exponent 0, minus one, scaled. 64-bit floats take
-    two words an entry (the first half of `words` gives the high bits), the others one."""
-    finfo = jnp.finfo(dtype)
-    bits, mantissa = finfo.bits, finfo.nmant
-    uint = jnp.dtype(f"uint{bits}")
-    if bits == 64:
-        high, low = jnp.split(words, 2)
-        words = (high.astype(uint) << np.uint64(32)) | low.astype(uint)
-    else:
-        words = (words >> np.uint32(32 - bits)).astype(uint)
-    one = np.array(1.0, dtype).view(uint)
-    floats = lax.bitcast_convert_type((words >> uint.type(bits - mantissa)) | one, dtype) - 1.0
-    low_end = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype))
-    width = (np.array(1.0, dtype) - low_end).astype(dtype)  # rounded in `dtype`, as JAX does
-    return jnp.maximum(low_end, floats * width + low_end)
-
-
-def standard_normal(key: jax.Array, size: int, dtype: Any = jnp.float32) -> jax.Array:
-    """`(size,)` independent `N(0, 1)` draws from `key`, a faster `jax.random.normal`.
-
-    The bits are Threefry-2x32 hashes (JAX's default generator) of the counters `0, 1, ...`
-    under a key pair drawn from `key`, both 32-bit words of every hash used, as
-    `jax.extend.random.threefry_2x32` lays them out. `jax.random.normal` (partitionable
-    Threefry, JAX's default) hashes once per word and XORs the hash's two words together: twice
-    the hashing. The words become normals by `jax.random.normal`'s own transform,
-    `sqrt(2) * erfinv(u)` for `u` uniform in `(-1, 1)` (every mantissa bit random). The draw is
-    padded to a multiple of `NOISE_BLOCK` entries: XLA's CPU loops over an odd number of
-    elements are not vectorized, and `jax.random.normal` of an odd size ran 10x slower.
-
-    Raises:
-        ValueError: for a draw of `2**32` words or more (the counters are 32-bit).
-    """
-    words_per_entry = 2 if jnp.finfo(dtype).bits == 64 else 1
-    padded = -(-size // NOISE_BLOCK) * NOISE_BLOCK
-    if padded * words_per_entry >= 2**32:
-        raise ValueError(f"cannot draw {size} normals of dtype {jnp.dtype(dtype).name} from one "
-                         f"key: the counters are 32-bit, at most 2**32 - 1 words")
-    pair = jax.random.bits(key, (2,), jnp.uint32)
-    words = threefry_2x32(pair, lax.iota(jnp.uint32, padded * words_per_entry))
-    normals = np.array(np.sqrt(2.0), dtype) * lax.erf_inv(_uniform_from_words(words, dtype))
-    return normals[:size]
+NOISE_BLOCK = 16  # the draw's size is rounded up to a multiple of this (see gaussian_noise)
 
 
 def gaussian_noise(key: jax.Array, tree: Any, std: jax.Array) -> Any:
     """`tree` plus independent `N(0, std^2)` noise on every entry, drawn from `key`.
 
-    One draw (`standard_normal`, in the leaves' common dtype) for the whole tree, cut into
-    leaves: it compiles in half the time of a draw per leaf. On CPU the draw of the
-    784-512-512-10 MLP's 670k parameters costs about half a plain training step at batch 128 (it
-    grows with the parameter count, not the batch).
+    The noise is `jax.random.normal(key, (n,))` in the leaves' common dtype, `n` the entry
+    count rounded up to a multiple of `NOISE_BLOCK`, cut into the leaves in `jax.tree` order.
+    Two choices make it fast on XLA:CPU, where this draw is about 30% of a DP-SGD step of a
+    784-512-512-10 MLP at batch 256 (`benchmarks/dp_noise.py`, interleaved medians):
+
+    - it is drawn under `jax.threefry_partitionable(False)`, JAX's default before 0.5, which
+      uses both 32-bit words of each Threefry-2x32 hash, where the partitionable form hashes
+      once per word and XORs the hash's two words into one: half the hashing, and that DP-SGD
+      step 0.80-0.84x as long as with the partitionable draw (no measurable difference on the
+      64-128-10 digits MLP);
+    - `n` is a multiple of 16: that form hashes the counters as two halves, and XLA:CPU does not
+      vectorize a loop over an odd number of elements (an odd half made the step 1.5x slower).
+
+    Neither changes what the noise is, so neither weakens the privacy guarantee: the bits are
+    Threefry-2x32 (20 rounds) in counter mode, each counter pair hashed once and both output
+    words used, as JAX made all its random numbers until 0.5 (the default changed so that
+    draws shard across devices, not for their quality); the normals come from JAX's own
+    transform. The DP-SGD step folds `key` from the run's key and the step only, never from the
+    data, so no two steps share noise. Like every floating-point sampler (NumPy's, PyTorch's),
+    this one is not hardened against attacks on the low-order bits of floating-point noise
+    (Mironov, 2012).
     """
     leaves, treedef = jax.tree.flatten(tree)
     if not leaves:
         return tree
     sizes = [leaf.size for leaf in leaves]
-    noise = standard_normal(key, sum(sizes), jnp.result_type(*leaves))
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    size = -(-sum(sizes) // NOISE_BLOCK) * NOISE_BLOCK
+    with jax.threefry_partitionable(False):
+        noise = jax.random.normal(key, (size,), jnp.result_type(*leaves))
+    starts = np.cumsum([0, *sizes[:-1]])
     return jax.tree.unflatten(treedef, [
         leaf + std * noise[start:start + leaf.size].reshape(leaf.shape).astype(leaf.dtype)
         for leaf, start in zip(leaves, starts)])
