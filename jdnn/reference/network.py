@@ -11,6 +11,8 @@ The spec may be a `jdnn.Spec` or its `to_dict()` form; nothing here imports jdnn
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -18,17 +20,7 @@ import numpy as np
 
 from jdnn.reference import losses, regularizers
 from jdnn.reference.layers import KINDS
-
-# The hyper-parameters each layer's forward takes from the spec (the rest only matter to init).
-_HPARAMS = {
-    "Conv2D": ("strides", "padding"),
-    "MaxPool2D": ("window", "strides", "padding"),
-    "AvgPool2D": ("window", "strides", "padding"),
-    "LeakyRelu": ("negative_slope",),
-    "Gelu": ("approximate",),
-    "Elu": ("alpha",),
-}
-COMBINATORS = ("serial", "residual")
+from jdnn.reference.registry import COMBINATORS, EXTRAS, register_combinator
 
 # `masks(path, shape, rate) -> bool array` gives each Dropout its keep mask (True = kept), or a
 # dict from layer path to mask; `numpy_masks(rng)` draws them with NumPy for reference-only runs.
@@ -65,30 +57,35 @@ def _hparam(value: Any) -> Any:
 
 
 def _leaf(kind: str, hparams: dict, path: str) -> Node:
+    """A layer's twin wired into the network: the spec's hyper-parameters its `forward` names,
+    and the extras it asks for (`state`, `train`, `keep_mask`; see `jdnn.reference.registry`)."""
     if kind not in KINDS:
-        where = path or "<root>"
-        raise UnknownLayerError(f"the NumPy reference has no twin for layer kind {kind!r} at "
-                                f"{where}; it knows {sorted(KINDS) + list(COMBINATORS)}. Add a "
-                                f"forward/backward pair to jdnn/reference/layers/ for it.")
+        raise UnknownLayerError(
+            f"the NumPy reference has no twin for layer kind {kind!r} at {path or '<root>'}; it "
+            f"knows {sorted(KINDS)} and the combinators {sorted(COMBINATORS)}. Register one with "
+            f"jdnn.reference.register_layer({kind!r}, forward, backward)")
     impl = KINDS[kind]
-    kwargs = {name: _hparam(hparams[name]) for name in _HPARAMS.get(kind, ())}
+    takes = inspect.signature(impl.forward).parameters
+    kwargs = {name: _hparam(value) for name, value in hparams.items()
+              if name in takes and name not in EXTRAS}
 
-    if kind == "BatchNorm":
-        def forward(params, state, x, train, masks):
-            return impl.forward(params, x, state=state, train=train,
-                                momentum=hparams["momentum"], eps=hparams["eps"])
-    elif kind == "Dropout":
-        rate_in_state = bool(hparams.get("rate_in_state", False))
-
-        def forward(params, state, x, train, masks):
-            rate = _state_rate(state, path) if rate_in_state else hparams["rate"]
-            keep = _mask_for(masks, path, x.shape, rate) if train and rate > 0 else None
-            y, cache = impl.forward(params, x, keep_mask=keep, rate=rate)
-            return y, cache, state
-    else:
-        def forward(params, state, x, train, masks):
-            y, cache = impl.forward(params, x, **kwargs)
-            return y, cache, state
+    def forward(params, state, x, train, masks):
+        extras = {}
+        if "state" in takes:
+            extras["state"] = state
+        if "train" in takes:
+            extras["train"] = train
+        if "keep_mask" in takes:  # a stochastic layer: the caller's mask, drawn at its rate
+            rate = _state_rate(state, path) if hparams.get("rate_in_state") else hparams["rate"]
+            extras["keep_mask"] = _mask_for(masks, path, x.shape, rate) if train and rate > 0 \
+                else None
+            if "rate" in takes:
+                extras["rate"] = rate
+        out = impl.forward(params, x, **{**kwargs, **extras})
+        if "state" in takes:
+            return out
+        y, cache = out
+        return y, cache, state
 
     return Node(forward, impl.backward)
 
@@ -114,7 +111,9 @@ def _mask_for(masks: Masks, path: str, shape: tuple, rate: float) -> np.ndarray:
     return mask
 
 
-def _serial(children: list[tuple[str, Node]]) -> Node:
+def _serial(children: list[tuple[str, Node]], hparams: dict) -> Node:
+    del hparams
+
     def forward(params, state, x, train, masks):
         caches, new_state = [], {}
         for name, node in children:
@@ -133,7 +132,10 @@ def _serial(children: list[tuple[str, Node]]) -> Node:
     return Node(forward, backward)
 
 
-def _residual(name: str, inner: Node) -> Node:
+def _residual(children: list[tuple[str, Node]], hparams: dict) -> Node:
+    del hparams
+    [(name, inner)] = children
+
     def forward(params, state, x, train, masks):
         y, cache, inner_state = inner.forward(params[name], state[name], x, train, masks)
         return x + y, cache, {name: inner_state}
@@ -146,15 +148,24 @@ def _residual(name: str, inner: Node) -> Node:
     return Node(forward, backward)
 
 
+register_combinator("serial", _serial)
+register_combinator("residual", _residual)
+
+
 def _build(spec: Any, path: str) -> Node:
     kind, hparams, children = _normalize(spec)
-    if kind not in COMBINATORS:
+    if not children and kind not in COMBINATORS:
         return _leaf(kind, hparams, path)
+    if kind not in COMBINATORS:
+        raise UnknownLayerError(
+            f"the NumPy reference has no twin for the combinator {kind!r} at {path or '<root>'}; "
+            f"it knows {sorted(COMBINATORS)}. Register one with "
+            f"jdnn.reference.register_combinator({kind!r}, build)")
     named = []
     for i, child in enumerate(children):
         name = child_name(i, _normalize(child)[0])
         named.append((name, _build(child, f"{path}/{name}" if path else name)))
-    return _serial(named) if kind == "serial" else _residual(*named[0])
+    return COMBINATORS[kind](named, hparams)
 
 
 def _as_numpy(tree: Any, dtype: Any) -> Any:
@@ -198,8 +209,10 @@ class Network:
         """Backprop from `dy = dL/dy` to `(dL/dx, dL/dparams)`."""
         return self.root.backward(params, cache, dy)
 
-    def loss_and_grads(self, params, state, x, y, *, loss: str = "softmax_cross_entropy",
-                       label_smoothing: float = 0.0, mask=None, l1: float = 0.0, l2: float = 0.0,
+    def loss_and_grads(self, params, state, x, y, *,
+                       loss: str | Callable = "softmax_cross_entropy",
+                       label_smoothing: float = 0.0, loss_kwargs: Mapping[str, Any] | None = None,
+                       mask=None, l1: float = 0.0, l2: float = 0.0,
                        where: Any = regularizers.is_weight, train: bool = True,
                        masks: Masks = None, dtype: Any = np.float64):
         """The objective jdnn's train step minimizes, and its gradient w.r.t. every parameter.
@@ -210,8 +223,11 @@ class Network:
         Args:
             params, state: as `jdnn`'s `init` returns them (any array type; cast to `dtype`).
             x: inputs `(B, ...)`; y: targets (integer labels stay integers).
-            loss: `"mse"`, `"binary_cross_entropy"` or `"softmax_cross_entropy"`.
+            loss: `"mse"`, `"binary_cross_entropy"` or `"softmax_cross_entropy"`, or a loss twin
+                `numpy_fn(outputs, y, **loss_kwargs) -> (loss (B,), dloss like outputs)` (see
+                `jdnn.reference.registry`).
             label_smoothing: for the softmax cross-entropy.
+            loss_kwargs: keyword arguments for a loss twin.
             mask: `(B,)`, which examples count (all by default).
             l1, l2: penalty strengths; where: which leaves they cover (path predicate or regex).
             train: training mode (batch statistics, dropout).
@@ -230,11 +246,21 @@ class Network:
             raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; they must "
                              f"have the same length along the batch axis")
         outputs, cache, new_state = self.forward(params, state, x, train=train, masks=masks)
-        value_fn, grad_fn = _LOSSES[loss]
-        extra = {"label_smoothing": label_smoothing} if loss == "softmax_cross_entropy" else {}
+        if isinstance(loss, str):
+            twin, loss_kwargs = BUILTIN_LOSSES[loss], (
+                {"label_smoothing": label_smoothing} if loss == "softmax_cross_entropy" else {})
+        else:
+            twin = loss
+        values, dvalues = twin(outputs, y, **dict(loss_kwargs or {}))
+        values, dvalues = np.asarray(values, dtype), np.asarray(dvalues, dtype)
+        if values.shape != (x.shape[0],) or dvalues.shape != outputs.shape:
+            raise ValueError(f"the loss twin {getattr(twin, '__name__', twin)!r} must return "
+                             f"(loss of shape ({x.shape[0]},), dloss of the outputs' shape "
+                             f"{outputs.shape}), got shapes {values.shape} and {dvalues.shape}")
         weights = losses.mean_weights(None if mask is None else np.asarray(mask), x.shape[0])
-        objective = float(np.sum(weights * value_fn(outputs, y, **extra)))
-        _, grads = self.backward(params, cache, grad_fn(outputs, y, weights, **extra))
+        objective = float(np.sum(weights * values))
+        dy = dvalues * weights.reshape((-1,) + (1,) * (outputs.ndim - 1)).astype(dtype)
+        _, grads = self.backward(params, cache, dy)
         if l1:
             objective += l1 * regularizers.l1(params, where=where)
             grads = _add(grads, regularizers.l1_grad(params, where=where), l1)
@@ -244,10 +270,23 @@ class Network:
         return objective, grads, new_state
 
 
-_LOSSES = {
-    "mse": (losses.mse, losses.mse_grad),
-    "binary_cross_entropy": (losses.binary_cross_entropy, losses.binary_cross_entropy_grad),
-    "softmax_cross_entropy": (losses.softmax_cross_entropy, losses.softmax_cross_entropy_grad),
+def _twin(value_fn: Callable, grad_fn: Callable) -> Callable:
+    """A loss twin from a per-example loss and its weighted gradient: unit weights give each
+    example's own gradient."""
+    @functools.wraps(value_fn)  # its signature: the keyword arguments the twin takes
+    def twin(outputs, y, **kwargs):
+        ones = np.ones(outputs.shape[0], outputs.dtype)
+        return value_fn(outputs, y, **kwargs), grad_fn(outputs, y, ones, **kwargs)
+
+    return twin
+
+
+BUILTIN_LOSSES = {
+    "mse": _twin(losses.mse, losses.mse_grad),
+    "binary_cross_entropy": _twin(losses.binary_cross_entropy,
+                                  losses.binary_cross_entropy_grad),
+    "softmax_cross_entropy": _twin(losses.softmax_cross_entropy,
+                                   losses.softmax_cross_entropy_grad),
 }
 
 
@@ -259,7 +298,7 @@ def _add(tree, other, scale):
 
 def build(spec: Any) -> Network:
     """The NumPy twin of the model described by `spec`; raises `UnknownLayerError` for a kind
-    the reference does not know, naming it and its path."""
+    the reference does not know, naming it and its path and how to register a twin."""
     return Network(spec)
 
 
