@@ -68,6 +68,17 @@ def test_gradcheck():
     assert "failing parameters: ['0_dense/b', '0_dense/w']" in output_of("gradcheck.py")
 
 
+def test_custom_layer(tmp_path):
+    output = output_of("custom_layer.py", "--epochs", "2", "--out", str(tmp_path))
+    assert output.count("gradient check (float64): OK") == 2, output
+    assert "broken twin caught: True, failing parameters: ['1_brokenswish/beta']" in output
+    assert re.search(r"^1_swish +Swish +\(1, 32\) +32 +0 +128$", output, re.MULTILINE), output
+    before, after = number(output, "accuracy before training"), number(output, "test accuracy")
+    assert after > before + 0.3
+    assert (tmp_path / "custom_layer.png").stat().st_size > 0
+    assert "predictions equal after restore: True" in output
+    assert "huber, finite differences only: ok True" in output
+
 def test_digits_mlp():
     output = output_of("digits_mlp.py", "--epochs", "2", "--seed", "1")
     assert len(re.findall(r"^epoch +\d+: loss .* val_accuracy ", output, re.MULTILINE)) == 2
