@@ -14,11 +14,12 @@ from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Elu, Flat
                          LeakyRelu, MaxPool2D, PRelu, Relu, Sigmoid, Softmax, Tanh, residual,
                          serial)
 from jdnn.regularizers import freeze
-from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger, ModelCheckpoint,
+from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger,
                         PrintLogger, ReduceLROnPlateau, TerminateOnNaN, TrainState, evaluate, fit,
                         make_eval_step, make_train_step, predict)
 
 from jdnn import checkpoint, parallel  # noqa: E402  (both build on jdnn.train)
+from jdnn.checkpoint import ModelCheckpoint  # noqa: E402
 from jdnn import multi, privacy  # noqa: E402
 from jdnn.multi import (SearchResult, evaluate_ensemble, fit_ensemble,  # noqa: E402
                         predict_ensemble, search)

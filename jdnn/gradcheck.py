@@ -34,8 +34,9 @@ from jdnn import losses as losses_lib
 from jdnn import reference
 from jdnn.core import Layer, trait, walk, whole_number
 from jdnn.data.validate import check_data
-from jdnn.regularizers import Penalty, path_of
-from jdnn.train.step import masked_mean
+from jdnn.core import path_of
+from jdnn.losses import masked_mean
+from jdnn.regularizers import Penalty
 
 ORACLES = ("reference", "finite_differences")
 # Tolerances per dtype: jax vs reference, jax vs finite differences, forward outputs.

@@ -12,7 +12,7 @@ import pytest
 
 from jdnn import checkpoint
 from jdnn.cli import main
-from jdnn.train import ModelCheckpoint
+from jdnn.checkpoint import ModelCheckpoint
 
 STEPS_PER_EPOCH = 4   # xor: 64 examples in batches of 16
 

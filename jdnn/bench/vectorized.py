@@ -33,7 +33,8 @@ from jdnn.bench.sides.base import Runner
 from jdnn.bench.workloads import Workload, digits_mlp, make_problem, mlp
 from jdnn.train import epoch_fn, make_epoch
 from jdnn.train.fit import epoch_orders
-from jdnn.train.step import masked_mean, train_step_fn
+from jdnn.losses import masked_mean
+from jdnn.train.step import train_step_fn
 
 ENSEMBLE = 16
 DP_RATIO, SPEEDUP = 3.0, 5.0

@@ -26,7 +26,7 @@ from jdnn.checkpoint.fileformat import (
     to_jax,
 )
 from jdnn.core import Layer, Params, State
-from jdnn.regularizers import path_of
+from jdnn.core import path_of
 from jdnn.train.state import TrainState
 
 PathLike = str | os.PathLike

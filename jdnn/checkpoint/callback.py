@@ -42,7 +42,7 @@ from jdnn.checkpoint import disk, fileformat
 from jdnn.checkpoint.api import save
 from jdnn.checkpoint.fileformat import CheckpointError
 from jdnn.core import whole_number
-from jdnn.regularizers import path_of
+from jdnn.core import path_of
 from jdnn.train.callbacks import Callback, Run
 from jdnn.train.state import TrainState
 

@@ -22,7 +22,7 @@ from jax import tree_util
 from jdnn.checkpoint.diff import few
 from jdnn.checkpoint.fileformat import read, to_jax
 from jdnn.core import Params, State
-from jdnn.regularizers import is_under, path_of
+from jdnn.core import is_under, path_of
 
 Select = str | Sequence[str] | Callable[[str], bool] | None
 LOADED, EXCLUDED, ABSENT, DIFFERS = "loaded", "excluded", "absent", "differs"

@@ -28,8 +28,9 @@ from jdnn import checkpoint, data, io, losses, regularizers
 from jdnn.core import Layer
 from jdnn.data.batching import num_batches
 from jdnn.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Relu, serial
-from jdnn.train import (Callback, EarlyStopping, History, ModelCheckpoint, PrintLogger,
-                        TerminateOnNaN, evaluate, fit)
+from jdnn.checkpoint import ModelCheckpoint
+from jdnn.train import (Callback, EarlyStopping, History, PrintLogger, TerminateOnNaN, evaluate,
+                        fit)
 
 DATASETS = ("digits", "xor", "moons", "mnist", "fashion-mnist")
 MODELS = ("mlp", "cnn")

@@ -37,8 +37,9 @@ from jdnn.train.history import History
 from jdnn.multi.members import (EVAL_BATCH_SIZE, member, member_evaluator, members_of, one_key,
                                 outputs_fn, prepare_data, stack, train_members)
 from jdnn.train.state import TrainState
-from jdnn.train.step import (Loss, Metrics, check_step_arguments, resolve_metrics,
-                             train_step_fn)
+from jdnn.losses import Loss
+from jdnn.metrics import Metrics, resolve_metrics
+from jdnn.train.step import check_step_arguments, train_step_fn
 
 __all__ = ["COMBINE", "EnsembleHistory", "combined_logits", "combined_prediction",
            "default_combine", "ensemble_keys", "evaluate_ensemble", "fit_ensemble",
@@ -141,7 +142,7 @@ class EnsembleHistory:
 def fit_ensemble(model: Layer, train_data: Any, *, size: int, loss: Loss,
                  optimizer: optax.GradientTransformation, epochs: int, batch_size: int,
                  key: jax.Array | int, validation_data: Any = None,
-                 metrics: Metrics = ("accuracy",), penalty: Callable | None = None,
+                 metrics: Metrics | None = None, penalty: Callable | None = None,
                  combine: str | None = None, epochs_per_call: int = 10,
                  progress: bool = True) -> tuple[TrainState, EnsembleHistory]:
     """Trains `size` members of `model` together, in one compiled program.
@@ -263,7 +264,7 @@ def predict_ensemble(model: Layer, train_state: TrainState, x: Any, *, combine: 
 
 
 def evaluate_ensemble(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
-                      metrics: Metrics = ("accuracy",), combine: str | None = None,
+                      metrics: Metrics | None = None, combine: str | None = None,
                       batch_size: int = EVAL_BATCH_SIZE) -> dict[str, Any]:
     """Each member's and the ensemble's loss and metrics on `data`, in evaluation mode.
 
@@ -287,11 +288,12 @@ def evaluate_ensemble(model: Layer, train_state: TrainState, data: Any, *, loss:
     size = members_of(where, train_state)
     try:
         x, y = as_arrays(data, "data")
-        check_data(x, y, model=model, loss=loss, name="data")
+        check_data(x, y, model=model, loss=loss, name="data", metrics=metrics)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
     combine = _check_combine(where, default_combine(loss) if combine is None else combine)
-    score = _scorer(model, loss, tuple(resolve_metrics(metrics).items()), combine, batch_size)
+    metric_fns = tuple(resolve_metrics(metrics, loss=loss).items())
+    score = _scorer(model, loss, metric_fns, combine, batch_size)
     members, ensemble = jax.device_get(score(train_state, jnp.asarray(x), jnp.asarray(y)))
     return {"members": [{k: float(v[i]) for k, v in members.items()} for i in range(size)],
             "ensemble": {k: float(v) for k, v in ensemble.items()}}

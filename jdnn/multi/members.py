@@ -31,7 +31,8 @@ from jdnn.train.arguments import checked_data
 from jdnn.train.fit import host_key_and_step
 from jdnn.train.history import History
 from jdnn.train.state import TrainState, as_key
-from jdnn.train.step import Loss, Metrics, resolve_metrics
+from jdnn.losses import Loss
+from jdnn.metrics import Metrics, resolve_metrics
 
 EVAL_BATCH_SIZE = 1024
 
@@ -132,7 +133,7 @@ def outputs_fn(model: Layer, batch_size: int = EVAL_BATCH_SIZE) -> Callable:
 
 def scores_fn(loss: Loss, metrics: Metrics) -> Callable:
     """`scores(outputs, y) -> {"loss": mean loss, metric: value}` over a whole dataset (pure)."""
-    metric_fns = resolve_metrics(metrics)
+    metric_fns = resolve_metrics(metrics, loss=loss)
 
     def scores(outputs, y):
         return {"loss": jnp.mean(loss(outputs, y)),

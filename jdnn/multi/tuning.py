@@ -35,15 +35,17 @@ import optax
 from jdnn import io
 from jdnn.core import Layer, Spec, trait, walk, whole_number
 from jdnn.data.batching import num_batches
-from jdnn.regularizers import Penalty, path_of
+from jdnn.core import path_of
+from jdnn.regularizers import Penalty
 from jdnn.multi.space import VECTORIZED, check, check_space, grid, sample
 from jdnn.train.fit import epoch_fn
 from jdnn.train.history import History
 from jdnn.multi.members import (check_member_data, member_evaluator, one_key, stack,
                                 train_members)
 from jdnn.train.state import TrainState
-from jdnn.train.step import (Loss, Metrics, check_step_arguments, resolve_metrics,
-                             train_step_fn)
+from jdnn.losses import Loss
+from jdnn.metrics import Metrics, resolve_metrics
+from jdnn.train.step import check_step_arguments, train_step_fn
 
 DEFAULT_LEARNING_RATE = 1e-3
 # The space names the search reads itself; every other name is a keyword argument of model_fn.

@@ -17,8 +17,10 @@ import optax
 from jdnn.core import Layer
 from jdnn.privacy.ghost import ghost_clipped_grad
 from jdnn.train.state import DROPOUT, NOISE, TrainState, step_key
-from jdnn.train.step import Metric, check_step_arguments, masked_mean, resolve_metrics
-from jdnn.privacy.per_example import Loss, clip_and_aggregate, per_example_grads
+from jdnn.losses import Loss, masked_mean
+from jdnn.metrics import Metric, resolve_metrics
+from jdnn.train.step import check_step_arguments
+from jdnn.privacy.per_example import clip_and_aggregate, per_example_grads
 
 METHODS = ("ghost", "vmap")
 NOISE_BLOCK = 16  # the draw's size is rounded up to a multiple of this (see gaussian_noise)
@@ -91,7 +93,7 @@ def dp_train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransfor
     """The pure, uncompiled DP-SGD step that `make_dp_train_step` jits (same arguments)."""
     l2_norm_clip, noise_multiplier = _check_settings(
         "dp_train_step_fn", loss, optimizer, metrics, l2_norm_clip, noise_multiplier, method)
-    metric_fns = resolve_metrics(metrics)
+    metric_fns = resolve_metrics(metrics, loss=loss)
 
     def step(train_state: TrainState, x, y, mask=None):
         noise_key = step_key(train_state, NOISE)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jdnn.core import Layer, Spec, entry_point, rebuild, trait
+from jdnn.losses import per_example_values
 from jdnn.privacy.per_example import (EXAMPLES, Loss, Path, PerExampleAux, check_batch,
                                       check_batch_norm_rule, leaf_wrapper, subtree, twin_for)
 
@@ -165,7 +166,7 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
         >>> grad, norms = jdnn.ghost_clipped_grad(model, jdnn.losses.softmax_cross_entropy,
         ...                                       params, state, x, y, l2_norm_clip=1.0, key=k)
     """
-    batch = check_batch("ghost_clipped_grad", model, loss, x, y, mask)
+    check_batch("ghost_clipped_grad", model, loss, x, y, mask)
     rule = check_batch_norm_rule(model.spec, train, batch_norm)
     taps = []
 
@@ -184,10 +185,7 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
         for path, probe in probes.items():
             probed = _with_subtree(probed, (*path, PROBE), probe)
         outputs, new_state = twin.apply(p, probed, x, key=key, train=train)
-        values = loss(outputs, y)
-        if values.shape != (batch,):
-            raise ValueError(f"the loss must return one value per example, shape ({batch},), "
-                             f"got shape {tuple(values.shape)}")
+        values = per_example_values(loss, outputs, y)
         return values, (outputs, new_state)
 
     with entry_point("ghost_clipped_grad"):

@@ -22,8 +22,8 @@ import optax
 
 from jdnn.core import Layer, Spec, entry_point, rebuild, trait, walk
 from jdnn.data.validate import check_labels
+from jdnn.losses import Loss, per_example_values
 
-Loss = Callable[[jax.Array, jax.Array], jax.Array]
 Path = tuple[str, ...]
 EXAMPLES = "examples"  # the vmap axis name batch-norm statistics are averaged over
 BATCH_NORM_RULES = ("batch_stats", "running")
@@ -188,10 +188,7 @@ def per_example_grads(model: Layer, loss: Loss, params: Any, state: Any, x: jax.
 
     def example_loss(p, x_i, y_i, key_i):
         outputs, new_state = model.apply(p, state, x_i[None], key=key_i, train=train)
-        value = loss(outputs, y_i[None])
-        if value.shape != (1,):
-            raise ValueError(f"the loss must return one value per example, shape (1,) for a "
-                             f"batch of one, got shape {tuple(value.shape)}")
+        value = per_example_values(loss, outputs, y_i[None])
         return value[0], (value[0], outputs[0], new_state)
 
     keys = None if key is None else jax.random.split(key, batch)

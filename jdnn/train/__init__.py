@@ -3,7 +3,6 @@ and evaluation/prediction over whole datasets."""
 
 from jdnn.train.callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, PrintLogger,
                                   ReduceLROnPlateau, Run, TerminateOnNaN)
-from jdnn.train.checkpointing import ModelCheckpoint
 from jdnn.train.evaluate import evaluate, make_evaluator, predict
 from jdnn.train.fit import epoch_fn, fit, make_epoch
 from jdnn.train.history import History
@@ -13,6 +12,15 @@ from jdnn.train.step import make_eval_step, make_train_step
 __all__ = [
     "Callback", "CSVLogger", "EarlyStopping", "epoch_fn", "evaluate", "fit", "History",
     "JSONLogger", "make_epoch", "make_eval_step", "make_evaluator", "make_train_step",
-    "ModelCheckpoint", "predict", "PrintLogger", "ReduceLROnPlateau", "Run", "TerminateOnNaN",
+    "predict", "PrintLogger", "ReduceLROnPlateau", "Run", "TerminateOnNaN",
     "TrainState",
 ]
+
+
+def __getattr__(name: str):
+    """`jdnn.train.ModelCheckpoint`, the old home of `jdnn.checkpoint.ModelCheckpoint` (imported
+    on first use: jdnn.checkpoint builds on jdnn.train, not the other way)."""
+    if name == "ModelCheckpoint":
+        from jdnn.checkpoint import ModelCheckpoint
+        return ModelCheckpoint
+    raise AttributeError(f"module 'jdnn.train' has no attribute {name!r}")

@@ -26,7 +26,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from jdnn.core import Layer, trait, walk
-from jdnn.regularizers import path_of
+from jdnn.core import path_of
 from jdnn.train.callbacks import Callback, Run
 from jdnn.viz.common import finish, new_figure
 from jdnn.viz.trace import full_state, layer_outputs

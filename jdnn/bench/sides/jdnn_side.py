@@ -12,7 +12,8 @@ from jdnn.bench.workloads import Problem, Workload
 from jdnn.train import TrainState, make_epoch, make_train_step
 from jdnn.data.batching import epoch_order
 from jdnn.train.fit import host_key_and_step
-from jdnn.train.step import masked_mean, train_step_fn
+from jdnn.losses import masked_mean
+from jdnn.train.step import train_step_fn
 
 
 def optimizer(w: Workload) -> optax.GradientTransformation:
