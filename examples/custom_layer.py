@@ -1,7 +1,7 @@
 """A layer of your own, with a learned parameter, made known to all of jdnn; and a loss of your own.
 
 Swish with a learned beta per feature, `y = x * sigmoid(beta * x)`, written with the public API
-only: a constructor decorated with `jdnn.core.register_layer`, a NumPy twin (forward and backward by
+only: a constructor decorated with `jdnn.register_layer`, a NumPy twin (forward and backward by
 hand) given to `jdnn.reference.register_layer`. Then, on the 8x8 digits, everything jdnn offers
 its own layers works for it: gradient checks against the twin and finite differences (and a
 wrong backward caught), `fit`, `summary` with FLOPs, a diagram, a checkpoint round trip. Last, a
@@ -32,7 +32,7 @@ BOTH = ("reference", "finite_differences")
 # The spec's hyper-parameters are the constructor's keyword arguments, as plain Python values, so
 # `jdnn.core.rebuild(spec)` (checkpoints, summaries, the reference) can call it again. Its params
 # sit in a serial model under "{index}_swish", e.g. params["1_swish"]["beta"].
-@jdnn.core.register_layer(family="activation", flops=jdnn.core.per_output(4))
+@jdnn.register_layer(family="activation", flops=jdnn.core.per_output(4))
 def Swish(beta_init: float = 1.0) -> jdnn.Layer:
     """`y = x * sigmoid(beta * x)`, one learned `beta` per feature (the last axis)."""
 
@@ -44,7 +44,7 @@ def Swish(beta_init: float = 1.0) -> jdnn.Layer:
         del key, train
         return x * jax.nn.sigmoid(params["beta"] * x), state
 
-    return jdnn.Layer(init, apply, jdnn.core.make_spec("Swish", beta_init=float(beta_init)))
+    return jdnn.Layer(init, apply, jdnn.make_spec("Swish", beta_init=float(beta_init)))
 
 
 # --- 2. Its NumPy twin: what jax.grad is checked against ------------------------------------------
@@ -68,12 +68,12 @@ jdnn.reference.register_layer("Swish", swish_forward, swish_backward)
 
 
 # A twin with a bug (dbeta 1% too large), for a kind of its own, to see the check catch it.
-@jdnn.core.register_layer(family="activation", flops=jdnn.core.per_output(4))
+@jdnn.register_layer(family="activation", flops=jdnn.core.per_output(4))
 def BrokenSwish(beta_init: float = 1.0) -> jdnn.Layer:
     """Swish under another kind name, so it can have another (wrong) twin."""
     swish = Swish(beta_init)
     return jdnn.Layer(swish.init, swish.apply,
-                      jdnn.core.make_spec("BrokenSwish", beta_init=float(beta_init)))
+                      jdnn.make_spec("BrokenSwish", beta_init=float(beta_init)))
 
 
 def broken_backward(params, cache, dy):

@@ -8,9 +8,9 @@ and optimizer state go in as arguments and come out as results, so `jax.grad`, `
 import sys as _sys
 
 from jdnn import data, losses, metrics, reference, regularizers
-from jdnn.core import Layer, LayerError, MissingKeyError, Spec
+from jdnn.core import Layer, LayerError, MissingKeyError, Spec, make_spec, register_layer, walk
 from jdnn.gradcheck import GradReport, check_gradients
-from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Elu, Flatten, Gelu,
+from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, branches, Dense, Dropout, Elu, Flatten, Gelu,
                          LeakyRelu, MaxPool2D, PRelu, Relu, Sigmoid, Softmax, Tanh, residual,
                          serial)
 from jdnn.regularizers import freeze
@@ -40,14 +40,14 @@ _sys.modules.update({
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__", "AvgPool2D", "BatchNorm", "Callback", "check_gradients", "checkpoint",
-    "clip_and_aggregate", "Conv2D", "CSVLogger", "data", "Dense", "Dropout", "EarlyStopping",
-    "Elu", "evaluate", "evaluate_ensemble", "fit", "fit_ensemble", "Flatten", "freeze", "Gelu",
-    "ghost_clipped_grad", "GradReport", "History", "JSONLogger", "Layer", "LayerError",
-    "LeakyRelu", "losses", "make_dp_train_step", "make_eval_step", "make_train_step",
-    "MaxPool2D", "metrics", "MissingKeyError", "ModelCheckpoint", "multi", "parallel",
-    "per_example_grads", "PerExampleAux", "predict", "predict_ensemble", "PRelu",
-    "PrintLogger", "privacy", "ReduceLROnPlateau", "reference", "regularizers", "Relu",
-    "residual", "search", "SearchResult", "serial", "Sigmoid", "Softmax", "space", "Spec",
-    "summary", "Tanh", "TerminateOnNaN", "TrainState",
+    "__version__", "AvgPool2D", "BatchNorm", "branches", "Callback", "check_gradients",
+    "checkpoint", "clip_and_aggregate", "Conv2D", "CSVLogger", "data", "Dense", "Dropout",
+    "EarlyStopping", "Elu", "evaluate", "evaluate_ensemble", "fit", "fit_ensemble", "Flatten",
+    "freeze", "Gelu", "ghost_clipped_grad", "GradReport", "History", "JSONLogger", "Layer",
+    "LayerError", "LeakyRelu", "losses", "make_dp_train_step", "make_eval_step", "make_spec",
+    "make_train_step", "MaxPool2D", "metrics", "MissingKeyError", "ModelCheckpoint", "multi",
+    "parallel", "per_example_grads", "PerExampleAux", "predict", "predict_ensemble", "PRelu",
+    "PrintLogger", "privacy", "ReduceLROnPlateau", "reference", "register_layer",
+    "regularizers", "Relu", "residual", "search", "SearchResult", "serial", "Sigmoid",
+    "Softmax", "space", "Spec", "summary", "Tanh", "TerminateOnNaN", "TrainState", "walk",
 ]

@@ -29,6 +29,7 @@ from jdnn.layers import (
     Sigmoid,
     Softmax,
     Tanh,
+    branches,
     residual,
     serial,
 )
@@ -62,6 +63,15 @@ def residual_mlp(outputs: int = 10) -> Layer:
                   Softmax(), Dense(outputs))
 
 
+def branches_mlp(outputs: int = 10) -> Layer:
+    """Branches on one input merged by concatenation (one with dropout) and by sum (8
+    features): the inception block's shape, as a small MLP."""
+    return serial(branches(Dense(6), serial(Dense(4), Tanh()), serial(Dropout(0.2), Dense(3))),
+                  Relu(),
+                  branches(Dense(8), serial(Dense(8), Sigmoid()), merge="sum"),
+                  Dense(outputs))
+
+
 class Entry(NamedTuple):
     """A zoo model: its builder `build(outputs) -> Layer` and the shape of one input example."""
 
@@ -75,6 +85,7 @@ MODELS: dict[str, Entry] = {
     "mlp": Entry(mlp, (8,), "ReLU/LeakyReLU/PReLU MLP with batch norm and dropout"),
     "cnn": Entry(cnn, (8, 8, 2), "CNN with conv, batch norm, max/avg pooling, ELU, flatten"),
     "residual": Entry(residual_mlp, (8,), "residual blocks with tanh, GELU and softmax"),
+    "branches": Entry(branches_mlp, (8,), "branches merged by concat (with dropout) and sum"),
 }
 
 

@@ -8,6 +8,7 @@ out the same keys without knowing the combinator."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from jdnn.core import (Layer, LayerError, Spec, check_hparam, child_keys, child_name, make_spec,
                        per_output, register_layer)
@@ -122,3 +123,69 @@ def residual(layer: Layer) -> Layer:
         return x + y, {name: inner_state}
 
     return Layer(init, apply, make_spec("residual", layer.spec))
+
+
+MERGES = ("concat", "sum")
+
+
+@register_layer(family="combinator", child_keys=_split)
+def branches(*layers: Layer, merge: str = "concat") -> Layer:
+    """Several layers on the same input, their outputs merged: stax's FanOut + FanIn, the
+    inception block's shape. `merge="concat"` joins the outputs on the last axis (they must
+    agree on every other axis), `merge="sum"` adds them (they must have one shape).
+
+    Params and state are dicts with one entry per branch, keyed like `serial`'s
+    (`"0_dense"`, `"1_serial"`); the key is split into one per branch.
+
+    Args:
+        *layers: the branches, at least one.
+        merge: `"concat"` or `"sum"`.
+
+    Returns:
+        A `Layer` whose spec has the branches' specs as children.
+
+    Example:
+        >>> block = jdnn.branches(jdnn.Conv2D(8, 1), jdnn.Conv2D(8, 3), jdnn.MaxPool2D(3, 1,
+        ...                       "SAME"))   # (N, H, W, C) -> (N, H, W, 16 + C)
+    """
+    _check_layers("branches", layers)
+    check_hparam("branches", "layers", layers, len(layers) >= 1, "at least one layer")
+    check_hparam("branches", "merge", merge, merge in MERGES, f"one of {MERGES}")
+    spec = make_spec("branches", *(layer.spec for layer in layers), merge=merge)
+    names = [child_name(i, layer.spec) for i, layer in enumerate(layers)]
+
+    def merged_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+        first = tuple(shapes[0])
+        agree = all(tuple(s[:-1]) == first[:-1] if merge == "concat" else tuple(s) == first
+                    for s in shapes)
+        if not agree:
+            need = "agree on every axis but the last" if merge == "concat" else "have one shape"
+            raise LayerError("branches", f"merge={merge!r} needs the branches' outputs to "
+                                         f"{need}, got {[tuple(s) for s in shapes]}")
+        return (*first[:-1], sum(s[-1] for s in shapes)) if merge == "concat" else first
+
+    def init(key, input_shape):
+        params, state, shapes = {}, {}, []
+        for name, layer, layer_key in zip(names, layers, child_keys(spec, key)):
+            try:
+                shape, params[name], state[name] = layer.init(layer_key, input_shape)
+            except LayerError as error:
+                raise error.within(name) from None
+            shapes.append(shape)
+        return merged_shape(shapes), params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        outputs, new_state = [], {}
+        for name, layer, layer_key in zip(names, layers, child_keys(spec, key)):
+            try:
+                y, new_state[name] = layer.apply(params[name], state[name], x, key=layer_key,
+                                                 train=train)
+            except LayerError as error:
+                raise error.within(name) from None
+            outputs.append(y)
+        merged_shape([y.shape for y in outputs])
+        y = jnp.concatenate(outputs, axis=-1) if merge == "concat" else sum(outputs[1:],
+                                                                             outputs[0])
+        return y, new_state
+
+    return Layer(init, apply, spec)

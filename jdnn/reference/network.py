@@ -148,8 +148,38 @@ def _residual(children: list[tuple[str, Node]], hparams: dict) -> Node:
     return Node(forward, backward)
 
 
+def _branches(children: list[tuple[str, Node]], hparams: dict) -> Node:
+    merge = hparams.get("merge", "concat")
+
+    def forward(params, state, x, train, masks):
+        outputs, caches, new_state = [], [], {}
+        for name, node in children:
+            y, cache, new_state[name] = node.forward(params[name], state[name], x, train, masks)
+            outputs.append(y)
+            caches.append(cache)
+        sizes = [y.shape[-1] for y in outputs]
+        y = np.concatenate(outputs, axis=-1) if merge == "concat" else sum(outputs)
+        return y, (caches, sizes), new_state
+
+    def backward(params, cache, dy):
+        """y = merge(f_1(x), ..., f_k(x)). Concat: branch i gets its own slice of dy (the last
+        axis split at the branches' widths); sum: every branch gets all of dy. Each branch
+        depends on the same x, so dL/dx = sum_i f_i'(x)^T dy_i."""
+        caches, sizes = cache
+        pieces = np.split(dy, np.cumsum(sizes)[:-1], axis=-1) if merge == "concat" \
+            else [dy] * len(children)
+        dx, grads = 0.0, {}
+        for (name, node), branch_cache, piece in zip(children, caches, pieces):
+            branch_dx, grads[name] = node.backward(params[name], branch_cache, piece)
+            dx = dx + branch_dx
+        return dx, grads
+
+    return Node(forward, backward)
+
+
 register_combinator("serial", _serial)
 register_combinator("residual", _residual)
+register_combinator("branches", _branches)
 
 
 def _build(spec: Any, path: str) -> Node:

@@ -60,9 +60,9 @@ def register_layer(kind: str, forward: Callable, backward: Callable) -> None:
     Example:
         >>> def forward(params, x, *, beta):
         ...     s = 1 / (1 + np.exp(-beta * x))
-        ...     return x * s, (x, s)
+        ...     return x * s, (x, s, beta)
         >>> def backward(params, cache, dy):
-        ...     x, s = cache
+        ...     x, s, beta = cache
         ...     return dy * (s + beta * x * s * (1 - s)), {}
         >>> jdnn.reference.register_layer("Swish", forward, backward)
     """
