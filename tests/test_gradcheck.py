@@ -73,15 +73,16 @@ def _all_layer_specs():
     """One instance of every layer constructor jdnn.layers exports. A new constructor must be
     added here (the KeyError says so), which then demands a reference twin below."""
     arguments = {"Dense": (3,), "Conv2D": (2, 3), "MaxPool2D": (2,), "AvgPool2D": (2,),
-                 "Dropout": (0.5,), "serial": (layers.Relu(),), "residual": (layers.Relu(),)}
+                 "Dropout": (0.5,), "serial": (layers.Relu(),), "residual": (layers.Relu(),),
+                 "branches": (layers.Relu(),)}
     return [getattr(layers, name)(*arguments.get(name, ())).spec for name in layers.__all__]
 
 
 def test_every_layer_kind_has_a_reference_twin():
     for spec in _all_layer_specs():
-        assert spec.kind in reference.layers.KINDS or spec.kind in ("serial", "residual"), (
-            f"jdnn layer kind {spec.kind} has no NumPy reference twin in "
-            f"jdnn/reference/layers (KINDS)")
+        twins = reference.registry.COMBINATORS if spec.children else reference.layers.KINDS
+        assert spec.kind in twins, (f"jdnn layer kind {spec.kind} has no NumPy reference twin "
+                                    f"(jdnn.reference.register_layer / register_combinator)")
 
 
 # ---------------------------------------------------------------------------------------------
