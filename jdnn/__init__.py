@@ -39,6 +39,16 @@ _sys.modules.update({
 
 __version__ = "0.1.0"
 
+# Submodules imported on first use, so `import jdnn` pulls in neither matplotlib nor flax.
+_LAZY = ("cli", "interop", "viz")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return importlib.import_module(f"jdnn.{name}")
+    raise AttributeError(f"module 'jdnn' has no attribute {name!r}")
+
 __all__ = [
     "__version__", "AvgPool2D", "BatchNorm", "branches", "Callback", "check_gradients",
     "checkpoint", "clip_and_aggregate", "Conv2D", "CSVLogger", "data", "Dense", "Dropout",

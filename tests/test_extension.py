@@ -224,3 +224,12 @@ def test_no_module_outside_a_layers_own_file_tests_a_layer_kind_string():
              if "layers" not in path.parts for n, line in
              enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert found == [], found
+
+
+def test_every_name_the_readme_uses_is_reachable_after_import_jdnn_and_none_is_a_module():
+    readme = (pathlib.Path(jdnn.__file__).parents[1] / "README.md").read_text()
+    before_changes = readme.split("## Changes")[0]
+    names = sorted(set(re.findall(r"\bjdnn\.([A-Za-z_]\w*)", before_changes)))
+    assert [name for name in names if not hasattr(jdnn, name)] == []
+    assert callable(jdnn.summary) and callable(jdnn.search)  # functions, not their modules
+    assert jdnn.summary(jdnn.Dense(3), (1, 2)).output_shape == (1, 3)
