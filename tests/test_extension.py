@@ -233,3 +233,21 @@ def test_every_name_the_readme_uses_is_reachable_after_import_jdnn_and_none_is_a
     assert [name for name in names if not hasattr(jdnn, name)] == []
     assert callable(jdnn.summary) and callable(jdnn.search)  # functions, not their modules
     assert jdnn.summary(jdnn.Dense(3), (1, 2)).output_shape == (1, 3)
+
+
+def test_a_model_mixing_a_users_kind_a_flax_module_and_built_ins_passes_the_oracles_that_apply():
+    nn = pytest.importorskip("flax.linen")
+    from jdnn.interop import from_linen
+
+    model = jdnn.serial(jdnn.Dense(5), TestExtScale(), from_linen(nn.Dense(4)), jdnn.Tanh(),
+                        jdnn.branches(jdnn.Dense(2), jdnn.Dense(2), merge="sum"))
+    params, state, x, y = _setup(model)
+    with pytest.raises(jdnn.reference.UnknownLayerError, match=r"no twin for layer kind 'Linen' "
+                                                               r"at 2_linen"):
+        jdnn.check_gradients(model, params, state, x, y, jdnn.losses.mse)
+    report = jdnn.check_gradients(model, params, state, x, y, jdnn.losses.mse,
+                                  oracles=("finite_differences",))
+    assert report.ok, report
+    checked = {p.path: p.fd_points for p in report.params}
+    assert checked["1_testextscale/a"] > 0 and checked["2_linen/kernel"] > 0
+    assert jdnn.summary(model, (1, 4)).flops is None  # the wrapped module states no FLOPs

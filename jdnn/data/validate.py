@@ -368,13 +368,13 @@ def check_data(x: Any, y: Any, *, model: Layer | None = None, loss: Callable | N
         _check_accuracy_targets(name, y, out)
 
 
-def _check_labels_of(name: str, y: np.ndarray, out: Shape | None, kind: str | None,
+def _check_labels_of(name: str, y: np.ndarray, out: Shape | None, labels: str | None,
                      model: Layer | None) -> None:
-    if kind is None:
+    if labels is None:
         return
     if model is not None:
-        _warn_if_probabilities(model, kind)
-    if kind == "softmax":
+        _warn_if_probabilities(model, labels)
+    if labels == "softmax":
         _check_softmax_labels(name, y, out)
     else:
         _check_binary_labels(name, y, out)

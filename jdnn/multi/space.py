@@ -108,15 +108,15 @@ def grid(space: Mapping[str, Any], *, where: str = "jdnn.space.grid") -> list[di
 
 
 def _check_distribution(where: str, name: str, value: tuple) -> None:
-    kind = value[0]
+    dist = value[0]
     if len(value) != 3 or not all(_real(v) and math.isfinite(v) for v in value[1:]) \
             or not value[1] < value[2]:
         raise ValueError(f"{where}: space[{name!r}] = {value!r}: a distribution is (kind, low, "
                          f"high) with finite numbers low < high, kind one of {DISTRIBUTIONS}")
     low, high = value[1:]
-    if kind == "log_uniform" and low <= 0:
+    if dist == "log_uniform" and low <= 0:
         raise ValueError(f"{where}: space[{name!r}] = {value!r}: log_uniform needs low > 0")
-    if kind == "int_uniform" and math.ceil(low) > math.floor(high):
+    if dist == "int_uniform" and math.ceil(low) > math.floor(high):
         raise ValueError(f"{where}: space[{name!r}] = {value!r}: int_uniform draws whole "
                          f"numbers from [low, high], and there is none in that range")
 
@@ -125,10 +125,10 @@ def _draw(rng: np.random.Generator, name: str, value: Any) -> Any:
     if not _is_distribution(value):
         options = _choices("sample", name, value)
         return options[int(rng.integers(len(options)))]
-    kind, low, high = value
-    if kind == "log_uniform":
+    dist, low, high = value
+    if dist == "log_uniform":
         return float(math.exp(rng.uniform(math.log(low), math.log(high))))
-    if kind == "int_uniform":
+    if dist == "int_uniform":
         return int(rng.integers(math.ceil(low), math.floor(high) + 1))
     return float(rng.uniform(low, high))
 
