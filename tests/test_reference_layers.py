@@ -207,7 +207,7 @@ def test_cases_cover_every_kind():
 
 def test_kinds_are_jdnns_layer_kinds():
     """One entry per layer constructor jdnn.layers exports (combinators aside), named by kind."""
-    constructors = set(jdnn.layers.__all__) - {"serial", "residual"}
+    constructors = set(jdnn.layers.__all__) - {"serial", "residual", "branches"}
     assert set(KINDS) == constructors
     for kind, pair in KINDS.items():
         assert callable(pair.forward) and callable(pair.backward), kind
