@@ -25,8 +25,8 @@ with these noise draws swapped in (each step is a different compiled program):
 
 The noise function is swapped by patching `jdnn.privacy.dp.gaussian_noise` while each step is
 traced (its first call); the compiled step keeps what it traced. The variants run interleaved in
-shuffled rounds after warm-up (`jdnn.bench.timing.interleave`: a pause and an untimed step before
-each timed chunk, `block_until_ready` at the end of it), and are reported as medians and
+shuffled rounds after warm-up (`benchmarks.suite.timing.interleave`: a pause and an untimed step
+before each timed chunk, `block_until_ready` at the end of it), and are reported as medians and
 interquartile ranges over rounds, with each variant's ratio to `normal_pad2` taken within each
 round. The raw draws of the same sizes (and of an odd one) are timed the same way, alone.
 """
@@ -48,7 +48,7 @@ from jax import lax
 from jax.extend.random import threefry_2x32
 
 import jdnn
-from jdnn.bench import timing
+from benchmarks.suite import timing
 from jdnn.privacy import dp
 
 BLOCK = 16

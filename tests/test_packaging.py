@@ -58,3 +58,21 @@ def test_ci_runs_the_readme_test_command_verbatim_and_the_oldest_versions():
     script = [line.strip() for line in CI_RUN.read_text().splitlines()]
     assert command in script
     assert 'pip install -e ".[test,bench]" -c .ci/constraints-oldest.txt' in script
+
+
+def test_the_installed_package_holds_no_benchmark_code():
+    """The suite lives in `benchmarks/` of a checkout; nothing under `jdnn/` imports it, and
+    setuptools packages only `jdnn*`."""
+    assert not (ROOT / "jdnn" / "bench").exists()
+    assert PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"] == ["jdnn*"]
+    for path in (ROOT / "jdnn").rglob("*.py"):
+        text = path.read_text()
+        assert "from benchmarks" not in text and "import benchmarks" not in text, path
+
+
+def test_jdnn_bench_says_how_to_run_the_suite_from_a_checkout(capsys):
+    from jdnn.cli import main
+
+    assert main(["bench", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "python benchmarks/run.py" in out and 'pip install -e ".[bench,torch]"' in out

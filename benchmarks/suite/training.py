@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-from jdnn.bench import machine, roofline, targets, timing, workloads
-from jdnn.bench.compare import compare, ratio
-from jdnn.bench.context import Context
+from benchmarks.suite import machine, roofline, targets, timing, workloads
+from benchmarks.suite.compare import compare, ratio
+from benchmarks.suite.context import Context
 
 PEER_SIDES = ("jdnn_step", "jdnn_epoch", "raw_jax", "numpy", "nnx_jit", "nnx_split", "linen",
               "equinox", "torch", "torch_1thread")

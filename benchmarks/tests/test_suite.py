@@ -1,4 +1,4 @@
-"""Tests of the benchmark harness itself (jdnn.bench): never timing assertions.
+"""Tests of the benchmark harness itself (benchmarks.suite): never timing assertions.
 
 The interleaving order, the statistics, ratios within rounds, the FLOP counts, that every peer
 trains the same model (same loss and gradients from the same parameters), that a missing peer
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import jdnn
-from jdnn.bench import compare, report, roofline, targets, timing, workloads
-from jdnn.bench.sides import SIDES, Skipped, require
-from jdnn.bench.sides.equinox_side import from_channel_first, to_channel_first
+from benchmarks.suite import compare, report, roofline, targets, timing, workloads
+from benchmarks.suite.sides import SIDES, Skipped, require
+from benchmarks.suite.sides.equinox_side import from_channel_first, to_channel_first
 
 # --- timing -----------------------------------------------------------------------------------
 
@@ -314,7 +314,7 @@ def test_report_json_has_no_nan(tmp_path):
 
 
 def test_run_lists_the_benchmarks(capsys):
-    from jdnn.bench.run import NAMES, main
+    from benchmarks.suite.run import NAMES, main
 
     assert main(["--list"]) == 0
     assert capsys.readouterr().out.split() == list(NAMES)
@@ -326,7 +326,7 @@ _NO_WAIT = compare.Settings(rounds=2, chunk_s=0.0, pause_s=0.0, max_steps=1, war
 
 
 def _tiny_context():
-    from jdnn.bench.context import Context
+    from benchmarks.suite.context import Context
 
     return Context(quick=True, settings=_NO_WAIT)
 
@@ -337,7 +337,7 @@ def _tiny_digits():
 
 
 def test_ghost_clipping_matches_naive_clipping_in_the_check():
-    from jdnn.bench import dp_sgd
+    from benchmarks.suite import dp_sgd
 
     check = dp_sgd.ghost_vs_naive(_tiny_mlp())
     assert check["ok"] and check["grads_max_relative_difference"] < dp_sgd.TOLERANCE
@@ -346,7 +346,7 @@ def test_ghost_clipping_matches_naive_clipping_in_the_check():
 
 
 def test_max_relative_difference_is_leafwise():
-    from jdnn.bench.dp_sgd import max_relative_difference
+    from benchmarks.suite.dp_sgd import max_relative_difference
 
     a = {"w": np.array([1.0, 2.0]), "b": np.array([10.0])}
     b = {"w": np.array([1.0, 2.2]), "b": np.array([10.0])}
@@ -355,7 +355,7 @@ def test_max_relative_difference_is_leafwise():
 
 
 def test_spread_picks_sequential_fits_across_the_grid():
-    from jdnn.bench.fits import spread
+    from benchmarks.suite.fits import spread
 
     assert spread(1) == [0] and spread(2) == [0, 15] and spread(16) == list(range(16))
     assert spread(4) == [0, 5, 10, 15]
@@ -364,7 +364,7 @@ def test_spread_picks_sequential_fits_across_the_grid():
 
 
 def test_end_to_end_scales_the_sampled_sequential_fits():
-    from jdnn.bench import fits
+    from benchmarks.suite import fits
 
     calls = []
     result = fits.end_to_end(lambda: calls.append("v"), lambda idx: calls.append(list(idx)),
@@ -383,7 +383,7 @@ def test_search_sides_train_with_the_public_api(monkeypatch):
     import optax
 
     import jdnn
-    from jdnn.bench import fits
+    from benchmarks.suite import fits
 
     calls = {"search": [], "fit": []}
 
@@ -441,7 +441,7 @@ def test_search_sides_train_with_the_public_api(monkeypatch):
 
 
 def _vmap_targets(**values):
-    from jdnn.bench import vectorized
+    from benchmarks.suite import vectorized
 
     def timed(side, ratio):
         return {"sides": {side: {"ratio": {"median": ratio, "q1": ratio, "q3": ratio}}},
@@ -466,7 +466,7 @@ def test_vmap_targets_get_verdicts_from_given_numbers():
 
 
 def test_vmap_section_runs_at_tiny_size_and_reports(tmp_path, monkeypatch):
-    from jdnn.bench import dp_sgd, fits, vectorized
+    from benchmarks.suite import dp_sgd, fits, vectorized
 
     def broken():
         raise RuntimeError("an API changed")
@@ -510,7 +510,7 @@ def test_vmap_section_runs_at_tiny_size_and_reports(tmp_path, monkeypatch):
 
 
 def test_run_marks_a_benchmark_with_failed_parts(tmp_path, monkeypatch):
-    from jdnn.bench import machine, run
+    from benchmarks.suite import machine, run
 
     monkeypatch.setattr(machine, "limits", lambda **kw: {"gemm_peak_gflops": 1.0,
                                                          "bandwidth_gbs": {"median": 1.0}})

@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jdnn.bench import timing, workloads
-from jdnn.bench.context import Context
-from jdnn.bench.sides import SIDES, jdnn_side, raw_jax
+from benchmarks.suite import timing, workloads
+from benchmarks.suite.context import Context
+from benchmarks.suite.sides import SIDES, jdnn_side, raw_jax
 from jdnn.data.batching import epoch_batches, epoch_order
 from jdnn.train import make_epoch
 from jdnn.train.fit import weighted_means
@@ -80,7 +80,7 @@ def page_faults(kind: str, batch: int, steps: int = 8) -> dict:
     these settings once, at process start)."""
     out = _faults(kind, batch, steps)
     child = subprocess.run(
-        [sys.executable, "-m", "jdnn.bench.diagnose", kind, str(batch), str(steps)],
+        [sys.executable, "-m", "benchmarks.suite.diagnose", kind, str(batch), str(steps)],
         env={**os.environ, **GLIBC_KEEP_MEMORY}, capture_output=True, text=True, timeout=600)
     if child.returncode == 0:
         out["per_step, glibc keeps memory"] = json.loads(child.stdout.strip().splitlines()[-1])[

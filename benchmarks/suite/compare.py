@@ -14,9 +14,9 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
-from jdnn.bench import timing
-from jdnn.bench.sides import SIDES, Skipped
-from jdnn.bench.workloads import Problem
+from benchmarks.suite import timing
+from benchmarks.suite.sides import SIDES, Skipped
+from benchmarks.suite.workloads import Problem
 
 
 @dataclasses.dataclass(frozen=True)

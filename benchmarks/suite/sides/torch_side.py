@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 
-from jdnn.bench.sides.base import Runner, Side, batches, require
-from jdnn.bench.sides.equinox_side import channel_first, from_channel_first, to_channel_first
-from jdnn.bench.workloads import Problem
+from benchmarks.suite.sides.base import Runner, Side, batches, require
+from benchmarks.suite.sides.equinox_side import channel_first, from_channel_first, to_channel_first
+from benchmarks.suite.workloads import Problem
 
 
 def threads() -> int:

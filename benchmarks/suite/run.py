@@ -1,4 +1,4 @@
-"""`jdnn bench` / `python benchmarks/run.py`: run the benchmark suite and write its report.
+"""`python benchmarks/run.py`: run the benchmark suite and write its report.
 
     python benchmarks/run.py              # everything (~15-20 minutes on 2 cores)
     python benchmarks/run.py --quick      # the ~3-4-minute subset
@@ -24,8 +24,8 @@ QUICK_OUT = DEFAULT_OUT / "quick"
 
 
 def _benchmarks() -> dict[str, Callable]:
-    from jdnn.bench import (compilation, convergence, correctness, diagnose, scaling, training,
-                            vectorized)
+    from benchmarks.suite import (compilation, convergence, correctness, diagnose, scaling,
+                                  training, vectorized)
 
     return {"correctness": correctness.run, "mlp": training.mlp, "cnn": training.cnn,
             "small": training.small, "convergence": convergence.run,
@@ -39,8 +39,9 @@ NAMES = ("machine", "correctness", "mlp", "cnn", "small", "convergence", "compil
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="jdnn bench", description="Benchmarks jdnn against raw JAX, the NumPy backprop "
-        "reference, Flax, Equinox and PyTorch, and against the machine's GEMM peak.")
+        prog="python benchmarks/run.py", description="Benchmarks jdnn against a tight hand-written "
+        "NumPy backprop, raw JAX, Flax, Equinox, Keras and PyTorch, and against the machine's "
+        "GEMM peak.")
     parser.add_argument("--quick", action="store_true",
                         help="the ~3-4-minute subset: fewer workloads, rounds and sweep points")
     parser.add_argument("--only", action="append", choices=NAMES, metavar="NAME",
@@ -61,7 +62,7 @@ def _set_threads(threads: int | None) -> None:
         return
     from threadpoolctl import threadpool_limits
 
-    from jdnn.bench.sides import torch_side
+    from benchmarks.suite.sides import torch_side
 
     threadpool_limits(threads)
     torch_side.threads = lambda: threads
@@ -73,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(NAMES))
         return 0
-    from jdnn.bench import machine, report
-    from jdnn.bench.context import Context
+    from benchmarks.suite import machine, report
+    from benchmarks.suite.context import Context
+    from jdnn.cli.commands import enable_compilation_cache
 
     if args.out is None:
         args.out = QUICK_OUT if args.quick else DEFAULT_OUT
@@ -82,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {report.write_report(args.out)}")
         return 0
     _set_threads(args.threads)
+    enable_compilation_cache()  # as `jdnn train` does; the end-to-end fits turn it off
     ctx = Context.create(args.quick, args.rounds)
     mode = "quick" if args.quick else "full"
     chosen = args.only or list(NAMES)
     benchmarks, failed = _benchmarks(), []
     began = time.perf_counter()
-    print(f"jdnn bench ({mode}): {', '.join(chosen)} -> {args.out}", flush=True)
+    print(f"jdnn benchmarks ({mode}): {', '.join(chosen)} -> {args.out}", flush=True)
 
     start = time.perf_counter()
     info = machine.describe()
@@ -125,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_targets(folder: pathlib.Path) -> None:
-    from jdnn.bench import report
-    from jdnn.bench.targets import format_value
+    from benchmarks.suite import report
+    from benchmarks.suite.targets import format_value
 
     for payload in report.load_results(folder).values():
         for t in payload.get("targets", []):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jdnn.bench.workloads import Problem
+from benchmarks.suite.workloads import Problem
 
 
 class Skipped(Exception):

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdnn.bench.sides.base import Runner, Side, batches, require
-from jdnn.bench.sides.jdnn_side import optimizer
-from jdnn.bench.workloads import Problem, channel_first_rows, dense_ops
+from benchmarks.suite.sides.base import Runner, Side, batches, require
+from benchmarks.suite.sides.jdnn_side import optimizer
+from benchmarks.suite.workloads import Problem, channel_first_rows, dense_ops
 
 
 def channel_first(x: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from jdnn.bench.workloads import Op, Workload, plan
+from benchmarks.suite.workloads import Op, Workload, plan
 
 FLOAT_BYTES = 4
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jdnn.bench.compare import FULL, QUICK, Settings
+from benchmarks.suite.compare import FULL, QUICK, Settings
 
 
 @dataclasses.dataclass

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jdnn.bench.sides.base import Runner, Side, batches, require
-from jdnn.bench.sides.jdnn_side import optimizer
-from jdnn.bench.workloads import Problem, Workload
+from benchmarks.suite.sides.base import Runner, Side, batches, require
+from benchmarks.suite.sides.jdnn_side import optimizer
+from benchmarks.suite.workloads import Problem, Workload
 
 
 def _loss(w: Workload, logits, y):

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import optax
 
 from jdnn import losses
-from jdnn.bench.sides.base import Runner, Side, batches, host
-from jdnn.bench.workloads import Problem, Workload
+from benchmarks.suite.sides.base import Runner, Side, batches, host
+from benchmarks.suite.workloads import Problem, Workload
 from jdnn.train import TrainState, make_epoch, make_train_step
 from jdnn.data.batching import epoch_order
 from jdnn.train.fit import host_key_and_step

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jdnn
-from jdnn.bench.compare import compare
-from jdnn.bench.context import Context
-from jdnn.bench.sides import jdnn_side
-from jdnn.bench.workloads import Workload, make_problem
+from benchmarks.suite.compare import compare
+from benchmarks.suite.context import Context
+from benchmarks.suite.sides import jdnn_side
+from benchmarks.suite.workloads import Workload, make_problem
 
 CLIP, NOISE = 1.0, 1.0
 TOLERANCE = 1e-5  # float32: ~100x its rounding over a batch of 128

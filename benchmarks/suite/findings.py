@@ -37,8 +37,8 @@ their ratio is 1 +- noise plus the dispatch cost above; "faster than" is decided
 verdict flips from run to run. (Earlier runs had jdnn 5-10% behind linen in every MLP
 comparison: the benchmark's rotating schedule made jdnn's step always run right after the NumPy
 GEMM, whose OpenBLAS threads were still spinning. Rounds now run in a seeded random order;
-`jdnn.bench.timing.schedule`.) `nnx.jit` and Equinox's `filter_jit` lose clearly at small batch
-(their Python-side graph and filter handling costs 0.3-3 ms per call) and tie at 1024."""
+`benchmarks.suite.timing.schedule`.) `nnx.jit` and Equinox's `filter_jit` lose clearly at small
+batch (their Python-side graph and filter handling costs 0.3-3 ms per call) and tie at 1024."""
 
 _PAGE_FAULTS = """\
 **Per-step dispatch of a big step page-faults its whole temporary buffer, every step.** XLA:CPU

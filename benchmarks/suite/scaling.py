@@ -13,9 +13,9 @@ import dataclasses
 
 import numpy as np
 
-from jdnn.bench.compare import compare
-from jdnn.bench.context import Context
-from jdnn.bench.workloads import Workload, make_problem, mlp
+from benchmarks.suite.compare import compare
+from benchmarks.suite.context import Context
+from benchmarks.suite.workloads import Workload, make_problem, mlp
 
 
 def sweeps(quick: bool) -> dict[str, list[tuple[int, Workload]]]:

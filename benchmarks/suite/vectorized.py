@@ -3,12 +3,12 @@
 - `per_example_b<B>`: `jdnn.per_example_grads` and a plain `jax.vmap(jax.grad)` over batches of
   one against the batched gradient (784-512-512-10 MLP; batch 32, and 128 in the full run).
 - `dp_sgd_b<B>`: a DP-SGD step (ghost clipping, with and without the noise; naive `vmap` clipping)
-  against a plain step (`jdnn.bench.dp_sgd`; batch 128, and 32 in the full run), and
+  against a plain step (`benchmarks.suite.dp_sgd`; batch 128, and 32 in the full run), and
   `ghost_vs_naive_b128`: ghost clipping's gradient against the naive one, same run.
 - `ensemble`: `jax.vmap` of jdnn's pure epoch (`jdnn.train.epoch_fn`) over 16 digits MLPs
   against 16 epochs one after another: the compute alone, compiled once each.
 - `ensemble_end_to_end`, `search_end_to_end`: `fit_ensemble(size=16)` and a 16-configuration
-  `search` against 16 `jdnn.fit` calls, as a user runs them (`jdnn.bench.fits`).
+  `search` against 16 `jdnn.fit` calls, as a user runs them (`benchmarks.suite.fits`).
 
 Everything is timed like the rest of the suite (`compare`: warm-up, interleaved rounds, medians
 and IQRs, compile time apart). A part that raises is reported in the payload's `failed` (and
@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 
 import jdnn
-from jdnn.bench import dp_sgd, fits, targets
-from jdnn.bench.compare import compare
-from jdnn.bench.context import Context
-from jdnn.bench.sides import jdnn_side
-from jdnn.bench.sides.base import Runner
-from jdnn.bench.workloads import Workload, digits_mlp, make_problem, mlp
+from benchmarks.suite import dp_sgd, fits, targets
+from benchmarks.suite.compare import compare
+from benchmarks.suite.context import Context
+from benchmarks.suite.sides import jdnn_side
+from benchmarks.suite.sides.base import Runner
+from benchmarks.suite.workloads import Workload, digits_mlp, make_problem, mlp
 from jdnn.train import epoch_fn, make_epoch
 from jdnn.train.fit import epoch_orders
 from jdnn.losses import masked_mean

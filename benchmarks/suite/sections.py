@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from jdnn.bench import plots
+from benchmarks.suite import plots
 
 TITLES = {"machine": "The machine and its limits", "correctness": "Correctness (same run)",
           "mlp": "MLP 784-512-512-10: every side", "cnn": "MNIST-shaped CNN: every side",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from jdnn import reference
-from jdnn.bench.sides.base import Runner, Side, batches, host
-from jdnn.bench.workloads import Problem
+from benchmarks.suite.sides.base import Runner, Side, batches, host
+from benchmarks.suite.workloads import Problem
 
 
 def build(problem: Problem, dtype=np.float32) -> Runner:

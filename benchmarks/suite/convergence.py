@@ -14,10 +14,10 @@ import time
 import jax
 import numpy as np
 
-from jdnn.bench.compilation import Recorder
-from jdnn.bench.context import Context
-from jdnn.bench.sides import Skipped, jdnn_side, torch_side
-from jdnn.bench.workloads import digits_mlp, make_problem
+from benchmarks.suite.compilation import Recorder
+from benchmarks.suite.context import Context
+from benchmarks.suite.sides import Skipped, jdnn_side, torch_side
+from benchmarks.suite.workloads import digits_mlp, make_problem
 
 TARGET_ACCURACY = 0.97
 MAX_EPOCHS = 100

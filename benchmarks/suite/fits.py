@@ -10,7 +10,7 @@
 
 As a user runs them: each `jdnn.fit` compiles its epoch (new closures every call), each
 `fit_ensemble` / `search` call compiles its one program. JAX's persistent compilation cache is
-off while they run (a script's `fit` calls do not use it; `jdnn bench` turns it on for the
+off while they run (a script's `fit` calls do not use it; the suite's `run.py` turns it on for the
 rest of the suite), so a repeated fit compiles again instead of fetching. One untimed call of
 each side first fills what is cached across calls (eager initializers, the evaluator); then the
 sides alternate in rounds, and the XLA compile time inside every timed call is recorded apart
@@ -30,9 +30,9 @@ import jax
 import optax
 
 import jdnn
-from jdnn.bench import timing
-from jdnn.bench.compilation import Recorder
-from jdnn.bench.context import Context
+from benchmarks.suite import timing
+from benchmarks.suite.compilation import Recorder
+from benchmarks.suite.context import Context
 from jdnn.multi.ensemble import ensemble_keys
 from jdnn.multi.space import grid
 

@@ -19,8 +19,8 @@ import sys
 import tempfile
 import time
 
-from jdnn.bench import targets
-from jdnn.bench.context import Context
+from benchmarks.suite import targets
+from benchmarks.suite.context import Context
 
 EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
           "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
@@ -105,7 +105,7 @@ def _by_function(compiles: list[tuple[str, float]]) -> dict[str, dict]:
 _CHILD = """
 import json, sys, time
 began = time.perf_counter()
-from jdnn.bench.compilation import Recorder
+from benchmarks.suite.compilation import Recorder
 from jdnn import cli
 with Recorder() as recorder:
     status = cli.main(sys.argv[2:])
@@ -118,7 +118,7 @@ print("BENCH-JSON " + json.dumps({"status": status, "wall_s": time.perf_counter(
 
 _FIT_CHILD = """
 import json
-from jdnn.bench.compilation import fit_compilations
+from benchmarks.suite.compilation import fit_compilations
 print("BENCH-JSON " + json.dumps(fit_compilations()))
 """
 

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jdnn.bench.sides.base import Runner, Side, batches
-from jdnn.bench.workloads import Op, Problem, Workload, dense_ops
+from benchmarks.suite.sides.base import Runner, Side, batches
+from benchmarks.suite.workloads import Op, Problem, Workload, dense_ops
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdnn.bench import timing
+from benchmarks.suite import timing
 
 PACKAGES = ("jdnn", "jax", "jaxlib", "numpy", "optax", "flax", "equinox", "torch", "matplotlib")
 
@@ -109,7 +109,7 @@ def gemm_runners(n: int = 2048) -> dict:
     """GEMM "sides" to time in the same rounds as a workload: `{name: Runner}` where one step is
     one `(n, n) @ (n, n)` product (`2 n^3` FLOPs) through XLA and through NumPy. Measuring the
     peak interleaved with the workload keeps the fraction of peak honest on a loaded machine."""
-    from jdnn.bench.sides.base import Runner
+    from benchmarks.suite.sides.base import Runner
 
     def runner(one):
         def run(steps: int) -> None:

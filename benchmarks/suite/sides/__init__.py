@@ -1,7 +1,8 @@
 """The sides of every comparison, by key. Each is built from the same `Problem`."""
 
-from jdnn.bench.sides import equinox_side, flax_side, jdnn_side, numpy_side, raw_jax, torch_side
-from jdnn.bench.sides.base import Runner, Side, Skipped, require
+from benchmarks.suite.sides import (equinox_side, flax_side, jdnn_side, numpy_side, raw_jax,
+                                    torch_side)
+from benchmarks.suite.sides.base import Runner, Side, Skipped, require
 
 SIDES: dict[str, Side] = {side.name: side for side in (
     jdnn_side.STEP, jdnn_side.EPOCH, numpy_side.SIDE, raw_jax.STEP, raw_jax.SCAN,

@@ -11,8 +11,8 @@ import json
 import math
 import pathlib
 
-from jdnn.bench import findings
-from jdnn.bench.targets import MISS, format_value
+from benchmarks.suite import findings
+from benchmarks.suite.targets import MISS, format_value
 
 ORDER = ("machine", "correctness", "mlp", "cnn", "small", "convergence", "compilation",
          "scaling", "vectorized", "diagnostics")
@@ -78,7 +78,7 @@ def misses_section(results: dict[str, dict]) -> list[str]:
 
 def render(folder: pathlib.Path) -> str:
     """The markdown report of every result in `folder` (plots are written beside it)."""
-    from jdnn.bench import sections
+    from benchmarks.suite import sections
 
     results = load_results(folder)
     if not results:
@@ -86,7 +86,7 @@ def render(folder: pathlib.Path) -> str:
     first = next(iter(results.values()))
     lines = ["# jdnn benchmark report", "",
              f"Mode: {first.get('mode', '?')}. Reproduce: `python benchmarks/run.py"
-             f"{' --quick' if first.get('mode') == 'quick' else ''}` (or `jdnn bench`). "
+             f"{' --quick' if first.get('mode') == 'quick' else ''}`. "
              "Every time is a median over interleaved rounds, with its interquartile range; "
              "ratios are taken within each round. See benchmarks/README.md for how to read it.",
              ""]

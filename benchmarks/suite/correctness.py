@@ -13,9 +13,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jdnn.bench import workloads
-from jdnn.bench.context import Context
-from jdnn.bench.sides import SIDES, Skipped, jdnn_side, numpy_side
+from benchmarks.suite import workloads
+from benchmarks.suite.context import Context
+from benchmarks.suite.sides import SIDES, Skipped, jdnn_side, numpy_side
 
 GRAD_TOLERANCE = 1e-9
 TRAJECTORY_STEPS = 3
