@@ -96,7 +96,7 @@ def render(folder: pathlib.Path) -> str:
     lines += sections.load_warning(results)
     lines += ["## Targets", ""] + targets_table(results) + [""]
     lines += ["## Misses and what was found", ""] + misses_section(results) + [""]
-    lines += [findings.NOTES, ""]
+    lines += [findings.notes(), ""]
     for name, payload in results.items():
         lines += sections.render(folder, name, payload)
     return "\n".join(lines) + "\n"
