@@ -14,8 +14,8 @@ import pathlib
 from benchmarks.suite import findings
 from benchmarks.suite.targets import MISS, format_value
 
-ORDER = ("machine", "correctness", "mlp", "cnn", "small", "convergence", "compilation",
-         "scaling", "vectorized", "diagnostics")
+ORDER = ("machine", "headline", "gpu", "correctness", "mlp", "cnn", "small", "convergence",
+         "compilation", "memory", "scaling", "vectorized", "diagnostics")
 
 
 def _clean(value):

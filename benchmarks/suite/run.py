@@ -24,17 +24,17 @@ QUICK_OUT = DEFAULT_OUT / "quick"
 
 
 def _benchmarks() -> dict[str, Callable]:
-    from benchmarks.suite import (compilation, convergence, correctness, diagnose, scaling,
-                                  training, vectorized)
+    from benchmarks.suite import (compilation, convergence, correctness, diagnose, headline,
+                                  scaling, training, vectorized)
 
-    return {"correctness": correctness.run, "mlp": training.mlp, "cnn": training.cnn,
-            "small": training.small, "convergence": convergence.run,
+    return {"headline": headline.run, "correctness": correctness.run, "mlp": training.mlp,
+            "cnn": training.cnn, "small": training.small, "convergence": convergence.run,
             "compilation": compilation.run, "scaling": scaling.run, "vectorized": vectorized.run,
             "diagnostics": diagnose.run}
 
 
-NAMES = ("machine", "correctness", "mlp", "cnn", "small", "convergence", "compilation", "scaling",
-         "vectorized", "diagnostics")
+NAMES = ("machine", "headline", "correctness", "mlp", "cnn", "small", "convergence",
+         "compilation", "scaling", "vectorized", "diagnostics")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int,
                         help="NumPy-BLAS and PyTorch threads (default: the CPU count)")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument("--gpu-check", action="store_true",
+                        help="only the GPU check (<= 5 minutes): the workloads at GPU-sized "
+                             "batches; on a machine without a GPU it says so and exits 0")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild report.md and the plots from the JSON files in --out")
     return parser
@@ -85,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _set_threads(args.threads)
     enable_compilation_cache()  # as `jdnn train` does; the end-to-end fits turn it off
-    ctx = Context.create(args.quick, args.rounds)
+    ctx = Context.create(args.quick, args.rounds, args.threads)
+    if args.gpu_check:
+        return _gpu_check(ctx, args.out)
     mode = "quick" if args.quick else "full"
     chosen = args.only or list(NAMES)
     benchmarks, failed = _benchmarks(), []
@@ -125,6 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     _print_targets(args.out)
     print(f"wrote {path} in {time.perf_counter() - began:.0f} s", flush=True)
     return 1 if failed else 0
+
+
+def _gpu_check(ctx, out: pathlib.Path) -> int:
+    from benchmarks.suite import gpu, machine, report
+
+    began = time.perf_counter()
+    payload = gpu.check(ctx)
+    if payload is None:
+        return 0
+    report.write_result(out, "gpu", {"name": "gpu", "mode": "gpu-check",
+                                     "machine": machine.describe(),
+                                     "seconds": time.perf_counter() - began, **payload})
+    print(f"wrote {report.write_report(out)}", flush=True)
+    return 0
 
 
 def _print_targets(folder: pathlib.Path) -> None:

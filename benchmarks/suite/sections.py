@@ -12,7 +12,9 @@ TITLES = {"machine": "The machine and its limits", "correctness": "Correctness (
           "convergence": "Time to 97% test accuracy on digits",
           "compilation": "Compilation", "scaling": "Scaling",
           "vectorized": "vmap workloads: per-example gradients, DP-SGD, ensembles, search",
-          "diagnostics": "Diagnostics behind the findings"}
+          "diagnostics": "Diagnostics behind the findings",
+          "headline": "Headline ratios, from separate processes",
+          "gpu": "GPU check"}
 
 
 def load_warning(results: dict[str, dict]) -> list[str]:
@@ -254,6 +256,41 @@ def diagnostics(payload: dict) -> list[str]:
     return lines
 
 
+HEADLINE_LABELS = {"vs_numpy": "tight NumPy backprop / jdnn scan epoch",
+                   "vs_reference": "generic NumPy reference (the oracle) / jdnn scan epoch",
+                   "vs_torch_best": "PyTorch at its best / jdnn step"}
+
+
+def headline(payload: dict) -> list[str]:
+    lines = [f"Each ratio is the other side's time over jdnn's (> 1: jdnn faster), the median of "
+             f"{payload['processes']} separate processes' medians, with the smallest and largest "
+             "process median. \"PyTorch at its best\" is, per round, the fastest PyTorch variant "
+             "that ran (fused Adam, all threads or one, `torch.compile`); the other rows are "
+             "each variant alone.", "",
+             "| workload | ratio | median of medians | spread over processes | notes |",
+             "|---|---|---|---|---|"]
+    for r in payload["results"].values():
+        threads = r.get("info", {}).get("numpy", {}).get("blas_threads")
+        for key, cell in r["ratios"].items():
+            notes = []
+            if key == "vs_numpy" and threads is not None:
+                notes.append(f"NumPy BLAS threads: {threads}")
+            if "best_variant" in cell:
+                notes.append(f"fastest: {cell['best_variant']}")
+            label = HEADLINE_LABELS.get(key, key.removeprefix("vs_") + " / jdnn step")
+            lines.append(f"| {r['description']} | {label} | {cell['median']:.3g}x | "
+                         f"{cell['low']:.3g}-{cell['high']:.3g} | {'; '.join(notes)} |")
+        for side, why in r.get("skipped", {}).items():
+            lines.append(f"| {r['description']} | {side} | skipped | | {why} |")
+    return lines
+
+
+def gpu(folder: pathlib.Path, payload: dict) -> list[str]:
+    rates = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in payload["gemm_gflops"].items())
+    lines = [f"Device: {payload['machine']['device']}. XLA GEMM 4096^2: {rates}.", ""]
+    return lines + training(folder, "gpu", payload)
+
+
 def render(folder: pathlib.Path, name: str, payload: dict) -> list[str]:
     """The markdown lines of one benchmark's section."""
     lines = [f"## {TITLES.get(name, name)}", ""]
@@ -265,6 +302,10 @@ def render(folder: pathlib.Path, name: str, payload: dict) -> list[str]:
         lines += globals()[name](payload)
     elif name == "scaling":
         lines += scaling(folder, payload)
+    elif name == "headline":
+        lines += headline(payload)
+    elif name == "gpu":
+        lines += gpu(folder, payload)
     lines.append(f"\n<sub>{name}: {payload.get('seconds', 0):.0f} s, load average "
                  f"{payload.get('machine', {}).get('load_average')}</sub>")
     return lines + [""]
