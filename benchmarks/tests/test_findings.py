@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 import re
 
-from benchmarks.suite import findings
+from benchmarks.suite import findings, headline
 from benchmarks.suite.sides import SIDES
 
 SUITE = pathlib.Path(findings.__file__).resolve().parent
@@ -17,6 +17,7 @@ def test_every_finding_names_a_target_family_the_suite_checks():
     source = "\n".join(p.read_text() for p in SUITE.rglob("*.py"))
     families = set(re.findall(r'f"([a-z_]+)/', source)) | set(re.findall(r'"([a-z_]+)/', source))
     families |= {f"vs_{side}" for side in SIDES}  # f"vs_{side}/{name}" in training.py
+    families |= {f"headline_{target[0]}" for target in headline.TARGETS}
     for prefix in found:
         assert prefix.split("/")[0] in families, prefix
 
