@@ -1,5 +1,10 @@
 """Equinox: a module of `eqx.nn` layers called per example under `jax.vmap`, trained with
-`eqx.filter_jit` and `eqx.filter_value_and_grad`, optax updates (its documented pattern).
+`eqx.filter_jit` and `eqx.filter_value_and_grad`, optax updates (its documented pattern), with
+and without buffer donation. Its max pool is `eqx.nn.MaxPool2d` (`lax.reduce_window`).
+
+Donation follows `filter_jit`'s docstring (equinox 0.13): `donate="all-except-first"` donates
+every array argument but the first, so the batch goes first and is kept (the runner reuses its
+batches every epoch), while the model and the optimizer state are donated.
 
 Equinox is channel-first: `Linear.weight` is `(out, in)` (jdnn's `w` transposed), `Conv2d` takes
 `(C, H, W)` images with an `(O, I, kh, kw)` weight and an `(O, 1, 1)` bias, and flattening
@@ -129,14 +134,17 @@ def _pairs(model) -> list:
     return [(layer.weight, layer.bias) for layer in model.layers if hasattr(layer, "weight")]
 
 
-def build(problem: Problem) -> Runner:
+def build(problem: Problem, donate: str = "none") -> Runner:
+    """Equinox's training loop; `donate` is `filter_jit`'s: "none" (its default) or
+    "all-except-first" (the batch, passed first, is kept; model and optimizer state donated)."""
     eqx = require("equinox")
     model = eqx_model(problem, problem.params)
     tx = optimizer(problem.workload)
     opt_state = tx.init(eqx.filter(model, eqx.is_array))
 
-    @eqx.filter_jit
-    def step(model, opt_state, x, y):
+    @eqx.filter_jit(donate=donate)
+    def step(batch, model, opt_state):
+        x, y = batch
         loss, grads = eqx.filter_value_and_grad(lambda m: _loss(problem, m, x, y))(model)
         updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, updates), opt_state, loss
@@ -147,7 +155,7 @@ def build(problem: Problem) -> Runner:
     def run(n: int) -> None:
         model, opt_state = box
         for _ in range(n):
-            model, opt_state, _ = step(model, opt_state, *cursor.next())
+            model, opt_state, _ = step(cursor.next(), model, opt_state)
         box[:] = jax.block_until_ready([model, opt_state])
 
     return Runner(run, lambda: from_channel_first(problem, _pairs(box[0])))
@@ -163,5 +171,9 @@ def loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, dict]:
     return float(loss), from_channel_first(problem, _pairs(grads))
 
 
-SIDE = Side("equinox", "Equinox, eqx.filter_jit step, per-example modules under vmap",
-            build, loss_and_grads, "equinox")
+SIDE = Side("equinox", "Equinox, eqx.filter_jit step, per-example modules under vmap; max "
+            "pool: eqx.nn.MaxPool2d = lax.reduce_window", build, loss_and_grads, "equinox")
+DONATE = Side("equinox_donate", "Equinox, eqx.filter_jit(donate='all-except-first') step (model "
+              "and optimizer state donated, batch kept), per-example modules under vmap; max "
+              "pool: lax.reduce_window", lambda problem: build(problem, "all-except-first"),
+              loss_and_grads, "equinox")

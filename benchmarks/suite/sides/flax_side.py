@@ -25,6 +25,7 @@ def _loss(w: Workload, logits, y):
 
 
 def _max_pool(x):
+    """Flax's own 2x2 max pool (`lax.reduce_window`, whose gradient is select-and-scatter)."""
     linen = require("flax.linen", "flax")
     return linen.max_pool(x, (2, 2), strides=(2, 2))
 
@@ -220,9 +221,11 @@ def linen_loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, d
                                                         grads[name]["bias"]))
 
 
-NNX_JIT = Side("nnx_jit", "Flax NNX, nnx.jit step (as in its guide)", build_nnx_jit,
+# Flax's max pool is `flax.linen.max_pool`, i.e. `lax.reduce_window` (idiomatic, left as is).
+_POOL = "max pool: linen.max_pool = lax.reduce_window"
+NNX_JIT = Side("nnx_jit", f"Flax NNX, nnx.jit step (as in its guide); {_POOL}", build_nnx_jit,
                nnx_loss_and_grads, "flax")
-NNX_SPLIT = Side("nnx_split", "Flax NNX, jax.jit + split/merge + donation (its fast form)",
-                 build_nnx_split, nnx_loss_and_grads, "flax")
-LINEN = Side("linen", "Flax linen, jax.jit + donation, optax", build_linen,
+NNX_SPLIT = Side("nnx_split", f"Flax NNX, jax.jit + split/merge + donation (its fast form); "
+                 f"{_POOL}", build_nnx_split, nnx_loss_and_grads, "flax")
+LINEN = Side("linen", f"Flax linen, jax.jit + donation, optax; {_POOL}", build_linen,
              linen_loss_and_grads, "flax")

@@ -1,6 +1,13 @@
 """A minimal hand-written raw-JAX step: no jdnn, no optax, no pytree library: the floor for a
 library's overhead. Parameters are a list of `(w, b)` pairs; SGD and Adam are written out with
-optax's formulas; the step is one `jax.jit` with the parameters and moments donated."""
+optax's formulas; the step is one `jax.jit` with the parameters and moments donated.
+
+Max pooling is the one op taken from jdnn: the floor must compute what jdnn computes, and jdnn's
+`MaxPool2D` pools non-overlapping windows with a reshape and a max whose derivative sends each
+window's tangent to its first maximum (`jdnn.layers.pooling`). The idiomatic
+`lax.reduce_window` pool is a separate side, `raw_jax_reduce_window`: on XLA:CPU its gradient
+(select-and-scatter) is several times slower, which is a finding about XLA:CPU, not a floor.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from benchmarks.suite.sides.base import Runner, Side, batches
+from benchmarks.suite.sides.base import Runner, Side, Skipped, batches
 from benchmarks.suite.workloads import Op, Problem, Workload, dense_ops
+from jdnn.layers.pooling import _tiled_max  # jdnn's own 2x2 pool, the op the floor must match
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -46,21 +54,25 @@ _FORWARD = {
     "conv": _conv,
     "relu": lambda x, _: jnp.maximum(x, 0.0),
     "sigmoid": lambda x, _: 1.0 / (1.0 + jnp.exp(-x)),
-    "maxpool": lambda x, _: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
-                                              "VALID"),
+    "maxpool": lambda x, _: _tiled_max(x, (2, 2)),
     "flatten": lambda x, _: x.reshape(x.shape[0], -1),
 }
 
+# The same layers with the idiomatic `lax.reduce_window` max pool (2x2, stride 2, VALID).
+_REDUCE_WINDOW = {**_FORWARD, "maxpool": lambda x, _: lax.reduce_window(
+    x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")}
 
-def forward(ops: list[Op], params: list, x: jax.Array) -> jax.Array:
+
+def forward(ops: list[Op], params: list, x: jax.Array, layers: dict = _FORWARD) -> jax.Array:
     layer = iter(params)
     for op in ops:
-        x = _FORWARD[op.kind](x, next(layer) if op.has_params else None)
+        x = layers[op.kind](x, next(layer) if op.has_params else None)
     return x
 
 
-def objective(w: Workload, ops: list[Op], params: list, x, y) -> jax.Array:
-    logits = forward(ops, params, x)
+def objective(w: Workload, ops: list[Op], params: list, x, y,
+              layers: dict = _FORWARD) -> jax.Array:
+    logits = forward(ops, params, x, layers)
     if w.classes == 1:  # binary cross-entropy on logits: softplus(z) - y z
         z = logits[:, 0]
         return jnp.mean(jnp.logaddexp(0.0, z) - y * z)
@@ -89,19 +101,20 @@ def opt_update(w: Workload, params, grads, state, b1=0.9, b2=0.999, eps=1e-8):
     return params, (count, mu, nu)
 
 
-def make_step(problem: Problem):
+def make_step(problem: Problem, layers: dict = _FORWARD):
     w, ops = problem.workload, problem.ops
 
     def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(functools.partial(objective, w, ops))(params, x, y)
+        loss, grads = jax.value_and_grad(functools.partial(objective, w, ops, layers=layers))(
+            params, x, y)
         params, opt_state = opt_update(w, params, grads, opt_state)
         return params, opt_state, loss
 
     return step
 
 
-def build_step(problem: Problem) -> Runner:
-    step = jax.jit(make_step(problem), donate_argnums=(0, 1))
+def build_step(problem: Problem, layers: dict = _FORWARD) -> Runner:
+    step = jax.jit(make_step(problem, layers), donate_argnums=(0, 1))
     cursor = batches(problem, lambda x, y: (jnp.asarray(x), jnp.asarray(y)))
     params = to_raw(problem, problem.params)
     box = [params, opt_init(problem.workload, params)]
@@ -144,13 +157,36 @@ def build_scan(problem: Problem) -> Runner:
     return Runner(run, lambda: from_raw(problem, box[0]), quantum=w.batches)
 
 
-def loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, dict]:
-    fn = jax.jit(jax.value_and_grad(functools.partial(objective, problem.workload, problem.ops)))
+def loss_and_grads(problem: Problem, params: dict, x, y,
+                   layers: dict = _FORWARD) -> tuple[float, dict]:
+    fn = jax.jit(jax.value_and_grad(functools.partial(objective, problem.workload, problem.ops,
+                                                      layers=layers)))
     value, grads = fn(to_raw(problem, params), jnp.asarray(x), jnp.asarray(y))
     return float(value), from_raw(problem, grads)
 
 
-STEP = Side("raw_jax", "hand-written raw JAX: jax.jit + donation, no library", build_step,
-            loss_and_grads)
-SCAN = Side("raw_jax_scan", "hand-written raw JAX epoch in one lax.scan, batches in order",
-            build_scan, loss_and_grads)
+def _needs_pool(problem: Problem) -> None:
+    """`raw_jax_reduce_window` measures a pooling gradient: `Skipped` on a model without one."""
+    if not any(op.kind == "maxpool" for op in problem.ops):
+        raise Skipped(f"{problem.workload.name} has no max pool; raw_jax_reduce_window differs "
+                      f"from raw_jax only in its pooling")
+
+
+def build_reduce_window(problem: Problem) -> Runner:
+    _needs_pool(problem)
+    return build_step(problem, _REDUCE_WINDOW)
+
+
+def reduce_window_loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, dict]:
+    _needs_pool(problem)
+    return loss_and_grads(problem, params, x, y, _REDUCE_WINDOW)
+
+
+STEP = Side("raw_jax", "hand-written raw JAX: jax.jit + donation, no library (max pool: jdnn's "
+            "reshape + max, first-maximum JVP)", build_step, loss_and_grads)
+SCAN = Side("raw_jax_scan", "hand-written raw JAX epoch in one lax.scan, batches in order (max "
+            "pool: jdnn's reshape + max)", build_scan, loss_and_grads)
+REDUCE_WINDOW = Side(
+    "raw_jax_reduce_window", "raw_jax with the idiomatic lax.reduce_window max pool (CNN only): "
+    "a finding about XLA:CPU's pooling gradient (select-and-scatter), not a floor",
+    build_reduce_window, reduce_window_loss_and_grads)
