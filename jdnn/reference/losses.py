@@ -62,6 +62,7 @@ def _spread(loss: str, weights, outputs: np.ndarray) -> np.ndarray:
     if weights.shape != outputs.shape[:1]:
         raise ValueError(f"{loss}: weights must have shape (batch,) = {outputs.shape[:1]}, got "
                          f"{weights.shape}; build them with mean_weights(mask, batch)")
+    weights = weights.astype(outputs.dtype, copy=False)  # the outputs' precision, not the mask's
     per_example = int(np.prod(outputs.shape[1:]))
     return (weights / per_example).reshape(weights.shape + (1,) * (outputs.ndim - 1))
 
@@ -69,7 +70,7 @@ def _spread(loss: str, weights, outputs: np.ndarray) -> np.ndarray:
 # --- reductions: mean and masked mean --------------------------------------------------------
 
 
-def mean_weights(mask, batch: int) -> np.ndarray:
+def mean_weights(mask, batch: int, dtype=None) -> np.ndarray:
     """The weights of a (masked) mean over the batch: `w_b = mask_b / max(sum(mask), 1)`.
 
     With these weights, `sum_b w_b * loss_b` is the mean of the unmasked losses, and every
@@ -79,23 +80,26 @@ def mean_weights(mask, batch: int) -> np.ndarray:
     Args:
         mask: `(batch,)` of 0/1 (or bool, or any non-negative weights); None means all ones.
         batch: the batch size `B`.
+        dtype: the float type of the weights, that of the losses they will weigh; by default
+            the mask's own float type, or float64 for a bool, integer or absent mask.
 
     Returns:
-        `(batch,)` float64 weights; `1 / B` each when `mask` is None.
+        `(batch,)` weights of `dtype`; `1 / B` each when `mask` is None.
 
     Raises:
         ValueError: if `mask` does not have shape `(batch,)`.
 
     Example:
-        >>> grad = mse_grad(outputs, targets, mean_weights(mask, len(outputs)))
+        >>> grad = mse_grad(outputs, targets, mean_weights(mask, len(outputs), outputs.dtype))
     """
-    if mask is None:
-        mask = np.ones(batch)
-    mask = np.asarray(mask, dtype=np.float64)
+    if dtype is None:
+        floating = mask is not None and np.issubdtype(np.asarray(mask).dtype, np.floating)
+        dtype = np.asarray(mask).dtype if floating else np.float64
+    mask = np.ones(batch, dtype) if mask is None else np.asarray(mask, dtype)
     if mask.shape != (batch,):
         raise ValueError(f"mean_weights: mask must have shape (batch,) = ({batch},), got "
                          f"{mask.shape}")
-    return mask / max(mask.sum(), 1.0)
+    return mask / max(mask.sum(), 1)
 
 
 def masked_mean(values, mask=None):
@@ -106,7 +110,7 @@ def masked_mean(values, mask=None):
         mask: `(B,)` of 0/1, or None for all ones (a plain mean).
 
     Returns:
-        A NumPy scalar; `0.0` for an all-zero mask.
+        A NumPy scalar of the values' float type; `0.0` for an all-zero mask.
 
     Example:
         >>> loss = masked_mean(softmax_cross_entropy(logits, labels), mask)
@@ -115,7 +119,8 @@ def masked_mean(values, mask=None):
     if values.ndim != 1:
         raise ValueError(f"masked_mean: values must be per-example, shape (batch,), got "
                          f"{values.shape}")
-    return np.sum(values * mean_weights(mask, values.shape[0]))
+    dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else None
+    return np.sum(values * mean_weights(mask, values.shape[0], dtype))
 
 
 # --- mean squared error ----------------------------------------------------------------------
@@ -217,6 +222,7 @@ def _targets(loss: str, z: np.ndarray, labels, label_smoothing: float) -> np.nda
     if isinstance(label_smoothing, bool) or not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"{loss}: label_smoothing must be a float in [0, 1), got "
                          f"{label_smoothing!r}")
+    label_smoothing = float(label_smoothing)  # a Python float: it keeps z's dtype
     labels = np.asarray(labels)
     classes = z.shape[-1]
     if labels.shape == z.shape:

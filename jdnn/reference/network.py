@@ -53,6 +53,10 @@ def child_name(index: int, kind: str) -> str:
 
 
 def _hparam(value: Any) -> Any:
+    """A spec's hyper-parameter as a twin takes it: lists as tuples, NumPy scalars as Python
+    ones (a `np.float64` rate or slope would otherwise turn float32 arithmetic into float64)."""
+    if isinstance(value, np.generic):
+        return value.item()
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -76,7 +80,8 @@ def _leaf(kind: str, hparams: dict, path: str) -> Node:
         if "train" in takes:
             extras["train"] = train
         if "keep_mask" in takes:  # a stochastic layer: the caller's mask, drawn at its rate
-            rate = _state_rate(state, path) if hparams.get("rate_in_state") else hparams["rate"]
+            rate = _state_rate(state, path) if hparams.get("rate_in_state") \
+                else float(hparams["rate"])
             extras["keep_mask"] = _mask_for(masks, path, x.shape, rate) if train and rate > 0 \
                 else None
             if "rate" in takes:
@@ -265,7 +270,9 @@ class Network:
             dtype: the float type of the computation (float64 by default).
 
         Returns:
-            `(objective, grads, new_state)`; `grads` has the params' tree structure.
+            `(objective, grads, new_state)`: `objective` a NumPy scalar of `dtype`; `grads` has
+            the params' tree structure. Every array in them, and every intermediate, is of
+            `dtype` (integer labels and boolean masks aside).
         """
         params, state = _as_numpy(params, dtype), _as_numpy(state, dtype)
         x = np.asarray(x, dtype)
@@ -287,9 +294,9 @@ class Network:
             raise ValueError(f"the loss twin {getattr(twin, '__name__', twin)!r} must return "
                              f"(loss of shape ({x.shape[0]},), dloss of the outputs' shape "
                              f"{outputs.shape}), got shapes {values.shape} and {dvalues.shape}")
-        weights = losses.mean_weights(None if mask is None else np.asarray(mask), x.shape[0])
-        objective = float(np.sum(weights * values))
-        dy = dvalues * weights.reshape((-1,) + (1,) * (outputs.ndim - 1)).astype(dtype)
+        weights = losses.mean_weights(mask, x.shape[0], dtype)
+        objective = np.sum(weights * values)
+        dy = dvalues * weights.reshape((-1,) + (1,) * (outputs.ndim - 1))
         _, grads = self.backward(params, cache, dy)
         if l1:
             objective += l1 * regularizers.l1(params, where=where)

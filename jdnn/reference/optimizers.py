@@ -149,7 +149,7 @@ def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999,
         return AdamState(count=0, mu=zeros, nu=zeros)
 
     def update(grads: Tree, state: AdamState, params: Tree) -> tuple[Tree, AdamState]:
-        count = state.count + 1
+        count = int(state.count) + 1  # a Python int: b1**count stays a weak Python float
         mu = tree_map(lambda g, m: (1 - b1) * g + b1 * m, grads, state.mu)
         nu = tree_map(lambda g, v: (1 - b2) * g**2 + b2 * v, grads, state.nu)
 

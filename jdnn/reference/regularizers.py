@@ -53,11 +53,16 @@ def _selector(where: Where) -> Callable[[str], bool]:
     raise TypeError(f"where must be a callable path -> bool or a regex string, got {where!r}")
 
 
-def _penalty(params: Tree, where: Where, term: Callable[[np.ndarray], np.ndarray]) -> float:
-    """`sum(term(leaf))` over every entry of every selected leaf; 0.0 if none is selected."""
+def _penalty(params: Tree, where: Where, term: Callable[[np.ndarray], np.ndarray]) -> np.floating:
+    """`sum(term(leaf))` over every entry of every selected leaf, a NumPy scalar of the params'
+    float type (float64 for no params); 0 if no leaf is selected."""
     select = _selector(where)
-    return float(sum(np.sum(term(np.asarray(leaf)))
-                     for path, leaf in tree_paths(params) if select(path)))
+    leaves = [(path, np.asarray(leaf)) for path, leaf in tree_paths(params)]
+    total = np.zeros((), np.result_type(*(leaf for _, leaf in leaves)) if leaves else np.float64)
+    for path, leaf in leaves:
+        if select(path):
+            total = total + np.sum(term(leaf))
+    return total[()]
 
 
 def _gradient(params: Tree, where: Where, grad: Callable[[np.ndarray], np.ndarray]) -> Tree:
@@ -74,7 +79,7 @@ def _gradient(params: Tree, where: Where, grad: Callable[[np.ndarray], np.ndarra
 # --- L1 --------------------------------------------------------------------------------------
 
 
-def l1(params: Tree, *, where: Where = is_weight) -> float:
+def l1(params: Tree, *, where: Where = is_weight) -> np.floating:
     """The L1 norm of the selected leaves: `sum |w|` over all their entries.
 
     Args:
@@ -82,7 +87,8 @@ def l1(params: Tree, *, where: Where = is_weight) -> float:
         where: a callable `path -> bool` or a regex string; by default the `w` leaves.
 
     Returns:
-        A float; `0.0` when nothing is selected.
+        A NumPy scalar of the params' float type (a `float` subclass for float64); `0.0` when
+        nothing is selected.
 
     Raises:
         ValueError: if `where` is an invalid regex. TypeError: if it is neither kind.
@@ -105,7 +111,7 @@ def l1_grad(params: Tree, *, where: Where = is_weight) -> Tree:
 # --- L2 --------------------------------------------------------------------------------------
 
 
-def l2(params: Tree, *, where: Where = is_weight) -> float:
+def l2(params: Tree, *, where: Where = is_weight) -> np.floating:
     """The squared L2 norm of the selected leaves: `sum w^2` (no 1/2), see `l1` for arguments.
 
     Example:
@@ -151,6 +157,7 @@ def soft_threshold(params: Tree, threshold: float, *, where: Where = is_weight) 
     if isinstance(threshold, bool) or not math.isfinite(threshold) or threshold < 0:
         raise ValueError(f"soft_threshold: threshold must be a finite float >= 0, got "
                          f"{threshold!r}")
+    threshold = float(threshold)  # a Python float keeps each leaf's dtype
     select = _selector(where)
 
     def shrink(path: str, p):

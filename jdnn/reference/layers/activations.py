@@ -203,7 +203,11 @@ def elu_backward(params, cache, dy):
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _CUBIC = 0.044715
-_erfc = np.vectorize(math.erfc, otypes=[np.float64])  # NumPy has no erf; math's, elementwise
+
+
+def _erfc(z: np.ndarray) -> np.ndarray:
+    """`math.erfc` entry by entry (NumPy has no erf), stored in `z`'s dtype."""
+    return np.vectorize(math.erfc, otypes=[z.dtype])(z)
 
 
 def gelu_forward(params, x, *, approximate):
@@ -224,7 +228,7 @@ def gelu_forward(params, x, *, approximate):
     if approximate:
         t = np.tanh(_SQRT_2_OVER_PI * (x + _CUBIC * x**3))
         return 0.5 * x * (1.0 + t), (x, t, True)
-    cdf = (0.5 * _erfc(-x * math.sqrt(0.5))).astype(x.dtype, copy=False)
+    cdf = 0.5 * _erfc(-x * math.sqrt(0.5))
     return x * cdf, (x, cdf, False)
 
 

@@ -30,13 +30,14 @@ def forward(params, x, *, keep_mask, rate):
         `(y, cache)`: `y` of `x`'s shape; the cache is `(keep_mask, rate)`.
     """
     del params
+    rate = float(rate)  # a Python float keeps x's dtype; a np.float64 would make it float64
     if keep_mask is None:
         return x, (None, rate)
     keep_mask = np.asarray(keep_mask, dtype=bool)
     if keep_mask.shape != x.shape:
         raise ValueError(f"Dropout: keep_mask has shape {keep_mask.shape} but x has shape "
                          f"{x.shape}; they must be equal")
-    y = np.where(keep_mask, x / (1.0 - rate), 0.0).astype(x.dtype, copy=False)
+    y = np.where(keep_mask, x / (1.0 - rate), 0)
     return y, (keep_mask, rate)
 
 
@@ -58,4 +59,4 @@ def backward(params, cache, dy):
     keep_mask, rate = cache
     if keep_mask is None:
         return dy, {}
-    return np.where(keep_mask, dy / (1.0 - rate), 0.0).astype(dy.dtype, copy=False), {}
+    return np.where(keep_mask, dy / (1.0 - rate), 0), {}
