@@ -70,7 +70,8 @@ def compare(problem: Problem, names: Sequence[str], *, baseline: str = "jdnn_ste
 
     Returns:
         A JSON-ready dict: workload, steps per chunk, rounds, per side the seconds per step
-        (median, quartiles, IQR) and the ratio to the baseline, compile times, skipped sides.
+        (median, quartiles, IQR), the ratio to the baseline and the runner's `info` (e.g. its
+        BLAS threads), compile times, skipped sides.
     """
     began = time.perf_counter()
     runners, compiled, skipped = build_sides(problem, names)
@@ -89,8 +90,10 @@ def compare(problem: Problem, names: Sequence[str], *, baseline: str = "jdnn_ste
                                        (lambda r=r: r.run(r.quantum)) if cheap else None,
                                        steps[name]))
     times = timing.interleave(variants, settings.rounds, pause_s=settings.pause_s)
-    result.update(steps_per_chunk=steps, rounds=settings.rounds,
-                  sides=timing.table(times, baseline if baseline in times else None),
+    table = timing.table(times, baseline if baseline in times else None)
+    for name, entry in table.items():
+        entry["info"] = dict(runners[name].info)
+    result.update(steps_per_chunk=steps, rounds=settings.rounds, sides=table,
                   raw_seconds=times, wall_s=time.perf_counter() - began)
     return result
 

@@ -6,6 +6,11 @@
 2. Same updates: every side takes three training steps from the same initial parameters on the
    same batches, in float32; its parameters are compared with jdnn's per-step side. This is what
    makes the timings a like-for-like comparison.
+3. The tight NumPy baseline (side "numpy", `sides.tight_numpy`) against the oracle it is timed
+   next to (side "reference", `jdnn.reference`): both take `TIGHT_STEPS` float32 steps on every
+   benchmark model with each optimizer the model is trained with; the largest relative parameter
+   difference must stay within `TIGHT_TOLERANCE` (Adam turns rounding in near-zero gradients
+   into +-lr steps, so float32 agreement is ~1e-4, not 1e-7).
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from benchmarks.suite.context import Context
 from benchmarks.suite.sides import SIDES, Skipped, jdnn_side, numpy_side
 
 GRAD_TOLERANCE = 1e-9
+TIGHT_STEPS = 5
+TIGHT_TOLERANCE = 1e-3
 TRAJECTORY_STEPS = 3
-TRAJECTORY_SIDES = ("numpy", "raw_jax", "nnx_jit", "nnx_split", "linen", "equinox", "torch")
+TRAJECTORY_SIDES = ("numpy", "reference", "raw_jax", "nnx_jit", "nnx_split", "linen", "equinox",
+                    "torch")
 
 
 def max_relative(a: dict, b: dict) -> float:
@@ -68,6 +76,24 @@ def trajectories(w: workloads.Workload) -> dict:
     return {"workload": w.name, "steps": TRAJECTORY_STEPS, "sides": out}
 
 
+def tight_vs_reference(w: workloads.Workload, steps: int = TIGHT_STEPS) -> dict:
+    """The tight NumPy side's parameters after `steps` steps, relative to the oracle's."""
+    problem = workloads.make_problem(w)
+    tight, oracle = SIDES["numpy"].build(problem), SIDES["reference"].build(problem)
+    tight.run(steps)
+    oracle.run(steps)
+    worst = max_relative(tight.params(), oracle.params())
+    return {"workload": w.name, "description": w.describe(), "steps": steps,
+            "max_relative_difference": worst, "ok": worst <= TIGHT_TOLERANCE}
+
+
+def tight_models() -> list[workloads.Workload]:
+    """Every benchmark model, with each optimizer it is trained with (small batches)."""
+    return [workloads.digits_mlp(32, "sgd"), workloads.digits_mlp(32, "adam"), workloads.xor(),
+            workloads.mlp(32, "sgd"), workloads.mlp(32, "adam"), workloads.cnn(8, "sgd"),
+            workloads.cnn(8, "adam")]
+
+
 def run(ctx: Context) -> dict:
     models = [workloads.mlp(32), workloads.cnn(8), workloads.digits_mlp(), workloads.xor()]
     grads = []
@@ -81,5 +107,10 @@ def run(ctx: Context) -> dict:
     for w in paths:
         print(f"  same updates: {w.name}", flush=True)
         steps.append(trajectories(w))
+    tight = []
+    for w in tight_models():
+        print(f"  tight NumPy vs reference: {w.name}", flush=True)
+        tight.append(tight_vs_reference(w))
     return {"results": {"gradients": grads, "trajectories": steps,
-                        "gradient_tolerance": GRAD_TOLERANCE}, "targets": []}
+                        "gradient_tolerance": GRAD_TOLERANCE, "tight_vs_reference": tight,
+                        "tight_tolerance": TIGHT_TOLERANCE}, "targets": []}

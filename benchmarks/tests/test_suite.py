@@ -186,8 +186,9 @@ def _max_rel(a, b):
     return out
 
 
-# One per distinct way of differentiating (jdnn_epoch, raw_jax_scan and nnx_split share theirs).
-GRADIENT_SIDES = ("numpy", "raw_jax", "nnx_jit", "linen", "equinox", "torch")
+# One per distinct way of differentiating (jdnn_epoch, raw_jax_scan and nnx_split share theirs):
+# "numpy" is the tight hand-written NumPy baseline, "reference" the oracle (jdnn.reference).
+GRADIENT_SIDES = ("numpy", "reference", "raw_jax", "nnx_jit", "linen", "equinox", "torch")
 
 
 @pytest.mark.parametrize("make", [_tiny_mlp, _tiny_xor], ids=["mlp", "xor"])
@@ -200,7 +201,7 @@ def test_every_side_has_jdnns_loss_and_gradients(side, make):
     assert _max_rel(grads, expected) < 1e-4
 
 
-@pytest.mark.parametrize("side", ["torch", "linen", "raw_jax"])
+@pytest.mark.parametrize("side", ["numpy", "torch", "linen", "raw_jax"])
 def test_peers_match_on_the_cnn(side):
     problem, (expected_loss, expected) = _problem(_tiny_cnn)
     loss, grads = _loss_and_grads(side, problem)
@@ -229,7 +230,7 @@ def test_channel_first_conversion_round_trips():
             np.testing.assert_array_equal(back[layer][leaf], value)
 
 
-@pytest.mark.parametrize("side", ["numpy", "torch"])
+@pytest.mark.parametrize("side", ["numpy", "reference", "torch"])
 def test_sides_take_the_same_steps(side):
     problem, _ = _problem(_tiny_mlp)
     reference = SIDES["jdnn_step"].build(problem)

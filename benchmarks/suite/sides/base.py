@@ -40,11 +40,13 @@ class Runner:
         run: `run(n)` takes `n` steps (a multiple of `quantum`) and blocks until they are done.
         params: the current parameters as a jdnn tree of NumPy arrays (a host copy).
         quantum: the smallest number of steps one call can take (an epoch, for a fused epoch).
+        info: what the report shows next to the side's name, e.g. `{"blas_threads": 1}`.
     """
 
     run: Callable[[int], None]
     params: Callable[[], dict]
     quantum: int = 1
+    info: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
