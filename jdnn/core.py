@@ -121,19 +121,20 @@ class Layer(NamedTuple):
 
 def output_shape(layer: Layer, input_shape: Shape) -> Shape:
     """The layer's output shape for `input_shape` (batch axis first), from an abstract `init`
-    under `jax.eval_shape`: nothing is allocated or compiled.
+    under `jax.eval_shape`: nothing is allocated or compiled (the key too is made inside it;
+    `jax.random.key(0)` outside would compile two small programs).
 
     Example:
         >>> output_shape(jdnn.Dense(10), (32, 64))   # (32, 10)
     """
     found: list[Shape] = []
 
-    def init(key):
-        out_shape, params, state = layer.init(key, tuple(input_shape))
+    def init():
+        out_shape, params, state = layer.init(jax.random.key(0), tuple(input_shape))
         found.append(tuple(out_shape))
         return params, state
 
-    jax.eval_shape(init, jax.random.key(0))
+    jax.eval_shape(init)
     return found[0]
 
 

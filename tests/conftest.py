@@ -5,8 +5,10 @@ import os
 import jax
 import pytest
 
-# Tests that run CLI commands must not fill the user's compilation cache.
-os.environ.setdefault("JDNN_CACHE_DIR", "off")
+# Hermetic: fit and the CLI turn on a persistent compilation cache in ~/.cache by default; the
+# tests never read or fill one (a test of the cache points JDNN_CACHE_DIR at its own folder).
+# Set before jdnn is imported, and inherited by the processes tests start.
+os.environ["JDNN_CACHE_DIR"] = "off"
 
 
 @pytest.fixture

@@ -28,25 +28,33 @@ EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
 
 
 class Recorder:
-    """Collects `(event, function name, seconds)` of every trace, lowering and XLA compile."""
+    """Collects `(event, function name, seconds)` of every trace, lowering and XLA compile (a
+    persistent-cache fetch counts as the program's compile), and counts persistent-cache hits."""
 
     def __init__(self):
         self.events: list[tuple[str, str, float]] = []
+        self.cache_hits = 0
 
     def __call__(self, event: str, seconds: float, **kw) -> None:
         if event in EVENTS:
             self.events.append((EVENTS[event], str(kw.get("fun_name", "?")), seconds))
 
+    def _event(self, event: str, **kw) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            self.cache_hits += 1
+
     def __enter__(self) -> Recorder:
         from jax import monitoring
 
         monitoring.register_event_duration_secs_listener(self)
+        monitoring.register_event_listener(self._event)
         return self
 
     def __exit__(self, *exc) -> None:
         from jax import monitoring
 
         monitoring.unregister_event_duration_listener(self)
+        monitoring.unregister_event_listener(self._event)
 
     def compiles(self, since: int = 0) -> list[tuple[str, float]]:
         return [(name, s) for kind, name, s in self.events[since:] if kind == "compile_s"]

@@ -25,16 +25,17 @@ QUICK_OUT = DEFAULT_OUT / "quick"
 
 def _benchmarks() -> dict[str, Callable]:
     from benchmarks.suite import (compilation, convergence, correctness, diagnose, headline,
-                                  scaling, training, vectorized)
+                                  memory, scaling, training, vectorized)
 
     return {"headline": headline.run, "correctness": correctness.run, "mlp": training.mlp,
             "cnn": training.cnn, "small": training.small, "convergence": convergence.run,
-            "compilation": compilation.run, "scaling": scaling.run, "vectorized": vectorized.run,
+            "compilation": compilation.run, "memory": memory.run, "scaling": scaling.run,
+            "vectorized": vectorized.run,
             "diagnostics": diagnose.run}
 
 
 NAMES = ("machine", "headline", "correctness", "mlp", "cnn", "small", "convergence",
-         "compilation", "scaling", "vectorized", "diagnostics")
+         "compilation", "memory", "scaling", "vectorized", "diagnostics")
 
 
 def build_parser() -> argparse.ArgumentParser:

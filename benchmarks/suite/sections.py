@@ -10,7 +10,7 @@ TITLES = {"machine": "The machine and its limits", "correctness": "Correctness (
           "mlp": "MLP 784-512-512-10: every side", "cnn": "MNIST-shaped CNN: every side",
           "small": "Small nets: the scan-fused epoch and the fixed overhead",
           "convergence": "Time to 97% test accuracy on digits",
-          "compilation": "Compilation", "scaling": "Scaling",
+          "compilation": "Compilation", "memory": "Peak memory per side", "scaling": "Scaling",
           "vectorized": "vmap workloads: per-example gradients, DP-SGD, ensembles, search",
           "diagnostics": "Diagnostics behind the findings",
           "headline": "Headline ratios, from separate processes",
@@ -112,17 +112,68 @@ def correctness(payload: dict) -> list[str]:
     return lines
 
 
+CONVERGENCE_LABELS = {
+    "jdnn_cold": "jdnn `fit`, cold (fresh process, empty persistent cache)",
+    "jdnn_warm": "jdnn `fit`, warm persistent cache (fresh process)",
+    "numpy": "tight hand-written float32 NumPy",
+    "reference": "jdnn.reference (the correctness oracle, not a contender)",
+    "torch_fused": "PyTorch eager, Adam(fused=True)",
+    "keras": "Keras 3 on JAX, `model.fit`"}
+
+
 def convergence(payload: dict) -> list[str]:
     r = payload["results"]
+
+    def cell(value, digits=2):
+        return "" if value is None else f"{value:.{digits}f}"
+
     lines = [f"{r['workload']}; stop at {r['target_accuracy']:.0%} test accuracy (at most "
-             f"{r['max_epochs']} epochs); {r['rounds']} round(s); wall time includes "
-             "compilation.", "",
-             "| side | seconds (median) | of which compile | epochs | final accuracy |",
-             "|---|---|---|---|---|"]
+             f"{r['max_epochs']} epochs); each run a fresh Python process, {r['rounds']} per "
+             "side, medians. Seconds from the process's launch (the harness's own imports "
+             "taken out); *first step*: launch to the first completed training step (jdnn: "
+             "its first epoch, one compiled call).", "",
+             "| side | seconds to target | import | compile | first step | epochs | accuracy |",
+             "|---|---|---|---|---|---|---|"]
     for side, s in r["sides"].items():
-        lines.append(f"| {side} | {s['median_seconds']:.2f} | {s['compile_s']:.2f} | "
-                     f"{s['epochs']} | {s['accuracy']:.4f} |")
-    return lines + [f"| {side} | skipped: {why} | | | |" for side, why in r["skipped"].items()]
+        programs = (f" ({s['median_programs']:.0f} programs"
+                    + (f", {s['median_cache_hits']:.0f} cache hits" if s.get(
+                        "median_cache_hits") else "") + ")") if s.get("median_programs") else ""
+        lines.append(f"| {CONVERGENCE_LABELS.get(side, side)} | {cell(s['median_total_s'])} | "
+                     f"{cell(s['median_import_s'])} | {cell(s['median_compile_s'])}{programs} | "
+                     f"{cell(s['median_first_step_s'])} | {s['epochs']:.0f} | "
+                     f"{cell(s['median_accuracy'], 4)} |")
+    lines += [f"| {CONVERGENCE_LABELS.get(side, side)} | skipped: {why} | | | | | |"
+              for side, why in r["skipped"].items()]
+    return lines + [f"- {side}: failed: {why}" for side, why in r.get("errors", {}).items()]
+
+
+def memory(payload: dict) -> list[str]:
+    def mib(value):
+        return "" if value is None else f"{value:.0f}"
+
+    lines = ["Each side on each workload in its own fresh process; MiB of resident memory. "
+             "*Over imports*: peak RSS minus RSS after imports (the shared problem's data "
+             "included, the *problem* column); *training*: the peak while the side was built "
+             "and trained, over the RSS once the problem existed. *Compiled*: jdnn's step (or "
+             "epoch) program, arguments + outputs + temporaries, from `memory_analysis()`. XLA's "
+             "`memory_stats()`: None on the CPU backend.", ""]
+    for workload, row in payload["results"]["workloads"].items():
+        lines += [f"**{workload}** ({row['description']})", "",
+                  "| side | over imports | problem | training | compiled (args + out + temp) |",
+                  "|---|---|---|---|---|"]
+        for side, r in row["sides"].items():
+            if "skipped" in r or "error" in r:
+                lines.append(f"| {side} | {'skipped' if 'skipped' in r else 'failed'}: "
+                             f"{(r.get('skipped') or r.get('error'))[:120]} | | | |")
+                continue
+            c = r.get("compiled")
+            compiled = (f"{c['argument_size_in_bytes'] / 2**20:.1f} + "
+                        f"{c['output_size_in_bytes'] / 2**20:.1f} + "
+                        f"{c['temp_size_in_bytes'] / 2**20:.1f}" if c else "")
+            lines.append(f"| {side} | {mib(r['peak_over_imports_mib'])} | "
+                         f"{mib(r['problem_mib'])} | {mib(r['training_peak_mib'])} | {compiled} |")
+        lines.append("")
+    return lines
 
 
 def compilation(payload: dict) -> list[str]:
@@ -298,7 +349,8 @@ def render(folder: pathlib.Path, name: str, payload: dict) -> list[str]:
         lines += machine(payload)
     elif name in ("mlp", "cnn", "small"):
         lines += training(folder, name, payload)
-    elif name in ("correctness", "convergence", "compilation", "vectorized", "diagnostics"):
+    elif name in ("correctness", "convergence", "compilation", "memory", "vectorized",
+                  "diagnostics"):
         lines += globals()[name](payload)
     elif name == "scaling":
         lines += scaling(folder, payload)

@@ -16,6 +16,10 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+# The persistent compilation cache lives in the library now (fit turns it on too); the CLI's
+# name for it is kept.
+from jdnn.train.compilation_cache import enable_compilation_cache  # noqa: F401
+
 
 def _info(args: argparse.Namespace) -> int:
     del args
@@ -257,21 +261,6 @@ def _add_train(commands) -> None:
     train.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                        help="no progress bar")
     train.set_defaults(run=_train)
-
-
-def enable_compilation_cache() -> str | None:
-    """Turns on JAX's persistent compilation cache, so a second run of a command reuses the
-    compiled programs of the first. The folder is `$JDNN_CACHE_DIR`, else
-    `~/.cache/jdnn/jax`; `JDNN_CACHE_DIR=off` disables it. Returns the folder (None if off)."""
-    import jax
-
-    folder = os.environ.get("JDNN_CACHE_DIR", os.path.expanduser("~/.cache/jdnn/jax"))
-    if folder.lower() in ("", "off", "0", "none"):
-        return None
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return folder
 
 
 BENCH_MOVED = (

@@ -1,8 +1,10 @@
 """Training: the `TrainState` pytree, the compiled steps, `fit` with its callbacks and history,
-and evaluation/prediction over whole datasets."""
+evaluation/prediction over whole datasets, and the persistent compilation cache `fit` turns on
+(`enable_compilation_cache`)."""
 
 from jdnn.train.callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, PrintLogger,
                                   ReduceLROnPlateau, Run, TerminateOnNaN)
+from jdnn.train.compilation_cache import enable_compilation_cache
 from jdnn.train.evaluate import evaluate, make_evaluator, predict
 from jdnn.train.fit import epoch_fn, fit, make_epoch
 from jdnn.train.history import History
@@ -10,7 +12,8 @@ from jdnn.train.state import TrainState
 from jdnn.train.step import make_eval_step, make_train_step
 
 __all__ = [
-    "Callback", "CSVLogger", "EarlyStopping", "epoch_fn", "evaluate", "fit", "History",
+    "Callback", "CSVLogger", "EarlyStopping", "enable_compilation_cache", "epoch_fn",
+    "evaluate", "fit", "History",
     "JSONLogger", "make_epoch", "make_eval_step", "make_evaluator", "make_train_step",
     "predict", "PrintLogger", "ReduceLROnPlateau", "Run", "TerminateOnNaN",
     "TrainState",

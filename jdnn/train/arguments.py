@@ -248,6 +248,15 @@ def check_names(where: str, names: Any, what: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def on_device(array: Any) -> jax.Array:
+    """`array` on the default device, as `jnp.asarray` puts it (float64 -> float32 unless x64
+    is on), but by a plain transfer: `jnp.asarray` of a NumPy array compiles a small program
+    per shape and dtype, `jax.device_put` compiles nothing. A JAX array is returned as it is."""
+    if isinstance(array, jax.Array):
+        return array
+    return jax.device_put(np.asarray(array))
+
+
 def checked_data(model: Layer, loss: Callable, train_data: Any, validation_data: Any, *,
                  metrics: Any = None):
     """The training `(x, y)` as NumPy arrays and the validation pair on the device (or None),
@@ -272,7 +281,7 @@ def checked_data(model: Layer, loss: Callable, train_data: Any, validation_data:
                              f"shape {x.shape[1:]} (shapes {validation[0].shape} and "
                              f"{x.shape}); the model is built for the training inputs, so the "
                              f"validation inputs need the same per-example shape")
-        validation = tuple(jnp.asarray(a) for a in validation)
+        validation = tuple(on_device(a) for a in validation)
     return x, y, validation
 
 

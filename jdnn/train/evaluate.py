@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,14 +15,27 @@ from jdnn.data.batching import epoch_batches
 from jdnn.data.validate import as_arrays, check_data
 from jdnn.losses import Loss
 from jdnn.metrics import Metrics, resolve_metrics
+from jdnn.train.arguments import on_device
+from jdnn.train.program_cache import ProgramCache
 from jdnn.train.state import TrainState
 from jdnn.train.step import check_step_arguments, eval_step_fn
 
 DEFAULT_BATCH_SIZE = 1024
 
 
-@functools.lru_cache(maxsize=64)
+# Compiled evaluators and predictors, kept across calls: keyed by what the model, loss and
+# metrics are made of (`jdnn.train.program_cache`), so `fit`'s validation and a later
+# `evaluate` of the same model share one program, even when the model was built again.
+_EVALUATORS = ProgramCache(64)
+_PREDICTORS = ProgramCache(64)
+
+
 def _evaluator(model: Layer, loss: Loss, metrics: tuple, batch_size: int) -> Callable:
+    return _EVALUATORS.get((model, loss, metrics, batch_size),
+                           lambda: _build_evaluator(model, loss, metrics, batch_size))
+
+
+def _build_evaluator(model: Layer, loss: Loss, metrics: tuple, batch_size: int) -> Callable:
     step = eval_step_fn(model, loss, metrics=dict(metrics))  # resolved already: never None
 
     @jax.jit
@@ -90,12 +102,15 @@ def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
     x, y = as_arrays(data, "data")
     check_data(x, y, model=model, loss=loss, name="data", metrics=metrics)
     report = make_evaluator(model, loss, metrics=metrics, batch_size=batch_size)(
-        train_state, jnp.asarray(x), jnp.asarray(y))
+        train_state, on_device(x), on_device(y))
     return {name: float(value) for name, value in report.items()}
 
 
-@functools.lru_cache(maxsize=64)
 def _predictor(model: Layer, batch_size: int) -> Callable:
+    return _PREDICTORS.get((model, batch_size), lambda: _build_predictor(model, batch_size))
+
+
+def _build_predictor(model: Layer, batch_size: int) -> Callable:
     @jax.jit
     def run(train_state, x):
         n = x.shape[0]
@@ -135,7 +150,7 @@ def predict(model: Layer, train_state: TrainState, x: Any, *,
         >>> labels = jdnn.predict(model, train_state, x_test).argmax(-1)
     """
     batch_size = whole_number("predict", "batch_size", batch_size, minimum=1)
-    x = jnp.asarray(x)
+    x = on_device(x)
     if x.ndim == 0:
         raise ValueError(f"predict: x must have a first axis with one entry per example, got a "
                          f"scalar {x!r}; pass e.g. x[None] for one example")

@@ -32,13 +32,15 @@ from tqdm.auto import tqdm
 from jdnn.core import Layer, whole_number
 from jdnn.data.batching import batches_from_order, epoch_order, num_batches
 from jdnn.losses import Loss
-from jdnn.metrics import Metrics
+from jdnn.metrics import Metrics, resolve_metrics
 from jdnn.train.arguments import (check_callbacks, check_step, check_train_state, checked_data,
-                                  checked_step)
+                                  checked_step, on_device)
 from jdnn.train.callbacks import Callback, Run, copy_state
+from jdnn.train.compilation_cache import enable_compilation_cache
 from jdnn.train.evaluate import DEFAULT_BATCH_SIZE, make_evaluator
 from jdnn.train.history import History
-from jdnn.train.state import DonationGuard, TrainState, as_key, donated
+from jdnn.train.program_cache import ProgramCache
+from jdnn.train.state import DonationGuard, TrainState, donated, key_or_seed
 from jdnn.train.step import check_step_arguments, train_step_fn
 
 MODES = ("scan", "step")
@@ -205,7 +207,9 @@ def make_epoch(step: Callable, batch_size: int, *, drop_remainder: bool = False,
 
 
 def _host_epoch(step: Callable, batch_size: int, drop_remainder: bool) -> Callable:
-    """The per-step mode: the same batches, each gathered on the host and sent alone."""
+    """The per-step mode: the same batches, each gathered on the host and sent alone. The
+    epoch's means are taken on the host, in NumPy (the reports come back in one transfer): jnp
+    on the host would compile a program per reduction."""
 
     def epoch(train_state, x, y, order):
         indices, masks = batches_from_order(order, batch_size, drop_remainder=drop_remainder)
@@ -213,10 +217,49 @@ def _host_epoch(step: Callable, batch_size: int, drop_remainder: bool) -> Callab
         for i, mask in zip(indices, masks):
             train_state, report = step(train_state, x[i], y[i], mask)
             reports.append(report)
-        stacked = {k: jnp.stack([r[k] for r in reports]) for k in reports[0]}
-        return train_state, weighted_means(stacked, masks)
+        reports = jax.device_get(reports)
+        counts = np.sum(masks, axis=1)
+        return train_state, {k: np.sum(np.stack([r[k] for r in reports]) * counts) / np.sum(counts)
+                             for k in reports[0]}
 
     return epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled epochs kept across fits. A second `fit` of the same model with the same loss,
+# optimizer, metrics and options (a search, cross-validation, a notebook cell run again) reuses
+# the first one's compiled epoch instead of tracing and compiling it anew. The key holds the
+# user's functions (model, loss, optimizer, penalty, augmentation, metrics, or a step of one's
+# own), compared by what they are made of (`jdnn.train.program_cache.fingerprint`: the same
+# code and equal captured values, so `optax.adam(1e-3)` called again is the same optimizer,
+# `optax.adam(1e-2)` is not). As with `jax.jit`, a function that reads a global which is
+# rebound between fits sees the value of its first trace.
+
+
+_EPOCHS = ProgramCache(16)
+
+
+def _build_epoch(step_parts: tuple, batch_size: int, drop_remainder: bool, mode: str,
+                 sharding: EpochSharding | None) -> Callable:
+    kind, *parts = step_parts
+    if kind == "own":
+        model, loss, optimizer, penalty, metrics, augment, frozen = parts
+        train_step = train_step_fn(model, loss, optimizer, penalty=penalty, metrics=dict(metrics),
+                                   augment=augment, frozen_state=frozen)
+    else:
+        train_step = checked_step("fit", parts[0])
+    if sharding is not None or mode == "scan":
+        return make_epoch(train_step, batch_size, drop_remainder=drop_remainder,
+                          sharding=sharding)
+    return _host_epoch(jax.jit(train_step, donate_argnums=0), batch_size, drop_remainder)
+
+
+def _epoch_runner(step_parts: tuple, batch_size: int, drop_remainder: bool, mode: str,
+                  sharding: EpochSharding | None) -> Callable:
+    """`run_epoch(train_state, x, y, order) -> (train_state, means)` for `fit`: compiled (scan
+    mode) or a host loop of a compiled step (step mode), from the cache when it can be."""
+    arguments = (step_parts, batch_size, drop_remainder, mode, sharding)
+    return _EPOCHS.get(arguments, lambda: _build_epoch(*arguments))
 
 
 def _ordered(report: dict) -> dict[str, float]:
@@ -365,6 +408,7 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     if step is not None:
         check_step("fit", step, penalty=penalty, augment=augment, frozen_state=frozen_state)
     callbacks = check_callbacks("fit", callbacks)
+    enable_compilation_cache()   # before anything compiles; only where it is safe (see there)
     x, y, validation = checked_data(model, loss, train_data, validation_data, metrics=metrics)
     n = x.shape[0]
     if drop_remainder and batch_size > n:
@@ -375,30 +419,27 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     if train_state is None:
         if key is None:
             raise ValueError("fit needs key= to initialize the model (or train_state= to resume)")
-        train_state = TrainState.create(model, optimizer, as_key("fit", key),
+        train_state = TrainState.create(model, optimizer, key_or_seed("fit", key),
                                         (batch_size, *x.shape[1:]))
     else:
         check_train_state("fit", model, train_state, x)
 
     if step is None:
-        train_step = train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics,
-                                   augment=augment, frozen_state=frozen_state)
+        step_parts = ("own", model, loss, optimizer, penalty,
+                      tuple(resolve_metrics(metrics, loss=loss).items()), augment,
+                      tuple(frozen_state))
     else:
-        train_step = checked_step("fit", step)
+        step_parts = ("given", step)
+    sharding = None
     if mesh is not None:
         if mode != "scan":
             raise ValueError(f"fit: mesh= trains data-parallel in mode='scan' only, got "
                              f"mode={mode!r}")
         sharding = epoch_sharding(mesh, batch_size)
-        run_epoch = make_epoch(train_step, batch_size, drop_remainder=drop_remainder,
-                               sharding=sharding)
         train_state, x, y = jax.device_put((train_state, x, y), sharding.replicated)
     elif mode == "scan":
-        run_epoch = make_epoch(train_step, batch_size, drop_remainder=drop_remainder)
-        x, y = jnp.asarray(x), jnp.asarray(y)
-    else:
-        run_epoch = _host_epoch(jax.jit(train_step, donate_argnums=0), batch_size,
-                                drop_remainder)
+        x, y = on_device(x), on_device(y)
+    run_epoch = _epoch_runner(step_parts, batch_size, drop_remainder, mode, sharding)
     evaluator = (make_evaluator(model, loss, metrics=metrics, batch_size=eval_batch_size)
                  if validation is not None else None)
 

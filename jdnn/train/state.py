@@ -15,6 +15,26 @@ import numpy as np
 import optax
 
 from jdnn.core import Layer, Shape
+from jdnn.train.program_cache import ProgramCache
+
+
+def key_or_seed(where: str, key: Any) -> jax.Array | int:
+    """`key` checked as `as_key` checks it, without making a key of an int seed: the seed comes
+    back as a Python int (making a key eagerly compiles two small programs; `TrainState.create`
+    makes it inside its own compiled program instead).
+
+    Raises:
+        TypeError: naming `where` (the entry point called) for anything but a key or an int.
+    """
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        return int(key)
+    dtype = getattr(key, "dtype", None)
+    if isinstance(key, jax.Array) and (jnp.issubdtype(dtype, jax.dtypes.prng_key) or (
+            dtype == jnp.uint32 and key.ndim >= 1)):
+        return key
+    raise TypeError(f"{where}: key must be a jax.random.key(seed) or an int seed, got "
+                    f"{type(key).__name__} {key!r:.60}")
+
 
 def as_key(where: str, key: Any) -> jax.Array:
     """A random key from `key`: a `jax.random.key`, a legacy raw `jax.random.PRNGKey`, or an
@@ -23,14 +43,68 @@ def as_key(where: str, key: Any) -> jax.Array:
     Raises:
         TypeError: naming `where` (the entry point called) for anything else.
     """
-    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-        return jax.random.key(int(key))
-    dtype = getattr(key, "dtype", None)
-    if isinstance(key, jax.Array) and (jnp.issubdtype(dtype, jax.dtypes.prng_key) or (
-            dtype == jnp.uint32 and key.ndim >= 1)):
-        return key
-    raise TypeError(f"{where}: key must be a jax.random.key(seed) or an int seed, got "
-                    f"{type(key).__name__} {key!r:.60}")
+    key = key_or_seed(where, key)
+    return jax.random.key(key) if isinstance(key, int) else key
+
+
+# Int seeds that go into the compiled `create` as an int32 argument; any other is made a key
+# outside it, as `jax.random.key(seed)` always did.
+_INT32 = range(-2**31, 2**31)
+
+
+def _create_fn(model: Layer, optimizer: optax.GradientTransformation,
+               input_shape: Shape) -> Callable:
+    """`create(key_or_seed) -> TrainState`: the seed made a key, the key split, the model and
+    the optimizer initialized, all in one function for `jax.jit`."""
+
+    def create(key):
+        if not (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.ndim >= 1):
+            key = jax.random.key(key)            # an int32 seed, as jax.random.key(int) does
+        init_key, key = jax.random.split(key)
+        _, params, state = model.init(init_key, input_shape)
+        return TrainState(params, state, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+
+    return create
+
+
+def _init_compiler_options() -> dict | None:
+    """How the initialization program is compiled. On CPU, LLVM's optimization level 1, not
+    the default: the program runs once, and at the default level the unrolled Threefry hash of
+    each weight's random draw takes seconds to optimize (2.0 s vs 0.7 s for the digits MLP),
+    more than everything else a small `fit` compiles. The values are bit for bit those of the
+    default level (checked in tests/test_fit_compiles.py); level 0 would change them."""
+    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+
+
+def _jit_create(model: Layer, optimizer: optax.GradientTransformation,
+                input_shape: Shape) -> Callable:
+    return jax.jit(_create_fn(model, optimizer, input_shape),
+                   compiler_options=_init_compiler_options())
+
+
+# `_create_fn` jitted, one per (model, optimizer, input shape): a model trained again (a second
+# `fit`, each member of an ensemble, the same code run again) reuses the compiled program. The
+# model and the optimizer are compared by what their functions are made of, never by looks
+# alone (`jdnn.train.program_cache`).
+_CREATE = ProgramCache(32)
+
+
+def _create(model: Layer, optimizer: optax.GradientTransformation, key: jax.Array | int,
+            input_shape: Shape) -> TrainState:
+    """`TrainState.create`'s work: ONE compiled program per model, optimizer and input shape
+    instead of one per initializer and shape, run op by op (each of which compiles); eagerly
+    for a model whose `init` cannot be traced (it reads a value of the key, say)."""
+    if isinstance(key, int) and key not in _INT32:
+        key = jax.random.key(key)
+    argument = np.int32(key) if isinstance(key, int) else key
+    create = _CREATE.get((model, optimizer, input_shape),
+                         lambda: _jit_create(model, optimizer, input_shape))
+    try:
+        return create(argument)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+            jax.errors.TracerIntegerConversionError):
+        key = jax.random.key(key) if isinstance(key, int) else key
+        return _create_fn(model, optimizer, input_shape)(key)
 
 
 # The random streams of a step: independent keys folded in from the run's key and the step.
@@ -77,10 +151,8 @@ class TrainState(NamedTuple):
         Example:
             >>> ts = jdnn.TrainState.create(model, optax.adam(1e-3), jax.random.key(0), (32, 784))
         """
-        key = as_key("TrainState.create", key)
-        init_key, key = jax.random.split(key)
-        _, params, state = model.init(init_key, tuple(input_shape))
-        return cls(params, state, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+        return _create(model, optimizer, key_or_seed("TrainState.create", key),
+                       tuple(input_shape))
 
     @classmethod
     def from_params(cls, params: Any, state: Any, optimizer: optax.GradientTransformation,
