@@ -7,9 +7,11 @@ problem (the shared data and initial parameters, the same for every side), recor
 again and resets the kernel's peak counter, then builds the side's runner
 (`sides.SIDES[name].build(problem)`) and trains a few steps. Reported, in MiB:
 
-- `peak_over_imports`: the process's peak RSS minus its RSS after imports (`ru_maxrss`): the
-  problem's data, the side's copies of it, its parameters and optimizer state, activations,
-  compilation, allocator slack;
+- `peak_over_imports`: the process's peak RSS minus its RSS after imports: the problem's data,
+  the side's copies of it, its parameters and optimizer state, activations, compilation,
+  allocator slack. The peak is the kernel's `VmHWM` of this process's own address space, not
+  `ru_maxrss`: after a `fork`/`vfork` + `exec`, `ru_maxrss` starts at the PARENT's peak (the
+  suite's process, hundreds of MiB), which would drown every side's number;
 - `training_peak`: the peak while the side was built and trained, over the RSS once the
   problem existed (the kernel's `VmHWM`, reset through `/proc/self/clear_refs`): the side's own
   cost, without the shared inputs; None where the counter cannot be reset;
@@ -69,7 +71,13 @@ def _status_kib(field: str) -> int:
 
 
 def peak_rss_bytes() -> int:
-    """The process's peak resident set over its life (`ru_maxrss`, KiB on Linux), in bytes."""
+    """The peak resident set of this address space since exec (or the last `reset_peak`), in
+    bytes (`VmHWM`)."""
+    return _status_kib("VmHWM") * 1024
+
+
+def ru_maxrss_bytes() -> int:
+    """`ru_maxrss` (KiB on Linux), in bytes: includes the parent's peak when started by fork."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -144,6 +152,7 @@ def child(side: str, workload: str, steps: int | None = None) -> dict:
     problem = make_problem(_workload(workload))
     gc.collect()
     after_problem = rss_bytes()
+    setup_peak = peak_rss_bytes()
     can_reset = reset_peak()
     try:
         runner = ALL_SIDES[side].build(problem)
@@ -153,14 +162,15 @@ def child(side: str, workload: str, steps: int | None = None) -> dict:
     n = -(-n // runner.quantum) * runner.quantum
     runner.run(n)
     runner.run(n)   # again: buffers reused or grown, optimizer state in place
-    training_peak = _status_kib("VmHWM") * 1024 if can_reset else None
-    peak = peak_rss_bytes()
+    training_peak = peak_rss_bytes() if can_reset else None
+    peak = max(setup_peak, peak_rss_bytes())
     result = {"side": side, "workload": workload, "steps": 2 * n,
               "after_imports_mib": after_imports / MIB,
               "problem_mib": (after_problem - after_imports) / MIB,
               "peak_over_imports_mib": (peak - after_imports) / MIB,
               "training_peak_mib": (None if training_peak is None
                                     else (training_peak - after_problem) / MIB),
+              "ru_maxrss_mib": ru_maxrss_bytes() / MIB,
               "seconds": time.perf_counter() - began}
     if side in ("jdnn_step", "jdnn_epoch", "raw_jax", "equinox", "linen"):
         stats = jax.devices()[0].memory_stats()
