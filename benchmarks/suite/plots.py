@@ -10,7 +10,10 @@ DPI = 80
 COLORS = {"jdnn_step": "#1f77b4", "jdnn_epoch": "#17becf", "raw_jax": "#2ca02c",
           "raw_jax_scan": "#98df8a", "numpy": "#7f7f7f", "nnx_jit": "#ff7f0e",
           "nnx_split": "#ffbb78", "linen": "#d62728", "equinox": "#9467bd", "torch": "#8c564b",
-          "torch_1thread": "#c49c94"}
+          "torch_1thread": "#c49c94", "reference": "#c7c7c7", "raw_jax_reduce_window": "#bcbd22",
+          "equinox_donate": "#c5b0d5", "keras": "#e377c2", "torch_fused": "#a05d3b",
+          "torch_fused_1thread": "#dbb8a6", "torch_compile": "#5c3317",
+          "torch_compile_1thread": "#9c7a66"}
 
 
 def _pyplot():

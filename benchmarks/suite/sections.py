@@ -71,7 +71,9 @@ def workload_table(name: str, r: dict) -> list[str]:
         gflops = roof.get("gflops")
         fraction = roof.get("fraction_of_peak_in_rounds", {}).get(
             "median", roof.get("fraction_of_gemm_peak"))
-        lines.append(f"| {side} | {_ms(e['seconds'])} | {_ratio(e.get('ratio'))} | "
+        threads = e.get("info", {}).get("blas_threads")
+        label = side if threads is None else f"{side} (BLAS threads {threads})"
+        lines.append(f"| {label} | {_ms(e['seconds'])} | {_ratio(e.get('ratio'))} | "
                      f"{'' if comp is None else f'{comp:.2f}'} | "
                      f"{r.get('steps_per_chunk', {}).get(side, '')} | "
                      f"{'' if gflops is None else f'{gflops:.3g}'} | "
@@ -109,6 +111,14 @@ def correctness(payload: dict) -> list[str]:
         cells = [f"{s}: " + (f"{v['max_relative_difference']:.1e}" if "skipped" not in v
                              else "skipped") for s, v in t["sides"].items()]
         lines.append(f"- {t['workload']} ({t['steps']} steps): " + "; ".join(cells))
+    tight = r.get("tight_vs_reference", [])
+    if tight:
+        lines += ["", "The tight hand-written NumPy backprop (the `numpy` side) against the "
+                      f"reference oracle, parameters after several float32 steps from the same "
+                      f"start (tolerance {r['tight_tolerance']:g}):", "",
+                  "| model | steps | max rel. diff | ok |", "|---|---|---|---|"]
+        lines += [f"| {t['description']} | {t['steps']} | {t['max_relative_difference']:.1e} | "
+                  f"{t['ok']} |" for t in tight]
     return lines
 
 
@@ -230,7 +240,9 @@ def _vmap_timing(name: str, r: dict) -> list[str]:
              f"| side | ms per {unit} median [IQR] | ratio [IQR] | compile s | calls/chunk |",
              "|---|---|---|---|---|"]
     for side, e in r["sides"].items():
-        lines.append(f"| {side} | {_ms(e['seconds'])} | {_ratio(e.get('ratio'))} | "
+        threads = e.get("info", {}).get("blas_threads")
+        label = side if threads is None else f"{side} (BLAS threads {threads})"
+        lines.append(f"| {label} | {_ms(e['seconds'])} | {_ratio(e.get('ratio'))} | "
                      f"{_seconds(_compile_s(r, side))} | "
                      f"{r.get('steps_per_chunk', {}).get(side, '')} |")
     lines += [f"| {side} | skipped: {why} | | | |" for side, why in r.get("skipped", {}).items()]

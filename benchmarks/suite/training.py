@@ -16,13 +16,19 @@ from benchmarks.suite import machine, roofline, targets, timing, workloads
 from benchmarks.suite.compare import compare, ratio
 from benchmarks.suite.context import Context
 
-PEER_SIDES = ("jdnn_step", "jdnn_epoch", "raw_jax", "numpy", "nnx_jit", "nnx_split", "linen",
-              "equinox", "torch", "torch_1thread")
-SMALL_SIDES = ("jdnn_epoch", "jdnn_step", "raw_jax_scan", "raw_jax", "numpy", "torch",
+TORCH_SIDES = ("torch", "torch_1thread", "torch_fused", "torch_fused_1thread", "torch_compile",
+               "torch_compile_1thread")
+PEER_SIDES = ("jdnn_step", "jdnn_epoch", "raw_jax", "raw_jax_reduce_window", "numpy",
+              "reference", "nnx_jit", "nnx_split", "linen", "equinox", "equinox_donate", "keras",
+              *TORCH_SIDES)
+SMALL_SIDES = ("jdnn_epoch", "jdnn_step", "raw_jax_scan", "raw_jax", "numpy", "reference",
+               "torch_fused", "torch_fused_1thread")
+SMALL_PEERS = ("nnx_jit", "nnx_split", "linen", "equinox", "equinox_donate", "keras", "torch",
                "torch_1thread")
-SMALL_PEERS = ("nnx_jit", "nnx_split", "linen", "equinox")
 PEER_TARGETS = {"nnx_jit": "Flax NNX (nnx.jit)", "nnx_split": "Flax NNX (jax.jit+split/merge)",
-                "linen": "Flax linen", "equinox": "Equinox (filter_jit)"}
+                "linen": "Flax linen", "equinox": "Equinox (filter_jit)",
+                "equinox_donate": "Equinox (filter_jit, donated)",
+                "keras": "Keras 3 on JAX (fit, steps_per_execution)"}
 OVERHEAD_US = 30.0
 
 
