@@ -146,7 +146,8 @@ def targets(results: dict) -> list[dict]:
         name = next((name for name in results if name.startswith(prefix)), prefix)
         if cell is None:
             out.append(check.check(f"headline_{key}/{name}", text, None, bound, op,
-                                   note="not measured in this run (not in --quick, or a side was skipped)"))
+                                   note="not measured in this run "
+                                        "(not in --quick, or a side was skipped)"))
             continue
         note = f"{cell['processes']} processes: median of medians, spread " \
                f"{cell['low']:.3g}-{cell['high']:.3g}"
