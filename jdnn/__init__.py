@@ -10,6 +10,7 @@ import sys as _sys
 from jdnn import data, losses, metrics, reference, regularizers
 from jdnn.core import Layer, LayerError, MissingKeyError, Spec, make_spec, register_layer, walk
 from jdnn.gradcheck import GradReport, check_gradients
+from jdnn.padded import Padded, sequence_mask
 from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, branches, Dense, Dropout, Elu, Flatten, Gelu,
                          LeakyRelu, MaxPool2D, PRelu, Relu, Sigmoid, Softmax, Tanh, residual,
                          serial)
@@ -56,8 +57,8 @@ __all__ = [
     "freeze", "Gelu", "ghost_clipped_grad", "GradReport", "History", "JSONLogger", "Layer",
     "LayerError", "LeakyRelu", "losses", "make_dp_train_step", "make_eval_step", "make_spec",
     "make_train_step", "MaxPool2D", "metrics", "MissingKeyError", "ModelCheckpoint", "multi",
-    "parallel", "per_example_grads", "PerExampleAux", "predict", "predict_ensemble", "PRelu",
+    "Padded", "parallel", "per_example_grads", "PerExampleAux", "predict", "predict_ensemble", "PRelu",
     "PrintLogger", "privacy", "ReduceLROnPlateau", "reference", "register_layer",
     "regularizers", "Relu", "residual", "search", "SearchResult", "serial", "Sigmoid",
-    "Softmax", "space", "Spec", "summary", "Tanh", "TerminateOnNaN", "TrainState", "walk",
+    "sequence_mask", "Softmax", "space", "Spec", "summary", "Tanh", "TerminateOnNaN", "TrainState", "walk",
 ]

@@ -22,6 +22,11 @@ that reads specs by registering its constructor, built-in kinds exactly like a u
 
 No consumer of specs compares `spec.kind` with a string: it asks `trait`. The traits jdnn reads
 are listed in `TRAITS`; a kind declares only those that apply to it.
+
+Sequences of different lengths. `x` may also be a `jdnn.Padded(values, lengths)`: a padded
+batch with each example's length. Only kinds that declare `padded=True` receive one (recurrent
+layers, attention, 1-D convolutions and pools); combinators hand every other kind the plain
+values and keep the lengths around it (`jdnn.padded`, which states the rule).
 """
 
 from __future__ import annotations
@@ -149,7 +154,7 @@ def child_name(index: int, spec: Spec) -> str:
 
 TRAITS = {
     "family": "the picture family: dense, conv, pool, norm, activation, reshape, dropout, "
-              "combinator (colors in diagrams; a neuron diagram takes dense layers and their "
+              "embedding, recurrent, attention, combinator (colors in diagrams; a neuron diagram takes dense layers and their "
               "activation and dropout followers)",
     "child_keys": "a combinator: fn(spec, key) -> one key (or None) per child; default: the key "
                   "split into one per child",
@@ -169,6 +174,8 @@ TRAITS = {
     "label": "fn(spec) -> a short label for diagrams, e.g. 'Dense(10)'; default: the kind",
     "from_spec": "fn(spec, children) -> Layer, when calling the constructor with the spec's "
                  "hyper-parameters is not how to rebuild the kind",
+    "padded": "True: apply takes a jdnn.Padded x itself (it mixes time steps, so it must see "
+              "the lengths); others get the plain values (see jdnn.padded)",
 }
 
 _TRAITS: dict[str, dict[str, Any]] = {}

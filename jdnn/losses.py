@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from jdnn.core import Array
+from jdnn.padded import Padded, sequence_mask
 
 # A loss: `loss(outputs (B, ...), targets (B, ...)) -> (B,)`, one value per example.
 Loss = Callable[[Array, Array], Array]
@@ -294,9 +295,16 @@ def per_example_values(loss: Loss, outputs: Array, targets: Array) -> Array:
     Raises:
         ValueError: if the values are not of shape `(B,)`.
 
+    Outputs that are a `jdnn.Padded` (a sequence model's per-step outputs `(B, T, ...)`) take
+    targets `(B, T, ...)`: the loss is applied to every step as if it were an example, and each
+    example's value is the mean over its real steps (0 for an example of length 0). Padded
+    steps never count, even where their targets are garbage (a NaN there is selected away).
+
     Example:
         >>> values = per_example_values(my_loss, outputs, y)   # (B,)
     """
+    if isinstance(outputs, Padded):
+        return _per_sequence(loss, outputs, jnp.asarray(targets))
     values = jnp.asarray(loss(outputs, targets))
     batch = outputs.shape[0]
     if values.shape == (batch,):
@@ -315,6 +323,21 @@ def per_example_values(loss: Loss, outputs: Array, targets: Array) -> Array:
     raise ValueError(f"the loss {loss_name(loss)} must return one value per example, shape "
                      f"({batch},), got shape {tuple(values.shape)} for outputs of shape "
                      f"{out_shape} and targets of shape {target_shape}; {hint}")
+
+
+def _per_sequence(loss: Loss, outputs: Padded, targets: Array) -> Array:
+    """`per_example_values` of padded per-step outputs: the mean over each example's real steps."""
+    values, lengths = outputs
+    batch, steps = values.shape[:2]
+    if tuple(targets.shape[:2]) != (batch, steps):
+        raise ValueError(f"the loss {loss_name(loss)} gets padded per-step outputs of shape "
+                         f"{tuple(values.shape)} (batch, time, ...), so the targets need one "
+                         f"entry per step, shape ({batch}, {steps}, ...); got "
+                         f"{tuple(targets.shape)}. Pad the targets like the inputs")
+    flat = per_example_values(loss, values.reshape(batch * steps, *values.shape[2:]),
+                              targets.reshape(batch * steps, *targets.shape[2:]))
+    kept = jnp.where(sequence_mask(lengths, steps), flat.reshape(batch, steps), 0.0)
+    return jnp.sum(kept, axis=1) / jnp.maximum(jnp.asarray(lengths), 1).astype(kept.dtype)
 
 
 def masked_mean(values: Array, mask: Array | None) -> Array:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from jdnn.core import (Layer, LayerError, Spec, check_hparam, child_keys, child_name, make_spec,
                        per_output, register_layer)
+from jdnn.padded import Padded, apply_child, repad, unpad
 
 
 def _check_layers(kind: str, layers: tuple) -> None:
@@ -32,7 +33,7 @@ def _same(spec: Spec, key: jax.Array) -> list[jax.Array]:
 
 
 # serial's output is its last child's (none for an empty serial, the identity)
-@register_layer(family="combinator", child_keys=_split,
+@register_layer(family="combinator", child_keys=_split, padded=True,
                 output_child=lambda spec: spec.children[-1] if spec.children else None)
 def serial(*layers: Layer) -> Layer:
     """Layers applied one after another: `serial(f, g, h)(x) = h(g(f(x)))`.
@@ -73,8 +74,8 @@ def serial(*layers: Layer) -> Layer:
                                            f"{sorted(params if missing == 'params' else state)}); "
                                            f"pass the params and state that init returned")
             try:
-                x, new_state[name] = layer.apply(params[name], state[name], x, key=layer_key,
-                                                 train=train)
+                x, new_state[name] = apply_child(layer, params[name], state[name], x,
+                                                 key=layer_key, train=train)
             except LayerError as error:
                 raise error.within(name) from None
         return x, new_state
@@ -82,7 +83,7 @@ def serial(*layers: Layer) -> Layer:
     return Layer(init, apply, spec)
 
 
-@register_layer(family="combinator", child_keys=_same, flops=per_output(1))
+@register_layer(family="combinator", child_keys=_same, flops=per_output(1), padded=True)
 def residual(layer: Layer) -> Layer:
     """A skip connection around `layer`: `y = x + layer(x)`.
 
@@ -113,14 +114,16 @@ def residual(layer: Layer) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         try:
-            y, inner_state = layer.apply(params[name], state[name], x, key=key, train=train)
+            y, inner_state = apply_child(layer, params[name], state[name], x, key=key,
+                                         train=train)
         except LayerError as error:
             raise error.within(name) from None
-        if y.shape != x.shape:
-            raise LayerError("residual", f"the inner layer maps {tuple(x.shape)} to "
-                                         f"{tuple(y.shape)}, but y = x + layer(x) needs the "
+        (xv, lengths), (yv, _) = unpad(x), unpad(y)
+        if yv.shape != xv.shape:
+            raise LayerError("residual", f"the inner layer maps {tuple(xv.shape)} to "
+                                         f"{tuple(yv.shape)}, but y = x + layer(x) needs the "
                                          f"shape kept")
-        return x + y, {name: inner_state}
+        return repad(xv + yv, lengths), {name: inner_state}
 
     return Layer(init, apply, make_spec("residual", layer.spec))
 
@@ -128,7 +131,7 @@ def residual(layer: Layer) -> Layer:
 MERGES = ("concat", "sum")
 
 
-@register_layer(family="combinator", child_keys=_split)
+@register_layer(family="combinator", child_keys=_split, padded=True)
 def branches(*layers: Layer, merge: str = "concat") -> Layer:
     """Several layers on the same input, their outputs merged: stax's FanOut + FanIn, the
     inception block's shape. `merge="concat"` joins the outputs on the last axis (they must
@@ -178,14 +181,19 @@ def branches(*layers: Layer, merge: str = "concat") -> Layer:
         outputs, new_state = [], {}
         for name, layer, layer_key in zip(names, layers, child_keys(spec, key)):
             try:
-                y, new_state[name] = layer.apply(params[name], state[name], x, key=layer_key,
-                                                 train=train)
+                y, new_state[name] = apply_child(layer, params[name], state[name], x,
+                                                 key=layer_key, train=train)
             except LayerError as error:
                 raise error.within(name) from None
             outputs.append(y)
+        # padded outputs are merged as their values, keeping the lengths only if every branch
+        # kept them (a branch whose time axis is gone leaves none to keep)
+        kept = all(isinstance(y, Padded) for y in outputs)
+        lengths = outputs[0].lengths if kept else None
+        outputs = [unpad(y)[0] for y in outputs]
         merged_shape([y.shape for y in outputs])
         y = jnp.concatenate(outputs, axis=-1) if merge == "concat" else sum(outputs[1:],
                                                                              outputs[0])
-        return y, new_state
+        return repad(y, lengths), new_state
 
     return Layer(init, apply, spec)

@@ -20,6 +20,7 @@ import numpy as np
 
 from jdnn.reference import losses, regularizers
 from jdnn.reference.layers import KINDS
+from jdnn.reference.padded import Padded, rewrap, unpad
 from jdnn.reference.registry import COMBINATORS, EXTRAS, register_combinator
 
 # `masks(path, shape, rate) -> bool array` gives each Dropout its keep mask (True = kept), or a
@@ -74,7 +75,10 @@ def _leaf(kind: str, hparams: dict, path: str) -> Node:
               if name in takes and name not in EXTRAS}
 
     def forward(params, state, x, train, masks):
+        x, lengths = unpad(x)
         extras = {}
+        if "lengths" in takes:  # a twin that mixes time steps sees the lengths (jdnn.padded)
+            extras["lengths"] = lengths
         if "state" in takes:
             extras["state"] = state
         if "train" in takes:
@@ -87,10 +91,10 @@ def _leaf(kind: str, hparams: dict, path: str) -> Node:
             if "rate" in takes:
                 extras["rate"] = rate
         out = impl.forward(params, x, **{**kwargs, **extras})
-        if "state" in takes:
-            return out
-        y, cache = out
-        return y, cache, state
+        y, cache, new_state = out if "state" in takes else (*out, state)
+        if "lengths" not in takes:
+            y = rewrap(x, lengths, y, path)
+        return y, cache, new_state
 
     return Node(forward, impl.backward)
 
@@ -143,7 +147,9 @@ def _residual(children: list[tuple[str, Node]], hparams: dict) -> Node:
 
     def forward(params, state, x, train, masks):
         y, cache, inner_state = inner.forward(params[name], state[name], x, train, masks)
-        return x + y, cache, {name: inner_state}
+        (xv, lengths), (yv, _) = unpad(x), unpad(y)
+        return (xv + yv if lengths is None else Padded(xv + yv, lengths)), cache, \
+            {name: inner_state}
 
     def backward(params, cache, dy):
         """y = x + f(x), so dL/dx = dy + f'(x)^T dy: the skip path passes dy through unchanged."""
@@ -162,9 +168,12 @@ def _branches(children: list[tuple[str, Node]], hparams: dict) -> Node:
             y, cache, new_state[name] = node.forward(params[name], state[name], x, train, masks)
             outputs.append(y)
             caches.append(cache)
+        kept = all(isinstance(y, Padded) for y in outputs)  # lengths survive if every branch
+        lengths = outputs[0].lengths if kept else None     # kept a time axis
+        outputs = [unpad(y)[0] for y in outputs]
         sizes = [y.shape[-1] for y in outputs]
         y = np.concatenate(outputs, axis=-1) if merge == "concat" else sum(outputs)
-        return y, (caches, sizes), new_state
+        return (y if lengths is None else Padded(y, lengths)), (caches, sizes), new_state
 
     def backward(params, cache, dy):
         """y = merge(f_1(x), ..., f_k(x)). Concat: branch i gets its own slice of dy (the last

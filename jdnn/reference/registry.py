@@ -13,9 +13,11 @@ A layer twin obeys the signatures every built-in twin obeys:
 `hparams` are keyword arguments named as in the layer's spec; the network passes exactly those
 `forward` declares (by `inspect.signature`). Three names are extras the network supplies instead
 of the spec: `state` (the layer's state; a forward that takes it returns `(y, cache,
-new_state)`), `train` (training mode) and `keep_mask` (a stochastic layer's boolean mask of kept
+new_state)`), `train` (training mode), `keep_mask` (a stochastic layer's boolean mask of kept
 units, drawn with the spec's `rate`, or the state's with `rate_in_state=True`; None when not
-training). `dparams` has exactly the keys and shapes of `params`.
+training) and `lengths` (the `(B,)` lengths of a padded batch, or None: a twin that mixes time
+steps takes it and returns a `jdnn.reference.padded.Padded` while a time axis remains; see that
+module). `dparams` has exactly the keys and shapes of `params`.
 
 A loss twin is `numpy_fn(outputs, y, **kwargs) -> (loss, dloss)`: `loss` the `(B,)` per-example
 values, `dloss` their gradients with respect to `outputs` (each example's own, unweighted);
@@ -33,7 +35,7 @@ from typing import Any, NamedTuple
 
 from jdnn.reference.layers import KINDS
 
-EXTRAS = ("state", "train", "keep_mask")
+EXTRAS = ("state", "train", "keep_mask", "lengths")
 
 
 class Twin(NamedTuple):

@@ -20,7 +20,7 @@ FORMATS = (".png", ".svg", ".pdf")
 FAMILY_COLORS = {
     "dense": "#4c72b0", "conv": "#55a868", "pool": "#8172b2", "norm": "#ccb974",
     "activation": "#dd8452", "reshape": "#937860", "dropout": "#8c8c8c", "combinator": "#e5e5e5",
-    "other": "#c44e52",
+    "embedding": "#da8bc3", "recurrent": "#64b5cd", "attention": "#b47cc7", "other": "#c44e52",
 }
 POSITIVE, NEGATIVE = "#2166ac", "#b2182b"
 
