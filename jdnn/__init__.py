@@ -57,8 +57,9 @@ __all__ = [
     "freeze", "Gelu", "ghost_clipped_grad", "GradReport", "History", "JSONLogger", "Layer",
     "LayerError", "LeakyRelu", "losses", "make_dp_train_step", "make_eval_step", "make_spec",
     "make_train_step", "MaxPool2D", "metrics", "MissingKeyError", "ModelCheckpoint", "multi",
-    "Padded", "parallel", "per_example_grads", "PerExampleAux", "predict", "predict_ensemble", "PRelu",
-    "PrintLogger", "privacy", "ReduceLROnPlateau", "reference", "register_layer",
+    "Padded", "parallel", "per_example_grads", "PerExampleAux", "predict", "predict_ensemble",
+    "PRelu", "PrintLogger", "privacy", "ReduceLROnPlateau", "reference", "register_layer",
     "regularizers", "Relu", "residual", "search", "SearchResult", "serial", "Sigmoid",
-    "sequence_mask", "Softmax", "space", "Spec", "summary", "Tanh", "TerminateOnNaN", "TrainState", "walk",
+    "sequence_mask", "Softmax", "space", "Spec", "summary", "Tanh", "TerminateOnNaN",
+    "TrainState", "walk",
 ]

@@ -154,8 +154,8 @@ def child_name(index: int, spec: Spec) -> str:
 
 TRAITS = {
     "family": "the picture family: dense, conv, pool, norm, activation, reshape, dropout, "
-              "embedding, recurrent, attention, combinator (colors in diagrams; a neuron diagram takes dense layers and their "
-              "activation and dropout followers)",
+              "embedding, recurrent, attention, combinator (colors in diagrams; a neuron "
+              "diagram takes dense layers and their activation and dropout followers)",
     "child_keys": "a combinator: fn(spec, key) -> one key (or None) per child; default: the key "
                   "split into one per child",
     "output_child": "a combinator whose output is one child's: fn(spec) -> that child's spec",

@@ -35,7 +35,8 @@ from jdnn import reference
 from jdnn.core import Layer, trait, walk, whole_number
 from jdnn.data.validate import check_data
 from jdnn.core import path_of
-from jdnn.losses import masked_mean
+from jdnn.losses import masked_mean, per_example_values
+from jdnn.padded import Padded, unpad
 from jdnn.regularizers import Penalty
 
 ORACLES = ("reference", "finite_differences")
@@ -235,6 +236,13 @@ def _cast(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(cast, tree)
 
 
+def _host_input(x: Any) -> Any:
+    """The input batch as NumPy: an array, or a `Padded` of NumPy values and lengths."""
+    values, lengths = unpad(x)
+    return np.asarray(values) if lengths is None else Padded(np.asarray(values),
+                                                             np.asarray(lengths))
+
+
 def _numpy64(tree: Any) -> Any:
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
@@ -328,7 +336,9 @@ def check_gradients(model: Layer, params: Any, state: Any, x: Any, y: Any, loss:
     Args:
         model: the jdnn model: any layers, jdnn's or a user's.
         params, state: its parameters and state (from `init`; cast to `dtype`).
-        x: an input batch `(B, ...)`; y: its targets `(B, ...)`.
+        x: an input batch `(B, ...)`: floats, integer token ids (kept as integers), or a
+            `jdnn.Padded(values, lengths)` of sequences; y: its targets `(B, ...)` (`(B, T,
+            ...)` for a model whose outputs are padded per-step outputs: only real steps count).
         loss: a per-example loss `loss(outputs, y) -> (B,)`: one of `jdnn.losses` (a
             `functools.partial` for label smoothing) or a user's.
         key: the dropout key (default `jax.random.key(0)`); both sides use the same masks.
@@ -384,8 +394,8 @@ def check_gradients(model: Layer, params: Any, state: Any, x: Any, y: Any, loss:
         loss_twin, loss_kwargs = _reference_loss(loss)
         reg = _reference_penalty(penalty)
         net = _reference_net(model)  # fails early, naming any layer the reference lacks
-    x_np, y_np = np.asarray(x), np.asarray(y)
-    mask = _check_batch(model, loss, x_np, y_np, mask, params, state)
+    x_np, y_np = _host_input(x), np.asarray(y)
+    mask = _check_batch(model, loss, unpad(x_np)[0], y_np, mask, params, state)
     key = jax.random.key(0) if key is None else key
 
     with jax.enable_x64(True):
@@ -396,7 +406,7 @@ def check_gradients(model: Layer, params: Any, state: Any, x: Any, y: Any, loss:
 
         def objective(p, s, xx, yy):
             out, new_state = model.apply(p, s, xx, key=key, train=train)
-            value = masked_mean(loss(out, yy), j_mask)
+            value = masked_mean(per_example_values(loss, out, yy), j_mask)
             return value + (penalty(p) if penalty is not None else 0.0), (out, new_state)
 
         (value, (outputs, new_state)), grads = jax.jit(
@@ -408,7 +418,8 @@ def check_gradients(model: Layer, params: Any, state: Any, x: Any, y: Any, loss:
                 j_params, j_state, x_np, y_np, loss=loss_twin, loss_kwargs=loss_kwargs,
                 mask=mask, train=train, masks=masks, **reg)
             ref_out, _, _ = net.forward(_numpy64(j_params), _numpy64(j_state),
-                                        np.asarray(x_np, np.float64), train=train, masks=masks)
+                                        reference.network.as_input(x_np, np.float64),
+                                        train=train, masks=masks)
             ref = (ref_grads, ref_value, ref_out, ref_state)
         fd = _finite_differences(objective, j_params, j_state, j_x, j_y, grads, samples, seed) \
             if "finite_differences" in oracles else None

@@ -20,7 +20,7 @@ import numpy as np
 
 from jdnn.reference import losses, regularizers
 from jdnn.reference.layers import KINDS
-from jdnn.reference.padded import Padded, rewrap, unpad
+from jdnn.reference.padded import Padded, rewrap, sequence_mask, unpad
 from jdnn.reference.registry import COMBINATORS, EXTRAS, register_combinator
 
 # `masks(path, shape, rate) -> bool array` gives each Dropout its keep mask (True = kept), or a
@@ -284,12 +284,13 @@ class Network:
             `dtype` (integer labels and boolean masks aside).
         """
         params, state = _as_numpy(params, dtype), _as_numpy(state, dtype)
-        x = np.asarray(x, dtype)
+        x = as_input(x, dtype)
+        batch = unpad(x)[0].shape[0]
         y = np.asarray(y)
         if y.dtype.kind == "f":
             y = y.astype(dtype)
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; they must "
+        if batch != y.shape[0]:
+            raise ValueError(f"x has {batch} examples but y has {y.shape[0]}; they must "
                              f"have the same length along the batch axis")
         outputs, cache, new_state = self.forward(params, state, x, train=train, masks=masks)
         if isinstance(loss, str):
@@ -297,13 +298,16 @@ class Network:
                 {"label_smoothing": label_smoothing} if loss == "softmax_cross_entropy" else {})
         else:
             twin = loss
-        values, dvalues = twin(outputs, y, **dict(loss_kwargs or {}))
+        twin = functools.partial(twin, **dict(loss_kwargs or {}))
+        values, dvalues = (_per_sequence(twin, outputs, y) if isinstance(outputs, Padded)
+                           else twin(outputs, y))
+        outputs = unpad(outputs)[0]
         values, dvalues = np.asarray(values, dtype), np.asarray(dvalues, dtype)
-        if values.shape != (x.shape[0],) or dvalues.shape != outputs.shape:
+        if values.shape != (batch,) or dvalues.shape != outputs.shape:
             raise ValueError(f"the loss twin {getattr(twin, '__name__', twin)!r} must return "
-                             f"(loss of shape ({x.shape[0]},), dloss of the outputs' shape "
+                             f"(loss of shape ({batch},), dloss of the outputs' shape "
                              f"{outputs.shape}), got shapes {values.shape} and {dvalues.shape}")
-        weights = losses.mean_weights(mask, x.shape[0], dtype)
+        weights = losses.mean_weights(mask, batch, dtype)
         objective = np.sum(weights * values)
         dy = dvalues * weights.reshape((-1,) + (1,) * (outputs.ndim - 1))
         _, grads = self.backward(params, cache, dy)
@@ -314,6 +318,34 @@ class Network:
             objective += l2 * regularizers.l2(params, where=where)
             grads = _add(grads, regularizers.l2_grad(params, where=where), l2)
         return objective, grads, new_state
+
+
+def as_input(x: Any, dtype: Any) -> Any:
+    """The input batch as the twin takes it: floating inputs in `dtype`, integer ones (token ids)
+    kept, a padded batch as `Padded(values, integer lengths)`."""
+    values, lengths = unpad(x)
+    values = np.asarray(values)
+    if values.dtype.kind not in "iub":
+        values = values.astype(dtype)
+    return values if lengths is None else Padded(values, np.asarray(lengths))
+
+
+def _per_sequence(twin: Callable, outputs: Padded, y: np.ndarray):
+    """A loss twin over padded per-step outputs `(B, T, ...)` with targets `(B, T, ...)`: each
+    step is scored as if it were an example, and example b's loss is the mean over its real
+    steps, `loss_b = sum_{t < len_b} loss_bt / max(len_b, 1)`; hence
+    `dloss_b / d outputs_bt = dloss_bt * [t < len_b] / max(len_b, 1)`."""
+    values, lengths = outputs
+    batch, steps = values.shape[:2]
+    step_values, step_grads = twin(values.reshape(batch * steps, *values.shape[2:]),
+                                   y.reshape(batch * steps, *y.shape[2:]))
+    real = sequence_mask(lengths, steps)
+    share = real / np.maximum(np.asarray(lengths), 1)[:, None].astype(values.dtype)
+    per_example = np.where(real, np.asarray(step_values).reshape(batch, steps), 0).sum(axis=1)
+    per_example = per_example / np.maximum(np.asarray(lengths), 1).astype(values.dtype)
+    grads = np.asarray(step_grads).reshape(values.shape) * share.reshape(
+        share.shape + (1,) * (values.ndim - 2)).astype(values.dtype)
+    return per_example, grads
 
 
 def _twin(value_fn: Callable, grad_fn: Callable) -> Callable:
