@@ -327,7 +327,7 @@ def per_example_values(loss: Loss, outputs: Array, targets: Array) -> Array:
 
 def _per_sequence(loss: Loss, outputs: Padded, targets: Array) -> Array:
     """`per_example_values` of padded per-step outputs: the mean over each example's real steps."""
-    values, lengths = outputs
+    values, lengths = outputs.values, outputs.lengths
     batch, steps = values.shape[:2]
     if tuple(targets.shape[:2]) != (batch, steps):
         raise ValueError(f"the loss {loss_name(loss)} gets padded per-step outputs of shape "

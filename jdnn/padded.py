@@ -24,7 +24,9 @@ that declare `padded=True`, and `tests/test_padded.py` checks each against the u
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +34,15 @@ import jax.numpy as jnp
 from jdnn.core import Layer, LayerError, State, trait
 
 
-class Padded(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["values", "lengths"],
+                   meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class Padded:
     """A batch of sequences padded to one length `T`, with each example's true length.
 
-    A pytree (a NamedTuple), so it passes through `jit`, `vmap` and `grad` like an array pair.
+    A pytree of its two arrays, so it passes through `jit`, `vmap` and `grad`, and it indexes
+    like a batch: `padded[i]` takes the same examples of both, and `shape`, `dtype` and `ndim`
+    are those of the values, so data pipelines slice it as they slice arrays.
 
     Attributes:
         values: `(B, T, ...)`, the steps of each example; those at `t >= lengths[b]` are padding
@@ -54,6 +61,25 @@ class Padded(NamedTuple):
     def mask(self) -> jax.Array:
         """`(B, T)` bool: True at real steps."""
         return sequence_mask(self.lengths, self.values.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The values' shape, `(B, T, ...)`."""
+        return tuple(self.values.shape)
+
+    @property
+    def dtype(self) -> Any:
+        """The values' dtype."""
+        return self.values.dtype
+
+    @property
+    def ndim(self) -> int:
+        """The values' rank."""
+        return self.values.ndim
+
+    def __getitem__(self, index: Any) -> Padded:
+        """The examples `index` picks (an int array, a slice, a mask on the batch axis)."""
+        return Padded(self.values[index], self.lengths[index])
 
 
 def sequence_mask(lengths: Any, length: int) -> jax.Array:

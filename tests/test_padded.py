@@ -146,3 +146,47 @@ def test_the_reference_rewraps_like_jdnn():
         {"0_dense": params["0_dense"]}, {"0_dense": {}}, x)
     assert isinstance(y, RefPadded)
     np.testing.assert_array_equal(y.lengths, LENGTHS)
+
+
+def _sequences(n=24, steps=6, seed=0):
+    """Sequences whose label is the sign of their sum over real steps; garbage in the padding."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, steps + 1, size=n)
+    x = rng.normal(size=(n, steps, 1)).astype(np.float32)
+    real = np.arange(steps)[None, :] < lengths[:, None]
+    y = (np.where(real, x[..., 0], 0).sum(1) > 0).astype(np.int32)
+    x[~real] = 100.0
+    return Padded(x, lengths), y
+
+
+def test_fit_evaluate_and_predict_take_padded_batches():
+    import optax
+
+    model = jdnn.serial(RunningSum(), jdnn.Dense(2))
+    x, y = _sequences()
+    # per-example targets for a per-step output: the label at every step
+    y_steps = np.repeat(y[:, None], x.shape[1], axis=1)
+    train_state, history = jdnn.fit(model, (x, y_steps), loss=jdnn.losses.softmax_cross_entropy,
+                                    optimizer=optax.adam(0.05), epochs=3, batch_size=8,
+                                    key=jax.random.key(0), progress=False)
+    assert np.all(np.isfinite(history["loss"]))
+    report = jdnn.evaluate(model, train_state, (x, y_steps),
+                           loss=jdnn.losses.softmax_cross_entropy)
+    assert np.isfinite(report["loss"]) and 0.0 <= report["accuracy"] <= 1.0
+    out = jdnn.predict(model, train_state, x, batch_size=5)
+    assert isinstance(out, Padded) and out.values.shape == (24, 6, 2)
+    np.testing.assert_array_equal(out.lengths, x.lengths)
+    # the padding (100.0) never reached a real step's output
+    alone = jdnn.predict(model, train_state, x.values[3:4, :x.lengths[3]])
+    np.testing.assert_allclose(out.values[3, :x.lengths[3]], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fit_refuses_bad_lengths():
+    import optax
+
+    x, y = _sequences()
+    bad = Padded(x.values, x.lengths + 10)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 6\]"):
+        jdnn.fit(jdnn.serial(RunningSum(), jdnn.Dense(2)), (bad, np.zeros((24, 6), int)),
+                 loss=jdnn.losses.softmax_cross_entropy, optimizer=optax.sgd(0.1), epochs=1,
+                 batch_size=8, progress=False)

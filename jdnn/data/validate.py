@@ -33,6 +33,7 @@ import numpy as np
 from jdnn import metrics as metrics_lib
 from jdnn.core import Layer, LayerError, Shape, output_layer, output_shape, trait
 from jdnn.losses import checks_shapes, label_kind, loss_name
+from jdnn.padded import Padded, unpad
 
 
 def _describe(data: Any) -> str:
@@ -69,12 +70,39 @@ def as_arrays(data: Any, name: str = "train_data") -> tuple[np.ndarray, np.ndarr
     for part, value in zip(("x", "y"), data):
         if value is None:
             raise ValueError(f"{name}: {part} is None; pass an array of {part} values")
+        if part == "x" and isinstance(value, Padded):
+            arrays.append(padded_arrays(name, value))
+            continue
         try:
             arrays.append(np.asarray(value))
         except (TypeError, ValueError) as error:
             raise ValueError(f"{name}: {part} cannot be converted to an array ({error}); "
                              f"nested lists must be rectangular") from None
     return arrays[0], arrays[1]
+
+
+def padded_arrays(name: str, x: Padded) -> Padded:
+    """A padded batch as NumPy arrays, its lengths checked: `(N,)` whole numbers in `[0, T]`.
+
+    Raises:
+        ValueError: naming `name`, the expected and the found shape or value.
+    """
+    values, lengths = np.asarray(x.values), np.asarray(x.lengths)
+    if values.ndim < 2:
+        raise ValueError(f"{name}: a Padded x needs values of shape (N, T, ...), with a time "
+                         f"axis T, got shape {values.shape}")
+    if lengths.shape != values.shape[:1]:
+        raise ValueError(f"{name}: a Padded x needs one length per example, shape "
+                         f"({values.shape[0]},), got lengths of shape {lengths.shape}")
+    if not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(f"{name}: a Padded x's lengths must be integers, got dtype "
+                         f"{lengths.dtype}; convert them with lengths.astype(int)")
+    bad = (lengths < 0) | (lengths > values.shape[1])
+    if bad.any():
+        raise ValueError(f"{name}: a Padded x's lengths must lie in [0, {values.shape[1]}] (the "
+                         f"padded length T), but {int(bad.sum())} do not; "
+                         f"{_where('lengths', lengths, bad)}")
+    return Padded(values, lengths)
 
 
 def _check_numeric(name: str, part: str, a: np.ndarray) -> None:
@@ -348,8 +376,9 @@ def check_data(x: Any, y: Any, *, model: Layer | None = None, loss: Callable | N
         >>> model = jdnn.serial(jdnn.Dense(64), jdnn.Relu(), jdnn.Dense(10))
         >>> check_data(x, y, model=model, loss=jdnn.losses.softmax_cross_entropy)  # passes
     """
-    x, y = np.asarray(x), np.asarray(y)
-    _check_numeric(name, "x", x)
+    x = padded_arrays(name, x) if isinstance(x, Padded) else np.asarray(x)
+    values, y = unpad(x)[0], np.asarray(y)
+    _check_numeric(name, "x", values)
     _check_numeric(name, "y", y)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{name}: x has {x.shape[0]} examples but y has {y.shape[0]}; x and y "
@@ -357,7 +386,7 @@ def check_data(x: Any, y: Any, *, model: Layer | None = None, loss: Callable | N
                          f"{x.shape} and {y.shape})")
     if x.shape[0] == 0:
         raise ValueError(f"{name}: x and y have no examples (shapes {x.shape} and {y.shape})")
-    _check_finite(name, "x", x)
+    _check_finite(name, "x", values)
     _check_finite(name, "y", y)
     out = model_output_shape(name, model, x.shape) if model is not None else None
     if out is not None and loss is not None and not checks_shapes(loss):

@@ -21,6 +21,7 @@ from jdnn import losses
 from jdnn.core import Layer, LayerError, path_of
 from jdnn.data import augment as augment_lib
 from jdnn.data.validate import as_arrays, check_data
+from jdnn.padded import Padded
 from jdnn.train.callbacks import Callback
 from jdnn.train.state import TrainState, donated
 
@@ -252,6 +253,8 @@ def on_device(array: Any) -> jax.Array:
     """`array` on the default device, as `jnp.asarray` puts it (float64 -> float32 unless x64
     is on), but by a plain transfer: `jnp.asarray` of a NumPy array compiles a small program
     per shape and dtype, `jax.device_put` compiles nothing. A JAX array is returned as it is."""
+    if isinstance(array, Padded):  # a padded batch: both of its arrays
+        return Padded(on_device(array.values), on_device(array.lengths))
     if isinstance(array, jax.Array):
         return array
     return jax.device_put(np.asarray(array))

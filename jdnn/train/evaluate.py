@@ -12,9 +12,10 @@ from jax import lax
 
 from jdnn.core import Layer, whole_number
 from jdnn.data.batching import epoch_batches
-from jdnn.data.validate import as_arrays, check_data
+from jdnn.data.validate import as_arrays, check_data, padded_arrays
 from jdnn.losses import Loss
 from jdnn.metrics import Metrics, resolve_metrics
+from jdnn.padded import Padded, apply_child
 from jdnn.train.arguments import on_device
 from jdnn.train.program_cache import ProgramCache
 from jdnn.train.state import TrainState
@@ -117,11 +118,11 @@ def _build_predictor(model: Layer, batch_size: int) -> Callable:
         indices, _ = epoch_batches(None, n, min(batch_size, n))
 
         def body(carry, i):
-            y, _ = model.apply(train_state.params, train_state.state, x[i], train=False)
+            y, _ = apply_child(model, train_state.params, train_state.state, x[i], train=False)
             return carry, y
 
-        _, outputs = lax.scan(body, None, indices)
-        return outputs.reshape(-1, *outputs.shape[2:])[:n]
+        _, outputs = lax.scan(body, None, indices)   # (batches, batch, ...) per array
+        return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], outputs)
 
     return run
 
@@ -133,11 +134,13 @@ def predict(model: Layer, train_state: TrainState, x: Any, *,
     Args:
         model: the network.
         train_state: its trained state.
-        x: inputs `(N, ...)`.
+        x: inputs `(N, ...)`, or a `jdnn.Padded` batch of sequences.
         batch_size: examples per compiled batch.
 
     Returns:
-        The outputs `(N, ...)` as a NumPy array (logits, for a classifier). For `N = 0` the
+        The outputs `(N, ...)` as a NumPy array (logits, for a classifier); for a padded `x`
+        (`jdnn.Padded`) whose outputs keep the time axis, a `Padded` of NumPy arrays. For
+        `N = 0` the
         result is empty, `(0, ...)` with the output's trailing shape and dtype, as NumPy would
         give for an empty batch.
 
@@ -150,7 +153,7 @@ def predict(model: Layer, train_state: TrainState, x: Any, *,
         >>> labels = jdnn.predict(model, train_state, x_test).argmax(-1)
     """
     batch_size = whole_number("predict", "batch_size", batch_size, minimum=1)
-    x = on_device(x)
+    x = on_device(padded_arrays("predict", x) if isinstance(x, Padded) else x)
     if x.ndim == 0:
         raise ValueError(f"predict: x must have a first axis with one entry per example, got a "
                          f"scalar {x!r}; pass e.g. x[None] for one example")
@@ -158,4 +161,4 @@ def predict(model: Layer, train_state: TrainState, x: Any, *,
         out = jax.eval_shape(lambda ts, one: model.apply(ts.params, ts.state, one)[0],
                              train_state, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
         return np.zeros((0, *out.shape[1:]), out.dtype)
-    return np.asarray(_predictor(model, batch_size)(train_state, x))
+    return jax.tree.map(np.asarray, _predictor(model, batch_size)(train_state, x))

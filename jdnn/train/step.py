@@ -19,6 +19,7 @@ from jdnn.core import Layer, is_under, path_of
 # imported here by name, they keep their old import path, jdnn.train.step.
 from jdnn.losses import Loss, masked_mean, per_example_values
 from jdnn.metrics import Metric, Metrics, resolve_metrics
+from jdnn.padded import Padded, apply_child, sequence_mask
 from jdnn.train import arguments
 from jdnn.train.state import AUGMENT, DROPOUT, TrainState, step_key
 
@@ -30,6 +31,27 @@ def _check_mask(mask: jax.Array | None, x: jax.Array) -> None:
     if mask is not None and mask.shape != (x.shape[0],):
         raise ValueError(f"mask must have shape ({x.shape[0]},), one entry per example, got "
                          f"shape {tuple(mask.shape)}")
+
+
+def _metric(fn: Metric, outputs: Any, y: Any, mask: jax.Array | None) -> jax.Array:
+    """`fn(outputs, y, mask)`; per-step outputs of a padded batch are scored step by step, each
+    real step of a kept example counting once (token-level accuracy, say)."""
+    if not isinstance(outputs, Padded):
+        return fn(outputs, y, mask)
+    values = outputs.values
+    batch, steps = values.shape[:2]
+    real = sequence_mask(outputs.lengths, steps)
+    if mask is not None:
+        real = real & (mask[:, None] != 0)
+    return fn(values.reshape(batch * steps, *values.shape[2:]),
+              y.reshape(batch * steps, *y.shape[2:]), real.reshape(-1))
+
+
+def _augmented(augment: Callable, key: jax.Array, x: Any) -> Any:
+    """`augment(key, x)`; a padded batch's values are augmented, its lengths kept."""
+    if isinstance(x, Padded):
+        return Padded(augment(key, x.values), x.lengths)
+    return augment(key, x)
 
 
 def _freeze(new_state: Any, old_state: Any, frozen: Sequence[str]) -> Any:
@@ -76,7 +98,7 @@ def train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransformat
     frozen = tuple(frozen_state)
 
     def objective(params, state, x, y, mask, key):
-        outputs, new_state = model.apply(params, state, x, key=key, train=True)
+        outputs, new_state = apply_child(model, params, state, x, key=key, train=True)
         data_loss = masked_mean(per_example_values(loss, outputs, y), mask)
         extra = penalty(params) if penalty is not None else jnp.zeros((), data_loss.dtype)
         return data_loss + extra, (data_loss, extra, outputs, new_state)
@@ -84,7 +106,7 @@ def train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransformat
     def step(train_state: TrainState, x, y, mask=None):
         _check_mask(mask, x)
         if augment is not None:
-            x = augment(step_key(train_state, AUGMENT), x)
+            x = _augmented(augment, step_key(train_state, AUGMENT), x)
         grads, (data_loss, extra, outputs, new_state) = jax.grad(objective, has_aux=True)(
             train_state.params, train_state.state, x, y, mask, step_key(train_state, DROPOUT))
         updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
@@ -93,7 +115,7 @@ def train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransformat
         report = {"loss": data_loss}
         if penalty is not None:
             report["penalty"] = extra
-        report.update({name: fn(outputs, y, mask) for name, fn in metric_fns.items()})
+        report.update({name: _metric(fn, outputs, y, mask) for name, fn in metric_fns.items()})
         return TrainState(params, new_state, opt_state, train_state.key,
                           train_state.step + 1), report
 
@@ -147,9 +169,9 @@ def eval_step_fn(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callable
 
     def eval_step(train_state: TrainState, x, y, mask=None):
         _check_mask(mask, x)
-        outputs, _ = model.apply(train_state.params, train_state.state, x, train=False)
+        outputs, _ = apply_child(model, train_state.params, train_state.state, x, train=False)
         report = {"loss": masked_mean(per_example_values(loss, outputs, y), mask)}
-        report.update({name: fn(outputs, y, mask) for name, fn in metric_fns.items()})
+        report.update({name: _metric(fn, outputs, y, mask) for name, fn in metric_fns.items()})
         return report
 
     return eval_step
