@@ -174,6 +174,11 @@ TRAITS = {
     "label": "fn(spec) -> a short label for diagrams, e.g. 'Dense(10)'; default: the kind",
     "from_spec": "fn(spec, children) -> Layer, when calling the constructor with the spec's "
                  "hyper-parameters is not how to rebuild the kind",
+    "check_input": "fn(spec, x) -> None, or a message saying what is wrong with the concrete "
+                   "NumPy input x the layer would receive (token ids out of range): run by "
+                   "jdnn.data.check_data on the layers that see the model's input",
+    "input_children": "a combinator: fn(spec) -> the children that receive its input; "
+                      "default: all of them (serial: its first)",
     "padded": "True: apply takes a jdnn.Padded x itself (it mixes time steps, so it must see "
               "the lengths); others get the plain values (see jdnn.padded)",
 }
@@ -377,6 +382,19 @@ def child_keys(spec: Spec, key: jax.Array | None) -> list[jax.Array | None]:
     if key is None:
         return [None] * len(spec.children)
     return list(trait(spec, "child_keys", _split_keys)(spec, key))
+
+
+def input_layers(spec: Spec) -> list[Spec]:
+    """The leaf layers that receive the input of the model `spec` describes: a combinator's
+    `input_children` (all its children unless it declares otherwise), followed down.
+
+    Example:
+        >>> input_layers(jdnn.serial(jdnn.Dense(3), jdnn.Relu()).spec)   # [Dense(...)]
+    """
+    if not spec.children:
+        return [spec]
+    children = trait(spec, "input_children", lambda s: s.children)(spec)
+    return [leaf for child in children for leaf in input_layers(child)]
 
 
 def output_layer(spec: Spec) -> Spec:

@@ -305,3 +305,24 @@ def test_check_labels_passes_valid_labels_and_skips_unknown_losses():
                         x_shape=X.shape, name="entry") is None
     assert check_labels(np.array([-5.0, 7.0]), loss=mse, name="entry") is None
     assert check_labels(np.array([-5, 7]), loss=None, name="entry") is None
+
+
+def test_the_layers_that_see_the_input_check_it():
+    from jdnn.core import make_spec, register_layer
+
+    def small_ids(spec, x):
+        big = int(np.max(x))
+        return None if big < spec["limit"] else f"an id of {big} is not below {spec['limit']}"
+
+    @register_layer(check_input=small_ids)
+    def Lookup(limit: int = 4) -> jdnn.Layer:
+        return jdnn.Layer(lambda k, s: ((*s, 2), {}, {}),
+                          lambda p, st, x, **kw: (jnp.zeros((*x.shape, 2)), st),
+                          make_spec("Lookup", limit=limit))
+
+    model = jdnn.serial(jdnn.branches(Lookup(), Lookup(limit=9)), jdnn.Flatten())
+    y = np.zeros(3)
+    check_data(np.array([[1, 2], [3, 0], [2, 2]]), y, model=model)
+    with pytest.raises(ValueError, match=r"train_data: x does not fit the model's first layer "
+                                         r"Lookup: an id of 7 is not below 4"):
+        check_data(np.array([[1, 2], [7, 0], [2, 2]]), y, model=model)

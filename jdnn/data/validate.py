@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdnn import metrics as metrics_lib
-from jdnn.core import Layer, LayerError, Shape, output_layer, output_shape, trait
+from jdnn.core import (Layer, LayerError, Shape, input_layers, output_layer, output_shape,
+                       trait)
 from jdnn.losses import checks_shapes, label_kind, loss_name
 from jdnn.padded import Padded, unpad
 
@@ -160,6 +161,17 @@ def model_output_shape(name: str, model: Layer, x_shape: Shape) -> Shape:
         return tuple(model.init(jax.random.key(0), input_shape)[0])
     except LayerError as error:
         raise _misfit(name, tuple(x_shape), error) from None
+
+
+def _check_model_inputs(name: str, model: Layer, x: np.ndarray) -> None:
+    """Runs the `check_input` trait of every layer that receives the model's input (an
+    `Embedding`'s ids must lie in its vocabulary), on the concrete data."""
+    for spec in input_layers(model.spec):
+        check = trait(spec, "check_input")
+        problem = check(spec, x) if check is not None else None
+        if problem:
+            raise ValueError(f"{name}: x does not fit the model's first layer {spec.kind}: "
+                             f"{problem}")
 
 
 def _warn_if_probabilities(model: Layer, kind: str) -> None:
@@ -389,6 +401,8 @@ def check_data(x: Any, y: Any, *, model: Layer | None = None, loss: Callable | N
     _check_finite(name, "x", values)
     _check_finite(name, "y", y)
     out = model_output_shape(name, model, x.shape) if model is not None else None
+    if model is not None:
+        _check_model_inputs(name, model, values)
     if out is not None and loss is not None and not checks_shapes(loss):
         _check_target_shape(name, y.shape, out, loss)
     _check_labels_of(name, y, out, label_kind(loss), model)

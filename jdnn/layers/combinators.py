@@ -34,7 +34,8 @@ def _same(spec: Spec, key: jax.Array) -> list[jax.Array]:
 
 # serial's output is its last child's (none for an empty serial, the identity)
 @register_layer(family="combinator", child_keys=_split, padded=True,
-                output_child=lambda spec: spec.children[-1] if spec.children else None)
+                output_child=lambda spec: spec.children[-1] if spec.children else None,
+                input_children=lambda spec: spec.children[:1])
 def serial(*layers: Layer) -> Layer:
     """Layers applied one after another: `serial(f, g, h)(x) = h(g(f(x)))`.
 
