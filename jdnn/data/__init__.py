@@ -2,16 +2,18 @@
 disk, device-resident batching with padding and masks, keyed augmentation, and the checks that
 stop bad data before training starts."""
 
-from jdnn.data import augment
+from jdnn.data import augment, text
 from jdnn.data.batching import (batches_from_order, epoch_batches, epoch_order,
                                  num_batches)
 from jdnn.data.datasets import digits, moons, spirals, xor
 from jdnn.data.download import download_mnist
 from jdnn.data.idx import load_fashion_mnist, load_mnist, read_idx, write_idx
+from jdnn.data.sequences import adding_problem, copy_task
 from jdnn.data.validate import as_arrays, check_data, check_labels
 
 __all__ = [
-    "as_arrays", "augment", "batches_from_order", "check_data", "check_labels", "digits",
-    "download_mnist", "epoch_batches", "epoch_order", "load_fashion_mnist", "load_mnist",
-    "moons", "num_batches", "read_idx", "spirals", "write_idx", "xor",
+    "adding_problem", "as_arrays", "augment", "batches_from_order", "check_data", "check_labels",
+    "copy_task", "digits", "download_mnist", "epoch_batches", "epoch_order",
+    "load_fashion_mnist", "load_mnist", "moons", "num_batches", "read_idx", "spirals", "text",
+    "write_idx", "xor",
 ]
