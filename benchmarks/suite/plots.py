@@ -11,6 +11,7 @@ COLORS = {"jdnn_step": "#1f77b4", "jdnn_epoch": "#17becf", "raw_jax": "#2ca02c",
           "raw_jax_scan": "#98df8a", "numpy": "#7f7f7f", "nnx_jit": "#ff7f0e",
           "nnx_split": "#ffbb78", "linen": "#d62728", "equinox": "#9467bd", "torch": "#8c564b",
           "torch_1thread": "#c49c94", "reference": "#c7c7c7", "raw_jax_reduce_window": "#bcbd22",
+          "raw_jax_lax_conv": "#dbdb8d",
           "equinox_donate": "#c5b0d5", "keras": "#e377c2", "torch_fused": "#a05d3b",
           "torch_fused_1thread": "#dbb8a6", "torch_compile": "#5c3317",
           "torch_compile_1thread": "#9c7a66"}

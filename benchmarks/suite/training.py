@@ -18,9 +18,9 @@ from benchmarks.suite.context import Context
 
 TORCH_SIDES = ("torch", "torch_1thread", "torch_fused", "torch_fused_1thread", "torch_compile",
                "torch_compile_1thread")
-PEER_SIDES = ("jdnn_step", "jdnn_epoch", "raw_jax", "raw_jax_reduce_window", "numpy",
-              "reference", "nnx_jit", "nnx_split", "linen", "equinox", "equinox_donate", "keras",
-              *TORCH_SIDES)
+PEER_SIDES = ("jdnn_step", "jdnn_epoch", "raw_jax", "raw_jax_reduce_window", "raw_jax_lax_conv",
+              "numpy", "reference", "nnx_jit", "nnx_split", "linen", "equinox", "equinox_donate",
+              "keras", *TORCH_SIDES)
 SMALL_SIDES = ("jdnn_epoch", "jdnn_step", "raw_jax_scan", "raw_jax", "numpy", "reference",
                "torch_fused", "torch_fused_1thread")
 SMALL_PEERS = ("nnx_jit", "nnx_split", "linen", "equinox", "equinox_donate", "keras", "torch",

@@ -69,7 +69,8 @@ def _or_skip(fn, *args):
 # The new sides with a way of differentiating of their own (torch_fused/torch_compile report
 # eager PyTorch's gradients, equinox_donate Equinox's: their steps are checked below).
 @pytest.mark.parametrize("kind,side", [("mlp", "keras"), ("xor", "keras"), ("cnn", "keras"),
-                                       ("cnn", "raw_jax_reduce_window")])
+                                       ("cnn", "raw_jax_reduce_window"),
+                                       ("cnn", "raw_jax_lax_conv")])
 def test_loss_and_gradients_equal_jdnns(kind, side):
     problem, (expected_loss, expected) = _problem(kind), _expected(kind)
     loss, grads = _or_skip(SIDES[side].loss_and_grads, problem, problem.params,
@@ -92,7 +93,7 @@ def _steps_match(kind, side, steps=None):
 @pytest.mark.parametrize("kind,side", [
     ("mlp", "torch_fused"), ("mlp", "torch_fused_1thread"), ("xor", "torch_fused"),
     ("mlp", "equinox_donate"), ("mlp", "keras"), ("xor", "keras"), ("cnn", "keras"),
-    ("cnn", "raw_jax_reduce_window")])
+    ("cnn", "raw_jax_reduce_window"), ("cnn", "raw_jax_lax_conv")])
 def test_params_after_steps_equal_jdnn_steps(kind, side):
     # 3 steps over a 2-batch epoch: a side that donated its batches would fail on the third.
     assert _steps_match(kind, side) < 1e-2  # Adam, float32 (SGD for xor and cnn_sgd)
@@ -118,6 +119,12 @@ def test_reduce_window_side_skips_a_model_without_max_pool():
     with pytest.raises(Skipped, match="has no max pool"):
         SIDES["raw_jax_reduce_window"].loss_and_grads(problem, problem.params,
                                                       *problem.batch(0))
+
+
+def test_lax_conv_side_skips_a_model_without_convolutions():
+    problem = _problem("mlp")
+    with pytest.raises(Skipped, match="has no convolution"):
+        SIDES["raw_jax_lax_conv"].build(problem)
 
 
 def test_missing_keras_is_skipped_naming_the_extra(monkeypatch):

@@ -2,11 +2,14 @@
 library's overhead. Parameters are a list of `(w, b)` pairs; SGD and Adam are written out with
 optax's formulas; the step is one `jax.jit` with the parameters and moments donated.
 
-Max pooling is the one op taken from jdnn: the floor must compute what jdnn computes, and jdnn's
-`MaxPool2D` pools non-overlapping windows with a reshape and a max whose derivative sends each
-window's tangent to its first maximum (`jdnn.layers.pooling`). The idiomatic
-`lax.reduce_window` pool is a separate side, `raw_jax_reduce_window`: on XLA:CPU its gradient
-(select-and-scatter) is several times slower, which is a finding about XLA:CPU, not a floor.
+Two ops are taken from jdnn, because the floor must compute what jdnn computes: max pooling
+(jdnn's `MaxPool2D` pools non-overlapping windows with a reshape and a max whose derivative
+sends each window's tangent to its first maximum, `jdnn.layers.pooling`) and the 2-D
+convolution (jdnn's `conv2d`: im2col + one GEMM per pass on CPU, `jdnn.layers.conv`). The
+idiomatic versions are separate sides, each differing from `raw_jax` in that one op:
+`raw_jax_reduce_window` (`lax.reduce_window` pooling, whose gradient XLA:CPU lowers to a slow
+select-and-scatter) and `raw_jax_lax_conv` (`lax.conv_general_dilated` with jax's own
+gradients, several times slower on XLA:CPU). Both are findings about XLA:CPU, not floors.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from jax import lax
 
 from benchmarks.suite.sides.base import Runner, Side, Skipped, batches
 from benchmarks.suite.workloads import Op, Problem, Workload, dense_ops
-from jdnn.layers.pooling import _tiled_max  # jdnn's own 2x2 pool, the op the floor must match
+from jdnn.layers.conv import conv2d  # jdnn's own convolution and 2x2 pool: the ops the floor
+from jdnn.layers.pooling import _tiled_max  # must match
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -44,6 +48,11 @@ def _dense(x: jax.Array, wb: tuple) -> jax.Array:
 
 
 def _conv(x: jax.Array, wb: tuple) -> jax.Array:
+    w, b = wb   # 3x3, stride 1, SAME: one pixel of padding on each side
+    return conv2d(x, w, (1, 1), ((1, 1), (1, 1))) + b
+
+
+def _lax_conv(x: jax.Array, wb: tuple) -> jax.Array:
     w, b = wb
     return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_NHWC) + b
 
@@ -58,9 +67,11 @@ _FORWARD = {
     "flatten": lambda x, _: x.reshape(x.shape[0], -1),
 }
 
-# The same layers with the idiomatic `lax.reduce_window` max pool (2x2, stride 2, VALID).
+# The same layers with the idiomatic `lax.reduce_window` max pool (2x2, stride 2, VALID), and
+# with the idiomatic `lax.conv_general_dilated` convolution.
 _REDUCE_WINDOW = {**_FORWARD, "maxpool": lambda x, _: lax.reduce_window(
     x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")}
+_LAX_CONV = {**_FORWARD, "conv": _lax_conv}
 
 
 def forward(ops: list[Op], params: list, x: jax.Array, layers: dict = _FORWARD) -> jax.Array:
@@ -172,6 +183,23 @@ def _needs_pool(problem: Problem) -> None:
                       f"from raw_jax only in its pooling")
 
 
+def _needs_conv(problem: Problem) -> None:
+    """`raw_jax_lax_conv` measures a convolution: `Skipped` on a model without one."""
+    if not any(op.kind == "conv" for op in problem.ops):
+        raise Skipped(f"{problem.workload.name} has no convolution; raw_jax_lax_conv differs "
+                      f"from raw_jax only in its convolutions")
+
+
+def build_lax_conv(problem: Problem) -> Runner:
+    _needs_conv(problem)
+    return build_step(problem, _LAX_CONV)
+
+
+def lax_conv_loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, dict]:
+    _needs_conv(problem)
+    return loss_and_grads(problem, params, x, y, _LAX_CONV)
+
+
 def build_reduce_window(problem: Problem) -> Runner:
     _needs_pool(problem)
     return build_step(problem, _REDUCE_WINDOW)
@@ -182,10 +210,14 @@ def reduce_window_loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[
     return loss_and_grads(problem, params, x, y, _REDUCE_WINDOW)
 
 
-STEP = Side("raw_jax", "hand-written raw JAX: jax.jit + donation, no library (max pool: jdnn's "
-            "reshape + max, first-maximum JVP)", build_step, loss_and_grads)
+STEP = Side("raw_jax", "hand-written raw JAX: jax.jit + donation, no library (max pool and "
+            "convolution: jdnn's ops)", build_step, loss_and_grads)
 SCAN = Side("raw_jax_scan", "hand-written raw JAX epoch in one lax.scan, batches in order (max "
-            "pool: jdnn's reshape + max)", build_scan, loss_and_grads)
+            "pool and convolution: jdnn's ops)", build_scan, loss_and_grads)
+LAX_CONV = Side(
+    "raw_jax_lax_conv", "raw_jax with the idiomatic lax.conv_general_dilated convolution (CNN "
+    "only): a finding about XLA:CPU's convolution gradients, not a floor",
+    build_lax_conv, lax_conv_loss_and_grads)
 REDUCE_WINDOW = Side(
     "raw_jax_reduce_window", "raw_jax with the idiomatic lax.reduce_window max pool (CNN only): "
     "a finding about XLA:CPU's pooling gradient (select-and-scatter), not a floor",
