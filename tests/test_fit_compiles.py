@@ -75,6 +75,16 @@ def test_a_second_identical_fit_compiles_nothing_a_changed_one_recompiles():
     assert "jit(epoch)" in compiles.names
 
 
+def test_clearing_every_program_cache_makes_the_next_fit_compile_again():
+    from jdnn.train import program_cache
+
+    _fit(hidden=45, n=307, n_val=83)
+    program_cache.clear_all()
+    with Compiles() as compiles:
+        _fit(hidden=45, n=307, n_val=83)
+    assert sorted(compiles.names) == ["jit(create)", "jit(epoch)", "jit(run)"]
+
+
 def test_a_cached_fit_trains_exactly_as_a_fresh_one():
     first, h1 = _fit(hidden=43, n=305, n_val=81)
     again, h2 = _fit(hidden=43, n=305, n_val=81)

@@ -19,6 +19,7 @@ import collections
 import dataclasses
 import functools
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +98,7 @@ class ProgramCache:
     def __init__(self, size: int):
         self.size = size
         self.entries: collections.OrderedDict = collections.OrderedDict()
+        _CACHES.add(self)
 
     def get(self, parts: Any, build: Callable[[], Any]) -> Any:
         """The entry for `parts`, built by `build()` the first time (or every time, if some
@@ -116,3 +118,14 @@ class ProgramCache:
 
     def clear(self) -> None:
         self.entries.clear()
+
+
+_CACHES: weakref.WeakSet = weakref.WeakSet()
+
+
+def clear_all() -> None:
+    """Empties every `ProgramCache` (fit's epochs, evaluators, predictors, initializers): the
+    next call compiles again, as in a fresh process. For benchmarks and tests that time or
+    count compilations."""
+    for cache in list(_CACHES):
+        cache.clear()
