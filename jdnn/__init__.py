@@ -11,8 +11,9 @@ from jdnn import data, losses, metrics, reference, regularizers
 from jdnn.core import Layer, LayerError, MissingKeyError, Spec, make_spec, register_layer, walk
 from jdnn.gradcheck import GradReport, check_gradients
 from jdnn.padded import Padded, sequence_mask
-from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, branches, Dense, Dropout, Elu, Flatten, Gelu,
-                         LeakyRelu, MaxPool2D, PRelu, Relu, Sigmoid, Softmax, Tanh, residual,
+from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, branches, Dense, Dropout, Elu, Embedding,
+                         Flatten, Gelu, LayerNorm, LeakyRelu, MaxPool2D, MultiHeadAttention,
+                         PositionalEmbedding, PRelu, Relu, Sigmoid, Softmax, Tanh, residual,
                          serial)
 from jdnn.regularizers import freeze
 from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger,
@@ -53,12 +54,14 @@ def __getattr__(name: str):
 __all__ = [
     "__version__", "AvgPool2D", "BatchNorm", "branches", "Callback", "check_gradients",
     "checkpoint", "clip_and_aggregate", "Conv2D", "CSVLogger", "data", "Dense", "Dropout",
-    "EarlyStopping", "Elu", "evaluate", "evaluate_ensemble", "fit", "fit_ensemble", "Flatten",
-    "freeze", "Gelu", "ghost_clipped_grad", "GradReport", "History", "JSONLogger", "Layer",
-    "LayerError", "LeakyRelu", "losses", "make_dp_train_step", "make_eval_step", "make_spec",
-    "make_train_step", "MaxPool2D", "metrics", "MissingKeyError", "ModelCheckpoint", "multi",
-    "Padded", "parallel", "per_example_grads", "PerExampleAux", "predict", "predict_ensemble",
-    "PRelu", "PrintLogger", "privacy", "ReduceLROnPlateau", "reference", "register_layer",
+    "EarlyStopping", "Elu", "Embedding", "evaluate", "evaluate_ensemble", "fit", "fit_ensemble",
+    "Flatten", "freeze", "Gelu", "ghost_clipped_grad", "GradReport", "History", "JSONLogger",
+    "Layer", "LayerError", "LayerNorm", "LeakyRelu", "losses", "make_dp_train_step",
+    "make_eval_step", "make_spec", "make_train_step", "MaxPool2D", "metrics", "MissingKeyError",
+    "ModelCheckpoint", "multi", "MultiHeadAttention", "Padded", "parallel", "per_example_grads",
+    "PerExampleAux",
+    "PositionalEmbedding", "predict", "predict_ensemble", "PRelu", "PrintLogger", "privacy",
+    "ReduceLROnPlateau", "reference", "register_layer",
     "regularizers", "Relu", "residual", "search", "SearchResult", "serial", "Sigmoid",
     "sequence_mask", "Softmax", "space", "Spec", "summary", "Tanh", "TerminateOnNaN",
     "TrainState", "walk",

@@ -74,7 +74,8 @@ def _all_layer_specs():
     added here (the KeyError says so), which then demands a reference twin below."""
     arguments = {"Dense": (3,), "Conv2D": (2, 3), "MaxPool2D": (2,), "AvgPool2D": (2,),
                  "Dropout": (0.5,), "serial": (layers.Relu(),), "residual": (layers.Relu(),),
-                 "branches": (layers.Relu(),)}
+                 "branches": (layers.Relu(),), "Embedding": (10, 4),
+                 "PositionalEmbedding": (8,)}
     return [getattr(layers, name)(*arguments.get(name, ())).spec for name in layers.__all__]
 
 

@@ -1,4 +1,5 @@
-"""BatchNorm: batch statistics in training, running statistics in evaluation."""
+"""BatchNorm: batch statistics in training, running statistics in evaluation; LayerNorm: each
+position over its own features, the same in both."""
 
 import re
 
@@ -10,8 +11,9 @@ import pytest
 from jax.test_util import check_grads
 
 import jdnn
-from jdnn.core import LayerError
+from jdnn.core import LayerError, rebuild, trait
 from jdnn.layers import BatchNorm, Dense, serial
+from jdnn.layers.normalization import LayerNorm
 
 EPS = 1e-5
 
@@ -162,3 +164,127 @@ def test_fit_with_batch_size_one_refuses_batch_norm():
         jdnn.fit(model, (x, y), loss=jdnn.losses.softmax_cross_entropy,
                  optimizer=optax.sgd(0.1), epochs=1, batch_size=1, key=jax.random.key(0),
                  progress=False)
+
+
+# --- LayerNorm ---------------------------------------------------------------------------------
+
+
+def _ln_data(shape=(3, 4, 6), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=shape) * rng.uniform(0.5, 5.0, size=shape[-1]) + 3.0
+
+
+def test_layer_norm_normalizes_each_position_over_its_features(key):
+    layer = LayerNorm()
+    out_shape, params, state = layer.init(key, (3, 4, 6))
+    assert out_shape == (3, 4, 6) and state == {}
+    np.testing.assert_array_equal(params["scale"], np.ones(6))
+    np.testing.assert_array_equal(params["bias"], np.zeros(6))
+    x = jnp.asarray(_ln_data(), jnp.float32)
+    y, new_state = layer.apply(params, state, x, train=True)
+    assert new_state == {}
+    np.testing.assert_allclose(y.mean(axis=-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axis=-1), 1.0, rtol=1e-3)
+    evaluated, _ = layer.apply(params, state, x, train=False)
+    np.testing.assert_array_equal(y, evaluated)   # no batch statistics: the same in both modes
+    alone, _ = layer.apply(params, state, x[:1, :1], train=True)   # one position is enough
+    np.testing.assert_allclose(alone[0, 0], y[0, 0], rtol=1e-6)
+
+
+# torch has no "bias without scale" (its bias needs elementwise_affine=True)
+@pytest.mark.parametrize("use_scale, use_bias", [(True, True), (True, False), (False, False)])
+def test_layer_norm_equals_torch_with_copied_weights(use_scale, use_bias):
+    import torch
+
+    rng = np.random.default_rng(1)
+    x, dy = _ln_data(seed=1), rng.normal(size=(3, 4, 6))
+    scale, bias = 1.0 + 0.3 * rng.normal(size=6), rng.normal(size=6)
+    with jax.enable_x64(True):
+        layer = LayerNorm(1e-3, use_scale=use_scale, use_bias=use_bias)
+        _, params, state = layer.init(jax.random.key(0), x.shape)
+        params = {k: jnp.asarray({"scale": scale, "bias": bias}[k]) for k in params}
+        y, vjp = jax.vjp(lambda p, xx: layer.apply(p, state, xx)[0], params, jnp.asarray(x))
+        dparams, dx = vjp(jnp.asarray(dy))
+        assert y.dtype == jnp.float64
+
+    torch_layer = torch.nn.LayerNorm(6, eps=1e-3, elementwise_affine=use_scale, bias=use_bias,
+                                     dtype=torch.float64)
+    with torch.no_grad():
+        if use_scale:
+            torch_layer.weight.copy_(torch.from_numpy(scale))
+        if use_bias:
+            torch_layer.bias.copy_(torch.from_numpy(bias))
+    tx = torch.from_numpy(x).requires_grad_(True)
+    ty = torch_layer(tx)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    assert set(dparams) == {k for k, on in (("scale", use_scale), ("bias", use_bias)) if on}
+    if use_scale:
+        np.testing.assert_allclose(dparams["scale"], torch_layer.weight.grad.numpy(), rtol=1e-10)
+    if use_bias:
+        np.testing.assert_allclose(dparams["bias"], torch_layer.bias.grad.numpy(), rtol=1e-10)
+
+
+def test_layer_norm_equals_flax(key):
+    import flax.linen as nn
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(_ln_data(seed=2), jnp.float32)
+    params = {"scale": jnp.asarray(1.0 + 0.3 * rng.normal(size=6), jnp.float32),
+              "bias": jnp.asarray(rng.normal(size=6), jnp.float32)}
+    y, _ = LayerNorm().apply(params, {}, x)
+    flax_y = nn.LayerNorm(epsilon=1e-5).apply({"params": params}, x)
+    np.testing.assert_allclose(y, flax_y, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_jit_vmap_and_any_rank(key):
+    layer = LayerNorm()
+    _, params, state = layer.init(key, (5, 6))
+    x = jnp.asarray(_ln_data((5, 6)), jnp.float32)
+    y, _ = layer.apply(params, state, x)
+    np.testing.assert_allclose(jax.jit(layer.apply)(params, state, x)[0], y, rtol=1e-6)
+    mapped = jax.vmap(lambda xi: layer.apply(params, state, xi[None])[0][0])(x)
+    np.testing.assert_allclose(mapped, y, rtol=1e-6)
+    images = jnp.asarray(_ln_data((2, 3, 3, 6)), jnp.float32)   # NHWC: each pixel's channels
+    out, _ = layer.apply(params, state, images)
+    np.testing.assert_allclose(out[1, 2, 0], layer.apply(params, state, images[1, 2, :1])[0][0],
+                               rtol=1e-6)
+
+
+def test_layer_norm_params_follow_the_flags(key):
+    assert set(LayerNorm(use_bias=False).init(key, (2, 4))[1]) == {"scale"}
+    assert set(LayerNorm(use_scale=False).init(key, (2, 4))[1]) == {"bias"}
+    _, params, state = LayerNorm(use_scale=False, use_bias=False).init(key, (2, 4))
+    assert params == {}
+    y, _ = LayerNorm(use_scale=False, use_bias=False).apply(params, state,
+                                                            jnp.array([[1.0, 2.0, 3.0, 4.0]]))
+    np.testing.assert_allclose(y[0], (np.arange(4) - 1.5) / np.sqrt(1.25 + 1e-5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0, -1e-3, "1e-5", True])
+def test_layer_norm_bad_eps(eps):
+    with pytest.raises(ValueError, match=re.escape(f"LayerNorm: eps must be a float > 0, got "
+                                                   f"{eps!r}")):
+        LayerNorm(eps)
+
+
+def test_layer_norm_input_errors(key):
+    with pytest.raises(LayerError, match=r"LayerNorm layer at <root>: normalizes over the last "
+                                         r"axis \(the features\), but input_shape \(8, 1\) has 1 "
+                                         r"there"):
+        LayerNorm().init(key, (8, 1))
+    _, params, state = LayerNorm().init(key, (2, 4))
+    with pytest.raises(LayerError, match=r"expected input with last axis \(features\) of size 4, "
+                                         r"got an input of shape \(2, 5\)"):
+        LayerNorm().apply(params, state, jnp.ones((2, 5)))
+
+
+def test_layer_norm_spec_and_flops():
+    spec = LayerNorm().spec
+    assert repr(spec) == "LayerNorm(eps=1e-05, use_scale=True, use_bias=True)"
+    assert trait(spec, "family") == "norm" and not trait(spec, "padded", False)
+    assert trait(spec, "flops")(spec, (8, 20, 64), (8, 20, 64)) == 7 * 20 * 64
+    bare = LayerNorm(use_scale=False, use_bias=False).spec
+    assert trait(bare, "flops")(bare, (8, 64), (8, 64)) == 5 * 64
+    assert rebuild(spec).spec == spec

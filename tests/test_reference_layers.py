@@ -25,10 +25,13 @@ from jdnn.layers import (
     Dense,
     Dropout,
     Elu,
+    Embedding,
     Flatten,
     Gelu,
+    LayerNorm,
     LeakyRelu,
     MaxPool2D,
+    PositionalEmbedding,
     PRelu,
     Relu,
     Sigmoid,
@@ -48,11 +51,13 @@ class Case:
     name: str
     make: Callable[[], Layer]
     shape: tuple[int, ...]  # without the batch axis
-    inputs: str = "away"  # "away": |x| >= 0.3; "distinct": a permutation of distinct values
-    train: bool = False
+    inputs: str = "away"  # "away": |x| >= 0.3; "distinct": a permutation of distinct values;
+    train: bool = False   # "ids": token ids in [0, 6), an Embedding's input
 
     def x(self, batch, rng):
         shape = (batch, *self.shape)
+        if self.inputs == "ids":
+            return rng.integers(0, 6, size=shape)
         if self.inputs == "distinct":
             n = int(np.prod(shape))
             return (rng.permutation(n) / n * 4.0 - 2.0).reshape(shape)
@@ -106,6 +111,12 @@ CASES = [
     Case("elu", lambda: Elu(0.7), VEC),
     Case("softmax", Softmax, VEC),
     Case("softmax_rank3", Softmax, (3, 5)),
+    Case("embedding", lambda: Embedding(6, 4), (5,), "ids"),
+    Case("embedding_rank3", lambda: Embedding(6, 3), (2, 4), "ids"),
+    Case("positional_learned", lambda: PositionalEmbedding(7), (5, 4)),
+    Case("positional_sinusoidal_odd", lambda: PositionalEmbedding(7, "sinusoidal"), (5, 5)),
+    Case("layernorm", lambda: LayerNorm(1e-3), (3, 5)),
+    Case("layernorm_no_scale", lambda: LayerNorm(use_scale=False), (6,)),
 ]
 
 
@@ -169,6 +180,9 @@ def test_reference_matches_jax(case, batch):
 
         @jax.jit  # one compilation per case instead of one per primitive: keeps the test fast
         def forward_and_vjp(p, xx, cotangent):
+            if case.inputs == "ids":   # token ids get no gradient: the twin's dx is zeros
+                y, vjp, new_state = jax.vjp(lambda q: apply(q, xx), p, has_aux=True)
+                return y, new_state, *vjp(cotangent), jnp.zeros(xx.shape, cotangent.dtype)
             y, vjp, new_state = jax.vjp(apply, p, xx, has_aux=True)
             return y, new_state, *vjp(cotangent)
 

@@ -25,9 +25,12 @@ class Case:
     shape: tuple[int, ...]
     params: dict = dataclasses.field(default_factory=dict)  # name -> shape
     hparams: dict = dataclasses.field(default_factory=dict)
-    inputs: str = "away"  # "away": |x| >= 0.3; "distinct": a permutation of distinct values
+    inputs: str = "away"  # "away": |x| >= 0.3; "distinct": a permutation of distinct values;
+    # "ids": token ids in [0, 6) (an Embedding's input: no gradient, no finite differences)
 
     def x(self, rng):
+        if self.inputs == "ids":
+            return rng.integers(0, 6, size=self.shape)
         if self.inputs == "distinct":
             n = int(np.prod(self.shape))
             return (rng.permutation(n) / n * 4.0 - 2.0).reshape(self.shape)
@@ -72,6 +75,13 @@ CASES = [
     Case("gelu_tanh", "Gelu", (4, 5), {}, {"approximate": True}),
     Case("gelu_erf", "Gelu", (4, 5), {}, {"approximate": False}),
     Case("softmax", "Softmax", (2, 3, 5)),
+    Case("embedding", "Embedding", (3, 5), {"table": (6, 4)}, {}, "ids"),
+    Case("positional_learned", "PositionalEmbedding", (2, 3, 4), {"table": (5, 4)},
+         {"max_length": 5, "encoding": "learned"}),
+    Case("positional_sinusoidal", "PositionalEmbedding", (2, 3, 5), {},
+         {"max_length": 5, "encoding": "sinusoidal"}),
+    Case("layernorm", "LayerNorm", (2, 3, 5), {"scale": (5,), "bias": (5,)}, {"eps": 1e-3}),
+    Case("layernorm_no_affine", "LayerNorm", (4, 5), {}, {"eps": 1e-3}),
 ]
 by_case = pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 
@@ -107,7 +117,8 @@ def test_backward_matches_finite_differences(case):
     def loss(x_, params_):
         return float(np.sum(g * run_forward(case, params_, x_)[0]))
 
-    arrays = {"x": (x, dx)} | {k: (params[k], dparams[k]) for k in params}
+    arrays = {"x": (x, dx)} if case.inputs != "ids" else {}   # ids are not differentiable
+    arrays |= {k: (params[k], dparams[k]) for k in params}
     h = 1e-6
     for name, (value, grad) in arrays.items():
         assert grad.shape == value.shape, name
@@ -131,7 +142,7 @@ def test_backward_matches_finite_differences(case):
 def test_float32_stays_float32(case):
     rng = np.random.default_rng(1)
     x64, params64 = case.x(rng), make_params(case, rng)
-    x32 = x64.astype(np.float32)
+    x32 = x64 if case.inputs == "ids" else x64.astype(np.float32)
     params32 = {k: v.astype(np.float32) for k, v in params64.items()}
     hparams32 = dict(case.hparams)
     if "state" in hparams32:
@@ -264,7 +275,7 @@ def test_reference_modules_import_no_jax():
         f"pkg.__path__ = [{str(root / 'jdnn')!r}]\n"
         "sys.modules['jdnn'] = pkg\n"
         "import jdnn.reference.layers as r\n"
-        "assert len(r.KINDS) == 15\n"
+        "assert len(r.KINDS) == 18\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib'))\n"
         "print(' '.join(loaded) or 'clean')\n"
     )

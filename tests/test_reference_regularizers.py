@@ -74,8 +74,9 @@ def test_leaf_paths_match_jax_order():
 
 def test_is_weight():
     assert ref.is_weight("0_dense/w") and ref.is_weight("w")
+    assert ref.is_weight("1_multiheadattention/w_q") and ref.is_weight("0_gru/w_h")
     for path in ["0_dense/b", "1_batchnorm/scale", "1_batchnorm/bias", "2_prelu/alpha",
-                 "0_w/b", "0_dense/ww"]:
+                 "0_w/b", "0_dense/ww", "0_embedding/table", "0_gru/b_x"]:
         assert not ref.is_weight(path), path
 
 

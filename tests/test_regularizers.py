@@ -53,7 +53,8 @@ def test_paths_of_a_real_model_put_kernels_under_w(key):
 @pytest.mark.parametrize("path, expected", [
     ("0_dense/w", True), ("w", True), ("1_serial/0_conv2d/w", True), ("0_dense/b", False),
     ("1_batchnorm/scale", False), ("1_batchnorm/bias", False), ("2_prelu/alpha", False),
-    ("w/b", False), ("0_dense/w2", False),
+    ("w/b", False), ("0_dense/w2", False), ("0_multiheadattention/w_o", True),
+    ("0_lstm/w_x", True), ("0_embedding/table", False), ("0_lstm/b", False),
 ])
 def test_is_weight_looks_at_the_last_component(path, expected):
     assert regularizers.is_weight(path) is expected

@@ -1,15 +1,18 @@
 """jdnn's layers: one file per family, every one obeying the contract in `jdnn.core`."""
 
 from jdnn.layers.activations import Elu, Gelu, LeakyRelu, PRelu, Relu, Sigmoid, Softmax, Tanh
+from jdnn.layers.attention import MultiHeadAttention
 from jdnn.layers.combinators import branches, residual, serial
 from jdnn.layers.conv import Conv2D
 from jdnn.layers.dense import Dense
 from jdnn.layers.dropout import Dropout
-from jdnn.layers.normalization import BatchNorm
+from jdnn.layers.embedding import Embedding, PositionalEmbedding
+from jdnn.layers.normalization import BatchNorm, LayerNorm
 from jdnn.layers.pooling import AvgPool2D, MaxPool2D
 from jdnn.layers.reshape import Flatten
 
 __all__ = [
-    "AvgPool2D", "BatchNorm", "branches", "Conv2D", "Dense", "Dropout", "Elu", "Flatten", "Gelu",
-    "LeakyRelu", "MaxPool2D", "PRelu", "Relu", "Sigmoid", "Softmax", "Tanh", "residual", "serial",
+    "AvgPool2D", "BatchNorm", "branches", "Conv2D", "Dense", "Dropout", "Elu", "Embedding",
+    "Flatten", "Gelu", "LayerNorm", "LeakyRelu", "MaxPool2D", "MultiHeadAttention",
+    "PositionalEmbedding", "PRelu", "Relu", "Sigmoid", "Softmax", "Tanh", "residual", "serial",
 ]

@@ -1,4 +1,5 @@
-"""BatchNorm: normalize each feature with batch statistics in training, running ones after."""
+"""Normalization: BatchNorm (each feature over the batch, running statistics after training)
+and LayerNorm (each position over its features)."""
 
 from __future__ import annotations
 
@@ -115,3 +116,82 @@ def per_example_twin(spec: Spec, rule: str, axis_name: str | None = None) -> Lay
 
 # per-example gradients (jdnn.privacy) swap BatchNorm for this twin under a rule
 declare("BatchNorm", per_example_twin=per_example_twin)
+
+
+def _layer_norm_flops(spec: Spec, input_shape, output_shape) -> int:
+    """Per entry: 1 add for the mean, 1 subtract, 2 (square, add) for the variance, 1 multiply
+    by `1 / sqrt(var + eps)`, then 1 multiply by `scale` and 1 add of `bias` when present; the
+    per-position square roots are not counted."""
+    del input_shape
+    per_entry = 5 + bool(spec["use_scale"]) + bool(spec["use_bias"])
+    return per_entry * math.prod(output_shape[1:])
+
+
+@register_layer(family="norm", flops=_layer_norm_flops)
+def LayerNorm(eps: float = 1e-5, *, use_scale: bool = True, use_bias: bool = True) -> Layer:
+    """Layer normalization (Ba et al. 2016): normalize each position over its features.
+
+    For every position (every index of the axes but the last) the `F` features are centered
+    and scaled by their own mean and (biased) variance, then `y = scale * x_hat + bias`:
+
+        x_hat = (x - mean(x)) / sqrt(var(x) + eps),    over the last axis only.
+
+    No statistic crosses examples or time steps, so training and evaluation compute the same
+    thing, any batch size works (one example too), and padded sequences need no mask. Like
+    `torch.nn.LayerNorm(F)` and `flax.linen.LayerNorm()`.
+
+    Params: `scale` (ones) with `use_scale`, `bias` (zeros) with `use_bias`, shape `(F,)`.
+    `F` must be at least 2: with one feature `x_hat` is 0 everywhere, every output would be
+    `bias` and nothing before the layer would learn, so `init` refuses it.
+
+    Args:
+        eps: added to the variance before the square root, `> 0`.
+        use_scale: whether to learn a per-feature `scale`.
+        use_bias: whether to learn a per-feature `bias`.
+
+    Returns:
+        A shape-preserving `Layer` on `(..., F)`.
+
+    Example:
+        >>> ln = jdnn.LayerNorm()
+        >>> _, params, state = ln.init(jax.random.key(0), (32, 20, 64))
+        >>> y, _ = ln.apply(params, state, x)   # each y[b, t] has mean 0, variance ~1
+    """
+    check_hparam("LayerNorm", "eps", eps,
+                 isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0,
+                 "a float > 0")
+    eps = float(eps)
+    spec = make_spec("LayerNorm", eps=eps, use_scale=bool(use_scale), use_bias=bool(use_bias))
+
+    def init(key, input_shape):
+        del key
+        shape = check_input_shape("LayerNorm", input_shape)
+        features = shape[-1]
+        if features < 2:
+            raise LayerError("LayerNorm", f"normalizes over the last axis (the features), but "
+                                          f"input_shape {shape} has {features} there: every "
+                                          f"output would be the bias and nothing before the "
+                                          f"layer would learn; normalize an axis of at least 2 "
+                                          f"features (input_shape includes the batch axis "
+                                          f"first)")
+        params = {}
+        if use_scale:
+            params["scale"] = jnp.ones((features,))
+        if use_bias:
+            params["bias"] = jnp.zeros((features,))
+        return shape, params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key, train
+        if params:
+            check_features("LayerNorm", x, next(iter(params.values())).shape[0])
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * lax.rsqrt(var + eps)
+        if use_scale:
+            y = y * params["scale"]
+        if use_bias:
+            y = y + params["bias"]
+        return y, state
+
+    return Layer(init, apply, spec)

@@ -35,8 +35,11 @@ def leaf_paths(params: Tree) -> list[str]:
 
 
 def is_weight(path: str) -> bool:
-    """The default filter: True for the leaves named `w` (e.g. `"0_dense/w"`)."""
-    return path.rsplit("/", 1)[-1] == "w"
+    """The default filter: True for kernels, the leaves named `w` or `w_...` (`"0_dense/w"`,
+    an attention layer's `w_q`, a recurrent layer's `w_x` and `w_h`); not biases, scales or
+    embedding tables."""
+    name = path.rsplit("/", 1)[-1]
+    return name == "w" or name.startswith("w_")
 
 
 def _selector(where: Where) -> Callable[[str], bool]:

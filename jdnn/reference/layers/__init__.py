@@ -26,9 +26,11 @@ with it.
 
 from jdnn.reference.layers import (
     activations,
+    attention,
     conv,
     dense,
     dropout,
+    embedding,
     normalization,
     pooling,
     reshape,
@@ -42,6 +44,9 @@ KINDS = {
     "Flatten": reshape,
     "Dropout": dropout,
     "BatchNorm": normalization,
+    "LayerNorm": normalization.layer_norm,
+    "Embedding": embedding.lookup,
+    "PositionalEmbedding": embedding.positional,
     "Relu": activations.relu,
     "Sigmoid": activations.sigmoid,
     "Tanh": activations.tanh,
@@ -50,7 +55,8 @@ KINDS = {
     "Elu": activations.elu,
     "Gelu": activations.gelu,
     "Softmax": activations.softmax,
+    "MultiHeadAttention": attention,
 }
 
-__all__ = ["KINDS", "activations", "conv", "dense", "dropout", "normalization", "pooling",
-           "reshape"]
+__all__ = ["KINDS", "activations", "attention", "conv", "dense", "dropout", "embedding",
+           "normalization", "pooling", "reshape"]
