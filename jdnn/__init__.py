@@ -14,7 +14,8 @@ from jdnn.padded import Padded, sequence_mask
 from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, branches, Dense, Dropout, Elu, Embedding,
                          Flatten, Gelu, LayerNorm, LeakyRelu, MaxPool2D, MultiHeadAttention,
                          PositionalEmbedding, PRelu, Relu, Sigmoid, Softmax, Tanh, residual,
-                         serial)
+                         serial,
+                         AvgPool1D, Conv1D, GlobalAvgPool, GlobalMaxPool, MaxPool1D)
 from jdnn.regularizers import freeze
 from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger,
                         PrintLogger, ReduceLROnPlateau, TerminateOnNaN, TrainState, evaluate, fit,
@@ -65,4 +66,5 @@ __all__ = [
     "regularizers", "Relu", "residual", "search", "SearchResult", "serial", "Sigmoid",
     "sequence_mask", "Softmax", "space", "Spec", "summary", "Tanh", "TerminateOnNaN",
     "TrainState", "walk",
+    "AvgPool1D", "Conv1D", "GlobalAvgPool", "GlobalMaxPool", "MaxPool1D",
 ]

@@ -28,6 +28,7 @@ from jdnn.reference.layers import (
     activations,
     attention,
     conv,
+    conv1d,
     dense,
     dropout,
     embedding,
@@ -56,7 +57,12 @@ KINDS = {
     "Gelu": activations.gelu,
     "Softmax": activations.softmax,
     "MultiHeadAttention": attention,
+    "Conv1D": conv1d,
+    "MaxPool1D": pooling.max_pool_1d,
+    "AvgPool1D": pooling.avg_pool_1d,
+    "GlobalAvgPool": pooling.global_avg_pool,
+    "GlobalMaxPool": pooling.global_max_pool,
 }
 
-__all__ = ["KINDS", "activations", "attention", "conv", "dense", "dropout", "embedding",
-           "normalization", "pooling", "reshape"]
+__all__ = ["KINDS", "activations", "attention", "conv", "conv1d", "dense", "dropout",
+           "embedding", "normalization", "pooling", "reshape"]
