@@ -75,7 +75,9 @@ def _all_layer_specs():
     arguments = {"Dense": (3,), "Conv2D": (2, 3), "MaxPool2D": (2,), "AvgPool2D": (2,),
                  "Dropout": (0.5,), "serial": (layers.Relu(),), "residual": (layers.Relu(),),
                  "branches": (layers.Relu(),), "Embedding": (10, 4),
-                 "PositionalEmbedding": (8,)}
+                 "PositionalEmbedding": (8,), "Conv1D": (2, 3), "MaxPool1D": (2,),
+                 "AvgPool1D": (2,), "MultiHeadAttention": (2, 3), "SimpleRNN": (3,),
+                 "GRU": (3,), "LSTM": (3,), "bidirectional": (layers.GRU(3),)}
     return [getattr(layers, name)(*arguments.get(name, ())).spec for name in layers.__all__]
 
 

@@ -15,7 +15,7 @@ from benchmarks.suite import findings
 from benchmarks.suite.targets import MISS, format_value
 
 ORDER = ("machine", "headline", "gpu", "correctness", "mlp", "cnn", "small", "convergence",
-         "compilation", "memory", "scaling", "vectorized", "diagnostics")
+         "compilation", "memory", "scaling", "vectorized", "sequences", "diagnostics")
 
 
 def _clean(value):

@@ -25,17 +25,17 @@ QUICK_OUT = DEFAULT_OUT / "quick"
 
 def _benchmarks() -> dict[str, Callable]:
     from benchmarks.suite import (compilation, convergence, correctness, diagnose, headline,
-                                  memory, scaling, training, vectorized)
+                                  memory, scaling, sequences, training, vectorized)
 
     return {"headline": headline.run, "correctness": correctness.run, "mlp": training.mlp,
             "cnn": training.cnn, "small": training.small, "convergence": convergence.run,
             "compilation": compilation.run, "memory": memory.run, "scaling": scaling.run,
-            "vectorized": vectorized.run,
+            "vectorized": vectorized.run, "sequences": sequences.run,
             "diagnostics": diagnose.run}
 
 
 NAMES = ("machine", "headline", "correctness", "mlp", "cnn", "small", "convergence",
-         "compilation", "memory", "scaling", "vectorized", "diagnostics")
+         "compilation", "memory", "scaling", "vectorized", "sequences", "diagnostics")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ TITLES = {"machine": "The machine and its limits", "correctness": "Correctness (
           "vectorized": "vmap workloads: per-example gradients, DP-SGD, ensembles, search",
           "diagnostics": "Diagnostics behind the findings",
           "headline": "Headline ratios, from separate processes",
+          "sequences": "Sequence models: GRU, LSTM, a small transformer",
           "gpu": "GPU check"}
 
 
@@ -319,6 +320,22 @@ def diagnostics(payload: dict) -> list[str]:
     return lines
 
 
+def sequences(folder: pathlib.Path, payload: dict) -> list[str]:
+    """Per workload: the suite's table, what each side is, and every side's first loss (the
+    same parameters and batch on every side, so the same number up to float32 rounding)."""
+    lines = []
+    for workload, r in payload["results"].items():
+        lines += workload_table(workload, r)
+        lines += [f"- `{side}`: {label}" for side, label in r.get("labels", {}).items()]
+        losses = ", ".join(f"{side} {loss:.6g}" for side, loss in r.get("first_loss", {}).items()
+                           if loss is not None)
+        lines += [f"- first loss (initial parameters, batch 0): {losses}", ""]
+    lines += [f"- {name}: FAILED, {why}" for name, why in payload.get("failed", {}).items()]
+    png = plots.step_times(payload["results"], folder / "sequences.png",
+                           "sequences: time per step")
+    return lines + ([f"![sequences]({png.name})"] if png else [])
+
+
 HEADLINE_LABELS = {"vs_numpy": "tight NumPy backprop / jdnn scan epoch",
                    "vs_reference": "generic NumPy reference (the oracle) / jdnn scan epoch",
                    "vs_torch_best": "PyTorch at its best / jdnn step"}
@@ -368,6 +385,8 @@ def render(folder: pathlib.Path, name: str, payload: dict) -> list[str]:
         lines += scaling(folder, payload)
     elif name == "headline":
         lines += headline(payload)
+    elif name == "sequences":
+        lines += sequences(folder, payload)
     elif name == "gpu":
         lines += gpu(folder, payload)
     lines.append(f"\n<sub>{name}: {payload.get('seconds', 0):.0f} s, load average "
