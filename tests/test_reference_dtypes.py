@@ -29,7 +29,9 @@ import jdnn
 from jdnn import reference
 from jdnn.cli import zoo
 from jdnn.reference import losses, network, optimizers, regularizers
-from jdnn.reference.layers import KINDS, activations, conv, dropout, normalization, pooling
+from jdnn.reference import padded
+from jdnn.reference.layers import (KINDS, activations, attention, conv, conv1d, dropout,
+                                   embedding, normalization, pooling, recurrent)
 
 DTYPES = [np.float32, np.float64]
 NOTES: list[tuple[str, str, np.dtype]] = []  # (where, what, dtype)
@@ -104,7 +106,8 @@ class TrackingNumpy(ModuleType):
 
 
 REFERENCE_MODULES = (network, losses, regularizers, optimizers, activations, conv, dropout,
-                     normalization, pooling)  # those that use np
+                     normalization, pooling, embedding, conv1d, recurrent, attention,
+                     padded)  # those that use np
 
 
 def _spy(fn, name):
@@ -189,7 +192,10 @@ def _run(name, dtype):
     spec, params, state, shape = _model(name)
     net = reference.build(spec)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(4, *shape))  # float64 on purpose: loss_and_grads casts to dtype
+    if name in zoo.MODELS:  # the zoo's own inputs: token ids, padded sequences
+        x, _ = zoo.example_batch(name, 4, OUTPUTS, "regression")
+    else:
+        x = rng.normal(size=(4, *shape))  # float64 on purpose: loss_and_grads casts to dtype
     for loss, (labels, kwargs) in LOSSES.items():
         for train in (True, False):
             penalty = 1e-2 if train else 0.0  # the objective with and without penalty terms

@@ -14,25 +14,39 @@ import numpy as np
 
 from jdnn.core import Layer, Shape
 from jdnn.layers import (
+    GRU,
+    LSTM,
+    AvgPool1D,
     AvgPool2D,
     BatchNorm,
+    Conv1D,
     Conv2D,
     Dense,
     Dropout,
     Elu,
+    Embedding,
     Flatten,
     Gelu,
+    GlobalAvgPool,
+    GlobalMaxPool,
+    LayerNorm,
     LeakyRelu,
+    MaxPool1D,
     MaxPool2D,
+    MultiHeadAttention,
+    PositionalEmbedding,
     PRelu,
     Relu,
     Sigmoid,
+    SimpleRNN,
     Softmax,
     Tanh,
+    bidirectional,
     branches,
     residual,
     serial,
 )
+from jdnn.padded import Padded
 
 
 def xor_sigmoid(outputs: int = 1) -> Layer:
@@ -72,12 +86,39 @@ def branches_mlp(outputs: int = 10) -> Layer:
                   Dense(outputs))
 
 
+VOCAB = 11   # the token models' vocabulary
+
+
+def recurrent(outputs: int = 10) -> Layer:
+    """A sequence model on padded batches: a causal 1-D convolution, GRU, a reversed LSTM, a
+    bidirectional simple RNN, 1-D max and average pooling, layer norm, and global average and
+    max pooling over the real steps (inputs: 8 steps of 3 features)."""
+    return serial(Conv1D(6, 3, padding="CAUSAL"), Tanh(), GRU(5), LSTM(4, reverse=True),
+                  bidirectional(SimpleRNN(3)), MaxPool1D(2, strides=1, padding="SAME"),
+                  AvgPool1D(2), LayerNorm(), branches(GlobalAvgPool(), GlobalMaxPool()),
+                  Dense(outputs))
+
+
+def transformer(outputs: int = 10) -> Layer:
+    """A one-block transformer on padded token ids: embedding, learned positions, pre-norm
+    causal self-attention and a GELU feed-forward block, each residual, then mean pooling over
+    the real steps (inputs: 6 token ids below `VOCAB`)."""
+    return serial(Embedding(VOCAB, 8), PositionalEmbedding(6),
+                  residual(serial(LayerNorm(), MultiHeadAttention(2, 4, causal=True))),
+                  residual(serial(LayerNorm(), Dense(16), Gelu(), Dense(8))),
+                  LayerNorm(), GlobalAvgPool(), Dense(outputs))
+
+
 class Entry(NamedTuple):
-    """A zoo model: its builder `build(outputs) -> Layer` and the shape of one input example."""
+    """A zoo model: its builder `build(outputs) -> Layer`, the shape of one input example, and
+    what its inputs are: `"features"` (floats) or `"ids"` (token ids below `VOCAB`), as a plain
+    batch or, with `padded`, a `jdnn.Padded` batch of sequences of random lengths."""
 
     build: Callable[[int], Layer]
     example_shape: Shape
     description: str
+    inputs: str = "features"
+    padded: bool = False
 
 
 MODELS: dict[str, Entry] = {
@@ -86,6 +127,10 @@ MODELS: dict[str, Entry] = {
     "cnn": Entry(cnn, (8, 8, 2), "CNN with conv, batch norm, max/avg pooling, ELU, flatten"),
     "residual": Entry(residual_mlp, (8,), "residual blocks with tanh, GELU and softmax"),
     "branches": Entry(branches_mlp, (8,), "branches merged by concat (with dropout) and sum"),
+    "recurrent": Entry(recurrent, (8, 3), "Conv1D, GRU, LSTM, bidirectional RNN, 1-D and global "
+                       "pools on padded sequences", padded=True),
+    "transformer": Entry(transformer, (6,), "embedding, positions, causal attention, layer "
+                         "norm, feed-forward on padded token ids", inputs="ids", padded=True),
 }
 
 
@@ -102,10 +147,18 @@ def example_batch(name: str, batch: int, outputs: int, targets: str,
         seed: the NumPy seed.
 
     Returns:
-        `(x, y)` as float32 / NumPy arrays.
+        `(x, y)` as NumPy arrays: x float32 features or int32 ids, a `jdnn.Padded` of those
+        with lengths from 1 to the full length (the first example full) for a padded model.
     """
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(batch, *MODELS[name].example_shape)).astype(np.float32)
+    entry = MODELS[name]
+    shape = (batch, *entry.example_shape)
+    x = (rng.integers(0, VOCAB, size=shape).astype(np.int32) if entry.inputs == "ids"
+         else rng.normal(size=shape).astype(np.float32))
+    if entry.padded:
+        lengths = rng.integers(1, shape[1] + 1, size=batch).astype(np.int32)
+        lengths[0] = shape[1]
+        x = Padded(x, lengths)
     if targets == "regression":
         y = rng.normal(size=(batch, outputs)).astype(np.float32)
     elif targets == "binary":

@@ -194,6 +194,9 @@ def _branches(children: list[tuple[str, Node]], hparams: dict) -> Node:
 register_combinator("serial", _serial)
 register_combinator("residual", _residual)
 register_combinator("branches", _branches)
+# bidirectional(layer): the layer and its reversed copy (both in the spec) on the same input,
+# merged by concat or sum: exactly branches' forward and backward
+register_combinator("bidirectional", _branches)
 
 
 def _build(spec: Any, path: str) -> Node:
