@@ -15,7 +15,8 @@ from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, branches, Dense, Dropout,
                          Flatten, Gelu, LayerNorm, LeakyRelu, MaxPool2D, MultiHeadAttention,
                          PositionalEmbedding, PRelu, Relu, Sigmoid, Softmax, Tanh, residual,
                          serial,
-                         AvgPool1D, Conv1D, GlobalAvgPool, GlobalMaxPool, MaxPool1D)
+                         AvgPool1D, Conv1D, GlobalAvgPool, GlobalMaxPool, MaxPool1D,
+                         bidirectional, GRU, LSTM, SimpleRNN)
 from jdnn.regularizers import freeze
 from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger,
                         PrintLogger, ReduceLROnPlateau, TerminateOnNaN, TrainState, evaluate, fit,
@@ -67,4 +68,5 @@ __all__ = [
     "sequence_mask", "Softmax", "space", "Spec", "summary", "Tanh", "TerminateOnNaN",
     "TrainState", "walk",
     "AvgPool1D", "Conv1D", "GlobalAvgPool", "GlobalMaxPool", "MaxPool1D",
+    "bidirectional", "GRU", "LSTM", "SimpleRNN",
 ]

@@ -33,6 +33,9 @@ from jdnn.layers import (
     GlobalMaxPool,
     MaxPool1D,
     MultiHeadAttention,
+    GRU,
+    LSTM,
+    SimpleRNN,
     Gelu,
     LayerNorm,
     LeakyRelu,
@@ -131,6 +134,11 @@ CASES = [
     Case("global_avg_sequences", GlobalAvgPool, (5, 3)),
     Case("global_max_images", GlobalMaxPool, (3, 4, 3), "distinct"),
     Case("attention", lambda: MultiHeadAttention(2, 3, output_features=5), (5, 4)),
+    Case("simple_rnn_relu_reverse", lambda: SimpleRNN(3, reverse=True, activation="relu"),
+         (4, 2)),
+    Case("gru_last_state_learned", lambda: GRU(3, return_sequences=False,
+                                               initial_state="learned"), (4, 2)),
+    Case("lstm_sequences", lambda: LSTM(3), (4, 2)),
     Case("attention_causal_no_bias", lambda: MultiHeadAttention(1, 2, causal=True,
                                                                  use_bias=False), (5, 4)),
 ]
@@ -244,7 +252,7 @@ def test_cases_cover_every_kind():
 
 def test_kinds_are_jdnns_layer_kinds():
     """One entry per layer constructor jdnn.layers exports (combinators aside), named by kind."""
-    constructors = set(jdnn.layers.__all__) - {"serial", "residual", "branches"}
+    constructors = set(jdnn.layers.__all__) - {"serial", "residual", "branches", "bidirectional"}
     assert set(KINDS) == constructors
     for kind, pair in KINDS.items():
         assert callable(pair.forward) and callable(pair.backward), kind

@@ -11,6 +11,7 @@ from jdnn.layers.embedding import Embedding, PositionalEmbedding
 from jdnn.layers.normalization import BatchNorm, LayerNorm
 from jdnn.layers.pooling import (AvgPool1D, AvgPool2D, GlobalAvgPool, GlobalMaxPool,
                                  MaxPool1D, MaxPool2D)
+from jdnn.layers.recurrent import GRU, LSTM, SimpleRNN, bidirectional
 from jdnn.layers.reshape import Flatten
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "Flatten", "Gelu", "LayerNorm", "LeakyRelu", "MaxPool2D", "MultiHeadAttention",
     "PositionalEmbedding", "PRelu", "Relu", "Sigmoid", "Softmax", "Tanh", "residual", "serial",
     "AvgPool1D", "Conv1D", "GlobalAvgPool", "GlobalMaxPool", "MaxPool1D",
+    "bidirectional", "GRU", "LSTM", "SimpleRNN",
 ]

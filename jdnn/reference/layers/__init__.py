@@ -34,6 +34,7 @@ from jdnn.reference.layers import (
     embedding,
     normalization,
     pooling,
+    recurrent,
     reshape,
 )
 
@@ -62,7 +63,10 @@ KINDS = {
     "AvgPool1D": pooling.avg_pool_1d,
     "GlobalAvgPool": pooling.global_avg_pool,
     "GlobalMaxPool": pooling.global_max_pool,
+    "SimpleRNN": recurrent.simple_rnn,
+    "GRU": recurrent.gru,
+    "LSTM": recurrent.lstm,
 }
 
 __all__ = ["KINDS", "activations", "attention", "conv", "conv1d", "dense", "dropout",
-           "embedding", "normalization", "pooling", "reshape"]
+           "embedding", "normalization", "pooling", "recurrent", "reshape"]
