@@ -82,6 +82,10 @@ def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
         mask: optional `(B,)`, bool or 0/1 floats; examples with mask 0 do not count.
         threshold: the decision threshold for single-output predictions, a finite number.
 
+    Per-position predictions `(B, T, ..., C)` (a language model's per-step logits) with labels
+    `(B, T, ...)` or one-hot `(B, T, ..., C)` are scored position by position: every position
+    of a kept example counts once.
+
     Returns:
         A float scalar, `sum(correct * mask) / max(sum(mask), 1)`; `0.0` if all are masked;
         NaN if an unmasked label names no class.
@@ -97,6 +101,16 @@ def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
         raise ValueError(f"accuracy: threshold must be a finite number (0.0 for logits, 0.5 for "
                          f"probabilities), got {threshold!r}")
     predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
+    per_position = (predictions.ndim >= 3 and predictions.shape[-1] > 1
+                    and tuple(labels.shape) in (tuple(predictions.shape),
+                                                tuple(predictions.shape[:-1])))
+    if per_position:
+        positions = math.prod(predictions.shape[1:-1])
+        one_hot = labels.ndim == predictions.ndim
+        predictions = predictions.reshape(-1, predictions.shape[-1])
+        labels = labels.reshape(-1, predictions.shape[-1]) if one_hot else labels.reshape(-1)
+        if mask is not None and jnp.ndim(mask) == 1:
+            mask = jnp.repeat(jnp.asarray(mask), positions)
     predicted, true, valid = _predicted_and_true(predictions, labels, threshold)
     correct = jnp.where(valid, (predicted == true).astype(jnp.float32), jnp.nan)
     if mask is None:

@@ -125,3 +125,45 @@ def test_mnist_without_data(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "jdnn.data.download_mnist(" in result.stderr
     assert "test accuracy" not in result.stdout
+
+
+# --- sequence examples -------------------------------------------------------------------------
+
+
+def finite(output: str, pattern: str) -> list[float]:
+    """The numbers the first line matching `pattern` (a regex with groups) captures, each
+    checked to be finite."""
+    match = re.search(pattern, output, re.MULTILINE)
+    assert match, f"no line matching {pattern!r} in:\n{output}"
+    values = [float(v) for v in match.groups()]
+    assert all(np.isfinite(values)), f"{match.group(0)!r}"
+    return values
+
+
+def test_char_lm():
+    output = output_of("char_lm.py", "--epochs", "1", "--chars", "20000", "--length", "32")
+    (uniform,) = finite(output, r"^uniform bits per char: ([0-9.]+)$")
+    (unigram,) = finite(output, r"^unigram bits per char: ([0-9.]+)$")
+    assert 0 < unigram < uniform
+    for name in ("gru", "transformer"):
+        (bits,) = finite(output, rf"^{name} bits per char: ([0-9.]+)$")
+        assert 0 < bits < uniform, f"{name}: {bits} bits, no better than uniform ({uniform})"
+        sample = re.search(rf"^{name} sample .*:\n    def ", output, re.MULTILINE)
+        assert sample, f"no {name} sample starting from the prompt in:\n{output}"
+
+
+def test_long_range(tmp_path):
+    output = output_of("long_range.py", "--lengths", "6", "12", "--epochs", "1", "--n", "200",
+                       "--out", str(tmp_path))
+    for length in (6, 12):
+        mses = finite(output, rf"^length {length}: simple_rnn ([0-9.]+) gru ([0-9.]+) "
+                              rf"lstm ([0-9.]+)")
+        assert all(0 <= m < 5 for m in mses), mses
+    assert re.search(r"^at length 12 SimpleRNN stays near the baseline while GRU and LSTM learn: "
+                     r"(yes|no, not at these settings)$", output, re.MULTILINE), output
+    for name in ("simple_rnn", "gru", "lstm"):
+        finite(output, rf"^{name}: gradient norm at step 1 / at step 12: ([0-9.e+-]+) at "
+                       rf"initialization, ([0-9.e+-]+) after 1 epochs$")
+    (mse,) = finite(output, r"^variable lengths gru: ([0-9.]+)$")
+    assert 0 <= mse < 5
+    assert (tmp_path / "long_range.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

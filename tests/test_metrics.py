@@ -169,3 +169,12 @@ def test_a_label_that_names_no_class_gives_nan_never_a_plausible_number(predicti
     assert np.isnan(jax.jit(metrics.accuracy)(predictions, labels))
     kept = metrics.accuracy(predictions, labels, mask=jnp.array([1, 1, 0]))
     assert float(kept) == 1.0               # masked out, the bad row changes nothing
+
+
+def test_accuracy_scores_per_position_predictions_position_by_position():
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 4)))
+    labels = logits.argmax(-1).at[0, 0].set((logits.argmax(-1)[0, 0] + 1) % 4)
+    accuracy = metrics.accuracy
+    assert float(accuracy(logits, labels)) == pytest.approx(5 / 6)
+    assert float(accuracy(logits, labels, mask=jnp.array([0, 1]))) == 1.0
+    assert float(accuracy(logits, jax.nn.one_hot(labels, 4))) == pytest.approx(5 / 6)

@@ -41,7 +41,12 @@ def _running_sum_backward(params, real, dy):
     return np.cumsum((dy * real)[:, ::-1], axis=1)[:, ::-1] * real, {}
 
 
-jdnn.reference.register_layer("RunningSum", _running_sum_forward, _running_sum_backward)
+@pytest.fixture
+def running_sum_twin(monkeypatch):
+    """The twin registered for one test only (the reference's kinds are global)."""
+    from jdnn.reference.layers import KINDS
+    from jdnn.reference.registry import Twin
+    monkeypatch.setitem(KINDS, "RunningSum", Twin(_running_sum_forward, _running_sum_backward))
 
 LENGTHS = np.array([5, 2, 0, 3])
 
@@ -125,7 +130,8 @@ def test_per_step_targets_must_cover_every_step():
 
 
 @pytest.mark.parametrize("train", [True, False])
-def test_check_gradients_holds_jax_against_the_twins_on_padded_batches(train):
+def test_check_gradients_holds_jax_against_the_twins_on_padded_batches(train,
+                                                                      running_sum_twin):
     model = jdnn.serial(jdnn.Dense(4), jdnn.Tanh(), RunningSum(), jdnn.Dense(3))
     x, y = _batch()
     _, params, state = model.init(jax.random.key(0), x.shape)

@@ -214,3 +214,62 @@ def test_a_signal_whose_interrupt_python_swallowed_still_ends_the_run():
     assert received == {"signal": "SIGINT"}
     assert history.stopped_by == "interrupted" and len(history) == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # put back
+
+
+# --- the sequence models and datasets ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("model,dataset", [("gru", "chars"), ("transformer", "chars"),
+                                           ("gru", "adding"), ("transformer", "adding")])
+def test_sequence_models_train_on_sequence_datasets(tmp_path, capsys, model, dataset):
+    code, out, _ = _train(capsys, "--model", model, "--dataset", dataset, "--epochs", "1",
+                          "--out", str(tmp_path))
+    assert code == 0 and f"{model} on {dataset}" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert np.isfinite(summary["test_loss"])
+    if dataset == "chars":   # next-character prediction: per-step cross-entropy and accuracy
+        assert f"examples of shape ({run.CHAR_WINDOW},), " in out
+        assert 0 < summary["test_accuracy"] < 1
+        assert 0 < summary["test_loss"] < np.log(128)   # below the uniform guess over ASCII
+        assert re.search(r"^test accuracy [0-9.]+ \(test loss [0-9.]+\)", out.splitlines()[-1])
+    else:                    # the adding problem: a regression, scored by its mse alone
+        assert "1 output (regression)" in out
+        assert summary["test_accuracy"] is None
+        assert 0 < summary["test_loss"] < 1
+        assert re.search(r"^test loss [0-9.]+ \(mse\)", out.splitlines()[-1])
+    restored = checkpoint.restore(tmp_path / "final.safetensors")
+    assert int(restored.step) > 0
+    assert (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize("model,dataset,message", [
+    ("cnn", "chars", r"--model cnn needs images \(digits, mnist, fashion-mnist\); for --dataset "
+                     r"chars use --model gru or transformer"),
+    ("mlp", "adding", r"--model mlp needs vectors or images .*; for --dataset adding use --model "
+                      r"gru or transformer"),
+    ("gru", "digits", r"--model gru needs sequences \(chars, adding\); for --dataset digits use "
+                      r"--model mlp or cnn"),
+    ("transformer", "moons", r"--model transformer needs sequences .*; for --dataset moons use "
+                             r"--model mlp$"),
+], ids=["cnn-chars", "mlp-adding", "gru-digits", "transformer-moons"])
+def test_models_that_cannot_read_a_dataset_are_refused(tmp_path, capsys, model, dataset,
+                                                       message):
+    code, out, err = _train(capsys, "--model", model, "--dataset", dataset,
+                            "--out", str(tmp_path / "run"))
+    assert code == 2 and re.search(message, err.strip()), err
+    assert not (tmp_path / "run").exists()   # refused before anything is written
+    with pytest.raises(ValueError, match=message):
+        run.check_fits(model, dataset)
+
+
+def test_batch_norm_is_refused_for_the_sequence_models(tmp_path, capsys):
+    code, _, err = _train(capsys, "--model", "gru", "--dataset", "adding", "--batch-norm",
+                          "--out", str(tmp_path / "run"))
+    assert code == 2 and "--batch-norm applies to --model mlp and cnn" in err
+
+
+def test_step_accuracy_counts_steps_within_examples_and_masks_examples():
+    logits = jax.nn.one_hot(np.array([[1, 2, 0, 0], [3, 3, 3, 3]]), 4)   # (2, 4 steps, 4)
+    labels = np.array([[1, 2, 3, 3], [0, 0, 0, 3]])
+    assert float(run.step_accuracy(logits, labels)) == pytest.approx((0.5 + 0.25) / 2)
+    assert float(run.step_accuracy(logits, labels, np.array([True, False]))) == 0.5

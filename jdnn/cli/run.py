@@ -21,20 +21,40 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jdnn import checkpoint, data, io, losses, regularizers
 from jdnn.core import Layer
 from jdnn.data.batching import num_batches
-from jdnn.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Relu, serial
+from jdnn.layers import (BatchNorm, Conv2D, Dense, Dropout, Embedding, Flatten, Gelu,
+                         GlobalAvgPool, LayerNorm, MaxPool2D, MultiHeadAttention,
+                         PositionalEmbedding, Relu, residual, serial)
+from jdnn.layers.recurrent import GRU
 from jdnn.checkpoint import ModelCheckpoint
 from jdnn.train import (Callback, EarlyStopping, History, PrintLogger, TerminateOnNaN, evaluate,
                         fit)
 
-DATASETS = ("digits", "xor", "moons", "mnist", "fashion-mnist")
-MODELS = ("mlp", "cnn")
+DATASETS = ("digits", "xor", "moons", "mnist", "fashion-mnist", "chars", "adding")
+MODELS = ("mlp", "cnn", "gru", "transformer")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+
+# Which models fit which datasets, and what each model reads. `load` refuses the other pairs.
+FITS = {"mlp": ("digits", "xor", "moons", "mnist", "fashion-mnist"),
+        "cnn": ("digits", "mnist", "fashion-mnist"),
+        "gru": ("chars", "adding"),
+        "transformer": ("chars", "adding")}
+READS = {"mlp": "vectors or images", "cnn": "images", "gru": "sequences",
+         "transformer": "sequences"}
+# The sequence datasets' fixed sizes (the command line has no option for them):
+# chars: next-character prediction on windows of Python stdlib source (`jdnn.data.text`);
+# adding: the adding problem's sum of two marked numbers (`jdnn.data.adding_problem`).
+CHARS, CHAR_WINDOW = 100_000, 64        # corpus characters, characters per window
+ADDING_N, ADDING_LENGTH = 2000, 50      # examples (train and test), steps per sequence
+# The sequence models' sizes: the GRU's state; the transformer's width, heads and blocks.
+GRU_FEATURES, EMBED_FEATURES = 128, 64
+D_MODEL, HEADS, BLOCKS = 64, 4, 2
 
 
 # The numeric options' valid ranges: (kind, what is expected, test). The CLI checks them as it
@@ -103,9 +123,34 @@ class Config:
                     raise ValueError(f"Config: {error}") from None
 
 
+def check_fits(model: str, dataset: str) -> None:
+    """Refuses (`ValueError`) a model that cannot read a dataset, naming the ones that can."""
+    if model not in FITS:
+        raise ValueError(f"unknown model {model!r}; choose from {MODELS}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
+    if dataset not in FITS[model]:
+        fitting = [m for m in MODELS if dataset in FITS[m]]
+        raise ValueError(f"--model {model} needs {READS[model]} ({', '.join(FITS[model])}); "
+                         f"for --dataset {dataset} use --model {' or '.join(fitting)}")
+
+
 def load(config: Config) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """The dataset, with images in NHWC for the CNN and integer class labels."""
+    """The dataset: images in NHWC for the CNN and integer class labels; for `chars` windows
+    of character ids `(N, CHAR_WINDOW)` and the next character at every step; for `adding`
+    sequences `(N, ADDING_LENGTH, 2)` and float sums `(N, 1)`.
+
+    Raises:
+        ValueError: for an unknown dataset, one the model cannot read (`check_fits`), or
+            mnist/fashion-mnist without `data_dir`.
+    """
     name = config.dataset
+    check_fits(config.model, name)
+    if name == "chars":
+        text = data.text.python_corpus(CHARS)
+        return data.text.char_windows(text, data.text.Vocabulary.of(text), CHAR_WINDOW)
+    if name == "adding":
+        return data.adding_problem(ADDING_N, ADDING_LENGTH, seed=config.seed)
     if name == "digits":
         layout = "nhwc" if config.model == "cnn" else "flat"
         (x, y), (xt, yt) = data.digits(layout=layout, seed=config.seed)
@@ -117,19 +162,77 @@ def load(config: Config) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarra
         (x, y), (xt, yt) = loader(config.data_dir)
     elif name == "xor":
         (x, y), (xt, yt) = data.xor(repeat=16)
-    elif name == "moons":
-        (x, y), (xt, yt) = data.moons(seed=config.seed)
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
-    if config.model == "cnn" and x.ndim != 4:
-        raise ValueError(f"--model cnn needs images; {name} has inputs of shape {x.shape[1:]}: "
-                         f"use --model mlp")
+        (x, y), (xt, yt) = data.moons(seed=config.seed)
     return (x, y.astype(np.int32)), (xt, yt.astype(np.int32))
+
+
+def outputs_of(config: Config, train_data, test_data) -> int:
+    """The model's output width: 1 for `adding`, else the number of classes (for `chars`, of
+    character ids, inputs included)."""
+    if config.dataset == "adding":
+        return 1
+    arrays = (*train_data, *test_data) if config.dataset == "chars" else (train_data[1],
+                                                                          test_data[1])
+    return int(max(np.max(a) for a in arrays)) + 1
+
+
+def step_accuracy(logits, labels, mask=None):
+    """The accuracy of next-character predictions: per example the fraction of steps whose
+    argmax is the label (`logits (B, T, C)`, `labels (B, T)`), averaged over the examples
+    `mask` keeps. (`jdnn.metrics.accuracy` takes one prediction per example, `(B, C)`.)"""
+    correct = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32), axis=1)
+    return losses.masked_mean(correct, mask)
+
+
+def objective(config: Config) -> tuple[losses.Loss, Any]:
+    """`(loss, metrics)` for the dataset: the mean squared error alone for `adding`, per-step
+    softmax cross-entropy with `step_accuracy` for `chars`, else softmax cross-entropy with
+    its default metric (accuracy)."""
+    if config.dataset == "adding":
+        return losses.mse, None
+    if config.dataset == "chars":
+        return losses.softmax_cross_entropy, {"accuracy": step_accuracy}
+    return losses.softmax_cross_entropy, None
+
+
+def _transformer_blocks(causal: bool) -> list[Layer]:
+    """`BLOCKS` pre-norm blocks: `x + attention(LayerNorm(x))`, `x + MLP(LayerNorm(x))`."""
+    def block():
+        attend = serial(LayerNorm(), MultiHeadAttention(HEADS, D_MODEL // HEADS, causal=causal))
+        mlp = serial(LayerNorm(), Dense(4 * D_MODEL), Gelu(), Dense(D_MODEL))
+        return serial(residual(attend), residual(mlp))
+
+    return [block() for _ in range(BLOCKS)]
+
+
+def build_sequence_model(config: Config, outputs: int) -> Layer:
+    """The GRU or the transformer for `chars` (a language model: a prediction at every step,
+    the transformer causal) or `adding` (one prediction per sequence: the GRU's last state,
+    the transformer's mean over steps), with dropout before the head."""
+    drop = [Dropout(config.dropout)] if config.dropout else []
+    if config.batch_norm:
+        own = ("normalizes with its own LayerNorms" if config.model == "transformer"
+               else "has no normalization layers")
+        raise ValueError(f"--batch-norm applies to --model mlp and cnn; --model {config.model} "
+                         f"{own}")
+    chars = config.dataset == "chars"
+    if config.model == "gru":
+        embed = [Embedding(outputs, EMBED_FEATURES)] if chars else []
+        return serial(*embed, GRU(GRU_FEATURES, return_sequences=chars), *drop, Dense(outputs))
+    steps = CHAR_WINDOW if chars else ADDING_LENGTH
+    embed = Embedding(outputs, D_MODEL) if chars else Dense(D_MODEL)
+    pool = [] if chars else [GlobalAvgPool()]
+    return serial(embed, PositionalEmbedding(steps), *_transformer_blocks(causal=chars),
+                  LayerNorm(), *pool, *drop, Dense(outputs))
 
 
 def build(config: Config, classes: int) -> Layer:
     """The MLP (256 ReLU units, or 16-16 for the 2-D toys) or the CNN (conv32-pool-conv64-pool-
-    dense128), with optional batch norm after each hidden layer and dropout before the head."""
+    dense128), with optional batch norm after each hidden layer and dropout before the head;
+    the sequence models by `build_sequence_model` (`classes` is then the output width)."""
+    if config.model in ("gru", "transformer"):
+        return build_sequence_model(config, classes)
     norm = [BatchNorm()] if config.batch_norm else []
     drop = [Dropout(config.dropout)] if config.dropout else []
     if config.model == "mlp":
@@ -336,7 +439,7 @@ def _train(config: Config, log, received: dict[str, str]) -> dict[str, Any]:
     resume = find_resume(config.resume) if config.resume else None
     out, continuing = run_directory(config, resume)
     (x, y), (x_test, y_test) = load(config)
-    classes = int(max(y.max(), y_test.max())) + 1
+    classes = outputs_of(config, (x, y), (x_test, y_test))
     model = build(config, classes)
     optimizer = make_optimizer(config)
     train_state, done, earlier = None, 0, []
@@ -350,8 +453,9 @@ def _train(config: Config, log, received: dict[str, str]) -> dict[str, Any]:
         earlier = _earlier_records(resume, done)
     out.mkdir(parents=True, exist_ok=True)
     io.write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+    targets = "1 output (regression)" if config.dataset == "adding" else f"{classes} classes"
     log(f"jdnn train: {config.model} on {config.dataset} ({len(x)} train, {len(x_test)} test "
-        f"examples of shape {x.shape[1:]}, {classes} classes) -> {out}")
+        f"examples of shape {x.shape[1:]}, {targets}) -> {out}")
     log(f"model: {model.spec}")
     if resume is not None:
         log(f"resumed from {resume.checkpoint} at epoch {done} (step {int(train_state.step)}); "
@@ -367,11 +471,11 @@ def _train(config: Config, log, received: dict[str, str]) -> dict[str, Any]:
     if config.early_stopping is not None:
         callbacks.append(EarlyStopping("val_loss", patience=config.early_stopping))
     callbacks.append(StopOnSignal(received))
-    loss = losses.softmax_cross_entropy
+    loss, metrics = objective(config)
     train_state, history = fit(
         model, (x, y), loss=loss, optimizer=optimizer, epochs=config.epochs - done,
         batch_size=config.batch_size, key=jax.random.key(config.seed),
-        validation_data=(x_test, y_test), penalty=penalty, callbacks=callbacks,
+        validation_data=(x_test, y_test), metrics=metrics, penalty=penalty, callbacks=callbacks,
         progress=config.progress, train_state=train_state)
     history = History(earlier + history.records, history.stop_reason, history.stopped_by)
     history.to_json(out / "history.json")
@@ -391,12 +495,13 @@ def _train(config: Config, log, received: dict[str, str]) -> dict[str, Any]:
                                data=(x_test, y_test))
     checkpoint.save(out / "final.safetensors", train_state, model,
                     metadata={"config": dataclasses.asdict(config)})
-    test = evaluate(model, train_state, (x_test, y_test), loss=loss)
-    summary.update({"test_loss": test["loss"], "test_accuracy": test["accuracy"],
+    test = evaluate(model, train_state, (x_test, y_test), loss=loss, metrics=metrics)
+    summary.update({"test_loss": test["loss"], "test_accuracy": test.get("accuracy"),
                     "seconds": time.perf_counter() - began,
                     "checkpoint": str(out / "final.safetensors"),
                     "plots": [str(p) for p in plots], "continued": continuing})
     io.write_text(out / "summary.json", json.dumps(summary, indent=2))
-    log(f"test accuracy {test['accuracy']:.4f} (test loss {test['loss']:.4f}) after "
-        f"{len(history)} epochs in {summary['seconds']:.1f}s; wrote {out}")
+    score = (f"test accuracy {test['accuracy']:.4f} (test loss {test['loss']:.4f})"
+             if "accuracy" in test else f"test loss {test['loss']:.4f} ({losses.loss_name(loss)})")
+    log(f"{score} after {len(history)} epochs in {summary['seconds']:.1f}s; wrote {out}")
     return summary
