@@ -61,7 +61,8 @@ def test_counts_and_shapes_match_the_real_init():
         nbytes = sum(leaf.nbytes for leaf in jax.tree.leaves((params, state)))
         assert table.bytes == nbytes and table.total == table.params + table.state
         outputs = jax.eval_shape(lambda p, s, x, m=model: layer_outputs(m, p, s, x), params,
-                                 state, jnp.zeros(shape))
+                                 state, jnp.zeros(shape, jnp.int32 if zoo.MODELS[name].inputs
+                                                  == "ids" else jnp.float32))
         for row in table.rows:
             where = f"{name}: {row.path}"
             assert row.params == _count(_subtree(params, row.path)), where

@@ -265,7 +265,8 @@ def test_rules_rebuild_only_jdnn_layers():
 def test_rebuild_gives_the_same_model(name):
     entry = zoo.MODELS[name]
     model = entry.build(3)
-    params, state, x, _ = _setup(model, (B, *entry.example_shape))
+    params, state, _, _ = _setup(model, (B, *entry.example_shape))
+    x, _ = zoo.example_batch(name, B, 3, "regression")   # token ids, padded sequences
     twin = rebuild(model.spec)
     key = jax.random.key(2)
     both = jax.jit(lambda: [m.apply(params, state, x, key=key, train=True) for m in (twin, model)])
