@@ -59,7 +59,8 @@ def test_batch_of_one_passes_in_both_modes_or_is_refused_clearly(name):
 
 
 def test_float32_is_supported_with_looser_tolerances():
-    rows = gradcheck_zoo.run(list(zoo.MODELS), ["mse"], mode="train", dtype="float32")
+    rows = gradcheck_zoo.run([name for name in zoo.MODELS if name not in SLOW_MODELS], ["mse"],
+                             mode="train", dtype="float32")
     for row in rows:
         assert row.report.ok, row.report
         assert row.report.tolerances["reference"] > 1e-10
