@@ -273,3 +273,12 @@ def test_step_accuracy_counts_steps_within_examples_and_masks_examples():
     labels = np.array([[1, 2, 3, 3], [0, 0, 0, 3]])
     assert float(run.step_accuracy(logits, labels)) == pytest.approx((0.5 + 0.25) / 2)
     assert float(run.step_accuracy(logits, labels, np.array([True, False]))) == 0.5
+
+
+def test_without_a_model_a_sequence_dataset_gets_one_that_reads_it():
+    from jdnn.cli.run import resolve_config
+
+    assert resolve_config({"dataset": "chars"}).model == "gru"
+    assert resolve_config({"dataset": "adding"}).model == "gru"
+    assert resolve_config({"dataset": "digits"}).model == "mlp"
+    assert resolve_config({"dataset": "chars", "model": "transformer"}).model == "transformer"

@@ -310,7 +310,8 @@ def find_resume(path: str | pathlib.Path) -> Resume:
 def resolve_config(options: dict[str, Any]) -> Config:
     """The `Config` of a run from the options given on the command line (None = not given):
     with `resume` naming a run directory, its `config.json` supplies every option in
-    `INHERITED` that is not given; `Config`'s defaults the rest."""
+    `INHERITED` that is not given; `Config`'s defaults the rest, except that without `--model`
+    a dataset the default model cannot read gets the first model that can (`chars` -> gru)."""
     given = {k: v for k, v in options.items() if v is not None}
     base: dict[str, Any] = {}
     if given.get("resume"):
@@ -318,7 +319,12 @@ def resolve_config(options: dict[str, Any]) -> Config:
         if resume.run_dir is not None:
             saved = json.loads((resume.run_dir / "config.json").read_text())
             base = {k: saved[k] for k in INHERITED if k in saved}
-    return Config(**{**base, **given})
+    merged = {**base, **given}
+    dataset = merged.get("dataset", Config.dataset)
+    if "model" not in merged and dataset in DATASETS and dataset not in FITS[Config.model]:
+        # no --model for a dataset the default model cannot read: the first model that can
+        merged["model"] = next(m for m in MODELS if dataset in FITS.get(m, ()))
+    return Config(**merged)
 
 
 def check_fresh(out: pathlib.Path) -> None:
