@@ -176,49 +176,34 @@ def loss_and_grads(problem: Problem, params: dict, x, y,
     return float(value), from_raw(problem, grads)
 
 
-def _needs_pool(problem: Problem) -> None:
-    """`raw_jax_reduce_window` measures a pooling gradient: `Skipped` on a model without one."""
-    if not any(op.kind == "maxpool" for op in problem.ops):
-        raise Skipped(f"{problem.workload.name} has no max pool; raw_jax_reduce_window differs "
-                      f"from raw_jax only in its pooling")
+def _variant(name: str, layers: dict, kind: str, what: str, description: str) -> Side:
+    """A side that differs from `raw_jax` only in the op of `kind` (its `layers` table);
+    `Skipped` on a model without that op, where it would measure nothing of its own."""
+    def needs(problem: Problem) -> None:
+        if not any(op.kind == kind for op in problem.ops):
+            raise Skipped(f"{problem.workload.name} has no {what}; {name} differs from raw_jax "
+                          f"only in its {what}")
 
+    def build(problem: Problem) -> Runner:
+        needs(problem)
+        return build_step(problem, layers)
 
-def _needs_conv(problem: Problem) -> None:
-    """`raw_jax_lax_conv` measures a convolution: `Skipped` on a model without one."""
-    if not any(op.kind == "conv" for op in problem.ops):
-        raise Skipped(f"{problem.workload.name} has no convolution; raw_jax_lax_conv differs "
-                      f"from raw_jax only in its convolutions")
+    def grads(problem: Problem, params: dict, x, y) -> tuple[float, dict]:
+        needs(problem)
+        return loss_and_grads(problem, params, x, y, layers)
 
-
-def build_lax_conv(problem: Problem) -> Runner:
-    _needs_conv(problem)
-    return build_step(problem, _LAX_CONV)
-
-
-def lax_conv_loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, dict]:
-    _needs_conv(problem)
-    return loss_and_grads(problem, params, x, y, _LAX_CONV)
-
-
-def build_reduce_window(problem: Problem) -> Runner:
-    _needs_pool(problem)
-    return build_step(problem, _REDUCE_WINDOW)
-
-
-def reduce_window_loss_and_grads(problem: Problem, params: dict, x, y) -> tuple[float, dict]:
-    _needs_pool(problem)
-    return loss_and_grads(problem, params, x, y, _REDUCE_WINDOW)
+    return Side(name, description, build, grads)
 
 
 STEP = Side("raw_jax", "hand-written raw JAX: jax.jit + donation, no library (max pool and "
             "convolution: jdnn's ops)", build_step, loss_and_grads)
 SCAN = Side("raw_jax_scan", "hand-written raw JAX epoch in one lax.scan, batches in order (max "
             "pool and convolution: jdnn's ops)", build_scan, loss_and_grads)
-LAX_CONV = Side(
-    "raw_jax_lax_conv", "raw_jax with the idiomatic lax.conv_general_dilated convolution (CNN "
-    "only): a finding about XLA:CPU's convolution gradients, not a floor",
-    build_lax_conv, lax_conv_loss_and_grads)
-REDUCE_WINDOW = Side(
-    "raw_jax_reduce_window", "raw_jax with the idiomatic lax.reduce_window max pool (CNN only): "
-    "a finding about XLA:CPU's pooling gradient (select-and-scatter), not a floor",
-    build_reduce_window, reduce_window_loss_and_grads)
+LAX_CONV = _variant(
+    "raw_jax_lax_conv", _LAX_CONV, "conv", "convolution",
+    "raw_jax with the idiomatic lax.conv_general_dilated convolution (CNN only): a finding "
+    "about XLA:CPU's convolution gradients, not a floor")
+REDUCE_WINDOW = _variant(
+    "raw_jax_reduce_window", _REDUCE_WINDOW, "maxpool", "max pool",
+    "raw_jax with the idiomatic lax.reduce_window max pool (CNN only): a finding about "
+    "XLA:CPU's pooling gradient (select-and-scatter), not a floor")
