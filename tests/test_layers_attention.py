@@ -12,7 +12,6 @@ from jdnn.core import LayerError, rebuild, trait
 from jdnn.layers import Dense, serial
 from jdnn.layers.attention import MultiHeadAttention
 from jdnn.padded import Padded
-torch = pytest.importorskip("torch")  # the oldest-versions CI pass installs no PyTorch
 
 B, T, F = 3, 5, 8
 LENGTHS = np.array([5, 2, 3])
@@ -120,7 +119,7 @@ def test_causal_steps_see_only_the_past(causal, key):
         np.testing.assert_allclose(y[:, 0], v @ params["w_o"], rtol=1e-5, atol=1e-5)
 
 
-def _torch_mha(params, heads, d, causal):
+def _torch_mha(torch, params, heads, d, causal):
     """torch.nn.MultiheadAttention holding jdnn's weights: its in_proj_weight is (3E, E),
     the rows of q, k, v stacked, each E = heads * d rows split into heads head-major."""
     features = params["w_q"].shape[0]
@@ -138,7 +137,7 @@ def _torch_mha(params, heads, d, causal):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("padded", [False, True], ids=["plain", "padded"])
-def test_equals_torch_multihead_attention(causal, padded):
+def test_equals_torch_multihead_attention(causal, padded, torch):
     heads, d = 2, 4  # torch needs F = heads * d
     x = _x((B, T, heads * d))
     with jax.enable_x64(True):
@@ -150,7 +149,7 @@ def test_equals_torch_multihead_attention(causal, padded):
     mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1) if causal else None
     key_padding = torch.from_numpy(~(np.arange(T)[None] < LENGTHS[:, None])) if padded else None
     with torch.no_grad():
-        expected, _ = _torch_mha(params, heads, d, causal)(
+        expected, _ = _torch_mha(torch, params, heads, d, causal)(
             *(torch.from_numpy(x),) * 3, attn_mask=mask, key_padding_mask=key_padding,
             need_weights=False)
     expected = expected.numpy()

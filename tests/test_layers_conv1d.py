@@ -15,7 +15,6 @@ from jdnn.core import LayerError, output_shape, rebuild, trait
 from jdnn.layers.conv1d import Conv1D
 from jdnn.layers.pooling import GlobalAvgPool, MaxPool1D
 from jdnn.padded import Padded
-torch = pytest.importorskip("torch")  # the oldest-versions CI pass installs no PyTorch
 
 MODES = [(padding, s, d) for padding in ("SAME", "VALID", "CAUSAL") for s in (1, 2)
          for d in (1, 2)]
@@ -65,7 +64,7 @@ def test_output_length_and_values_equal_lax_conv(mode, k, steps):
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
-def _torch_conv1d(x, w, b, k, s, d, padding):
+def _torch_conv1d(torch, x, w, b, k, s, d, padding):
     """torch is NCW with an OIW kernel and pads symmetrically: pad by hand as jdnn does."""
     steps, span = x.shape[1], (k - 1) * d + 1
     if padding == "VALID":
@@ -84,13 +83,13 @@ def _torch_conv1d(x, w, b, k, s, d, padding):
 
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("mode", MODES, ids=_mode_id)
-def test_equals_torch_conv1d_with_copied_weights(mode, k):
+def test_equals_torch_conv1d_with_copied_weights(mode, k, torch):
     padding, s, d = mode
     layer = Conv1D(5, k, strides=s, padding=padding, dilation=d)
     x = _random((3, 11, 4), seed=1)
     params, state = _params(k, 4, 5, seed=1), {}
     y, _ = jax.jit(layer.apply)(params, state, jnp.asarray(x))
-    expected = _torch_conv1d(x, params["w"], params["b"], k, s, d, padding)
+    expected = _torch_conv1d(torch, x, params["w"], params["b"], k, s, d, padding)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 

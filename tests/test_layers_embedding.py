@@ -15,7 +15,6 @@ from jdnn.layers.dense import Dense
 from jdnn.layers.embedding import Embedding, PositionalEmbedding, id_problem, sinusoidal_table
 from jdnn.layers.normalization import LayerNorm
 from jdnn.padded import Padded
-torch = pytest.importorskip("torch")  # the oldest-versions CI pass installs no PyTorch
 
 IDS = np.array([[1, 2, 3, 2], [0, 4, 4, 9]])   # (B, T) with repeats, vocabulary of 10
 
@@ -162,7 +161,7 @@ def test_embedding_jit_compiles_once_and_vmap_equals_batch(key):
     np.testing.assert_array_equal(mapped, first)
 
 
-def test_embedding_equals_torch_and_flax_with_copied_weights(key):
+def test_embedding_equals_torch_and_flax_with_copied_weights(key, torch):
     import flax.linen as nn
 
     with jax.enable_x64(True):

@@ -193,9 +193,7 @@ def test_layer_norm_normalizes_each_position_over_its_features(key):
 
 # torch has no "bias without scale" (its bias needs elementwise_affine=True)
 @pytest.mark.parametrize("use_scale, use_bias", [(True, True), (True, False), (False, False)])
-def test_layer_norm_equals_torch_with_copied_weights(use_scale, use_bias):
-    import torch
-
+def test_layer_norm_equals_torch_with_copied_weights(use_scale, use_bias, torch):
     rng = np.random.default_rng(1)
     x, dy = _ln_data(seed=1), rng.normal(size=(3, 4, 6))
     scale, bias = 1.0 + 0.3 * rng.normal(size=6), rng.normal(size=6)

@@ -97,9 +97,9 @@ def test_1d_pools_are_the_2d_pools_on_a_unit_width(pools, geometry):
 
 
 @pytest.mark.parametrize("window, strides", [(2, None), (3, 2), (3, 1)])
-def test_1d_pools_equal_torch_with_valid_padding(window, strides):
+def test_1d_pools_equal_torch_with_valid_padding(window, strides, torch):
     x = np.random.default_rng(2).normal(size=(3, 10, 4)).astype(np.float32)
-    torch = pytest.importorskip("torch")  # not installed in the oldest-versions CI pass
+
     xt = torch.from_numpy(x).permute(0, 2, 1)   # torch is NCW
     for make, torch_pool in ((MaxPool1D, torch.nn.functional.max_pool1d),
                              (AvgPool1D, torch.nn.functional.avg_pool1d)):
