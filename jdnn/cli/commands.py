@@ -1,4 +1,4 @@
-"""The `jdnn` command line: `train` (the main job), `gradcheck`, `summary`, `info`.
+"""The `jdnn` command line: `train` (the main job), `export`, `gradcheck`, `summary`, `info`.
 
 `bench` only says how to run the benchmark suite from a checkout (it is not installed).
 """
@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write every report as JSON (its folder is created)")
     check.add_argument("--verbose", action="store_true", help="print each report's full table")
     check.set_defaults(run=_gradcheck)
+
+    from jdnn.cli import export
+
+    export.add_parser(commands)   # jdnn/cli/export.py: a run directory as an artifact
     return parser
 
 
