@@ -24,6 +24,7 @@ a NaN example itself contributes a zero gradient (its NaN loss is the signal).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -362,3 +363,129 @@ def masked_mean(values: Array, mask: Array | None) -> Array:
     weights = mask.astype(values.dtype)
     kept = jnp.where(weights != 0, values * weights, 0.0)
     return jnp.sum(kept) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillation (Hinton, Vinyals & Dean 2015, "Distilling the knowledge in a neural network"): a
+# student learns from a teacher's softened class probabilities as well as from the labels.
+
+
+def _check_distillation(temperature: Any, alpha: Any) -> None:
+    """A concrete temperature must be > 0 and alpha in [0, 1]; traced ones are trusted."""
+    for name, value, ok, want in (
+            ("temperature", temperature, lambda v: v > 0, "a float > 0 (e.g. 4.0)"),
+            ("alpha", alpha, lambda v: 0 <= v <= 1, "a float in [0, 1] (the soft term's weight)")):
+        if isinstance(value, jax.core.Tracer):
+            continue
+        try:
+            good = not isinstance(value, (bool, str)) and bool(ok(float(value)))
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            raise ValueError(f"distillation: {name} must be {want}, got {value!r}")
+
+
+def distillation(student_logits: Array, teacher_logits: Array, labels: Array, *,
+                 temperature: float = 4.0, alpha: float = 0.9) -> Array:
+    """Knowledge-distillation loss per example (Hinton et al. 2015):
+
+        alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, labels)
+
+    The `T^2` keeps the soft term's gradients the size of the hard term's as `T` changes. The
+    KL divergence is `optax.losses.kl_divergence_with_log_targets` on log-softmaxes (finite for
+    any logits); the hard term is `softmax_cross_entropy`. No gradient flows to the teacher.
+
+    Args:
+        student_logits: `(B, C)` (or `(B, ..., C)`) logits of the model being trained.
+        teacher_logits: the teacher's logits, the student's shape.
+        labels: the true labels, as `softmax_cross_entropy` takes them (class indices
+            `(B, ...)` or one-hot `(B, ..., C)`).
+        temperature: `T > 0`; larger values soften both distributions (2 to 10 is usual).
+        alpha: the weight of the soft term in `[0, 1]`; `0` is plain cross-entropy.
+
+    Returns:
+        `(B,)`: each example's loss (averaged over the axes between batch and classes).
+
+    Raises:
+        ValueError: if the teacher's and the student's logits differ in shape, the labels do
+            not fit the logits, `temperature <= 0` or `alpha` is outside `[0, 1]`.
+
+    Example:
+        >>> values = jdnn.losses.distillation(student(x), teacher_logits, y, temperature=4.0)
+    """
+    _check_distillation(temperature, alpha)
+    student_logits, teacher_logits = _floating(student_logits), _floating(teacher_logits)
+    if tuple(teacher_logits.shape) != tuple(student_logits.shape):
+        raise ValueError(f"distillation: student_logits have shape "
+                         f"{tuple(student_logits.shape)} but teacher_logits have shape "
+                         f"{tuple(teacher_logits.shape)}; both need one logit per class for "
+                         f"the same examples, (batch, classes)")
+    hard = softmax_cross_entropy(student_logits, labels)
+    teacher = jax.lax.stop_gradient(teacher_logits)
+    soft = optax.losses.kl_divergence_with_log_targets(
+        jax.nn.log_softmax(student_logits / temperature),
+        jax.nn.log_softmax(teacher / temperature))
+    return alpha * temperature ** 2 * _per_example(soft) + (1 - alpha) * hard
+
+
+# `fit` takes the targets as one array per example, `y[i]` (a pytree of targets is not part of
+# its data path: `jdnn.data.validate.as_arrays` and the batch gathers index a single array). So a
+# student's targets travel packed: the teacher's logits with the class label as a last column.
+
+
+def distillation_targets(labels: Array, teacher_logits: Array) -> Array:
+    """The teacher's logits and the labels packed into one target array for `fit`.
+
+    Args:
+        labels: class indices `(N,)`.
+        teacher_logits: `(N, C)`, e.g. `jdnn.predict(teacher, teacher_state, x)`.
+
+    Returns:
+        `(N, C + 1)` float32: `teacher_logits` with `labels` as the last column (exact: class
+        indices are small integers). `Distillation` unpacks them.
+
+    Raises:
+        ValueError: for labels that are not `(N,)` or teacher logits that are not `(N, C)`.
+
+    Example:
+        >>> y_packed = jdnn.losses.distillation_targets(y, teacher_logits)   # (N, 11)
+    """
+    labels, teacher_logits = jnp.asarray(labels), jnp.asarray(teacher_logits)
+    if labels.ndim != 1 or teacher_logits.ndim != 2 or labels.shape[0] != teacher_logits.shape[0]:
+        raise ValueError(f"distillation_targets: labels must be class indices (N,) and "
+                         f"teacher_logits (N, C) for the same N examples; got shapes "
+                         f"{tuple(labels.shape)} and {tuple(teacher_logits.shape)}")
+    return jnp.concatenate([teacher_logits.astype(jnp.float32),
+                            labels.astype(jnp.float32)[:, None]], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """`distillation` as a loss for `fit`: `loss(student_logits (B, C), targets (B, C + 1))`,
+    the targets packed by `distillation_targets`. A frozen dataclass, so two equal ones are the
+    same loss to fit's cache of compiled epochs.
+
+    Attributes:
+        temperature, alpha: as in `distillation`.
+
+    Example:
+        >>> loss = jdnn.losses.Distillation(temperature=4.0, alpha=0.9)
+        >>> jdnn.fit(student, (x, distillation_targets(y, teacher_logits)), loss=loss, ...)
+    """
+
+    temperature: float = 4.0
+    alpha: float = 0.9
+
+    def __post_init__(self):
+        _check_distillation(self.temperature, self.alpha)
+
+    def __call__(self, student_logits: Array, targets: Array) -> Array:
+        student_logits, targets = jnp.asarray(student_logits), jnp.asarray(targets)
+        want = (*student_logits.shape[:-1], student_logits.shape[-1] + 1)
+        if tuple(targets.shape) != want:
+            raise ValueError(f"Distillation: targets must be distillation_targets(labels, "
+                             f"teacher_logits), shape {want} for student logits of shape "
+                             f"{tuple(student_logits.shape)}; got {tuple(targets.shape)}")
+        labels = targets[..., -1].astype(jnp.int32)
+        return distillation(student_logits, targets[..., :-1], labels,
+                            temperature=self.temperature, alpha=self.alpha)

@@ -19,6 +19,12 @@ FLOPs convention (per example, inference, `train=False`):
 - `residual`: its inner layer's plus 1 per element for the addition;
 - `Dropout` (the identity at inference) and `Flatten`: 0.
 
+Sparsity. Given the trained `params` too (`summary(model, shape, params=...)`), each row
+also counts the exact zeros among its weights (the kernels, `jdnn.regularizers.is_weight`;
+a combinator: its children's together): a pruned model (`jdnn.compress`) shows how sparse
+each layer is. The table gains a "Zero weights" column and a totals line only when some weight
+is zero, so a dense model's table reads as before.
+
 Example:
     >>> print(jdnn.summary(jdnn.serial(jdnn.Dense(3), jdnn.Sigmoid(), jdnn.Dense(1)), (1, 2)))
 """
@@ -35,7 +41,8 @@ import jax
 import numpy as np
 
 from jdnn.core import (Layer, Shape, Spec, UnknownKindError, child_name, join,  # noqa: F401
-                       output_shape, rebuild, trait, walk)
+                       output_shape, path_of, rebuild, trait, walk)
+from jdnn.regularizers import is_weight
 
 FLOPS_CONVENTION = ("per example at inference; a multiply-add is 2 FLOPs, bias additions not "
                     "counted; Dense 2*in*out, Conv2D 2*kh*kw*cin*cout*Hout*Wout, pooling wh*ww "
@@ -56,6 +63,9 @@ class Row:
         state: the number of state scalars, never trained (batch-norm statistics, the rate of
             a `Dropout(..., rate_in_state=True)`).
         flops: FLOPs per example (see the module docstring); None if unknown.
+        weights: the number of weight entries (kernels) in the layer (and its children),
+            counted when `summary` is given params; None otherwise.
+        zero_weights: how many of them are exactly 0; None without params.
     """
 
     path: str
@@ -65,6 +75,13 @@ class Row:
     params: int
     state: int
     flops: int | None
+    weights: int | None = None
+    zero_weights: int | None = None
+
+    @property
+    def sparsity(self) -> float | None:
+        """The fraction of the layer's weights that are 0; None without params or weights."""
+        return self.zero_weights / self.weights if self.weights else None
 
     @property
     def name(self) -> str:
@@ -84,6 +101,8 @@ class Summary:
         params: trainable scalars in total; state: state scalars in total.
         param_bytes, state_bytes: their sizes in bytes (from the dtypes `init` gives).
         flops: FLOPs per example for the whole model (None if a layer's is unknown).
+        weights, zero_weights: the model's weight entries and its zeros among them, when
+            `summary` was given params (None otherwise).
     """
 
     spec: Spec
@@ -95,6 +114,13 @@ class Summary:
     param_bytes: int
     state_bytes: int
     flops: int | None
+    weights: int | None = None
+    zero_weights: int | None = None
+
+    @property
+    def sparsity(self) -> float | None:
+        """The fraction of all weights that are 0; None without params."""
+        return self.zero_weights / self.weights if self.weights else None
 
     @property
     def total(self) -> int:
@@ -116,17 +142,21 @@ class Summary:
             "totals": {"params": self.params, "trainable": self.params, "state": self.state,
                        "total": self.total, "param_bytes": self.param_bytes,
                        "state_bytes": self.state_bytes, "bytes": self.bytes,
-                       "flops": self.flops},
+                       "flops": self.flops, "weights": self.weights,
+                       "zero_weights": self.zero_weights, "sparsity": self.sparsity},
             "flops_convention": FLOPS_CONVENTION,
         }
 
     def __str__(self) -> str:
-        header = ("Layer", "Kind", "Output shape", "Params", "State", "FLOPs/example")
+        sparse = bool(self.zero_weights)   # the column only when some weight is zero
+        header = ("Layer", "Kind", "Output shape", "Params", "State", "FLOPs/example",
+                  *(("Zero weights",) if sparse else ()))
         body = [("  " * row.depth + row.name, row.kind, _shape_text(row.output_shape),
-                 f"{row.params:,}", f"{row.state:,}", _count_text(row.flops))
+                 f"{row.params:,}", f"{row.state:,}", _count_text(row.flops),
+                 *((_percent_text(row.sparsity),) if sparse else ()))
                 for row in self.rows]
         widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-        left = (True, True, True, False, False, False)
+        left = (True, True, True, False, False, False, False)
 
         def line(cells):
             return "  ".join(c.ljust(w) if lj else c.rjust(w)
@@ -140,6 +170,9 @@ class Summary:
             f"Total:                  {self.total:,} ({_bytes_text(self.bytes)})",
             f"FLOPs per example:      {_count_text(self.flops)} (multiply-add = 2)",
         ]
+        if sparse:
+            totals.append(f"Zero weights:           {self.zero_weights:,} of {self.weights:,} "
+                          f"({_percent_text(self.sparsity)})")
         return "\n".join([line(header), rule, *(line(cells) for cells in body), rule, *totals])
 
     __repr__ = __str__
@@ -151,6 +184,10 @@ def _shape_text(shape: Shape | None) -> str:
 
 def _count_text(count: int | None) -> str:
     return "?" if count is None else f"{count:,}"
+
+
+def _percent_text(fraction: float | None) -> str:
+    return "" if fraction is None else f"{100 * fraction:.1f}%"
 
 
 def _bytes_text(size: int) -> str:
@@ -234,6 +271,28 @@ def _flops(nodes: list, shapes: dict[str, tuple[Shape, Shape]]) -> dict[str, int
     return flops
 
 
+def _zeros(tree: Any) -> tuple[int, int]:
+    """`(weights, zeros among them)` over the weight leaves (`is_weight`) of `tree`."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    kernels = [np.asarray(leaf) for keypath, leaf in leaves if is_weight(path_of(keypath))]
+    return sum(k.size for k in kernels), sum(int(np.sum(k == 0)) for k in kernels)
+
+
+def _check_params(given: Any, expected: Any) -> None:
+    """Raises a ValueError unless `given` has the structure and shapes of `model.init`'s."""
+    def shapes(tree):
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {path_of(k): tuple(np.shape(leaf)) for k, leaf in leaves}
+
+    found, wanted = shapes(given), shapes(expected)
+    if found != wanted:
+        diff = sorted(set(found.items()) ^ set(wanted.items()))[:4]
+        raise ValueError(f"summary: params do not fit the model: its init gives "
+                         f"{len(wanted)} leaves, params have {len(found)}; first differences "
+                         f"(path, shape): {diff}. Pass the params of this model (e.g. "
+                         f"train_state.params)")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
@@ -266,8 +325,10 @@ def _input_shape(value: Any) -> Shape:
 
 
 def summary(model: Layer,
-            input_shape: Shape | np.ndarray | jax.Array | jax.ShapeDtypeStruct) -> Summary:
-    """The layer table of `model` for inputs of `input_shape`: shapes, counts, FLOPs.
+            input_shape: Shape | np.ndarray | jax.Array | jax.ShapeDtypeStruct, *,
+            params: Any = None) -> Summary:
+    """The layer table of `model` for inputs of `input_shape`: shapes, counts, FLOPs, and with
+    `params` the zeros among each layer's weights.
 
     Computed from the spec and `jax.eval_shape(model.init, ...)`: no parameter is drawn and
     nothing is applied, so it is instant even for large models.
@@ -279,6 +340,9 @@ def summary(model: Layer,
             `(32, 28, 28, 1)`. An input batch itself (a NumPy or JAX array) or a
             `jax.ShapeDtypeStruct` is accepted too: its `.shape` is used. FLOPs are per example
             whatever the batch size.
+        params: optional trained params of `model` (e.g. `train_state.params`, or a pruned
+            copy): each row then counts its weights' zeros (`Row.sparsity`); the table shows a
+            "Zero weights" column when any weight is zero.
 
     Returns:
         A `Summary`: `print` it for the table, or read its rows, totals and `to_dict()`.
@@ -289,10 +353,12 @@ def summary(model: Layer,
             shape or a batch (pass `tuple(a)` or `a.shape`).
         ValueError: if it has no dimensions or one below 1.
         LayerError: if the model does not accept `input_shape` (from `model.init`).
+        ValueError: if `params` do not have the paths and shapes of the model's params.
 
     Example:
         >>> model = jdnn.serial(jdnn.Conv2D(8, 3), jdnn.Relu(), jdnn.Flatten(), jdnn.Dense(10))
         >>> print(jdnn.summary(model, (1, 8, 8, 1)))
+        >>> print(jdnn.summary(model, (1, 8, 8, 1), params=jdnn.compress.prune(p, 0.8)[0]))
     """
     shape = _input_shape(input_shape)
     found = []
@@ -302,7 +368,9 @@ def summary(model: Layer,
         found.append(tuple(out))
         return params, state
 
-    params, state = jax.eval_shape(init, jax.random.key(0))
+    params_shape, state = jax.eval_shape(init, jax.random.key(0))
+    if params is not None:
+        _check_params(params, params_shape)
     nodes = list(walk(model.spec))
     shapes = layer_shapes(model.spec, shape)
     shapes[""] = (shape, found[0])  # the model's own init knows, registered or not
@@ -310,12 +378,16 @@ def summary(model: Layer,
     if not model.spec.children:
         nodes = [nodes[0]._replace(path=model.spec.kind.lower())]
         flops[nodes[0].path], shapes[nodes[0].path] = flops[""], shapes[""]
+
+    def counted(path: str) -> tuple[int | None, int | None]:
+        return (None, None) if params is None else _zeros(_subtree(params, path))
+
     rows = tuple(Row(node.path, node.spec.kind, node.path.count("/"),
                      shapes.get(node.path, (None, None))[1],
-                     _size(_subtree(params, node.path if model.spec.children else ""))[0],
+                     _size(_subtree(params_shape, node.path if model.spec.children else ""))[0],
                      _size(_subtree(state, node.path if model.spec.children else ""))[0],
-                     flops[node.path])
+                     flops[node.path], *counted(node.path if model.spec.children else ""))
                  for node in nodes if node.path)
-    (n_params, param_bytes), (n_state, state_bytes) = _size(params), _size(state)
+    (n_params, param_bytes), (n_state, state_bytes) = _size(params_shape), _size(state)
     return Summary(model.spec, shape, found[0], rows, n_params, n_state, param_bytes,
-                   state_bytes, flops[""])
+                   state_bytes, flops[""], *counted(""))

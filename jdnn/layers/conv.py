@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jdnn.core import (Layer, check_images, check_input_shape, make_spec, padding_mode,
+from jdnn.core import (TRAITS, Layer, check_images, check_input_shape, make_spec, padding_mode,
                        positive_int, positive_ints, register_layer, spatial_output_shape)
 from jdnn.layers import initializers
+from jdnn.layers.dense import QUANTIZE_TRAIT
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -170,7 +171,27 @@ def _label(spec) -> str:
     return f"Conv2D({', '.join(parts)})"
 
 
-@register_layer(family="conv", flops=_flops, ghost_inputs=_patches, label=_label)
+TRAITS.setdefault("quantize", QUANTIZE_TRAIT)   # see jdnn.layers.dense
+
+
+def _quantizable(spec):
+    """The `quantize` trait: the HWIO kernel `w` (output features on its last axis), and
+    Conv2D's apply with the convolution computed by `ops.conv_general_dilated`."""
+    def apply_with(ops):
+        def apply(params, state, x, *, key=None, train=False):
+            del key, train
+            check_images("Conv2D", x, params["w"].shape[2])
+            y = ops.conv_general_dilated(x, params["w"], spec["strides"], spec["padding"],
+                                         dimension_numbers=_DIMENSIONS)
+            return (y + params["b"] if spec["use_bias"] else y), state
+
+        return apply
+
+    return {"w": -1}, apply_with
+
+
+@register_layer(family="conv", flops=_flops, ghost_inputs=_patches, label=_label,
+                quantize=_quantizable)
 def Conv2D(features: int, kernel_size: int | tuple[int, int], strides: int | tuple[int, int] = 1,
            padding: str = "SAME", *, use_bias: bool = True,
            w_init: str | initializers.Initializer = "lecun_normal",

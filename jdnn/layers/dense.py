@@ -6,13 +6,38 @@ import math
 
 import jax
 
-from jdnn.core import (Layer, LayerError, check_features, check_input_shape, make_spec,
+from jdnn.core import (TRAITS, Layer, LayerError, check_features, check_input_shape, make_spec,
                        positive_int, register_layer)
 from jdnn.layers import initializers
 
+# The trait `jdnn.compress.quantize` reads. Its entry belongs in `jdnn.core.TRAITS`; until it is
+# there, the layer files that declare it add it (core's `declare` refuses traits it does not list).
+QUANTIZE_TRAIT = ("fn(spec) -> (kernels, apply_with): `kernels` maps each kernel's param name to "
+                  "its output-channel axis ({'w': -1}); `apply_with(ops)` is the layer's apply "
+                  "computing its products with `ops.dot_general` / `ops.conv_general_dilated` "
+                  "(jax.lax's signatures; `jax.lax` itself gives the float layer, "
+                  "jdnn.compress.quantize passes int8 ones)")
+TRAITS.setdefault("quantize", QUANTIZE_TRAIT)
+
+
+def _quantizable(spec):
+    """The `quantize` trait: the kernel `w` (output features on its last axis), and Dense's
+    apply with `x @ w` computed by `ops.dot_general`."""
+    def apply_with(ops):
+        def apply(params, state, x, *, key=None, train=False):
+            del key, train
+            check_features("Dense", x, params["w"].shape[0], "in_features")
+            y = ops.dot_general(x, params["w"], (((x.ndim - 1,), (0,)), ((), ())))
+            return (y + params["b"] if spec["use_bias"] else y), state
+
+        return apply
+
+    return {"w": -1}, apply_with
+
 
 @register_layer(family="dense", flops=lambda spec, i, o: 2 * i[-1] * math.prod(o[1:]),
-                ghost_inputs=lambda spec, x: x, label=lambda spec: f"Dense({spec['features']})")
+                ghost_inputs=lambda spec, x: x, label=lambda spec: f"Dense({spec['features']})",
+                quantize=_quantizable)
 def Dense(features: int, *, use_bias: bool = True, w_init: str | initializers.Initializer =
           "lecun_normal", b_init: str | initializers.Initializer = "zeros") -> Layer:
     """A fully connected layer on the last axis.
