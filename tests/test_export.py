@@ -86,6 +86,20 @@ def test_import_jdnn_and_jdnn_export_pull_in_no_onnx_package():
     assert done.stdout.strip() == "[]"
 
 
+def test_matmul_precision_highest_is_stated_in_the_program_for_gpus(tmp_path):
+    """On an H200, float32 products ran in TF32 without it (~4e-4 relative off the CPU's)."""
+    model = jdnn.serial(jdnn.Dense(4), jdnn.Relu(), jdnn.Dense(2))
+    ts = _state(model, (1, 3))
+    plain = export.load(export.save(tmp_path / "a", model, ts, (1, 3)))
+    exact = export.load(export.save(tmp_path / "b", model, ts, (1, 3),
+                                    matmul_precision="highest"))
+    assert "HIGHEST" not in plain.exported.mlir_module()
+    assert exact.exported.mlir_module().count("HIGHEST") >= 2   # both Dense products
+    assert exact.metadata["matmul_precision"] == "highest"
+    with pytest.raises(export.ExportError, match="matmul_precision must be one of"):
+        export.save(tmp_path / "c", model, ts, (1, 3), matmul_precision="fp32")
+
+
 def test_a_fixed_batch_takes_that_batch_only_and_says_so(tmp_path):
     model = jdnn.serial(jdnn.Dense(4), jdnn.Tanh(), jdnn.Dense(2))
     ts = _state(model, (1, 3))

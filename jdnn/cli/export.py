@@ -39,6 +39,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--platforms", default="cpu,cuda", type=_platforms,
                         help="stablehlo: comma-separated platforms to lower for, of cpu, cuda, "
                              "rocm, tpu (default cpu,cuda)")
+    parser.add_argument("--matmul-precision", choices=["highest", "high", "default"],
+                        help="stablehlo: 'highest' for full float32 products on GPUs too "
+                             "(default: jax's per platform, TF32 on NVIDIA GPUs)")
     parser.set_defaults(run=main)
 
 
@@ -118,7 +121,8 @@ def main(args: argparse.Namespace) -> int:
         else:
             out = pathlib.Path(args.out or run_dir / "export" / "model")
             export.save(out, model, train_state, input_shape, batch=args.batch,
-                        platforms=args.platforms, dtype=dtype)
+                        platforms=args.platforms, dtype=dtype,
+                        matmul_precision=args.matmul_precision)
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"jdnn export: error: {error}", file=sys.stderr)
         return 2

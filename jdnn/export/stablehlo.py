@@ -47,6 +47,7 @@ ARTIFACT, METADATA = "model.stablehlo", "model.json"
 FORMAT, FORMAT_VERSION = "jdnn.export.stablehlo", 1
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")   # what jax.export lowers for, on any machine
 BATCH = "batch"                              # the symbolic batch dimension's name
+PRECISIONS = (None, "default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
 
 
 def _check_platforms(platforms: Any) -> tuple[str, ...]:
@@ -94,7 +95,8 @@ def _metadata(model: Layer, train_state: TrainState, exported: export.Exported, 
 
 def save(path: str | os.PathLike, model: Layer, train_state: TrainState, input_shape: Shape, *,
          batch: str | int = "dynamic", platforms: Sequence[str] = ("cpu", "cuda"),
-         dtype: Any = "float32", padded: bool = False) -> pathlib.Path:
+         dtype: Any = "float32", padded: bool = False,
+         matmul_precision: str | None = None) -> pathlib.Path:
     """Exports the model's inference function (evaluation mode) with `jax.export`.
 
     The folder `path` gets `model.stablehlo` (the serialized StableHLO program, params and
@@ -116,6 +118,11 @@ def save(path: str | os.PathLike, model: Layer, train_state: TrainState, input_s
         padded: True: the program takes `(values (B, T, ...), lengths (B,) int32)`, the two
             arrays of a `jdnn.Padded` batch of sequences of different lengths, and returns
             `(y_values, y_lengths)` where the output keeps its time axis, else `y`.
+        matmul_precision: None: jax's default for each platform, as `jdnn.predict` gets in
+            process (on NVIDIA GPUs float32 products then run in TF32: on an H200, logits
+            differed from the CPU's by ~4e-4 relative). `"highest"`: full float32 products
+            everywhere (the same H200 run matched the CPU to 3e-7), or any other value of
+            `jax.default_matmul_precision`. Recorded in model.json.
 
     Returns:
         The folder, as a `pathlib.Path`.
@@ -131,11 +138,15 @@ def save(path: str | os.PathLike, model: Layer, train_state: TrainState, input_s
     """
     check_model("save", model, train_state)
     chosen = _check_platforms(platforms)
+    if matmul_precision not in PRECISIONS:
+        raise ExportError(f"save: matmul_precision must be one of {PRECISIONS}, got "
+                          f"{matmul_precision!r}")
     specs = input_specs("save", input_shape, batch, dtype, padded,
                         export.symbolic_shape(BATCH)[0] if batch == "dynamic" else None)
     try:
-        exported = export.export(jax.jit(inference_fn(model, train_state, padded)),
-                                 platforms=chosen)(*specs)
+        with jax.default_matmul_precision(matmul_precision):
+            exported = export.export(jax.jit(inference_fn(model, train_state, padded)),
+                                     platforms=chosen)(*specs)
     except (ValueError, TypeError, jax.errors.JAXTypeError) as error:  # shapes, symbolic dims
         hint = (" With batch='dynamic' the batch size is symbolic; a model that needs it as a "
                 "number exports with a fixed batch, e.g. batch=1." if batch == "dynamic" else "")
@@ -148,7 +159,8 @@ def save(path: str | os.PathLike, model: Layer, train_state: TrainState, input_s
         raise ExportError(f"save: {folder} is a file; give a folder for the artifact, e.g. "
                           f"{folder.with_suffix('')}")
     io.write_bytes(folder / ARTIFACT, blob)
-    metadata = _metadata(model, train_state, exported, blob, batch, padded)
+    metadata = {**_metadata(model, train_state, exported, blob, batch, padded),
+                "matmul_precision": matmul_precision}
     io.write_text(folder / METADATA, json.dumps(metadata, indent=2))
     return folder
 
