@@ -6,6 +6,7 @@ backend or touches `pyplot`.
 """
 
 from jdnn.viz.animation import animate_training, render_gif, xor_frames
+from jdnn.viz.attributions import plot_attributions, plot_maximized_inputs
 from jdnn.viz.boundary import decision_grid, plot_decision_boundary
 from jdnn.viz.common import save
 from jdnn.viz.curves import best_epoch, plot_history
@@ -17,7 +18,8 @@ from jdnn.viz.trace import layer_outputs
 
 __all__ = [
     "animate_training", "best_epoch", "decision_grid", "draw_network", "GradientFlow",
-    "layer_outputs", "node_activations", "plot_decision_boundary", "plot_feature_maps",
-    "plot_filters", "plot_gradient_flow", "plot_history", "render_gif", "save",
+    "layer_outputs", "node_activations", "plot_attributions", "plot_decision_boundary",
+    "plot_feature_maps", "plot_filters", "plot_gradient_flow", "plot_history",
+    "plot_maximized_inputs", "render_gif", "save",
     "save_run_plots", "xor_frames",
 ]
