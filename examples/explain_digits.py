@@ -5,7 +5,8 @@ Trains a small CNN on the 8x8 digits briefly (`jdnn.fit`), then, with `jdnn.expl
    integrated gradients, SmoothGrad, occlusion) and checks integrated gradients' completeness
    (the attributions add up to logit(x) - logit(black image));
 2. finds, by regularized gradient ascent, the image that most excites each class's logit, and
-   each channel of the first convolution (`0_conv2d`), and asks the model what it sees in them.
+   each channel of the second convolution (`3_conv2d`) at the centre, and asks the model what
+   it sees in the class images.
 Writes `attributions.png`, `classes.png` and `units.png` to `--out`.
 Run: `python examples/explain_digits.py [--epochs N] [--seed N] [--out DIR]` (default
 `figures/explain`).
@@ -91,13 +92,14 @@ def main() -> None:
           f"{probabilities.max(-1).min():.3f}")
     viz.plot_maximized_inputs(classes, path=out / "classes.png",
                               title="the input that most excites each class's logit")
-    # A layer's unit is named by its path; before its ReLU, so a channel that is off for the
-    # starting image still has a gradient to climb.
+    # A layer is named by its path (see jdnn.summary); before its ReLU, so a channel that is
+    # off for the starting image still has a gradient to climb. At one position of its 4x4
+    # maps, each channel shows the strokes it looks for within its receptive field.
     units = explain.activation_maximization(model, params, state, range(16), shape=(8, 8, 1),
-                                            layer="0_conv2d", key=args.seed, steps=ASCENT_STEPS,
-                                            value_range=(0.0, 1.0))
+                                            layer="3_conv2d", position=(2, 2), key=args.seed,
+                                            steps=ASCENT_STEPS, value_range=(0.0, 1.0))
     viz.plot_maximized_inputs(units, path=out / "units.png",
-                              title="0_conv2d: the input each channel responds to most")
+                              title="3_conv2d at (2, 2): the input each channel wants most")
     for name in ("attributions.png", "classes.png", "units.png"):
         print(f"wrote {out / name}")
 

@@ -243,6 +243,19 @@ def test_maximizing_a_unit_of_a_named_layer():
     np.testing.assert_allclose(best[0], params["0_dense"]["w"][:, 1], atol=0.02)
 
 
+def test_maximizing_one_position_of_a_feature_map_finds_its_filter():
+    # a convolution's output at (2, 2) is w . (the 3x3 patch around it) + b: the optimum under
+    # the penalty is the filter / (2 l2) on that patch and 0 elsewhere
+    model = jdnn.serial(jdnn.Conv2D(2, 3), jdnn.Relu())
+    params, state = random_params(model, (1, 5, 5, 1))
+    best = explain.activation_maximization(model, params, state, [0, 1], shape=(5, 5, 1), key=0,
+                                           layer="0_conv2d", position=(2, 2), steps=200, l2=0.5,
+                                           blur_sigma=0, jitter=0)
+    want = np.zeros((2, 5, 5, 1), np.float32)
+    want[:, 1:4, 1:4, 0] = np.moveaxis(params["0_conv2d"]["w"][:, :, 0, :], -1, 0)
+    np.testing.assert_allclose(best, want, atol=0.02)
+
+
 def test_maximized_images_excite_their_class_more_than_any_input(cnn):
     model, params, state, x = cnn  # blur and jitter are on for images by default
     best = explain.activation_maximization(model, params, state, range(3), shape=(6, 6, 1),
@@ -343,6 +356,11 @@ def test_bad_maximization_arguments_are_clear_errors(mlp):
         call(model, params, state, 0, shape=(12,), key=0, value_range=(1, 0))
     with pytest.raises(TypeError, match=r"target must be an int or a non-empty sequence"):
         call(model, params, state, [], shape=(12,), key=0)
+    with pytest.raises(ValueError, match=r"position picks a place in a layer's feature maps"):
+        call(model, params, state, 0, shape=(12,), key=0, position=(1, 1))
+    with pytest.raises(ValueError, match=r"position must be one index per spatial axis of the "
+                                         r"layer '0_dense'"):
+        call(model, params, state, 0, shape=(12,), key=0, layer="0_dense", position=(1,))
 
 
 def test_explain_needs_no_matplotlib():

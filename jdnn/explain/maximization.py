@@ -11,10 +11,12 @@ An L2 penalty keeps pixels the unit does not need dark; jitter (the image shifte
 few pixels before each gradient) and the blur suppress the high-frequency patterns no real input
 has. The unit is a class's score (the model's output, the logit by default) or one unit of an
 intermediate layer named by its path, as jdnn names layers everywhere (`"3_relu"`, see
-`jdnn.summary` or `jdnn.walk`): for `(B, F)` activations the feature `F[target]`, for
-`(B, ..., C)` feature maps the mean of channel `target` over all positions. Pick the layer
-before an activation (`"0_conv2d"`, not `"1_relu"`): a ReLU unit that is off for the starting
-image passes no gradient, and its ascent never starts.
+`jdnn.summary` or `jdnn.walk`): for `(B, F)` activations the feature `F[target]`; for
+`(B, H, W, C)` feature maps the mean of channel `target` over all positions (Lucid's "channel"
+objective: the pattern the channel detects, tiled), or its value at one `position` (a
+"neuron": the pattern inside its receptive field). Prefer the layer before an activation
+(`"3_conv2d"`, not `"4_relu"`): a ReLU unit that is off for the starting image passes no
+gradient, and its ascent never starts.
 """
 
 from __future__ import annotations
@@ -68,17 +70,18 @@ def layer_activation(model: Layer, layer: str) -> Callable[..., jax.Array]:
     return activation
 
 
-def unit_score(model: Layer, layer: str | None, output: str) -> Callable[..., jax.Array]:
+def unit_score(model: Layer, layer: str | None, output: str,
+               position: tuple[int, ...] | None) -> Callable[..., jax.Array]:
     """`score(params, state, x_one, target) -> ()`: the excitement of unit `target` by ONE input
-    (no batch axis): the class score for `layer=None`, else the layer's feature `target` (its
-    mean over positions for feature maps)."""
+    (no batch axis): the class score for `layer=None`, else the layer's feature `target`; for
+    feature maps its mean over positions, or its value at `position`."""
     if layer is None:
         return class_score(model, output)
     activation = layer_activation(model, layer)
 
     def score(params, state, x_one, target):
         y = activation(params, state, x_one[None])[0]
-        return jnp.mean(y[..., target])
+        return jnp.mean(y[..., target]) if position is None else y[(*position, target)]
 
     return score
 
@@ -112,11 +115,11 @@ def _jittered(image: jax.Array, key: jax.Array, jitter: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "model", "layer", "output", "shape", "steps", "blur_sigma", "blur_every", "jitter",
-    "value_range"))
-def _maximize(params, state, target, key, l2, learning_rate, *, model, layer, output, shape,
-              steps, blur_sigma, blur_every, jitter, value_range):
-    score = unit_score(model, layer, output)
+    "model", "layer", "position", "output", "shape", "steps", "blur_sigma", "blur_every",
+    "jitter", "value_range"))
+def _maximize(params, state, target, key, l2, learning_rate, *, model, layer, position, output,
+              shape, steps, blur_sigma, blur_every, jitter, value_range):
+    score = unit_score(model, layer, output, position)
     optimizer = optax.adam(learning_rate)
     low, high = value_range if value_range is not None else (None, None)
     start = 0.0 if value_range is None else (low + high) / 2
@@ -161,7 +164,8 @@ def _image_option(entry: str, name: str, value: Any, default: Any, shape: tuple[
 
 def activation_maximization(model: Layer, params: Any, state: Any, target: Any, *,
                             shape: tuple[int, ...], key: Any, layer: str | None = None,
-                            steps: int = 256, learning_rate: float = 0.05, l2: float = 1e-3,
+                            position: tuple[int, ...] | None = None, steps: int = 256,
+                            learning_rate: float = 0.05, l2: float = 1e-3,
                             blur_sigma: float | None = None, blur_every: int = 4,
                             jitter: int | None = None,
                             value_range: tuple[float, float] | None = None,
@@ -178,8 +182,10 @@ def activation_maximization(model: Layer, params: Any, state: Any, target: Any, 
         target: the class (or unit) to excite, an int, or several, e.g. `range(10)`.
         shape: one input's shape, without the batch axis, e.g. `(8, 8, 1)` or `(64,)`.
         key: the random key (or an int seed) for the starting noise and the jitter.
-        layer: None for the model's output (a class), or the path of a layer (`"3_relu"`) whose
+        layer: None for the model's output (a class), or the path of a layer (`"3_conv2d"`) whose
             unit (feature, or channel of a feature map) `target` is excited.
+        position: for a layer with feature maps `(B, H, W, C)`: None to excite the channel's
+            mean over all positions, or `(row, column)` to excite it at that one position.
         steps: gradient ascent steps.
         learning_rate: Adam's step size, in input units per step.
         l2: the weight of the penalty `l2 * sum(x ** 2)`.
@@ -222,10 +228,12 @@ def activation_maximization(model: Layer, params: Any, state: Any, target: Any, 
                          f"number > 0; got blur_sigma={blur_sigma}, l2={l2!r}, "
                          f"learning_rate={learning_rate!r}")
     state = full_state(entry, model, state, shape)
-    units = _units(entry, model, params, state, shape, layer, output)
+    units = _units(entry, model, params, state, shape, layer, output, position)
     target_ids = _target_ids(entry, target, units, layer)
     return _maximize(params, state, target_ids, as_key(entry, key), jnp.float32(l2),
-                     jnp.float32(learning_rate), model=model, layer=layer, output=output,
+                     jnp.float32(learning_rate), model=model, layer=layer,
+                     position=None if position is None else tuple(int(i) for i in position),
+                     output=output,
                      shape=shape, steps=steps, blur_sigma=blur_sigma, blur_every=blur_every,
                      jitter=jitter, value_range=value_range)
 
@@ -246,10 +254,13 @@ def _value_range(entry: str, value_range: Any) -> tuple[float, float] | None:
 
 
 def _units(entry: str, model: Layer, params: Any, state: Any, shape: tuple[int, ...],
-           layer: str | None, output: str) -> int:
+           layer: str | None, output: str, position: Any) -> int:
     """How many units the target picks from: the model's classes, or the layer's features
-    (last axis)."""
+    (last axis); checks `position` against the layer's feature maps."""
     one = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    if position is not None and layer is None:
+        raise ValueError(f"{entry}: position picks a place in a layer's feature maps; give the "
+                         f"layer too (layer='3_conv2d', say), or leave position=None")
     if layer is None:
         return check_output(entry, model, output, output_shape(model, params, state, one))
     if layer not in _layer_paths(model.spec):
@@ -262,6 +273,14 @@ def _units(entry: str, model: Layer, params: Any, state: Any, shape: tuple[int, 
     if len(out.shape) < 2:
         raise ValueError(f"{entry}: the layer {layer!r} outputs shape {out.shape}, with no "
                          f"feature axis to pick a unit from")
+    places = out.shape[1:-1]
+    if position is not None and not (
+            isinstance(position, (tuple, list)) and len(position) == len(places) > 0
+            and all(_real(i) and float(i).is_integer() and 0 <= i < n
+                    for i, n in zip(position, places))):
+        raise ValueError(f"{entry}: position must be one index per spatial axis of the layer "
+                         f"{layer!r}'s output {('B', *out.shape[1:])}, within "
+                         f"{tuple(places)}; got {position!r}")
     return out.shape[-1]
 
 
