@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import jaxlib
 import numpy as np
 from jax import export
@@ -176,6 +175,8 @@ class Artifact:
     def __init__(self, exported: export.Exported, metadata: dict[str, Any]):
         self.exported = exported
         self.metadata = metadata
+        self._inputs = [(e["name"], tuple(e["shape"]), np.dtype(e["dtype"]))
+                        for e in metadata["inputs"]]
         self._call = jax.jit(exported.call)
 
     def __call__(self, *inputs: Any) -> Any:
@@ -191,11 +192,11 @@ class Artifact:
         Raises:
             ValueError: for inputs of the wrong number, shape or kind of dtype.
         """
-        expected = self.metadata["inputs"]
-        if len(inputs) != len(expected):
-            raise ValueError(f"the artifact takes {len(expected)} input(s) "
-                             f"({', '.join(e['name'] for e in expected)}), got {len(inputs)}")
-        return self._call(*(_check_input(x, e) for x, e in zip(inputs, expected)))
+        if len(inputs) != len(self._inputs):
+            raise ValueError(f"the artifact takes {len(self._inputs)} input(s) "
+                             f"({', '.join(name for name, _, _ in self._inputs)}), got "
+                             f"{len(inputs)}")
+        return self._call(*(_check_input(x, *e) for x, e in zip(inputs, self._inputs)))
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{e['name']}{tuple(e['shape'])}:{e['dtype']}"
@@ -204,20 +205,21 @@ class Artifact:
                f"{self.metadata.get('platforms')})"
 
 
-def _check_input(x: Any, expected: dict[str, Any]) -> jax.Array:
-    x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
-    want, dtype = expected["shape"], np.dtype(expected["dtype"])
-    fits = x.ndim == len(want) and all(w is None or n == w for n, w in zip(x.shape, want))
+def _check_input(x: Any, name: str, want: tuple, dtype: np.dtype) -> Any:
+    """`x` as the program takes it (floats cast to its float dtype), or a ValueError."""
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        x = np.asarray(x)
+    fits = len(x.shape) == len(want) and all(w is None or n == w for n, w in zip(x.shape, want))
     shown = "(" + ", ".join("B" if w is None else str(w) for w in want) + ")"
     if not fits:
-        raise ValueError(f"input {expected['name']} must have shape {shown} (B: any batch "
-                         f"size), got {tuple(x.shape)}")
+        raise ValueError(f"input {name} must have shape {shown} (B: any batch size), got "
+                         f"{tuple(x.shape)}")
     if x.dtype == dtype:
         return x
     if np.dtype(x.dtype).kind == dtype.kind == "f":
         return x.astype(dtype)
-    raise ValueError(f"input {expected['name']} must be {dtype} (shape {shown}), got "
-                     f"{x.dtype}; cast it, e.g. x.astype('{dtype}')")
+    raise ValueError(f"input {name} must be {dtype} (shape {shown}), got {x.dtype}; cast it, "
+                     f"e.g. x.astype('{dtype}')")
 
 
 def load(path: str | os.PathLike) -> Artifact:
