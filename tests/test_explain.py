@@ -14,7 +14,7 @@ import scipy.ndimage
 import jdnn
 from jdnn import explain
 from jdnn.core import Layer, make_spec
-from jdnn.explain.attributions import windows
+from jdnn.explain.perturbation import windows
 from jdnn.explain.maximization import gaussian_blur
 
 ATTRIBUTIONS = (explain.saliency, explain.integrated_gradients, explain.occlusion,

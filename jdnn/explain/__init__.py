@@ -9,8 +9,9 @@ Everything here runs the model in inference mode and is compiled once per model,
 input shape. The pictures are in `jdnn.viz` (`plot_attributions`, `plot_maximized_inputs`).
 """
 
-from jdnn.explain.attributions import integrated_gradients, occlusion, saliency, smoothgrad
+from jdnn.explain.attributions import integrated_gradients, saliency, smoothgrad
 from jdnn.explain.maximization import activation_maximization
+from jdnn.explain.perturbation import occlusion
 
 __all__ = ["activation_maximization", "integrated_gradients", "occlusion", "saliency",
            "smoothgrad"]

@@ -1,20 +1,21 @@
-"""Attributions: how much each input entry (pixel, feature) contributed to one class's score.
+"""Gradient attributions: how much each input entry (pixel, feature) contributed to one
+class's score, read off the gradient of that score.
 
     saliency               the gradient of the score with respect to the input
     integrated_gradients   (x - baseline) times the gradient averaged along the straight path
                            from the baseline to x (Sundararajan et al. 2017); the attributions
                            add up to score(x) - score(baseline), the completeness axiom
     smoothgrad             the gradient averaged over noisy copies of x (Smilkov et al. 2017)
-    occlusion              how much the score drops when a window of the input is covered,
-                           averaged over the windows covering each entry (Zeiler & Fergus 2014)
 
-Each takes `(model, params, state, x, target)` with `x` a batch `(B, *input_shape)` and
-`target` a class (an int) or one per example (`(B,)` ints), and returns `(B, *input_shape)`
-attributions. The score is the target's logit unless `output=` says otherwise, in inference
-mode (see `jdnn.explain.common`). Every method is one compiled program, built once per model,
-options and input shape: each example is explained by its own `jax.vmap` lane, so no example
-sees another, and the model's own batch axis carries the many inputs a method evaluates per
-example (path points, noisy copies, occluded copies).
+(`occlusion`, which needs no gradient, is in `jdnn.explain.occlusion`.) Each takes
+`(model, params, state, x, target)` with `x` a batch `(B, *input_shape)` and `target` a class
+(an int) or one per example (`(B,)` ints), and returns `(B, *input_shape)` attributions. The
+score is the target's logit unless `output=` says otherwise, in inference mode (see
+`jdnn.explain.common`). Every method is one compiled program, built once per model, options and
+input shape: each example is explained in its own lane (`jax.vmap`, or `lax.map` over groups
+of `batch_size`), and the inputs a method evaluates per example (path points, noisy copies) go
+through the model side by side under an inner `jax.vmap`, one input per lane, so no input
+sees another.
 """
 
 from __future__ import annotations
@@ -27,24 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax import lax
-
 from jdnn.checks import whole_number
 from jdnn.core import Layer
-from jdnn.explain.common import class_score, prepare
+from jdnn.explain.common import batch_size_of, class_score, each_example, prepare
 from jdnn.train.state import as_key
-
-def each_example(one, args: tuple, batch_size: int | None):
-    """`one(*example_args)` over the examples: all side by side under `jax.vmap`, or
-    `batch_size` at a time (`lax.map`), which bounds the memory of the many model evaluations
-    each example costs."""
-    if batch_size is None:
-        return jax.vmap(one)(*args)
-    return lax.map(lambda example: one(*example), args, batch_size=batch_size)
-
-
-def _batch_size(entry: str, batch_size: Any) -> int | None:
-    return None if batch_size is None else whole_number(entry, "batch_size", batch_size, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +174,7 @@ def integrated_gradients(model: Layer, params: Any, state: Any, x: Any, target: 
     attributions, gap = _integrated_gradients(params, state, x, target, _baseline(baseline, x),
                                               model=model, output=output, steps=steps,
                                               method=method,
-                                              batch_size=_batch_size(entry, batch_size))
+                                              batch_size=batch_size_of(entry, batch_size))
     if not return_delta:
         return attributions
     return attributions, attributions.reshape(len(x), -1).sum(axis=1) - gap
@@ -254,110 +241,4 @@ def smoothgrad(model: Layer, params: Any, state: Any, x: Any, target: Any, *, ke
     state, x, target = prepare(entry, model, params, state, x, target, output)
     return _smoothgrad(params, state, x, target, key, jnp.asarray(noise, x.dtype), model=model,
                        output=output, samples=samples,
-                       batch_size=_batch_size(entry, batch_size))
-
-
-# ---------------------------------------------------------------------------------------------
-# Occlusion: the score's drop when a window of the input is covered.
-
-
-def _sizes(name: str, value: Any, input_shape: tuple[int, ...], count: int) -> tuple[int, ...]:
-    """A positive int (the same on `count` axes) or a tuple of positive ints, one per leading
-    axis of `input_shape` it applies to, as a tuple."""
-    sizes = (value,) * count if isinstance(value, (int, np.integer)) else value
-    try:
-        sizes = tuple(sizes)
-    except TypeError:
-        sizes = ()
-    ok = (0 < len(sizes) <= len(input_shape)
-          and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
-                  for s in sizes))
-    if not ok:
-        raise ValueError(f"occlusion: {name} must be a positive int or a tuple of positive ints, "
-                         f"one per leading axis of the input (at most {len(input_shape)} for "
-                         f"inputs of shape {input_shape}), got {value!r}")
-    return tuple(int(s) for s in sizes)
-
-
-def windows(input_shape: tuple[int, ...], window: tuple[int, ...],
-            stride: tuple[int, ...]) -> np.ndarray:
-    """`(P, *input_shape)` bool masks, one per window position: `window` slides over the leading
-    axes of `input_shape` by `stride` (a last position flush with the end is added where the
-    stride skips it, so every entry is covered); trailing axes are covered whole."""
-    starts = []
-    for size, span, step in zip(input_shape, window, stride):
-        axis_starts = list(range(0, size - span + 1, step))
-        starts.append(axis_starts + ([size - span] if axis_starts[-1] != size - span else []))
-    masks = []
-    for corner in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(window)):
-        mask = np.zeros(input_shape, bool)
-        mask[tuple(slice(c, c + s) for c, s in zip(corner, window))] = True
-        masks.append(mask)
-    return np.stack(masks)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "output", "window", "stride",
-                                             "batch_size"))
-def _occlusion(params, state, x, target, fill, *, model, output, window, stride, batch_size):
-    score = class_score(model, output)
-    masks = windows(x.shape[1:], window, stride)
-    covers = jnp.asarray(masks.sum(axis=0), x.dtype)
-    masks = jnp.asarray(masks)
-
-    def one(x_one, t):
-        # x itself first, then each covered copy: one batch, so all are scored alike
-        inputs = jnp.concatenate([x_one[None], jnp.where(masks, fill, x_one)])  # (1 + P, ...)
-        scores = jax.vmap(score, in_axes=(None, None, 0, None))(params, state, inputs, t)
-        drops = scores[0] - scores[1:]                                           # (P,)
-        return jnp.tensordot(drops, masks.astype(x.dtype), axes=1) / covers
-
-    return each_example(one, (x, target), batch_size)
-
-
-def occlusion(model: Layer, params: Any, state: Any, x: Any, target: Any, *,
-              window: Any = 2, stride: Any = 1, fill: float = 0.0,
-              output: str = "raw", batch_size: int | None = None) -> jax.Array:
-    """Occlusion (Zeiler & Fergus 2014): slide a window filled with `fill` over each input and
-    record how much the target's score drops; each entry gets the mean drop over the windows
-    that covered it. Needs no gradients, so it also explains a model that is flat or
-    discontinuous where gradients mislead; costs one forward pass per window position.
-
-    Args:
-        model: a classifier, output `(B, classes)`.
-        params: its parameters (`train_state.params`).
-        state: its layer state (`train_state.state`; None for a model without state).
-        x: inputs `(B, *input_shape)`.
-        target: the class to explain: an int, or `(B,)` ints.
-        window: the window's size over the input's leading axes: `(h, w)` for `(H, W, C)`
-            images (all channels covered), `(k,)` for `(F,)` rows; an int is that size on every
-            axis but the channels (default 2: 2x2 patches, or pairs of features).
-        stride: the step between window positions, an int or one per window axis.
-        fill: the value a covered entry takes (0: black, for images in [0, 1]).
-        output: the score: `"raw"` (the logit; default), `"softmax"` or `"log_softmax"`.
-        batch_size: examples explained at once, each costing one forward pass per window
-            position (None: all).
-
-    Returns:
-        `(B, *input_shape)`: `score(x) - score(x covered)` averaged over the windows covering
-        each entry; positive where covering hurts the target class.
-
-    Raises:
-        ValueError: for a window or stride that is not positive ints, one per leading input
-            axis, or a window larger than the input; and as `saliency` raises.
-
-    Example:
-        >>> occ = jdnn.explain.occlusion(model, ts.params, ts.state, x_test[:8], y_test[:8],
-        ...                              window=(2, 2), stride=1)
-    """
-    entry = "occlusion"
-    state, x, target = prepare(entry, model, params, state, x, target, output)
-    input_shape = x.shape[1:]
-    window = _sizes("window", window, input_shape, max(1, len(input_shape) - 1))
-    stride = _sizes("stride", stride, input_shape, len(window))
-    if len(stride) != len(window) or any(w > n for w, n in zip(window, input_shape)):
-        raise ValueError(f"{entry}: window {window} with stride {stride} does not fit inputs of "
-                         f"shape {input_shape}: give one stride per window axis and a window no "
-                         f"larger than the input")
-    return _occlusion(params, state, x, target, jnp.asarray(fill, x.dtype), model=model,
-                      output=output, window=window, stride=stride,
-                      batch_size=_batch_size(entry, batch_size))
+                       batch_size=batch_size_of(entry, batch_size))

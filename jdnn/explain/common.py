@@ -24,7 +24,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
+from jdnn.checks import whole_number
 from jdnn.core import Layer, output_layer, trait
 from jdnn.train.state import TrainState
 
@@ -166,3 +168,21 @@ def prepare(entry: str, model: Any, params: Any, state: Any, x: Any, target: Any
     state = full_state(entry, model, state, x.shape[1:])
     classes = check_output(entry, model, output, output_shape(model, params, state, x))
     return state, x, targets(entry, target, x.shape[0], classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples side by side, or a few at a time.
+
+
+def each_example(one, args: tuple, batch_size: int | None):
+    """`one(*example_args)` over the examples: all side by side under `jax.vmap`, or
+    `batch_size` at a time (`lax.map`), which bounds the memory of the many model evaluations
+    each example costs."""
+    if batch_size is None:
+        return jax.vmap(one)(*args)
+    return lax.map(lambda example: one(*example), args, batch_size=batch_size)
+
+
+def batch_size_of(entry: str, batch_size: Any) -> int | None:
+    """`batch_size` checked: None, or a positive int."""
+    return None if batch_size is None else whole_number(entry, "batch_size", batch_size, 1)
