@@ -86,6 +86,17 @@ def test_saliency_of_a_cnn_with_one_target_for_all(cnn):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_explanations_run_in_inference_mode():
+    # running statistics, not the batch's; dropout off (in training it would need a key)
+    model = jdnn.serial(jdnn.Dense(6), jdnn.BatchNorm(), jdnn.Dropout(0.5), jdnn.Dense(3))
+    params, state = random_params(model, (1, 4))
+    state = jax.tree.map(lambda a: a * 0.5, state)  # running mean 0.5, variance 0.5
+    x = np.random.default_rng(8).normal(size=(5, 4)).astype(np.float32)
+    got = explain.saliency(model, params, state, x, 1)
+    want = jax.jit(jax.grad(lambda xs: model.apply(params, state, xs)[0][:, 1].sum()))(x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_smoothgrad_without_noise_is_saliency_and_with_noise_follows_its_key(mlp):
     model, params, state, x = mlp
     target = np.array([0, 1, 2, 0, 4, 3])
@@ -290,6 +301,8 @@ def test_bad_targets_and_inputs_are_clear_errors(mlp):
         explain.saliency(model, params, state, x, 1.5)
     with pytest.raises(ValueError, match=r"x must be a non-empty batch.*pass x\[None\]"):
         explain.saliency(model, params, state, x[0], 0)
+    with pytest.raises(TypeError, match=r"x must be floats, got dtype int32"):
+        explain.saliency(model, params, state, x.astype(np.int32), 0)
     with pytest.raises(jdnn.LayerError, match=r"Dense layer at 0_dense"):
         explain.saliency(model, params, state, x[:, :5], 0)
     with pytest.raises(ValueError, match=r"output must be one of"):

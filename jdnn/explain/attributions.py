@@ -65,7 +65,8 @@ def saliency(model: Layer, params: Any, state: Any, x: Any, target: Any, *,
         `(B, *input_shape)`: d score(x)[target] / dx, per example.
 
     Raises:
-        TypeError: for a `TrainState` passed as params, or a target that is not ints.
+        TypeError: for a `TrainState` passed as params, a target that is not ints, or an `x`
+            that is not floats.
         ValueError: for a target outside the model's classes or of the wrong length, an `x`
             without a batch axis, or a model whose output is not `(B, classes)`; a
             `jdnn.LayerError` names the layer an `x` of the wrong shape does not fit.

@@ -74,14 +74,16 @@ def full_state(entry: str, model: Layer, state: Any, input_shape: tuple[int, ...
 
 
 def as_batch(entry: str, x: Any) -> jax.Array:
-    """`x` as a float array with a batch axis, `(B, *input_shape)`."""
+    """`x` as an array, checked to be floats with a batch axis, `(B, *input_shape)`."""
     x = jnp.asarray(x)
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"{entry}: x must be a non-empty batch of inputs, shape (B, ...), e.g. "
                          f"(B, 64) rows or (B, H, W, C) images; got shape {x.shape}. For one "
                          f"example pass x[None]")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
+        raise TypeError(f"{entry}: x must be floats, got dtype {x.dtype}: attributions vary the "
+                        f"input continuously. Cast images, e.g. x.astype(np.float32) / 255; a "
+                        f"model on token ids (Embedding) has no input gradient to explain")
     return x
 
 
