@@ -1,23 +1,35 @@
 """`jdnn export RUN_DIR`: a `jdnn train` run directory as a StableHLO artifact that gives the
 run's own predictions, and the refusals a user meets (not a run, a bad option)."""
 
+import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
 import jdnn
-from jdnn import export
-from jdnn.cli import main
+from jdnn import checkpoint, export, io
+from jdnn.cli import main, run
 from jdnn.cli.export import load_run
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--dataset", "xor", "--epochs", "2", "--no-progress", "--out",
-                 str(run)]) == 0
-    return run
+def make_run(folder):
+    """A run directory as `jdnn train --dataset xor` writes it (config.json, final.safetensors),
+    without the training: its params are a fresh init's, doubled, so that a prediction from
+    them differs from any fresh init's."""
+    config = run.Config(dataset="xor")
+    model = run.build(config, 2)
+    ts = jdnn.TrainState.create(model, run.make_optimizer(config), 0, (1, 2))
+    ts = ts._replace(params=jax.tree.map(lambda p: 2 * p, ts.params))
+    io.write_text(folder / "config.json", json.dumps(dataclasses.asdict(config)))
+    checkpoint.save(folder / "final.safetensors", ts, model)
+    return folder, model, ts
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run(tmp_path / "run")[0]
 
 
 def test_export_writes_the_runs_final_state_as_stablehlo(run_dir, capsys):
@@ -25,11 +37,12 @@ def test_export_writes_the_runs_final_state_as_stablehlo(run_dir, capsys):
     out = capsys.readouterr().out
     assert "export/model (stablehlo" in out and "input (B, 2) float32" in out
     model, ts, shape, dtype = load_run(run_dir)
-    assert shape == (1, 2) and int(ts.step) > 0   # trained, not freshly initialized
+    assert shape == (1, 2) and dtype == np.float32
     x = np.random.default_rng(0).standard_normal((9, 2)).astype(dtype)
-    artifact = export.load(run_dir / "export" / "model")
-    np.testing.assert_allclose(np.asarray(artifact(x)), jdnn.predict(model, ts, x), rtol=1e-5,
-                               atol=1e-6)
+    y = np.asarray(export.load(run_dir / "export" / "model")(x))
+    np.testing.assert_allclose(y, jdnn.predict(model, ts, x), rtol=1e-5, atol=1e-6)
+    fresh = jdnn.TrainState.create(model, run.make_optimizer(run.Config()), 0, (1, 2))
+    assert not np.allclose(y, jdnn.predict(model, fresh, x))   # the checkpoint's params
     assert json.loads((run_dir / "export" / "model" / "model.json").read_text())[
         "platforms"] == ["cpu"]
 
