@@ -56,7 +56,7 @@ def test_the_section_runs_end_to_end_and_renders(monkeypatch, tmp_path):
 
     verdicts = {t["key"]: t for t in payload["targets"]}
     assert set(verdicts) == {f"rnn_vs_{peer}/{kind}" for peer in ("linen", "equinox", "torch")
-                             for kind in ("gru", "lstm")}
+                             for kind in ("gru", "lstm")} | {"transformer_vs_linen/transformer"}
     assert verdicts["rnn_vs_linen/gru"]["status"] in (targets.PASS, targets.MISS)
     assert verdicts["rnn_vs_torch/gru"]["status"] == targets.SKIP   # not measured here
     assert verdicts["rnn_vs_linen/lstm"]["status"] == targets.SKIP
@@ -140,6 +140,9 @@ def test_targets_take_pytorch_at_its_best_per_round():
     assert found["rnn_vs_linen/gru"]["status"] == targets.PASS      # linen 1.25x slower
     assert found["rnn_vs_equinox/gru"]["status"] == targets.MISS    # equinox faster
     assert found["rnn_vs_linen/lstm"]["status"] == targets.SKIP     # not measured
+    assert found["transformer_vs_linen/transformer"]["status"] == targets.SKIP
+    lm = sequences.targets_for({"transformer_b2_t6": _result(jdnn_step=[1.0], linen=[0.9])})
+    assert {t["key"]: t for t in lm}["transformer_vs_linen/transformer"]["status"] == targets.MISS
     assert sequences.torch_best(_result(jdnn_step=[2.0], torch_fused_1thread=[1.0]))[
         "median"] == pytest.approx(2.0)
     assert sequences.torch_best(_result(jdnn_step=[1.0])) is None
