@@ -31,6 +31,7 @@ from jdnn.multi import space  # noqa: E402
 from jdnn.privacy import (PerExampleAux, clip_and_aggregate, ghost_clipped_grad,  # noqa: E402
                           make_dp_train_step, per_example_grads)
 from jdnn.summarize import summary  # noqa: E402
+from jdnn import compress, explain  # noqa: E402  (both build on jdnn.train; no optional extra)
 
 # Modules that moved keep their old import paths (`from jdnn.vectorize import ...`). The old
 # `jdnn.summary` and `jdnn.search` modules are reachable only by import: the attributes
@@ -43,8 +44,9 @@ _sys.modules.update({
 
 __version__ = "0.1.0"
 
-# Submodules imported on first use, so `import jdnn` pulls in neither matplotlib nor flax.
-_LAZY = ("cli", "interop", "viz")
+# Submodules imported on first use, so `import jdnn` pulls in neither matplotlib nor flax, nor
+# jax.export's serialization for those who never export.
+_LAZY = ("cli", "export", "interop", "viz")
 
 
 def __getattr__(name: str):
@@ -55,8 +57,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "__version__", "AvgPool2D", "BatchNorm", "branches", "Callback", "check_gradients",
-    "checkpoint", "clip_and_aggregate", "Conv2D", "CSVLogger", "data", "Dense", "Dropout",
-    "EarlyStopping", "Elu", "Embedding", "evaluate", "evaluate_ensemble", "fit", "fit_ensemble",
+    "checkpoint", "clip_and_aggregate", "compress", "Conv2D", "CSVLogger", "data", "Dense",
+    "Dropout", "EarlyStopping", "Elu", "Embedding", "evaluate", "evaluate_ensemble", "explain",
+    "fit", "fit_ensemble",
     "Flatten", "freeze", "Gelu", "ghost_clipped_grad", "GradReport", "History", "JSONLogger",
     "Layer", "LayerError", "LayerNorm", "LeakyRelu", "losses", "make_dp_train_step",
     "make_eval_step", "make_spec", "make_train_step", "MaxPool2D", "metrics", "MissingKeyError",

@@ -181,6 +181,11 @@ TRAITS = {
                       "default: all of them (serial: its first)",
     "padded": "True: apply takes a jdnn.Padded x itself (it mixes time steps, so it must see "
               "the lengths); others get the plain values (see jdnn.padded)",
+    "quantize": "fn(spec) -> (kernels, apply_with): kernels maps each kernel's param name to its "
+                "output-channel axis ({'w': -1}); apply_with(ops) is the layer's apply computing "
+                "its products with ops.dot_general / ops.conv_general_dilated (jax.lax's "
+                "signatures; jax.lax itself gives the float layer; jdnn.compress.quantize passes "
+                "int8 ones)",
 }
 
 _TRAITS: dict[str, dict[str, Any]] = {}

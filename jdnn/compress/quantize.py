@@ -17,7 +17,7 @@ afterwards:
   calibrated range saturate. No run-time reduction over the input.
 
 Which layers: every kind that declares the `quantize` trait (Dense and Conv2D do; see
-`jdnn.layers.dense.QUANTIZE_TRAIT`): it names its kernels with their output-channel axes and
+`jdnn.core.TRAITS["quantize"]`): it names its kernels with their output-channel axes and
 gives its apply written against an `ops` namespace (`ops.dot_general`,
 `ops.conv_general_dilated`, jax.lax's signatures). This module never asks for a kind by name;
 a user's kind that declares the trait is quantized the same way. Other layers (activations,

@@ -10,10 +10,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jdnn.core import (TRAITS, Layer, check_images, check_input_shape, make_spec, padding_mode,
+from jdnn.core import (Layer, check_images, check_input_shape, make_spec, padding_mode,
                        positive_int, positive_ints, register_layer, spatial_output_shape)
 from jdnn.layers import initializers
-from jdnn.layers.dense import QUANTIZE_TRAIT
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -171,7 +170,6 @@ def _label(spec) -> str:
     return f"Conv2D({', '.join(parts)})"
 
 
-TRAITS.setdefault("quantize", QUANTIZE_TRAIT)   # see jdnn.layers.dense
 
 
 def _quantizable(spec):

@@ -6,18 +6,10 @@ import math
 
 import jax
 
-from jdnn.core import (TRAITS, Layer, LayerError, check_features, check_input_shape, make_spec,
+from jdnn.core import (Layer, LayerError, check_features, check_input_shape, make_spec,
                        positive_int, register_layer)
 from jdnn.layers import initializers
 
-# The trait `jdnn.compress.quantize` reads. Its entry belongs in `jdnn.core.TRAITS`; until it is
-# there, the layer files that declare it add it (core's `declare` refuses traits it does not list).
-QUANTIZE_TRAIT = ("fn(spec) -> (kernels, apply_with): `kernels` maps each kernel's param name to "
-                  "its output-channel axis ({'w': -1}); `apply_with(ops)` is the layer's apply "
-                  "computing its products with `ops.dot_general` / `ops.conv_general_dilated` "
-                  "(jax.lax's signatures; `jax.lax` itself gives the float layer, "
-                  "jdnn.compress.quantize passes int8 ones)")
-TRAITS.setdefault("quantize", QUANTIZE_TRAIT)
 
 
 def _quantizable(spec):
