@@ -19,9 +19,14 @@ against the params. Latency: `jax.jit` of the model's apply at batch 1 and batch
 variant timed once per round in a rotating order (interleaved), medians over the rounds, each
 call ended by `block_until_ready`; compile time excluded (warm-up calls first).
 
+MNIST: with `--mnist DIR` holding the four IDX files (`jdnn.data.download_mnist(DIR)` fetches
+them; nothing is downloaded here), the same rows for an MNIST MLP (784-256-128-10) and CNN
+(28x28x1), trained for fewer epochs (`MNIST_EPOCHS`); without the files the script says so and
+runs the digits rows alone.
+
 Targets (issue 15): int8 within 0.5 points of float32 accuracy at 4x smaller weights (kernel
 bytes); 80% sparsity (fine-tuned) within 1 point. Run: `python benchmarks/compression_table.py
-[--rounds N] [--out FILE.json]`.
+[--rounds N] [--out FILE.json] [--mnist DIR]`.
 """
 
 from __future__ import annotations
@@ -75,9 +80,23 @@ def cnn(channels=(16, 32), dense=64) -> jdnn.Layer:
 
 
 MODELS = {
-    "digits MLP": dict(layout="flat", build=mlp, student=lambda: mlp((32,))),
-    "digits CNN": dict(layout="nhwc", build=cnn, student=lambda: cnn((8,), 32)),
+    "digits MLP": dict(data=lambda: jdnn.data.digits(layout="flat", seed=SEED), build=mlp,
+                       student=lambda: mlp((32,))),
+    "digits CNN": dict(data=lambda: jdnn.data.digits(layout="nhwc", seed=SEED), build=cnn,
+                       student=lambda: cnn((8,), 32)),
 }
+MNIST_EPOCHS, MNIST_FINE_TUNE_EPOCHS = 3, 2
+
+
+def mnist_models(directory: Path) -> dict[str, dict]:
+    """The MNIST rows' models, reading the IDX files in `directory` (`jdnn.data.load_mnist`)."""
+    def data(layout):
+        return lambda: jdnn.data.load_mnist(directory, layout=layout)
+
+    epochs = dict(epochs=MNIST_EPOCHS, fine_tune_epochs=MNIST_FINE_TUNE_EPOCHS)
+    return {"MNIST MLP": dict(data=data("flat"), build=mlp, student=lambda: mlp((32,)), **epochs),
+            "MNIST CNN": dict(data=data("nhwc"), build=cnn, student=lambda: cnn((8,), 32),
+                              **epochs)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,22 +112,22 @@ def train(model, x, y, *, loss=jdnn.losses.softmax_cross_entropy, optimizer=None
     return train_state
 
 
-def fine_tune_pruned(model, float_state, x, y, sparsity):
+def fine_tune_pruned(model, float_state, x, y, sparsity, epochs=FINE_TUNE_EPOCHS):
     """One-shot to half the target, then the gradual schedule to the target over the first half
     of the fine-tune, the masks held for the rest."""
     params, _ = prune(float_state.params, sparsity / 2)
-    steps = FINE_TUNE_EPOCHS * -(-len(x) // BATCH_SIZE)
+    steps = epochs * -(-len(x) // BATCH_SIZE)
     tx = gradual(optax.adam(FINE_TUNE_LEARNING_RATE), sparsity, initial_sparsity=sparsity / 2,
                  end_step=steps // 2, frequency=max(steps // 20, 1))
     start = jdnn.TrainState.create(model, tx, jax.random.key(SEED + 2), (BATCH_SIZE, *x.shape[1:]))
     start = start._replace(params=params, state=float_state.state, opt_state=tx.init(params))
-    return train(model, x, y, optimizer=tx, epochs=FINE_TUNE_EPOCHS, train_state=start)
+    return train(model, x, y, optimizer=tx, epochs=epochs, train_state=start)
 
 
-def distill(student, teacher, teacher_state, x, y):
+def distill(student, teacher, teacher_state, x, y, epochs=EPOCHS):
     targets = jdnn.losses.distillation_targets(y, jdnn.predict(teacher, teacher_state, x))
     return train(student, x, targets, loss=jdnn.losses.Distillation(TEMPERATURE, ALPHA),
-                 key=SEED + 1)
+                 key=SEED + 1, epochs=epochs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,9 +211,11 @@ def accuracy(apply, params, state, x, y) -> float:
 
 
 def rows_for(name: str, setup: dict, rounds: int, directory: Path) -> list[dict]:
-    (x, y), (x_test, y_test) = jdnn.data.digits(layout=setup["layout"], seed=SEED)
+    (x, y), (x_test, y_test) = setup["data"]()
+    epochs = setup.get("epochs", EPOCHS)
+    fine_tune_epochs = setup.get("fine_tune_epochs", FINE_TUNE_EPOCHS)
     model = setup["build"]()
-    float_state = train(model, x, y)
+    float_state = train(model, x, y, epochs=epochs)
     params, state = float_state.params, float_state.state
     apply = model.apply
 
@@ -204,7 +225,7 @@ def rows_for(name: str, setup: dict, rounds: int, directory: Path) -> list[dict]
         pruned, _ = prune(params, s)
         variants[f"pruned {s:.0%} one-shot"] = (apply, pruned, state,
                                                 sparse_bytes(pruned, directory), None)
-        tuned = fine_tune_pruned(model, float_state, x, y, s)
+        tuned = fine_tune_pruned(model, float_state, x, y, s, fine_tune_epochs)
         achieved = jdnn.compress.sparsity(tuned.params)
         assert all(abs(v - s) < 0.01 for v in achieved.values()), achieved   # k = round(s n)
         variants[f"pruned {s:.0%} + fine-tune"] = (apply, tuned.params, tuned.state,
@@ -216,7 +237,7 @@ def rows_for(name: str, setup: dict, rounds: int, directory: Path) -> list[dict]
         variants[label] = (qmodel.apply, qparams, state, dense_bytes(qparams, directory),
                            kernel_bytes(qparams))
     student = setup["student"]()
-    student_state = distill(student, model, float_state, x, y)
+    student_state = distill(student, model, float_state, x, y, epochs)
     variants["distilled"] = (student.apply, student_state.params, student_state.state,
                              dense_bytes(student_state.params, directory),
                              kernel_bytes(student_state.params))
@@ -233,9 +254,13 @@ def rows_for(name: str, setup: dict, rounds: int, directory: Path) -> list[dict]
     return rows
 
 
+def _models_in(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["model"] for r in rows))
+
+
 def verdicts(rows: list[dict]) -> list[str]:
     lines = []
-    for name in MODELS:
+    for name in _models_in(rows):
         by = {r["variant"]: r for r in rows if r["model"] == name}
         base = by["float32"]
         for label in ("int8 dynamic", "int8 static"):
@@ -257,7 +282,7 @@ def verdicts(rows: list[dict]) -> list[str]:
 def table(rows: list[dict]) -> str:
     out = ["| model | variant | test accuracy | size on disk | vs float32 | latency b=1 | "
            "latency b=256 |", "|---|---|---:|---:|---:|---:|---:|"]
-    for name in MODELS:
+    for name in _models_in(rows):
         base = next(r for r in rows if r["model"] == name and r["variant"] == "float32")
         for r in (r for r in rows if r["model"] == name):
             out.append(f"| {name} | {r['variant']} | {100 * r['accuracy']:.2f}% | "
@@ -270,13 +295,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument("--mnist", type=Path, default=None,
+                        help="a folder with MNIST's four IDX files: adds the MNIST rows")
     args = parser.parse_args()
+    models = dict(MODELS)
+    if args.mnist is not None:
+        try:
+            jdnn.data.load_mnist(args.mnist)   # validates the four files before any training
+            models.update(mnist_models(args.mnist))
+        except (FileNotFoundError, ValueError) as error:
+            print(f"MNIST rows skipped: {error}")
     import qwix
     print(f"jax {jax.__version__}, qwix {qwix.__version__}, {jax.devices()[0].platform}, "
           f"{platform.processor() or platform.machine()}")
     rows = []
     with tempfile.TemporaryDirectory() as directory:
-        for name, setup in MODELS.items():
+        for name, setup in models.items():
             began = time.perf_counter()
             rows += rows_for(name, setup, args.rounds, Path(directory))
             print(f"{name}: {time.perf_counter() - began:.0f} s")
