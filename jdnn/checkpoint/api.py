@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jax import tree_util
 
-from jdnn.checkpoint import diff
+from jdnn.checkpoint import diff, multiprocess
 from jdnn.checkpoint.disk import write_atomic
 from jdnn.checkpoint.fileformat import (
     FORMAT_VERSION,
@@ -105,6 +105,11 @@ def save(path: PathLike, train_state: TrainState, model: Layer, *,
     is written to a temporary file beside `path`, fsynced and renamed onto `path`, so a crash
     leaves any previous checkpoint there whole. Parent directories are created.
 
+    With several processes (`jax.distributed`), every process calls `save` alike: arrays sharded
+    across processes are gathered, process 0 alone writes the file and every process returns
+    once it is written (`jdnn.checkpoint.multiprocess`; above `GATHER_LIMIT` sharded bytes it
+    raises and names `save_sharded`). The file restores on any process count.
+
     Args:
         path: where to write, e.g. `"runs/mnist/step_1000.safetensors"`.
         train_state: the state to save (params, state, opt_state, key, step).
@@ -129,6 +134,8 @@ def save(path: PathLike, train_state: TrainState, model: Layer, *,
     # by both, would let this move up).
     from jdnn import __version__
 
+    # Several processes: all gather the state, process 0 alone writes (see multiprocess.py)
+    train_state, writes = multiprocess.for_writing(train_state, "save")
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, Mapping):
         raise CheckpointError(f"metadata must be a dict, got a {type(metadata).__name__}")
@@ -156,7 +163,9 @@ def save(path: PathLike, train_state: TrainState, model: Layer, *,
         "metadata": diff.jsonable(metadata),
     }
     path = Path(path)
-    write_atomic(path, encode(named, manifest))
+    if writes:
+        write_atomic(path, encode(named, manifest))
+    multiprocess.written(path)
     return path
 
 

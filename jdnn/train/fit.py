@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from jdnn.core import Layer, whole_number
 from jdnn.data.batching import batches_from_order, epoch_order, num_batches
+from jdnn.distributed import put_global
 from jdnn.losses import Loss
 from jdnn.metrics import Metrics, resolve_metrics
 from jdnn.train.arguments import (check_callbacks, check_step, check_train_state, checked_data,
@@ -39,9 +40,11 @@ from jdnn.train.callbacks import Callback, Run, copy_state
 from jdnn.train.compilation_cache import enable_compilation_cache
 from jdnn.train.evaluate import DEFAULT_BATCH_SIZE, make_evaluator
 from jdnn.train.history import History
+from jdnn.train.precision import Precision, resolve_precision
 from jdnn.train.program_cache import ProgramCache
 from jdnn.train.state import DonationGuard, TrainState, donated, key_or_seed
 from jdnn.train.step import check_step_arguments, train_step_fn
+from jdnn.train.stream import StreamEpochs, StreamRun, is_stream, open_stream, stream_evaluator
 
 MODES = ("scan", "step")
 
@@ -239,15 +242,21 @@ def _host_epoch(step: Callable, batch_size: int, drop_remainder: bool) -> Callab
 _EPOCHS = ProgramCache(16)
 
 
-def _build_epoch(step_parts: tuple, batch_size: int, drop_remainder: bool, mode: str,
-                 sharding: EpochSharding | None) -> Callable:
+def _pure_step(step_parts: tuple) -> Callable:
+    """The pure training step `step(train_state, x, y, mask)` that `step_parts` describe."""
     kind, *parts = step_parts
     if kind == "own":
-        model, loss, optimizer, penalty, metrics, augment, frozen = parts
+        model, loss, optimizer, penalty, metrics, augment, frozen, policy = parts
         train_step = train_step_fn(model, loss, optimizer, penalty=penalty, metrics=dict(metrics),
-                                   augment=augment, frozen_state=frozen)
+                                   augment=augment, frozen_state=frozen, precision=policy)
     else:
         train_step = checked_step("fit", parts[0])
+    return train_step
+
+
+def _build_epoch(step_parts: tuple, batch_size: int, drop_remainder: bool, mode: str,
+                 sharding: EpochSharding | None) -> Callable:
+    train_step = _pure_step(step_parts)
     if sharding is not None or mode == "scan":
         return make_epoch(train_step, batch_size, drop_remainder=drop_remainder,
                           sharding=sharding)
@@ -260,6 +269,15 @@ def _epoch_runner(step_parts: tuple, batch_size: int, drop_remainder: bool, mode
     mode) or a host loop of a compiled step (step mode), from the cache when it can be."""
     arguments = (step_parts, batch_size, drop_remainder, mode, sharding)
     return _EPOCHS.get(arguments, lambda: _build_epoch(*arguments))
+
+
+_STEPS = ProgramCache(16)
+
+
+def _step_runner(step_parts: tuple) -> Callable:
+    """The step alone, compiled with the state donated: a stream's epoch calls it per batch
+    (`jdnn.train.stream`); from the cache when it can be."""
+    return _STEPS.get(step_parts, lambda: jax.jit(_pure_step(step_parts), donate_argnums=0))
 
 
 def _ordered(report: dict) -> dict[str, float]:
@@ -279,14 +297,15 @@ def _attach(error: BaseException, train_state: Any, history: History, note: str)
 
 
 def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientTransformation,
-        epochs: int, batch_size: int, key: jax.Array | int | None = None,
+        epochs: int, batch_size: int | None = None, key: jax.Array | int | None = None,
         validation_data: Any = None,
         metrics: Metrics | None = None, penalty: Callable | None = None,
         augment: Callable | None = None, callbacks: Sequence[Callback] = (),
         progress: bool = True, train_state: TrainState | None = None, mode: str = "scan",
         drop_remainder: bool = False, frozen_state: Sequence[str] = (),
         eval_batch_size: int = DEFAULT_BATCH_SIZE, mesh: Any = None,
-        step: Callable | None = None) -> tuple[TrainState, History]:
+        step: Callable | None = None, steps_per_epoch: int | None = None,
+        precision: str | Precision = "float32") -> tuple[TrainState, History]:
     """Trains `model` on `train_data` for `epochs` epochs.
 
     Each epoch draws a permutation from the train state's key and step, cuts the data into
@@ -370,6 +389,12 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
             and `metrics` apply to validation only. `loss` still checks the labels and
             validates; `optimizer` initializes the train state unless `train_state` is given
             (pass the step's optimizer).
+        precision: `"float32"` (default: no casts), `"bfloat16"`, or a `jdnn.Precision`
+            policy: the forward and backward passes compute in bfloat16 while the params,
+            the optimizer state, batch-norm statistics, the loss and the metrics stay float32
+            (`jdnn.train.precision`); validation runs under the same policy. No loss scaling
+            is needed (bfloat16 has float32's range). Not with `step=` (build the policy into
+            the step: `jdnn.train.step.train_step_fn(..., precision=)`).
 
     Returns:
         `(train_state, history)`.
@@ -401,15 +426,34 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     if mode not in MODES:
         raise ValueError(f"fit: mode must be one of {MODES}, got {mode!r}")
     epochs = whole_number("fit", "epochs", epochs, minimum=0)
-    batch_size = whole_number("fit", "batch_size", batch_size, minimum=1)
+    if not is_stream(train_data):   # a stream's batch size is its first batch's by default
+        batch_size = whole_number("fit", "batch_size", batch_size, minimum=1)
     eval_batch_size = whole_number("fit", "eval_batch_size", eval_batch_size, minimum=1)
     check_step_arguments("fit", loss=loss, optimizer=optimizer, metrics=metrics,
                          penalty=penalty, augment=augment, frozen_state=frozen_state)
     if step is not None:
         check_step("fit", step, penalty=penalty, augment=augment, frozen_state=frozen_state)
+    policy = resolve_precision("fit", precision)
+    if step is not None and policy.casts:
+        raise ValueError(f"fit: precision={precision!r} applies to fit's own step, and step= "
+                         f"replaces it; build the step with the policy instead (e.g. "
+                         f"jdnn.train.step.train_step_fn(..., precision={precision!r})), or "
+                         f"leave out step=")
     callbacks = check_callbacks("fit", callbacks)
     enable_compilation_cache()   # before anything compiles; only where it is safe (see there)
-    x, y, validation = checked_data(model, loss, train_data, validation_data, metrics=metrics)
+    stream = None
+    if is_stream(train_data):   # batches from an iterable: a compiled step each (train.stream)
+        source, spec, stream_steps, x, validation = open_stream(
+            model, loss, train_data, validation_data, metrics=metrics, batch_size=batch_size,
+            steps_per_epoch=steps_per_epoch, train_state=train_state,
+            drop_remainder=drop_remainder, mesh=mesh)
+        batch_size, y = spec.size, x
+    elif steps_per_epoch is not None:
+        raise ValueError("fit: steps_per_epoch= counts the batches of a stream; (x, y) arrays "
+                         "make ceil(N / batch_size) per epoch")
+    else:
+        x, y, validation = checked_data(model, loss, train_data, validation_data,
+                                        metrics=metrics)
     n = x.shape[0]
     if drop_remainder and batch_size > n:
         raise ValueError(f"fit: batch_size={batch_size} is larger than train_data's {n} "
@@ -427,7 +471,7 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
     if step is None:
         step_parts = ("own", model, loss, optimizer, penalty,
                       tuple(resolve_metrics(metrics, loss=loss).items()), augment,
-                      tuple(frozen_state))
+                      tuple(frozen_state), policy)
     else:
         step_parts = ("given", step)
     sharding = None
@@ -436,18 +480,27 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
             raise ValueError(f"fit: mesh= trains data-parallel in mode='scan' only, got "
                              f"mode={mode!r}")
         sharding = epoch_sharding(mesh, batch_size)
-        train_state, x, y = jax.device_put((train_state, x, y), sharding.replicated)
-    elif mode == "scan":
+        # put_global: jax.device_put, also onto a mesh that spans processes (jdnn.distributed)
+        train_state, x, y = put_global((train_state, x, y), sharding.replicated)
+    elif mode == "scan" and stream is None:
         x, y = on_device(x), on_device(y)
-    run_epoch = _epoch_runner(step_parts, batch_size, drop_remainder, mode, sharding)
-    evaluator = (make_evaluator(model, loss, metrics=metrics, batch_size=eval_batch_size)
-                 if validation is not None else None)
+    if stream is None:
+        run_epoch = _epoch_runner(step_parts, batch_size, drop_remainder, mode, sharding)
+    else:
+        stream = StreamEpochs("fit", "train_data", source, _step_runner(step_parts), spec,
+                              stream_steps)
+    evaluator = (make_evaluator(model, loss, metrics=metrics, batch_size=eval_batch_size,
+                                precision=policy) if validation is not None else None)
+    if is_stream(validation_data):
+        evaluator, validation = stream_evaluator(model, loss, metrics, policy,
+                                                 validation_data), ()
 
-    steps_per_epoch = num_batches(n, batch_size, drop_remainder=drop_remainder)
+    steps_per_epoch = (num_batches(n, batch_size, drop_remainder=drop_remainder)
+                       if stream is None else stream.steps_per_epoch)
     key_data, count = host_key_and_step(train_state)   # then counted here: no sync per epoch
     count = int(count)
     start = count // steps_per_epoch
-    run = Run(model, train_state, History(), epoch=start)
+    run = (Run if stream is None else StreamRun)(model, train_state, History(), epoch=start)
     begun: list = []          # callbacks whose on_train_begin ran: they get on_train_end
     trained, finished = None, False   # the running epoch's output, and whether it completed
     bar = tqdm(range(start + 1, start + epochs + 1), desc="fit", unit="epoch",
@@ -461,25 +514,31 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
             if run.train_state is not train_state:
                 key_data, count = host_key_and_step(run.train_state)
                 count = int(count)
+            if stream is not None:   # the source to the state's step (a checkpoint's position)
+                stream.start(run, count)
             for epoch in bar:
                 began = time.perf_counter()
-                order = epoch_order(key_data, count, n)
-                if mode == "step":   # its steps donate a copy: the epoch's start survives
+                steps = steps_per_epoch - count % steps_per_epoch if stream else steps_per_epoch
+                if stream is not None:   # a step per batch; each step's state kept
+                    trained, means = stream.epoch(run, count)
+                elif mode == "step":   # its steps donate a copy: the epoch's start survives
+                    order = epoch_order(key_data, count, n)
                     trained, means = run_epoch(copy_state(run.train_state), x, y, order)
                 else:                # a donated input: interrupts wait for the epoch's output
+                    order = epoch_order(key_data, count, n)
                     guard.watch(run.train_state)
                     trained, means = run_epoch(run.train_state, x, y, order)
                 record = {"epoch": epoch, **_ordered(means)}
                 finished = True
                 guard.hold()   # the epoch is done: keep it, through its validation
                 if step is not None and epoch == start + 1:   # a step of one's own: once
-                    _check_counted(trained, count + steps_per_epoch, steps_per_epoch)
+                    _check_counted(trained, count + steps, steps)
                 if evaluator is not None:
                     val = evaluator(trained, *validation)
                     record.update({f"val_{k}": v for k, v in _ordered(val).items()})
                 record["seconds"] = time.perf_counter() - began
                 run.history.append(record)
-                run.train_state, run.epoch, count = trained, epoch, count + steps_per_epoch
+                run.train_state, run.epoch, count = trained, epoch, count + steps
                 current, trained, finished = trained, None, False
                 guard.release()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
@@ -506,6 +565,8 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         run.stop("interrupted", f"interrupted ({type(interrupt).__name__}) {where}{note}: the "
                                 f"state is {_which(done, start)}; continue with "
                                 f"fit(..., train_state=train_state)")
+        if stream is not None:   # mid-epoch: the state after the last step taken
+            run.stop("interrupted", stream.interrupted(interrupt, run))
     except Exception as error:
         state, done = _handed_back(run, trained, finished)
         _attach(error, state, run.history,
