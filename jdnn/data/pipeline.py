@@ -15,7 +15,7 @@ the same examples in the same steps as `fit(x, y)` does. The last batch of an ep
 
 Everything a batch depends on is its index, so grain's iterator state (`get_state()`, a few
 integers) is a position a run can save and restore (`set_state`) to continue from the same
-batch, with any number of workers.
+batch (with the same number of workers, whose state it is).
 
 Augmentations (`jdnn.data.augment`) are not applied here: they are JAX functions, and belong
 inside the compiled step (`fit(..., augment=...)`), on the device, keyed by the step, where
@@ -271,7 +271,7 @@ def pipeline(source: Any, batch_size: int, *, key: Any = None, shuffle: bool = T
     arrays with the same key), reads its batches ahead in `threads` threads and, with
     `workers > 0`, in that many processes. Every batch is a function of its index alone, so
     the iterator's `get_state()` / `set_state()` (grain's) resume at the same batch, with the
-    same data, whatever the number of workers.
+    same data (resume with the same number of workers: the state differs in form).
 
     Args:
         source: `(x, y)` arrays `(N, ...)` and `(N,)`; or `(images, labels)` paths of IDX
