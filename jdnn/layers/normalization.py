@@ -1,5 +1,11 @@
 """Normalization: BatchNorm (each feature over the batch, running statistics after training)
-and LayerNorm (each position over its features)."""
+and LayerNorm (each position over its features).
+
+Both compute their statistics and the normalization in at least float32, whatever the input's
+dtype, and return a half-precision input's dtype (as Flax's do): under mixed precision
+(`jdnn.train.precision`) the activations are bfloat16, whose 8-bit mantissa would lose a mean
+over thousands of values, and BatchNorm's running statistics stay float32.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,18 @@ def _check_batch_statistics(x) -> None:
                                       f"normalize with the running statistics")
 
 
+def _widened(x):
+    """`x` in at least float32, where statistics are taken (a float64 input stays float64)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _narrowed(y, x):
+    """`y` back in `x`'s dtype when that is a half-precision float (bfloat16, float16), so the
+    next layer computes in it too; otherwise as computed."""
+    half = jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize < 4
+    return y.astype(x.dtype) if half else y
+
+
 @register_layer(family="norm", flops=per_output(4), state=lambda spec: "running statistics")
 def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     """Batch normalization over every axis but the last (the features or channels).
@@ -35,7 +53,8 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     `train=False`: normalize with the running statistics. Then `y = scale * x_hat + bias`.
     Training needs at least 2 values per feature (e.g. a batch of 2 vectors, or 1 image of
     more than one pixel): with one, `x_hat` would be 0 everywhere, so `apply` raises a
-    `LayerError` at trace time instead.
+    `LayerError` at trace time instead. A bfloat16 `x` is normalized in float32 and the running
+    statistics stay float32; `y` is bfloat16 (see the module docstring).
 
     Params: `scale` (ones) and `bias` (zeros), shape `(features,)`.
     State: `mean` (zeros) and `var` (ones), shape `(features,)`.
@@ -68,19 +87,20 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     def apply(params, state, x, *, key=None, train=False):
         del key
         check_features("BatchNorm", x, params["scale"].shape[0])
+        wide = _widened(x)
         if train:
             _check_batch_statistics(x)
             axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x, axis=axes)
-            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            mean = jnp.mean(wide, axis=axes)
+            var = jnp.mean(jnp.square(wide - mean), axis=axes)
             new_state = {
                 "mean": momentum * state["mean"] + (1.0 - momentum) * lax.stop_gradient(mean),
                 "var": momentum * state["var"] + (1.0 - momentum) * lax.stop_gradient(var),
             }
         else:
             mean, var, new_state = state["mean"], state["var"], state
-        x_hat = (x - mean) * lax.rsqrt(var + eps)
-        return x_hat * params["scale"] + params["bias"], new_state
+        x_hat = (wide - mean) * lax.rsqrt(var + eps)
+        return _narrowed(x_hat * params["scale"] + params["bias"], x), new_state
 
     return Layer(init, apply, make_spec("BatchNorm", momentum=momentum, eps=eps))
 
@@ -185,13 +205,14 @@ def LayerNorm(eps: float = 1e-5, *, use_scale: bool = True, use_bias: bool = Tru
         del key, train
         if params:
             check_features("LayerNorm", x, next(iter(params.values())).shape[0])
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        y = (x - mean) * lax.rsqrt(var + eps)
+        wide = _widened(x)
+        mean = jnp.mean(wide, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(wide - mean), axis=-1, keepdims=True)
+        y = (wide - mean) * lax.rsqrt(var + eps)
         if use_scale:
             y = y * params["scale"]
         if use_bias:
             y = y + params["bias"]
-        return y, state
+        return _narrowed(y, x), state
 
     return Layer(init, apply, spec)

@@ -8,6 +8,7 @@ from jdnn.train.compilation_cache import enable_compilation_cache
 from jdnn.train.evaluate import evaluate, make_evaluator, predict
 from jdnn.train.fit import epoch_fn, fit, make_epoch
 from jdnn.train.history import History
+from jdnn.train.precision import Precision
 from jdnn.train.state import TrainState
 from jdnn.train.step import make_eval_step, make_train_step
 
@@ -15,7 +16,7 @@ __all__ = [
     "Callback", "CSVLogger", "EarlyStopping", "enable_compilation_cache", "epoch_fn",
     "evaluate", "fit", "History",
     "JSONLogger", "make_epoch", "make_eval_step", "make_evaluator", "make_train_step",
-    "predict", "PrintLogger", "ReduceLROnPlateau", "Run", "TerminateOnNaN",
+    "Precision", "predict", "PrintLogger", "ReduceLROnPlateau", "Run", "TerminateOnNaN",
     "TrainState",
 ]
 

@@ -17,6 +17,7 @@ from jdnn.losses import Loss
 from jdnn.metrics import Metrics, resolve_metrics
 from jdnn.padded import Padded, apply_child
 from jdnn.train.arguments import on_device
+from jdnn.train.precision import Precision, cast_to_compute, cast_to_output, resolve_precision
 from jdnn.train.program_cache import ProgramCache
 from jdnn.train.state import TrainState
 from jdnn.train.step import check_step_arguments, eval_step_fn
@@ -31,13 +32,16 @@ _EVALUATORS = ProgramCache(64)
 _PREDICTORS = ProgramCache(64)
 
 
-def _evaluator(model: Layer, loss: Loss, metrics: tuple, batch_size: int) -> Callable:
-    return _EVALUATORS.get((model, loss, metrics, batch_size),
-                           lambda: _build_evaluator(model, loss, metrics, batch_size))
+def _evaluator(model: Layer, loss: Loss, metrics: tuple, batch_size: int,
+               policy: Precision) -> Callable:
+    return _EVALUATORS.get((model, loss, metrics, batch_size, policy),
+                           lambda: _build_evaluator(model, loss, metrics, batch_size, policy))
 
 
-def _build_evaluator(model: Layer, loss: Loss, metrics: tuple, batch_size: int) -> Callable:
-    step = eval_step_fn(model, loss, metrics=dict(metrics))  # resolved already: never None
+def _build_evaluator(model: Layer, loss: Loss, metrics: tuple, batch_size: int,
+                     policy: Precision) -> Callable:
+    step = eval_step_fn(model, loss, metrics=dict(metrics),  # resolved already: never None
+                        precision=policy)
 
     @jax.jit
     def run(train_state, x, y):
@@ -56,22 +60,23 @@ def _build_evaluator(model: Layer, loss: Loss, metrics: tuple, batch_size: int) 
 
 
 def make_evaluator(model: Layer, loss: Loss, *, metrics: Metrics | None = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> Callable:
+                   batch_size: int = DEFAULT_BATCH_SIZE,
+                   precision: str | Precision = "float32") -> Callable:
     """A compiled `evaluator(train_state, x, y) -> {"loss": ..., metric: ...}` over a dataset.
 
     The data are cut into padded, masked batches scanned on the device; each value is the mean
     over all examples. Built once per (model, loss, metrics, batch size) and cached. `metrics`
-    as in `evaluate` (None: the loss's default).
+    and `precision` as in `evaluate` (None: the loss's default).
     """
     check_step_arguments("make_evaluator", loss=loss, metrics=metrics)
     batch_size = whole_number("make_evaluator", "batch_size", batch_size, minimum=1)
     return _evaluator(model, loss, tuple(resolve_metrics(metrics, loss=loss).items()),
-                      batch_size)
+                      batch_size, resolve_precision("make_evaluator", precision))
 
 
 def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
-             metrics: Metrics | None = None, batch_size: int = DEFAULT_BATCH_SIZE
-             ) -> dict[str, float]:
+             metrics: Metrics | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+             precision: str | Precision = "float32") -> dict[str, float]:
     """The loss and metrics of a trained model on a dataset, in evaluation mode.
 
     Args:
@@ -84,6 +89,8 @@ def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
             (`softmax_cross_entropy`, `binary_cross_entropy`), none for any other (`mse`, a loss
             of one's own). Asking for `"accuracy"` needs targets that are class labels.
         batch_size: examples per compiled batch.
+        precision: `"float32"` (default), `"bfloat16"` or a `jdnn.Precision`: the forward pass
+            in its compute dtype, the loss and metrics in float32 (as `fit` trained).
 
     Returns:
         `{"loss": float, **metrics}`, means over all `N` examples.
@@ -102,24 +109,28 @@ def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
     batch_size = whole_number("evaluate", "batch_size", batch_size, minimum=1)
     x, y = as_arrays(data, "data")
     check_data(x, y, model=model, loss=loss, name="data", metrics=metrics)
-    report = make_evaluator(model, loss, metrics=metrics, batch_size=batch_size)(
-        train_state, on_device(x), on_device(y))
+    policy = resolve_precision("evaluate", precision)
+    report = make_evaluator(model, loss, metrics=metrics, batch_size=batch_size,
+                            precision=policy)(train_state, on_device(x), on_device(y))
     return {name: float(value) for name, value in report.items()}
 
 
-def _predictor(model: Layer, batch_size: int) -> Callable:
-    return _PREDICTORS.get((model, batch_size), lambda: _build_predictor(model, batch_size))
+def _predictor(model: Layer, batch_size: int, policy: Precision) -> Callable:
+    return _PREDICTORS.get((model, batch_size, policy),
+                           lambda: _build_predictor(model, batch_size, policy))
 
 
-def _build_predictor(model: Layer, batch_size: int) -> Callable:
+def _build_predictor(model: Layer, batch_size: int, policy: Precision) -> Callable:
     @jax.jit
     def run(train_state, x):
         n = x.shape[0]
         indices, _ = epoch_batches(None, n, min(batch_size, n))
+        params = cast_to_compute(policy, train_state.params)
 
         def body(carry, i):
-            y, _ = apply_child(model, train_state.params, train_state.state, x[i], train=False)
-            return carry, y
+            y, _ = apply_child(model, params, train_state.state,
+                               cast_to_compute(policy, x[i]), train=False)
+            return carry, cast_to_output(policy, y)
 
         _, outputs = lax.scan(body, None, indices)   # (batches, batch, ...) per array
         return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], outputs)
@@ -128,7 +139,8 @@ def _build_predictor(model: Layer, batch_size: int) -> Callable:
 
 
 def predict(model: Layer, train_state: TrainState, x: Any, *,
-            batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+            batch_size: int = DEFAULT_BATCH_SIZE,
+            precision: str | Precision = "float32") -> np.ndarray:
     """The model's outputs on `x` in evaluation mode (no dropout, running statistics).
 
     Args:
@@ -136,6 +148,8 @@ def predict(model: Layer, train_state: TrainState, x: Any, *,
         train_state: its trained state.
         x: inputs `(N, ...)`, or a `jdnn.Padded` batch of sequences.
         batch_size: examples per compiled batch.
+        precision: `"float32"` (default), `"bfloat16"` or a `jdnn.Precision`: the forward pass
+            in its compute dtype, the outputs in its output dtype (float32).
 
     Returns:
         The outputs `(N, ...)` as a NumPy array (logits, for a classifier); for a padded `x`
@@ -153,6 +167,7 @@ def predict(model: Layer, train_state: TrainState, x: Any, *,
         >>> labels = jdnn.predict(model, train_state, x_test).argmax(-1)
     """
     batch_size = whole_number("predict", "batch_size", batch_size, minimum=1)
+    policy = resolve_precision("predict", precision)
     x = on_device(padded_arrays("predict", x) if isinstance(x, Padded) else x)
     if x.ndim == 0:
         raise ValueError(f"predict: x must have a first axis with one entry per example, got a "
@@ -160,5 +175,6 @@ def predict(model: Layer, train_state: TrainState, x: Any, *,
     if x.shape[0] == 0:  # nothing to run: the output's shape and dtype, found abstractly
         out = jax.eval_shape(lambda ts, one: model.apply(ts.params, ts.state, one)[0],
                              train_state, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
-        return np.zeros((0, *out.shape[1:]), out.dtype)
-    return jax.tree.map(np.asarray, _predictor(model, batch_size)(train_state, x))
+        dtype = jnp.dtype(policy.output) if policy.casts else out.dtype
+        return np.zeros((0, *out.shape[1:]), dtype)
+    return jax.tree.map(np.asarray, _predictor(model, batch_size, policy)(train_state, x))

@@ -21,6 +21,8 @@ from jdnn.losses import Loss, masked_mean, per_example_values
 from jdnn.metrics import Metric, Metrics, resolve_metrics
 from jdnn.padded import Padded, apply_child, sequence_mask
 from jdnn.train import arguments
+from jdnn.train.precision import (Precision, cast_to_compute, cast_to_output, keep_dtypes,
+                                  resolve_precision)
 from jdnn.train.state import AUGMENT, DROPOUT, TrainState, step_key
 
 __all__ = ["check_step_arguments", "eval_step_fn", "Loss", "make_eval_step", "make_train_step",
@@ -89,16 +91,21 @@ def check_step_arguments(where: str, *, loss: Any, optimizer: Any = _NO_OPTIMIZE
 
 def train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
                   penalty: Callable[[Any], jax.Array] | None = None, metrics: Metrics = (),
-                  augment: Callable | None = None, frozen_state: Sequence[str] = ()) -> Callable:
+                  augment: Callable | None = None, frozen_state: Sequence[str] = (),
+                  precision: str | Precision = "float32") -> Callable:
     """The pure, uncompiled training step that `make_train_step` jits and `fit` scans over.
 
     Arguments as in `make_train_step`. Returns `step(train_state, x, y, mask=None)`.
     """
     metric_fns = resolve_metrics(metrics, loss=loss)
     frozen = tuple(frozen_state)
+    policy = resolve_precision("train_step_fn", precision)
 
     def objective(params, state, x, y, mask, key):
-        outputs, new_state = apply_child(model, params, state, x, key=key, train=True)
+        compute_params, x = cast_to_compute(policy, (params, x))   # grads come back float32
+        outputs, new_state = apply_child(model, compute_params, state, x, key=key, train=True)
+        outputs = cast_to_output(policy, outputs)
+        new_state = keep_dtypes(policy, new_state, state)
         data_loss = masked_mean(per_example_values(loss, outputs, y), mask)
         extra = penalty(params) if penalty is not None else jnp.zeros((), data_loss.dtype)
         return data_loss + extra, (data_loss, extra, outputs, new_state)
@@ -125,7 +132,8 @@ def train_step_fn(model: Layer, loss: Loss, optimizer: optax.GradientTransformat
 def make_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
                     penalty: Callable[[Any], jax.Array] | None = None,
                     metrics: Metrics = (), augment: Callable | None = None,
-                    frozen_state: Sequence[str] = ()) -> Callable:
+                    frozen_state: Sequence[str] = (),
+                    precision: str | Precision = "float32") -> Callable:
     """Builds `step(train_state, x, y, mask=None) -> (train_state, metrics)`, jitted once.
 
     The step applies the model with `train=True` and a dropout key folded in from
@@ -147,6 +155,9 @@ def make_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransform
             `jdnn.data.augment`), with its own key split from the state's key.
         frozen_state: path prefixes (e.g. `("0_batchnorm",)`) whose layer state is not updated:
             batch-norm running statistics stay frozen while fine-tuning.
+        precision: `"float32"` (default, no casts), `"bfloat16"` or a `jdnn.Precision`:
+            the forward and backward passes in bfloat16, params, optimizer state, batch-norm
+            statistics, loss and metrics in float32 (`jdnn.train.precision`).
 
     Returns:
         The compiled step. Its metrics dict holds `"loss"` (the masked mean data loss), then
@@ -159,17 +170,22 @@ def make_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransform
     check_step_arguments("make_train_step", loss=loss, optimizer=optimizer, metrics=metrics,
                          penalty=penalty, augment=augment, frozen_state=frozen_state)
     step = train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics,
-                         augment=augment, frozen_state=frozen_state)
+                         augment=augment, frozen_state=frozen_state,
+                         precision=resolve_precision("make_train_step", precision))
     return jax.jit(step, donate_argnums=0)
 
 
-def eval_step_fn(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callable:
+def eval_step_fn(model: Layer, loss: Loss, *, metrics: Metrics = (),
+                 precision: str | Precision = "float32") -> Callable:
     """The pure, uncompiled evaluation step that `make_eval_step` jits."""
     metric_fns = resolve_metrics(metrics, loss=loss)
+    policy = resolve_precision("eval_step_fn", precision)
 
     def eval_step(train_state: TrainState, x, y, mask=None):
         _check_mask(mask, x)
-        outputs, _ = apply_child(model, train_state.params, train_state.state, x, train=False)
+        params, x = cast_to_compute(policy, (train_state.params, x))
+        outputs, _ = apply_child(model, params, train_state.state, x, train=False)
+        outputs = cast_to_output(policy, outputs)
         report = {"loss": masked_mean(per_example_values(loss, outputs, y), mask)}
         report.update({name: _metric(fn, outputs, y, mask) for name, fn in metric_fns.items()})
         return report
@@ -177,7 +193,8 @@ def eval_step_fn(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callable
     return eval_step
 
 
-def make_eval_step(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callable:
+def make_eval_step(model: Layer, loss: Loss, *, metrics: Metrics = (),
+                   precision: str | Precision = "float32") -> Callable:
     """Builds `eval_step(train_state, x, y, mask=None) -> metrics`, jitted, in eval mode.
 
     The model runs with `train=False` (running batch-norm statistics, no dropout); nothing is
@@ -188,6 +205,8 @@ def make_eval_step(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callab
         loss: a per-example loss `loss(outputs, y) -> (B,)`.
         metrics: names from `jdnn.metrics` or functions `fn(predictions, labels, mask)`;
             none by default (`("accuracy",)` for a classifier).
+        precision: as in `make_train_step`: the forward pass in its compute dtype, the loss
+            and metrics in float32.
 
     Returns:
         The compiled function; its dict holds `"loss"` and each metric, masked means.
@@ -198,4 +217,5 @@ def make_eval_step(model: Layer, loss: Loss, *, metrics: Metrics = ()) -> Callab
         >>> evaluate(train_state, x_test, y_test)   # {"loss": ..., "accuracy": ...}
     """
     check_step_arguments("make_eval_step", loss=loss, metrics=metrics)
-    return jax.jit(eval_step_fn(model, loss, metrics=metrics))
+    return jax.jit(eval_step_fn(model, loss, metrics=metrics,
+                                precision=resolve_precision("make_eval_step", precision)))
