@@ -18,9 +18,10 @@ differ from one process:
 
 `initialize()` with no arguments lets JAX find the cluster: SLURM (`srun`), Open MPI
 (`mpirun`), Kubernetes (JobSet / indexed Jobs), Cloud TPU and GKE are detected from their
-environment variables; anywhere else set `JAX_COORDINATOR_ADDRESS` (host:port of process 0),
-`JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` (read by `jax.distributed.initialize` itself), or
-pass them as arguments. It must run before anything else touches a JAX device.
+environment variables; anywhere else set `JAX_COORDINATOR_ADDRESS` (host:port of process 0,
+read by `jax.distributed.initialize` itself), `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` (read
+here: JAX 0.10 reads only the first), or pass them as arguments. It must run before anything
+else touches a JAX device.
 
 This module imports only JAX and NumPy, so `jdnn.train`, `jdnn.checkpoint` and `jdnn.cli` can
 all build on it.
@@ -28,6 +29,7 @@ all build on it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -48,8 +50,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
     Args:
         coordinator_address: `"host:port"` of process 0, reachable from every process.
-        num_processes: how many processes take part.
-        process_id: this process's index, `0 <= process_id < num_processes`.
+        num_processes: how many processes take part (default: `JAX_NUM_PROCESSES`, if set).
+        process_id: this process's index, `0 <= process_id < num_processes` (default:
+            `JAX_PROCESS_ID`, if set).
         **kwargs: passed on to `jax.distributed.initialize` (e.g. `local_device_ids`,
             `initialization_timeout`).
 
@@ -60,6 +63,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         >>> jdnn.distributed.initialize()                  # under srun, mpirun, a JobSet, ...
         >>> jdnn.distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=1)
     """
+    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+        process_id = int(os.environ["JAX_PROCESS_ID"])
     jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
     return jax.process_index(), jax.process_count()
 

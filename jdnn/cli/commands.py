@@ -47,6 +47,11 @@ def _train(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(run.Config)}
     options = {k: v for k, v in vars(args).items() if k in fields}
     try:
+        if args.distributed:   # before anything touches a device; JAX finds the cluster
+            from jdnn import distributed
+
+            index, count = distributed.initialize()
+            print(f"jdnn train: process {index} of {count}", file=sys.stderr)
         summary = run.train(run.resolve_config(options))
     except KeyboardInterrupt as interrupt:  # outside training: before it began, or saving
         name = "SIGTERM" if isinstance(interrupt, run.Terminated) else "SIGINT"
@@ -264,6 +269,12 @@ def _add_train(commands) -> None:
                             "options) or a checkpoint file")
     train.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                        help="no progress bar")
+    train.add_argument("--distributed", action="store_true", default=None,
+                       help="one of several processes: jax.distributed.initialize() (finds "
+                            "SLURM, Open MPI, Kubernetes, Cloud TPU, or reads "
+                            "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), then "
+                            "data parallel over every process's devices; --batch-size a "
+                            "multiple of the device count")
     train.set_defaults(run=_train)
 
 

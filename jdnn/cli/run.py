@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdnn import checkpoint, data, io, losses, regularizers
+from jdnn import checkpoint, data, io, losses, parallel, regularizers
 from jdnn.core import Layer
 from jdnn.data.batching import num_batches
 from jdnn.layers import (BatchNorm, Conv2D, Dense, Dropout, Embedding, Flatten, Gelu,
@@ -112,6 +112,7 @@ class Config:
     out: str | None = None
     resume: str | None = None
     progress: bool = True
+    distributed: bool = False   # data parallel over every process's devices
 
     def __post_init__(self):
         for name in RULES:
@@ -482,7 +483,8 @@ def _train(config: Config, log, received: dict[str, str]) -> dict[str, Any]:
         model, (x, y), loss=loss, optimizer=optimizer, epochs=config.epochs - done,
         batch_size=config.batch_size, key=jax.random.key(config.seed),
         validation_data=(x_test, y_test), metrics=metrics, penalty=penalty, callbacks=callbacks,
-        progress=config.progress, train_state=train_state)
+        progress=config.progress, train_state=train_state,
+        mesh=parallel.data_mesh() if config.distributed else None)   # all processes' devices
     history = History(earlier + history.records, history.stop_reason, history.stopped_by)
     history.to_json(out / "history.json")
     summary = {"stopped_by": history.stopped_by, "stop_reason": history.stop_reason,
