@@ -48,7 +48,7 @@ def test_batches_follow_fits_order_with_a_new_order_each_epoch(grain):
     x, y = arrays()
     key = jax.random.key(7)
     source = make_pipeline((x, y), 4, key=key, epochs=2)
-    assert source.steps_per_epoch == 3 and len(source) == 6
+    assert source.steps_per_epoch == 3 and len(source) == 3   # one epoch, fit's unit
     batches = collect(source)
     words = jax.random.key_data(key)
     for epoch in range(2):
@@ -87,12 +87,10 @@ def test_resume_from_the_iterator_state_continues_bit_identically(grain):
         np.testing.assert_array_equal(ya, yb)
 
 
-def test_endless_pipeline_has_no_length(grain):
-    source = make_pipeline(arrays(), 4, key=0, epochs=None)
-    iterator = iter(source)
+def test_shuffled_pipelines_run_on_and_unshuffled_ones_make_one_pass(grain):
+    iterator = iter(make_pipeline(arrays(), 4, key=0))   # training: epoch after epoch
     assert len([next(iterator) for _ in range(7)]) == 7
-    with pytest.raises(TypeError, match="epochs=None has no length; use its steps_per_epoch"):
-        len(source)
+    assert len(collect(make_pipeline(arrays(), 4, shuffle=False))) == 3   # evaluation
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -250,10 +250,9 @@ class Pipeline:
         return iter(self.dataset)
 
     def __len__(self) -> int:
-        if self.epochs is None:
-            raise TypeError("pipeline: a pipeline with epochs=None has no length; use its "
-                            "steps_per_epoch")
-        return self.steps_per_epoch * self.epochs
+        """The batches of one epoch (what `fit` reads as its `steps_per_epoch`), whatever
+        `epochs` is."""
+        return self.steps_per_epoch
 
     def __repr__(self) -> str:
         return (f"Pipeline(steps_per_epoch={self.steps_per_epoch}, epochs={self.epochs}, "
@@ -261,9 +260,9 @@ class Pipeline:
 
 
 def pipeline(source: Any, batch_size: int, *, key: Any = None, shuffle: bool = True,
-             epochs: int | None = 1, drop_remainder: bool = False, layout: str = "nhwc",
-             normalize: bool = True, transform: Callable | None = None, workers: int = 0,
-             threads: int = 2, prefetch: int = 8, image_mode: str = "RGB",
+             epochs: int | None | str = "auto", drop_remainder: bool = False,
+             layout: str = "nhwc", normalize: bool = True, transform: Callable | None = None,
+             workers: int = 0, threads: int = 2, prefetch: int = 8, image_mode: str = "RGB",
              image_size: tuple[int, int] | None = None) -> Pipeline:
     """A grain input pipeline of `(x, y)` batches over arrays, IDX files or a folder of images.
 
@@ -279,12 +278,14 @@ def pipeline(source: Any, batch_size: int, *, key: Any = None, shuffle: bool = T
             or `(N, H, W, C)`; or the path of a folder `root/<class>/<image>.png|jpg`
             (labels: the sorted class folder names' indices, see `Pipeline.classes`).
         batch_size: examples per batch.
-        key: a JAX key (e.g. the run's `jax.random.key(0)`) or an int seed; required when
-            `shuffle` is True.
+        key: a JAX key or an int seed; required when `shuffle` is True. Pass the run's
+            `train_state.key` and the orders are those `fit` draws for the same data as arrays
+            (with `drop_remainder=True` the trained parameters are bit-identical).
         shuffle: draw a new order each epoch; False keeps the source's order (evaluation).
-        epochs: how many passes; None for no end (then `len()` is undefined: pass the
-            pipeline's `steps_per_epoch` to the consumer). Keep one iterator across epochs:
-            a new iterator starts again from epoch 0.
+        epochs: how many passes an iterator makes; None for no end. The default, `"auto"`,
+            is no end when shuffling (training: `fit` reads one iterator, `len()` batches per
+            epoch, each epoch in a new order; a new iterator would start again from epoch 0's
+            order) and one pass when not (`evaluate`, `predict` read to the end).
         drop_remainder: drop each epoch's last, short batch instead of yielding it.
         layout: `"nhwc"` keeps the examples' shape (IDX and grey images get a channel axis,
             `(B, H, W, 1)`), `"flat"` gives `(B, prod(shape))`.
@@ -300,7 +301,8 @@ def pipeline(source: Any, batch_size: int, *, key: Any = None, shuffle: bool = T
 
     Returns:
         A `Pipeline`: iterate it for `(x, y)` batches, x float32 `(B, ...)`, y int32 `(B,)`
-        (the last batch of an epoch may be shorter unless `drop_remainder`).
+        (the last batch of an epoch may be shorter unless `drop_remainder`); `len()` is the
+        batches of one epoch.
 
     Raises:
         ImportError: if grain is not installed, saying how to install it.
@@ -312,12 +314,15 @@ def pipeline(source: Any, batch_size: int, *, key: Any = None, shuffle: bool = T
     Example:
         >>> train = jdnn.data.pipeline(("mnist/train-images-idx3-ubyte.gz",
         ...                             "mnist/train-labels-idx1-ubyte.gz"), 128,
-        ...                            key=jax.random.key(0), epochs=10, workers=2)
+        ...                            key=jax.random.key(0), workers=2)
         >>> it = iter(train)
         >>> x, y = next(it)                    # (128, 28, 28, 1) float32, (128,) int32
         >>> state = it.get_state()             # ... later: it.set_state(state)
+        >>> jdnn.fit(model, train, ...)         # len(train) batches per epoch
     """
     grain = _grain()
+    if epochs == "auto":
+        epochs = None if shuffle else 1
     for name, value, low in (("batch_size", batch_size, 1), ("workers", workers, 0),
                              ("threads", threads, 0), ("prefetch", prefetch, 0),
                              ("epochs", 1 if epochs is None else epochs, 1)):
