@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 import numbers
 import pathlib
@@ -48,6 +49,7 @@ from jdnn.train.state import TrainState
 
 PATTERN = "epoch-*.safetensors"
 STAMP = "model_checkpoint"  # the metadata key of a file's stamp
+POSITION = "data_position"  # the metadata key of a stream's position (`jdnn.train.stream`)
 
 
 @jax.jit
@@ -110,6 +112,13 @@ def _proves(manifest: dict[str, Any], params: Any) -> bool:
     saved = {name: entry.get("sha256") for name, entry in manifest["tensors"].items()
              if name.startswith("params/")}
     return mine == saved
+
+
+def _position_of(manifest: dict[str, Any], step: int) -> dict | None:
+    """The data position a checkpoint recorded for its step, or None."""
+    metadata = manifest.get("metadata")
+    position = metadata.get(POSITION) if isinstance(metadata, dict) else None
+    return position if isinstance(position, dict) and position.get("step") == step else None
 
 
 def _saved_ns(stamp: dict[str, Any]) -> int:
@@ -178,8 +187,11 @@ class ModelCheckpoint(Callback):
         self._session = uuid.uuid4().hex
         self._start = _step(run.train_state)
         self._epochs: dict[Any, tuple[int, dict]] = {}  # step -> (epoch, record), first seen
-        self._warned = False
+        self._warned = self._warned_position = False
+        self._position = None   # the data position of the checkpoint resumed from, if any
         self._lineage, self._written = self._adopt(run.train_state)
+        if self._position is not None and hasattr(run, "data_position"):
+            run.data_position = self._position   # a stream resumes there (jdnn.train.stream)
         adopted = {w.path for w in self._written}
         foreign = sorted(p.name for p in self.directory.glob(PATTERN) if p not in adopted)
         if foreign:
@@ -200,6 +212,7 @@ class ModelCheckpoint(Callback):
         stamped = [(path, m, _stamp(m)) for path, m in headers if _stamp(m) is not None]
         for _, manifest, stamp in stamped:
             if manifest.get("step") == self._start and _proves(manifest, train_state.params):
+                self._position = _position_of(manifest, self._start)
                 older = [(path, s) for path, m, s in stamped
                          if s.get("lineage") == stamp.get("lineage")
                          and _last_step(m) <= self._start]
@@ -260,12 +273,33 @@ class ModelCheckpoint(Callback):
         # otherwise leave a file of this run that rotation never deletes. Until the file carries
         # this stamp, `still_ours` is False and rotation leaves whatever is there alone.
         self._written = [w for w in self._written if w.path != path] + [written]
-        save(path, run.train_state, run.model,
-                        metadata={"epoch": epoch, "record": record, STAMP: stamp})
+        metadata = {"epoch": epoch, "record": record, STAMP: stamp}
+        position = self._data_position(run, step)
+        if position is not None:
+            metadata[POSITION] = position
+        save(path, run.train_state, run.model, metadata=metadata)
         while self.keep is not None and len(self._written) > self.keep:
             old = self._written.pop(0)
             if old.still_ours():
                 old.path.unlink(missing_ok=True)
+
+    def _data_position(self, run: Run, step: Any) -> dict | None:
+        """The run's data position (a stream's, `jdnn.train.stream`) if it belongs to `step`
+        and JSON can hold it; a source state JSON cannot hold is left out, with a warning."""
+        position = getattr(run, "data_position", None)
+        if not (isinstance(position, dict) and position.get("step") == step):
+            return None
+        try:
+            json.dumps(position)
+        except (TypeError, ValueError) as error:
+            if not self._warned_position:
+                warnings.warn(f"ModelCheckpoint: the data source's position cannot be saved "
+                              f"({error}); get_state() must return JSON values or bytes. The "
+                              f"checkpoint resumes at an epoch's start only", RuntimeWarning,
+                              stacklevel=3)
+                self._warned_position = True
+            return None
+        return position
 
     @staticmethod
     def latest(directory) -> pathlib.Path | None:

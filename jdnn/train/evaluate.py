@@ -21,6 +21,7 @@ from jdnn.train.precision import Precision, cast_to_compute, cast_to_output, res
 from jdnn.train.program_cache import ProgramCache
 from jdnn.train.state import TrainState
 from jdnn.train.step import check_step_arguments, eval_step_fn
+from jdnn.train.stream import evaluate_stream, is_stream, predict_stream
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -75,20 +76,23 @@ def make_evaluator(model: Layer, loss: Loss, *, metrics: Metrics | None = None,
 
 
 def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
-             metrics: Metrics | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+             metrics: Metrics | None = None, batch_size: int | None = None,
              precision: str | Precision = "float32") -> dict[str, float]:
     """The loss and metrics of a trained model on a dataset, in evaluation mode.
 
     Args:
         model: the network.
         train_state: its trained state (params and batch-norm statistics are used).
-        data: an `(x, y)` pair of arrays, `x` `(N, ...)`, `y` `(N, ...)`.
+        data: an `(x, y)` pair of arrays, `x` `(N, ...)`, `y` `(N, ...)`; or a stream of
+            `(x, y)` batches (any iterable but a tuple or list, e.g. a grain `DataLoader`),
+            read once to its end, a compiled step per batch (`jdnn.train.stream`).
         loss: the per-example loss, e.g. `jdnn.losses.softmax_cross_entropy`.
         metrics: names from `jdnn.metrics` or functions `fn(predictions, labels, mask)`. None,
             the default, follows the loss: `("accuracy",)` for a classification loss
             (`softmax_cross_entropy`, `binary_cross_entropy`), none for any other (`mse`, a loss
             of one's own). Asking for `"accuracy"` needs targets that are class labels.
-        batch_size: examples per compiled batch.
+        batch_size: examples per compiled batch (default 1024); for a stream, the largest
+            batch it yields (default: its first batch's size; shorter ones are padded).
         precision: `"float32"` (default), `"bfloat16"` or a `jdnn.Precision`: the forward pass
             in its compute dtype, the loss and metrics in float32 (as `fit` trained).
 
@@ -106,13 +110,31 @@ def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
         ...               loss=jdnn.losses.softmax_cross_entropy)   # {"loss": ..., "accuracy": ...}
     """
     check_step_arguments("evaluate", loss=loss, metrics=metrics)
-    batch_size = whole_number("evaluate", "batch_size", batch_size, minimum=1)
+    if is_stream(data):
+        return _evaluate_stream(model, train_state, data, loss, metrics, batch_size, precision)
+    batch_size = whole_number("evaluate", "batch_size",
+                              DEFAULT_BATCH_SIZE if batch_size is None else batch_size, minimum=1)
     x, y = as_arrays(data, "data")
     check_data(x, y, model=model, loss=loss, name="data", metrics=metrics)
     policy = resolve_precision("evaluate", precision)
     report = make_evaluator(model, loss, metrics=metrics, batch_size=batch_size,
                             precision=policy)(train_state, on_device(x), on_device(y))
     return {name: float(value) for name, value in report.items()}
+
+
+def _evaluate_stream(model: Layer, train_state: TrainState, data: Any, loss: Loss,
+                     metrics: Metrics | None, batch_size: int | None, precision: Any
+                     ) -> dict[str, float]:
+    if batch_size is not None:
+        batch_size = whole_number("evaluate", "batch_size", batch_size, minimum=1)
+
+    def check_first(x, y):
+        check_data(x, y, model=model, loss=loss, name="data", metrics=metrics)
+
+    return evaluate_stream("evaluate", model, loss,
+                           tuple(resolve_metrics(metrics, loss=loss).items()),
+                           resolve_precision("evaluate", precision), train_state, data,
+                           batch_size, check_first=check_first)
 
 
 def _predictor(model: Layer, batch_size: int, policy: Precision) -> Callable:
@@ -139,15 +161,18 @@ def _build_predictor(model: Layer, batch_size: int, policy: Precision) -> Callab
 
 
 def predict(model: Layer, train_state: TrainState, x: Any, *,
-            batch_size: int = DEFAULT_BATCH_SIZE,
+            batch_size: int | None = None,
             precision: str | Precision = "float32") -> np.ndarray:
     """The model's outputs on `x` in evaluation mode (no dropout, running statistics).
 
     Args:
         model: the network.
         train_state: its trained state.
-        x: inputs `(N, ...)`, or a `jdnn.Padded` batch of sequences.
-        batch_size: examples per compiled batch.
+        x: inputs `(N, ...)`, or a `jdnn.Padded` batch of sequences; or a stream of `x`
+            batches (any iterable but a tuple or list; `(x, y)` pairs are taken for their
+            `x`), read once to its end, a compiled call per batch (`jdnn.train.stream`).
+        batch_size: examples per compiled batch (default 1024); for a stream, the largest
+            batch it yields (default: its first batch's size; shorter ones are padded).
         precision: `"float32"` (default), `"bfloat16"` or a `jdnn.Precision`: the forward pass
             in its compute dtype, the outputs in its output dtype (float32).
 
@@ -166,8 +191,13 @@ def predict(model: Layer, train_state: TrainState, x: Any, *,
     Example:
         >>> labels = jdnn.predict(model, train_state, x_test).argmax(-1)
     """
-    batch_size = whole_number("predict", "batch_size", batch_size, minimum=1)
+    if batch_size is not None or not is_stream(x):
+        batch_size = whole_number("predict", "batch_size",
+                                  DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+                                  minimum=1)
     policy = resolve_precision("predict", precision)
+    if is_stream(x):
+        return predict_stream(model, policy, train_state, x, batch_size)
     x = on_device(padded_arrays("predict", x) if isinstance(x, Padded) else x)
     if x.ndim == 0:
         raise ValueError(f"predict: x must have a first axis with one entry per example, got a "

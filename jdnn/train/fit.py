@@ -347,17 +347,26 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
 
     Args:
         model: the network.
-        train_data: an `(x, y)` pair of arrays, `x` `(N, ...)`, `y` `(N, ...)`.
+        train_data: an `(x, y)` pair of arrays, `x` `(N, ...)`, `y` `(N, ...)`; or a stream
+            of `(x, y)` batches, any iterable but a tuple or list (a grain `DataLoader` or
+            dataset, a generator): each epoch is then `steps_per_epoch` compiled steps, one per
+            batch, the next batches put on the device in the background; a short batch is
+            padded and masked; the order is the source's own (no shuffling by fit); an
+            interrupt keeps the state after the last step, and a source that can save its
+            position (`get_state`/`set_state`, as grain's iterators) resumes mid-epoch from a
+            `ModelCheckpoint` (see `jdnn.train.stream`). Not with `mesh=` or `drop_remainder`.
         loss: a per-example loss function, e.g. `jdnn.losses.softmax_cross_entropy`.
         optimizer: any optax `GradientTransformation`, e.g. `optax.adam(1e-3)` (schedules work
             as they are).
         epochs: epochs to run (more, when resuming from `train_state`); an int >= 0.
-        batch_size: examples per step, an int >= 1 (NumPy integers are accepted).
+        batch_size: examples per step, an int >= 1 (NumPy integers are accepted); for a
+            stream, the largest batch it yields (default: its first batch's size).
         key: a `jax.random.key` or an int seed; initializes the model and seeds shuffling and
             dropout; required unless `train_state` is given (resuming continues from that
             state's own key).
         validation_data: an optional `(x, y)` pair evaluated after each epoch (`val_*` keys);
-            its examples must have the training examples' shape.
+            its examples must have the training examples' shape. Or a re-iterable stream of
+            `(x, y)` batches, read through once per epoch.
         metrics: names from `jdnn.metrics` or functions `fn(predictions, labels, mask)`,
             computed on each training batch (by fit's own step) and on `validation_data`.
             None, the default, follows the loss (`jdnn.metrics.default_metrics`):
@@ -389,6 +398,8 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
             and `metrics` apply to validation only. `loss` still checks the labels and
             validates; `optimizer` initializes the train state unless `train_state` is given
             (pass the step's optimizer).
+        steps_per_epoch: batches per epoch of a stream; default `len(train_data)`, required
+            for a source with no length (an iterator, an endless grain loader).
         precision: `"float32"` (default: no casts), `"bfloat16"`, or a `jdnn.Precision`
             policy: the forward and backward passes compute in bfloat16 while the params,
             the optimizer state, batch-norm statistics, the loss and the metrics stay float32
@@ -441,13 +452,13 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
                          f"leave out step=")
     callbacks = check_callbacks("fit", callbacks)
     enable_compilation_cache()   # before anything compiles; only where it is safe (see there)
-    stream = None
+    source = stream = None
     if is_stream(train_data):   # batches from an iterable: a compiled step each (train.stream)
         source, spec, stream_steps, x, validation = open_stream(
             model, loss, train_data, validation_data, metrics=metrics, batch_size=batch_size,
             steps_per_epoch=steps_per_epoch, train_state=train_state,
             drop_remainder=drop_remainder, mesh=mesh)
-        batch_size, y = spec.size, x
+        batch_size = spec.size
     elif steps_per_epoch is not None:
         raise ValueError("fit: steps_per_epoch= counts the batches of a stream; (x, y) arrays "
                          "make ceil(N / batch_size) per epoch")
@@ -482,9 +493,9 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
         sharding = epoch_sharding(mesh, batch_size)
         # put_global: jax.device_put, also onto a mesh that spans processes (jdnn.distributed)
         train_state, x, y = put_global((train_state, x, y), sharding.replicated)
-    elif mode == "scan" and stream is None:
+    elif mode == "scan" and source is None:
         x, y = on_device(x), on_device(y)
-    if stream is None:
+    if source is None:
         run_epoch = _epoch_runner(step_parts, batch_size, drop_remainder, mode, sharding)
     else:
         stream = StreamEpochs("fit", "train_data", source, _step_runner(step_parts), spec,
@@ -518,7 +529,8 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
                 stream.start(run, count)
             for epoch in bar:
                 began = time.perf_counter()
-                steps = steps_per_epoch - count % steps_per_epoch if stream else steps_per_epoch
+                steps = (steps_per_epoch if stream is None else   # a resumed stream: the rest
+                         steps_per_epoch - count % steps_per_epoch)
                 if stream is not None:   # a step per batch; each step's state kept
                     trained, means = stream.epoch(run, count)
                 elif mode == "step":   # its steps donate a copy: the epoch's start survives
