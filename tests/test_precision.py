@@ -71,25 +71,27 @@ def test_a_policy_refuses_float16_compute_and_bfloat16_params_saying_why():
 
 def test_batchnorm_takes_float32_statistics_of_a_bfloat16_input():
     bn = jdnn.BatchNorm(momentum=0.5)
+    apply = jax.jit(bn.apply, static_argnames="train")   # one program, not an op at a time
     _, params, state = bn.init(jax.random.key(0), (512, 6))
     # an offset far above the spread: a bfloat16 mean or variance would be visibly wrong
     x = (100.0 + jax.random.normal(jax.random.key(1), (512, 6))).astype(jnp.bfloat16)
-    y, new_state = bn.apply(params, state, x, train=True)
-    want_y, want_state = bn.apply(params, state, x.astype(jnp.float32), train=True)
+    y, new_state = apply(params, state, x, train=True)
+    want_y, want_state = apply(params, state, x.astype(jnp.float32), train=True)
     assert y.dtype == jnp.bfloat16 and _dtypes(new_state) == {"float32"}
     for name in ("mean", "var"):
         np.testing.assert_allclose(new_state[name], want_state[name], rtol=1e-5)
     np.testing.assert_array_equal(y, want_y.astype(jnp.bfloat16))
-    y_eval, kept = bn.apply(params, new_state, x, train=False)
-    assert y_eval.dtype == jnp.bfloat16 and kept is new_state
+    y_eval, kept = apply(params, new_state, x, train=False)
+    assert y_eval.dtype == jnp.bfloat16 and _dtypes(kept) == {"float32"}
 
 
 def test_layernorm_normalizes_a_bfloat16_input_in_float32():
     ln = jdnn.LayerNorm()
     _, params, state = ln.init(jax.random.key(0), (4, 256))
     x = (50.0 + jax.random.normal(jax.random.key(1), (4, 256))).astype(jnp.bfloat16)
-    y, _ = ln.apply(params, state, x)
-    want, _ = ln.apply(params, state, x.astype(jnp.float32))
+    apply = jax.jit(ln.apply)
+    y, _ = apply(params, state, x)
+    want, _ = apply(params, state, x.astype(jnp.float32))
     assert y.dtype == jnp.bfloat16
     np.testing.assert_array_equal(y, want.astype(jnp.bfloat16))
 
@@ -196,7 +198,9 @@ def test_a_bfloat16_fit_of_digits_matches_float32_within_half_a_point_and_compil
         mixed_state, mixed = run("bfloat16")
     assert sorted(compiles.names) == ["jit(epoch)", "jit(run)"]   # create is shared with float32
     assert full.records[-1]["val_accuracy"] > 0.9
-    assert abs(mixed.records[-1]["val_accuracy"] - full.records[-1]["val_accuracy"]) <= 0.005
+    accuracies = (full.records[-1]["val_accuracy"], mixed.records[-1]["val_accuracy"])
+    print(f"digits test accuracy: float32 {accuracies[0]:.4f}, bfloat16 {accuracies[1]:.4f}")
+    assert abs(accuracies[1] - accuracies[0]) <= 0.005
     assert mixed.records[-1]["loss"] != full.records[-1]["loss"]   # it did compute differently
     assert _dtypes((mixed_state.params, mixed_state.state)) == {"float32"}
     assert _dtypes(mixed_state.opt_state) == {"float32", "int32"}
