@@ -2,6 +2,10 @@
 arrays, one compilation, interrupts that keep each step, resuming mid-epoch bit for bit, and
 errors that name the batch."""
 
+import os
+import signal
+import time
+
 import jax
 import numpy as np
 import optax
@@ -167,6 +171,29 @@ def test_an_interrupt_keeps_every_step_and_resuming_continues_bit_for_bit():
     assert source.index == 6        # rewound over the batches read ahead, not trained on
     resumed, history = fit(source, steps_per_epoch=4, epochs=2, train_state=stopped)
     assert [r["epoch"] for r in history.records] == [2, 3]
+    assert_same_params(whole, resumed)
+
+
+def test_ctrl_c_during_an_epoch_stops_between_steps_and_resuming_is_bit_for_bit():
+    # A real SIGINT, sent while batch 6 is read ahead: it lands in the main thread wherever it
+    # is (waiting for a batch, dispatching a step); every step taken is kept, the source is
+    # rewound to the last one, and the run resumed from there ends as an uninterrupted one.
+    whole, _ = fit(Resumable(), steps_per_epoch=4, epochs=3)
+
+    class Signalling(Resumable):
+        def __next__(self):
+            if self.index == 6 and self.fail_at is None:
+                self.fail_at = -1
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)            # the main thread takes the signal meanwhile
+            return super().__next__()
+
+    source = Signalling()
+    stopped, history = fit(source, steps_per_epoch=4, epochs=3)
+    step = int(stopped.step)
+    assert history.stopped_by == "interrupted" and 0 < step < 12 and source.index == step
+    resumed, _ = fit(source, steps_per_epoch=4, epochs=3 - step // 4, train_state=stopped)
+    assert int(resumed.step) == 12
     assert_same_params(whole, resumed)
 
 

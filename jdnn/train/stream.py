@@ -399,11 +399,15 @@ class StreamEpochs:
         done = count % self.steps_per_epoch
         steps = self.steps_per_epoch - done
         reports, counts = [], []
-        batches = Prefetcher(self.source, self._prepare(done), size=self.prefetch, count=steps,
-                             mark=self.source.position)
-        guard = DonationGuard()   # a Ctrl-C between a step's dispatch and its result waits
-        try:
-            with guard:
+        # An interrupt (Ctrl-C) acts between steps, never between a step's dispatch and its
+        # result (the state is donated), nor before the reading thread is accounted for and
+        # the source rewound over what it read ahead.
+        with DonationGuard() as guard:
+            guard.hold()
+            batches = Prefetcher(self.source, self._prepare(done), size=self.prefetch,
+                                 count=steps, mark=self.source.position)
+            try:
+                guard.release()
                 for i in range(steps):
                     try:
                         ((x, y, mask), real), mark = next(batches)
@@ -415,9 +419,11 @@ class StreamEpochs:
                     guard.release()
                     reports.append(report)
                     counts.append(real)
-        finally:
-            batches.close()
-            self._settle(run, count + len(reports), early=len(reports) < steps)
+            finally:
+                guard.hold()
+                batches.close()
+                self._settle(run, count + len(reports), early=len(reports) < steps)
+                guard.release()
         return run.train_state, _means(reports, counts)
 
     def _at(self, step: int, mark: Any) -> dict | None:
