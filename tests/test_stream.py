@@ -220,6 +220,17 @@ def test_a_checkpoint_records_the_position_and_a_new_process_resumes_from_it(tmp
     assert last.metadata["data_position"] == {"step": 12, "state": {"index": 12}}
 
 
+def test_a_position_json_cannot_hold_is_left_out_of_the_checkpoint_with_a_warning(tmp_path):
+    class Opaque(Resumable):
+        def get_state(self):
+            return {"index": self.index, "rng": object()}
+
+    with pytest.warns(RuntimeWarning, match="the data source's position cannot be saved"):
+        fit(Opaque(), steps_per_epoch=4, epochs=1, callbacks=[ModelCheckpoint(tmp_path)])
+    checkpoint = jdnn.checkpoint.restore(ModelCheckpoint.latest(tmp_path), model())
+    assert "data_position" not in checkpoint.metadata and int(checkpoint.step) == 4
+
+
 def test_a_source_without_a_position_is_fast_forwarded_when_resumed():
     batches = [(X[i:i + BATCH], Y[i:i + BATCH]) for i in range(0, N, BATCH)]
 

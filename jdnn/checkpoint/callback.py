@@ -18,6 +18,11 @@ Three rules keep a checkpoint directory safe:
   trained, or is not finite): `every=2` over 5 epochs still keeps epoch 5, and a run that
   `fit` ends early (stopped, interrupted) keeps its progress.
 
+Training on a stream (`jdnn.train.stream`), each file also records where the source stood after
+the saved step, `metadata["data_position"]` (`{"step", "state"}`, the source iterator's
+`get_state()`), and a run resuming from a file this callback proves (see above) hands that
+position to `fit`, which continues from the next example: mid-epoch, bit for bit.
+
 `latest(directory)` ranks files by the write time they record, not by name, so a new run into
 an old directory wins over the old run's higher epoch numbers.
 """
@@ -149,8 +154,10 @@ class ModelCheckpoint(Callback):
 
     Files are `epoch-0003.safetensors` (see `jdnn.checkpoint`), written atomically; each holds
     `{"epoch", "record", "model_checkpoint": stamp}` as metadata (the epoch's history record and
-    the stamp that says which run wrote it). The directory is created and proven writable in
-    `on_train_begin`, before any training. What is kept (see `jdnn.checkpoint.callback`):
+    the stamp that says which run wrote it), and, training on a stream whose source can save its
+    position, `"data_position"`, which a run resumed from the file continues from. The
+    directory is created and proven writable in `on_train_begin`, before any training. What
+    is kept (see `jdnn.checkpoint.callback`):
 
     - rotation deletes only files this run wrote (or, resuming, the older checkpoints of the
       run it continues, proven by checksums); another run's files and the user's are never

@@ -318,8 +318,8 @@ def open_stream(model: Layer, loss: Callable, data: Any, validation_data: Any, *
         batch_size = whole_number("fit", "batch_size", batch_size, minimum=1)
     try:
         start = int(train_state.step) if train_state is not None else 0
-    except (AttributeError, TypeError):
-        start = 0                 # not a single TrainState: check_train_state says so
+    except (AttributeError, TypeError, RuntimeError):
+        start = 0                 # not a single, whole TrainState: check_train_state says so
     source = source_for(data, start)
     try:
         item = source.first()
