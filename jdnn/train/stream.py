@@ -23,13 +23,15 @@ the pipeline keeps up.
                   step it belongs to: `{"step": s, "state": ...}` (bytes as base64)
 
 Resuming. Each step's state is kept (an interrupt returns the state after the last completed
-step, mid-epoch) together with the position after that step's batch, as `Run.data_position`:
-`ModelCheckpoint` saves it in the checkpoint's metadata and hands it back when a run resumes
-from that checkpoint, and `fit` then `set_state`s a fresh iterator there. In one process, a
-run continued with `fit(..., train_state=...)` and the same source goes on where the last one
-stopped (the iterator is rewound over the batches prefetched but not trained on). A source
-that cannot save its position is fast-forwarded instead: the batches the state has already
-trained on are read again and skipped (an iterator is taken where it stands).
+step, mid-epoch) together with the position after that step's batch, as
+`StreamRun.data_position`: `ModelCheckpoint` saves it in the checkpoint's metadata and hands it
+back when a run resumes from that checkpoint, and `fit` then `set_state`s a fresh iterator
+there. In one process, a run continued with `fit(..., train_state=...)` and the same source
+goes on where the last one stopped (the iterator is rewound over the batches prefetched but not
+trained on). A re-iterable source that cannot save its position is fast-forwarded instead: a
+new iterator, the batches the state has already trained on read again and skipped. An
+iterator that cannot is taken where it stands: after an interrupt, the (at most 3) batches
+read ahead are lost to it.
 """
 
 from __future__ import annotations
