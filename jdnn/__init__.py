@@ -18,11 +18,11 @@ from jdnn.layers import (AvgPool2D, BatchNorm, Conv2D, branches, Dense, Dropout,
                          AvgPool1D, Conv1D, GlobalAvgPool, GlobalMaxPool, MaxPool1D,
                          bidirectional, GRU, LSTM, SimpleRNN)
 from jdnn.regularizers import freeze
-from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger,
+from jdnn.train import (Callback, CSVLogger, EarlyStopping, History, JSONLogger, Precision,
                         PrintLogger, ReduceLROnPlateau, TerminateOnNaN, TrainState, evaluate, fit,
                         make_eval_step, make_train_step, predict)
 
-from jdnn import checkpoint, parallel  # noqa: E402  (both build on jdnn.train)
+from jdnn import checkpoint, distributed, parallel, sharding  # noqa: E402  (on jdnn.train)
 from jdnn.checkpoint import ModelCheckpoint  # noqa: E402
 from jdnn import multi, privacy  # noqa: E402
 from jdnn.multi import (SearchResult, evaluate_ensemble, fit_ensemble,  # noqa: E402
@@ -64,7 +64,7 @@ __all__ = [
     "Layer", "LayerError", "LayerNorm", "LeakyRelu", "losses", "make_dp_train_step",
     "make_eval_step", "make_spec", "make_train_step", "MaxPool2D", "metrics", "MissingKeyError",
     "ModelCheckpoint", "multi", "MultiHeadAttention", "Padded", "parallel", "per_example_grads",
-    "PerExampleAux",
+    "PerExampleAux", "Precision", "distributed", "sharding",
     "PositionalEmbedding", "predict", "predict_ensemble", "PRelu", "PrintLogger", "privacy",
     "ReduceLROnPlateau", "reference", "register_layer",
     "regularizers", "Relu", "residual", "search", "SearchResult", "serial", "Sigmoid",
