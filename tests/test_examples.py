@@ -166,3 +166,24 @@ def test_long_range(tmp_path):
     (mse,) = finite(output, r"^variable lengths gru: ([0-9.]+)$")
     assert 0 <= mse < 5
     assert (tmp_path / "long_range.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- after training ----------------------------------------------------------------------------
+
+
+def test_distill_digits():
+    output = output_of("distill_digits.py", "--epochs", "2")
+    first, last = finite(output, r"^distillation loss: first epoch ([0-9.]+), last ([0-9.]+)$")
+    assert last < first
+    assert re.search(r"^teacher [0-9,]+ params, student [0-9,]+ params \([0-9]+x fewer\)$",
+                     output, re.MULTILINE), output
+    for who in ("teacher", "student \\(distilled\\)", "student \\(labels only\\)"):
+        assert 0.1 < number(output, f"{who} accuracy") <= 1.0
+
+
+def test_explain_digits(tmp_path):
+    output = output_of("explain_digits.py", "--epochs", "3", "--out", str(tmp_path))
+    assert number(output, "test accuracy") > 0.9
+    assert "the model sees [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]" in output
+    for name in ("attributions.png", "classes.png", "units.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
