@@ -5,7 +5,6 @@ jdnn.predict, and the layers jax2onnx cannot express named in the error. Needs t
 import json
 
 import numpy as np
-import onnx
 import optax
 import pytest
 
@@ -14,6 +13,7 @@ from jdnn import export
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("jax2onnx")
+onnx = pytest.importorskip("onnx")   # comes with jax2onnx
 
 
 def _run(path, x):
