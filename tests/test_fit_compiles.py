@@ -16,30 +16,12 @@ import optax
 import pytest
 
 import jdnn
+from tests.compiles import Compiles
 from jdnn.train import compilation_cache
 from jdnn.train.program_cache import fingerprint
 from jdnn.train.state import _create_fn
 
-COMPILE = "/jax/core/compile/backend_compile_duration"
 MAX_PROGRAMS = 3   # create, epoch, evaluator
-
-
-class Compiles:
-    """The names of the XLA programs compiled inside the `with` block."""
-
-    def __init__(self):
-        self.names: list[str] = []
-
-    def __call__(self, event, seconds, **kw):
-        if event == COMPILE:
-            self.names.append(str(kw.get("fun_name")))
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self)
 
 
 def _data(n: int = 301, n_val: int = 77):

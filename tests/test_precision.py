@@ -11,11 +11,11 @@ import optax
 import pytest
 
 import jdnn
+from tests.compiles import Compiles
 from jdnn.train.precision import Precision, cast_to_compute, resolve_precision
 from jdnn.train.step import train_step_fn
 
 LOSS = jdnn.losses.softmax_cross_entropy
-COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
 def _mlp(hidden: int = 24):
@@ -166,24 +166,6 @@ def test_the_eval_step_evaluate_and_predict_follow_the_policy():
 # fit
 
 
-class _Compiles:
-    """The names of the XLA programs compiled inside the `with` block."""
-
-    def __init__(self):
-        self.names: list[str] = []
-
-    def __call__(self, event, seconds, **kw):
-        if event == COMPILE:
-            self.names.append(str(kw.get("fun_name")))
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self)
-
-
 def test_a_bfloat16_fit_of_digits_matches_float32_within_half_a_point_and_compiles_once():
     (x, y), test = jdnn.data.digits()
     model = _mlp(hidden=53)   # a width no other test uses: nothing cached hides a compilation
@@ -194,7 +176,7 @@ def test_a_bfloat16_fit_of_digits_matches_float32_within_half_a_point_and_compil
                         precision=precision)
 
     full_state, full = run("float32")
-    with _Compiles() as compiles:
+    with Compiles() as compiles:
         mixed_state, mixed = run("bfloat16")
     assert sorted(compiles.names) == ["jit(epoch)", "jit(run)"]   # create is shared with float32
     assert full.records[-1]["val_accuracy"] > 0.9
@@ -204,7 +186,7 @@ def test_a_bfloat16_fit_of_digits_matches_float32_within_half_a_point_and_compil
     assert mixed.records[-1]["loss"] != full.records[-1]["loss"]   # it did compute differently
     assert _dtypes((mixed_state.params, mixed_state.state)) == {"float32"}
     assert _dtypes(mixed_state.opt_state) == {"float32", "int32"}
-    with _Compiles() as compiles:   # a second fit under an equal policy object: nothing new
+    with Compiles() as compiles:   # a second fit under an equal policy object: nothing new
         run(Precision(compute="bfloat16"))
     assert compiles.names == []
 

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 import jdnn
+from tests.compiles import Compiles
 from jdnn.checkpoint.callback import ModelCheckpoint
 from jdnn.data.batching import epoch_order
 from jdnn.train.stream import decode, encode
@@ -19,7 +20,6 @@ from jdnn.train.stream import decode, encode
 N, D, BATCH = 48, 6, 8               # 6 full batches per pass
 LOSS = jdnn.losses.softmax_cross_entropy
 OPTIMIZER = optax.adam(1e-2)
-COMPILE = "/jax/core/compile/backend_compile_duration"
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(N, D)).astype(np.float32)
@@ -86,22 +86,6 @@ class Resumable:
 
     def set_state(self, state):
         self.index = state["index"]
-
-
-class Compiles:
-    def __init__(self):
-        self.names = []
-
-    def __call__(self, event, seconds, **kw):
-        if event == COMPILE:
-            self.names.append(str(kw.get("fun_name")))
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self)
 
 
 # --- training over a stream -------------------------------------------------------------------
