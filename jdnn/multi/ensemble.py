@@ -51,7 +51,7 @@ COMBINE = ("softmax", "sigmoid", "mean")
 def ensemble_keys(key: jax.Array | int, size: int) -> jax.Array:
     """The `size` member keys `fit_ensemble(key=key)` gives its members: `jax.random.split`.
 
-    Example:
+    Examples:
         >>> k3 = ensemble_keys(0, 16)[3]   # jdnn.fit(..., key=k3) reproduces member 3
     """
     return _keys("ensemble_keys", key, size)
@@ -156,7 +156,12 @@ def fit_ensemble(model: Layer, train_data: Any, *, size: int, loss: Loss,
         model: the network.
         train_data: an `(x, y)` pair, `x` `(N, ...)`, `y` `(N, ...)`.
         size: the number of members K.
-        loss, optimizer, epochs, batch_size, metrics, penalty: as in `jdnn.fit`.
+        loss: as in `jdnn.fit`.
+        optimizer: as in `jdnn.fit`.
+        epochs: as in `jdnn.fit`.
+        batch_size: as in `jdnn.fit`.
+        metrics: as in `jdnn.fit`.
+        penalty: as in `jdnn.fit`.
         key: split into the K member keys (`ensemble_keys`).
         validation_data: an optional `(x, y)` pair, evaluated after every epoch for each
             member and for the ensemble.
@@ -177,7 +182,7 @@ def fit_ensemble(model: Layer, train_data: Any, *, size: int, loss: Loss,
         TypeError: for a loss, optimizer, penalty, metric or key of the wrong kind (e.g.
             `optimizer=optax.adam`, not called).
 
-    Example:
+    Examples:
         >>> (x, y), test = jdnn.data.digits()
         >>> model = jdnn.serial(jdnn.Dense(128), jdnn.Relu(), jdnn.Dense(10))
         >>> states, history = fit_ensemble(model, (x, y), size=16,
@@ -252,7 +257,7 @@ def predict_ensemble(model: Layer, train_state: TrainState, x: Any, *, combine: 
     Returns:
         `(N, C)` mean probabilities (or mean outputs), a NumPy array.
 
-    Example:
+    Examples:
         >>> labels = predict_ensemble(model, states, x_test).argmax(-1)
     """
     where = "predict_ensemble"
@@ -269,16 +274,18 @@ def evaluate_ensemble(model: Layer, train_state: TrainState, data: Any, *, loss:
     """Each member's and the ensemble's loss and metrics on `data`, in evaluation mode.
 
     Args:
-        model, train_state: the network and its stacked state (from `fit_ensemble`).
+        model: the network.
+        train_state: its stacked state (from `fit_ensemble`).
         data: an `(x, y)` pair.
-        loss, metrics: as in `jdnn.evaluate`.
+        loss: as in `jdnn.evaluate`.
+        metrics: as in `jdnn.evaluate`.
         combine: the combination rule; by default picked from the loss (`default_combine`).
         batch_size: examples per compiled batch.
 
     Returns:
         `{"members": [{"loss": ..., "accuracy": ...}, ...], "ensemble": {"loss": ..., ...}}`.
 
-    Example:
+    Examples:
         >>> report = evaluate_ensemble(model, states, test, loss=jdnn.losses.softmax_cross_entropy)
         >>> report["ensemble"]["accuracy"], [m["accuracy"] for m in report["members"]]
     """

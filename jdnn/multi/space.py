@@ -98,7 +98,7 @@ def grid(space: Mapping[str, Any], *, where: str = "jdnn.space.grid") -> list[di
     A list, tuple, `range` or 1-D NumPy array gives the choices; NumPy scalars come out as
     Python numbers. `where` names the caller in error messages.
 
-    Example:
+    Examples:
         >>> grid({"learning_rate": [1e-3, 1e-2], "width": [64, 128]})   # 4 configurations
     """
     check_space(where, space)
@@ -142,7 +142,7 @@ def sample(space: Mapping[str, Any], trials: int, key: jax.Array | int, *,
     distributions; a scalar is fixed. `trials` and an int `key` may be NumPy ints. `where`
     names the caller in error messages.
 
-    Example:
+    Examples:
         >>> sample({"learning_rate": ("log_uniform", 1e-4, 1e-1), "width": [64, 128]}, 8, 0)
     """
     check_space(where, space)
