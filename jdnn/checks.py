@@ -94,7 +94,7 @@ def entry_point(name: str) -> Iterator[None]:
     """Re-raises a `MissingKeyError` from inside as one naming `name`, the function the user
     called (with a `key=` argument of its own), instead of `apply`.
 
-    Example:
+    Examples:
         >>> with entry_point("per_example_grads"):
         ...     outputs, _ = model.apply(params, state, x, key=key, train=True)
     """

@@ -110,7 +110,7 @@ class Layer(NamedTuple):
         apply: `apply(params, state, x, *, key=None, train=False) -> (y, new_state)`.
         spec: a `Spec` describing the layer.
 
-    Example:
+    Examples:
         >>> model = jdnn.serial(jdnn.Dense(3), jdnn.Sigmoid(), jdnn.Dense(1))
         >>> out_shape, params, state = model.init(jax.random.key(0), (4, 2))
         >>> y, state = model.apply(params, state, jnp.ones((4, 2)))
@@ -129,7 +129,7 @@ def output_shape(layer: Layer, input_shape: Shape) -> Shape:
     under `jax.eval_shape`: nothing is allocated or compiled (the key too is made inside it;
     `jax.random.key(0)` outside would compile two small programs).
 
-    Example:
+    Examples:
         >>> output_shape(jdnn.Dense(10), (32, 64))   # (32, 10)
     """
     found: list[Shape] = []
@@ -211,7 +211,7 @@ def declare(kind: str, **traits: Any) -> None:
     Raises:
         TypeError: for a kind that is not a non-empty str, or a trait name jdnn does not read.
 
-    Example:
+    Examples:
         >>> declare("MySoftmax", outputs_probabilities=True)
     """
     if not isinstance(kind, str) or not kind:
@@ -227,7 +227,7 @@ def declare(kind: str, **traits: Any) -> None:
 def trait(spec: Spec, name: str, default: Any = None) -> Any:
     """What `spec`'s kind declared under `name`, or `default` if it declared nothing.
 
-    Example:
+    Examples:
         >>> trait(jdnn.Softmax().spec, "outputs_probabilities", False)   # True
     """
     return _TRAITS.get(spec.kind, {}).get(name, default)
@@ -252,7 +252,7 @@ def register_layer(constructor: Callable[..., Layer] | None = None, *, kind: str
     Returns:
         The constructor, wrapped to check what it builds.
 
-    Example:
+    Examples:
         >>> @jdnn.register_layer(family="activation")
         ... def Swish(beta: float = 1.0) -> jdnn.Layer:
         ...     spec = jdnn.core.make_spec("Swish", beta=beta)
@@ -317,7 +317,7 @@ def rebuild(spec: Spec, wrap: Callable[[str, Spec, Layer], Layer] | None = None,
     Raises:
         UnknownKindError: for a kind no constructor was registered for, naming it and its path.
 
-    Example:
+    Examples:
         >>> dense = rebuild(model.spec.children[0])
         >>> y, _ = dense.apply(params["0_dense"], {}, x)
     """
@@ -369,7 +369,7 @@ def walk(spec: Spec, key: jax.Array | None = None, path: str = "") -> Iterator[N
         key: the key the model's `apply` gets, or None.
         path: the path of `spec` (`""` at the root).
 
-    Example:
+    Examples:
         >>> [node.path for node in walk(jdnn.serial(jdnn.Dense(3), jdnn.Relu()).spec)]
         ['', '0_dense', '1_relu']
     """
@@ -393,7 +393,7 @@ def input_layers(spec: Spec) -> list[Spec]:
     """The leaf layers that receive the input of the model `spec` describes: a combinator's
     `input_children` (all its children unless it declares otherwise), followed down.
 
-    Example:
+    Examples:
         >>> input_layers(jdnn.serial(jdnn.Dense(3), jdnn.Relu()).spec)   # [Dense(...)]
     """
     if not spec.children:
@@ -407,7 +407,7 @@ def output_layer(spec: Spec) -> Spec:
     `output_child` of each combinator that declares one, followed down; `spec` itself
     otherwise (a leaf, or a combinator such as `residual` whose output mixes its input in).
 
-    Example:
+    Examples:
         >>> output_layer(jdnn.serial(jdnn.Dense(10), jdnn.Softmax()).spec)   # Softmax()
     """
     while (pick := trait(spec, "output_child")) is not None and (child := pick(spec)) is not None:
@@ -433,7 +433,7 @@ def path_of(keypath: tuple[Any, ...]) -> str:
         The keys (dict keys, sequence indices, attribute names) joined with `/`; `""` for a
         bare leaf.
 
-    Example:
+    Examples:
         >>> [path_of(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
         ['0_dense/b', '0_dense/w']
     """
@@ -456,7 +456,7 @@ def is_under(path: str, prefixes: tuple[str, ...] | list[str]) -> bool:
     """Whether `path` is one of `prefixes` or lies below one: `"0_conv2d/w"` is under
     `"0_conv2d"`, but not under `"0_conv"`.
 
-    Example:
+    Examples:
         >>> is_under("0_conv2d/w", ["0_conv2d"]), is_under("0_conv2d/w", ["0_conv"])
         (True, False)
     """

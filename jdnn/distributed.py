@@ -59,7 +59,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     Returns:
         `(process_index, process_count)`.
 
-    Example:
+    Examples:
         >>> jdnn.distributed.initialize()                  # under srun, mpirun, a JobSet, ...
         >>> jdnn.distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=1)
     """
@@ -114,7 +114,7 @@ def put_global(tree: Any, sharding: Any) -> Any:
     Returns:
         The same tree of `jax.Array`s placed by `sharding`.
 
-    Example:
+    Examples:
         >>> ts = jdnn.distributed.put_global(ts, NamedSharding(mesh, P()))
     """
     if isinstance(sharding, Sharding):
@@ -142,7 +142,7 @@ def to_host(tree: Any) -> Any:
     processes must call `to_host` on the same tree at the same point. Costs the whole tree's
     bytes of host memory in every process.
 
-    Example:
+    Examples:
         >>> params = jdnn.distributed.to_host(train_state.params)   # NumPy, the full arrays
     """
     return jax.tree.map(_host_leaf, tree)

@@ -335,7 +335,8 @@ def check_gradients(model: Layer, params: Any, state: Any, x: Any, y: Any, loss:
 
     Args:
         model: the jdnn model: any layers, jdnn's or a user's.
-        params, state: its parameters and state (from `init`; cast to `dtype`).
+        params: its parameters (from `init`; cast to `dtype`).
+        state: its layer state (from `init`; cast to `dtype`).
         x: an input batch `(B, ...)`: floats, integer token ids (kept as integers), or a
             `jdnn.Padded(values, lengths)` of sequences; y: its targets `(B, ...)` (`(B, T,
             ...)` for a model whose outputs are padded per-step outputs: only real steps count).
@@ -373,7 +374,7 @@ def check_gradients(model: Layer, params: Any, state: Any, x: Any, y: Any, loss:
         TypeError: for `train` or `finite_differences` that are not bools, or tolerances
             that are not a dict.
 
-    Example:
+    Examples:
         >>> report = jdnn.check_gradients(model, params, state, x, y, jdnn.losses.mse)
         >>> print(report)
         >>> jdnn.check_gradients(model, params, state, x, y, my_loss,

@@ -43,9 +43,11 @@ from jdnn.core import (Layer, LayerError, MissingKeyError, Shape, Spec, UnknownK
                        check_input_shape, make_spec, register_layer, registered_kinds)
 
 TrainKwargs = str | Callable[[bool], Mapping[str, Any]] | None
+"""How `from_linen` passes jdnn's `train` flag to a module: None (not at all), the name of
+one of its keyword arguments, or a function `train -> {argument: value}`."""
 
-# Arguments that mean "not training": `train_kwargs="deterministic"` passes `not train`.
 NEGATED = frozenset({"deterministic", "use_running_average"})
+"""Arguments that mean "not training": `train_kwargs="deterministic"` passes `not train`."""
 
 
 def _linen() -> types.ModuleType:
@@ -129,7 +131,7 @@ def _brief(value: Any) -> str:
 def describe(module: Any) -> str:
     """The module's class and the fields set away from their defaults, on one line.
 
-    Example:
+    Examples:
         >>> describe(flax.linen.Dense(8, use_bias=False))
         'Dense(features=8, use_bias=False)'
     """
@@ -248,7 +250,7 @@ def from_linen(module: Any, *, train_kwargs: TrainKwargs = None,
             name or is a jdnn kind already (`"Dense"`).
         ImportError: if flax is not installed.
 
-    Example:
+    Examples:
         >>> import flax.linen as nn
         >>> model = jdnn.serial(from_linen(nn.Dense(16)), jdnn.Relu(),
         ...                     from_linen(nn.Dropout(0.5), train_kwargs="deterministic"),
@@ -377,7 +379,7 @@ def to_linen(layer: Layer, input_shape: Shape | None = None) -> Any:
         TypeError: if `layer` is not a jdnn `Layer`.
         ImportError: if flax is not installed.
 
-    Example:
+    Examples:
         >>> module = to_linen(jdnn.serial(jdnn.Dense(4), jdnn.Relu(), jdnn.Dense(2)))
         >>> variables = module.init(jax.random.key(0), jnp.ones((8, 3)))
         >>> y = module.apply(variables, x)                                     # (8, 2)

@@ -36,8 +36,8 @@ import optax
 from jdnn.core import Array
 from jdnn.padded import Padded, sequence_mask
 
-# A loss: `loss(outputs (B, ...), targets (B, ...)) -> (B,)`, one value per example.
 Loss = Callable[[Array, Array], Array]
+"""A loss: `loss(outputs (B, ...), targets (B, ...)) -> (B,)`, one value per example."""
 
 
 def _floating(x: Array) -> Array:
@@ -111,7 +111,7 @@ def mse(predictions: Array, targets: Array) -> Array:
     Raises:
         ValueError: if `predictions` is a scalar or the shapes do not match as described.
 
-    Example:
+    Examples:
         >>> loss = jdnn.losses.mse(model_out, y).mean()  # model_out (32, 1), y (32,) -> (32,)
     """
     predictions = _floating(predictions)
@@ -139,7 +139,7 @@ def binary_cross_entropy(logits: Array, labels: Array) -> Array:
     Raises:
         ValueError: if `logits` is a scalar or the shapes do not match as described.
 
-    Example:
+    Examples:
         >>> loss = jdnn.losses.binary_cross_entropy(logits, y).mean()  # (32, 1), (32,) -> (32,)
     """
     logits = _floating(logits)
@@ -214,7 +214,7 @@ def softmax_cross_entropy(logits: Array, labels: Array, *,
         ValueError: if `logits` has rank < 2 or a single class, the labels' shape fits neither
             form, or `label_smoothing` is outside `[0, 1)`.
 
-    Example:
+    Examples:
         >>> loss = jdnn.losses.softmax_cross_entropy(logits, y, label_smoothing=0.1).mean()
     """
     smoothing = _check_smoothing(label_smoothing)
@@ -263,7 +263,7 @@ def label_kind(loss: Any) -> str | None:
     None for `mse` and for a user's own loss: their targets are not known to be class labels,
     so accuracy is not their default metric and no label check applies.
 
-    Example:
+    Examples:
         >>> label_kind(jdnn.losses.softmax_cross_entropy), label_kind(jdnn.losses.mse)
         ('softmax', None)
     """
@@ -301,7 +301,7 @@ def per_example_values(loss: Loss, outputs: Array, targets: Array) -> Array:
     example's value is the mean over its real steps (0 for an example of length 0). Padded
     steps never count, even where their targets are garbage (a NaN there is selected away).
 
-    Example:
+    Examples:
         >>> values = per_example_values(my_loss, outputs, y)   # (B,)
     """
     if isinstance(outputs, Padded):
@@ -355,7 +355,7 @@ def masked_mean(values: Array, mask: Array | None) -> Array:
     Returns:
         A scalar: `sum(values * mask) / max(sum(mask), 1)`.
 
-    Example:
+    Examples:
         >>> masked_mean(jdnn.losses.mse(out, y), batch_mask)   # out (B, 1), y (B,)
     """
     if mask is None:
@@ -410,7 +410,7 @@ def distillation(student_logits: Array, teacher_logits: Array, labels: Array, *,
         ValueError: if the teacher's and the student's logits differ in shape, the labels do
             not fit the logits, `temperature <= 0` or `alpha` is outside `[0, 1]`.
 
-    Example:
+    Examples:
         >>> values = jdnn.losses.distillation(student(x), teacher_logits, y, temperature=4.0)
     """
     _check_distillation(temperature, alpha)
@@ -447,7 +447,7 @@ def distillation_targets(labels: Array, teacher_logits: Array) -> Array:
     Raises:
         ValueError: for labels that are not `(N,)` or teacher logits that are not `(N, C)`.
 
-    Example:
+    Examples:
         >>> y_packed = jdnn.losses.distillation_targets(y, teacher_logits)   # (N, 11)
     """
     labels, teacher_logits = jnp.asarray(labels), jnp.asarray(teacher_logits)
@@ -468,7 +468,7 @@ class Distillation:
     Attributes:
         temperature, alpha: as in `distillation`.
 
-    Example:
+    Examples:
         >>> loss = jdnn.losses.Distillation(temperature=4.0, alpha=0.9)
         >>> jdnn.fit(student, (x, distillation_targets(y, teacher_logits)), loss=loss, ...)
     """

@@ -23,10 +23,10 @@ import numpy as np
 from jdnn import losses
 from jdnn.core import Array
 
-# A metric: `fn(predictions (B, ...), labels (B, ...), mask (B,) | None) -> scalar`.
 Metric = Callable[..., Array]
-# What entry points take as `metrics=`: names and functions, or a `{name: fn}` mapping.
+"""A metric: `fn(predictions (B, ...), labels (B, ...), mask (B,) | None) -> scalar`."""
 Metrics = Sequence[str | Metric] | Mapping[str, Metric]
+"""What entry points take as `metrics=`: names and functions, or a `{name: fn}` mapping."""
 
 
 def _in_unit_interval(labels: Array) -> Array:
@@ -94,7 +94,7 @@ def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
         ValueError: if `predictions`, `labels` or `mask` has an unexpected shape, or
             `threshold` is NaN or infinite.
 
-    Example:
+    Examples:
         >>> acc = jdnn.metrics.accuracy(logits, y, mask=batch_mask)  # logits (32, 10), y (32,)
     """
     if isinstance(threshold, (int, float, np.number)) and not math.isfinite(threshold):
@@ -125,8 +125,8 @@ def accuracy(predictions: Array, labels: Array, mask: Array | None = None, *,
     return jnp.sum(kept) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-# The metrics that can be asked for by name (`make_train_step(..., metrics=("accuracy",))`).
 BY_NAME = {"accuracy": accuracy}
+"""The metrics that can be asked for by name (`make_train_step(..., metrics=("accuracy",))`)."""
 
 
 def default_metrics(loss: Any) -> tuple[str, ...]:
@@ -135,7 +135,7 @@ def default_metrics(loss: Any) -> tuple[str, ...]:
     `binary_cross_entropy`, or partials of them; see `jdnn.losses.label_kind`), `()` for any
     other (`mse`, a user's own loss): the loss alone.
 
-    Example:
+    Examples:
         >>> default_metrics(jdnn.losses.softmax_cross_entropy), default_metrics(jdnn.losses.mse)
         (('accuracy',), ())
     """
@@ -175,7 +175,7 @@ def resolve_metrics(metrics: Metrics | None, where: str | None = None, *,
         TypeError: for anything that is not a name or a function.
         ValueError: for an unknown metric name.
 
-    Example:
+    Examples:
         >>> resolve_metrics(("accuracy",))                  # {"accuracy": accuracy}
         >>> resolve_metrics(None, loss=jdnn.losses.mse)      # {}
     """

@@ -49,7 +49,7 @@ class Padded:
             (any values; they never reach a result).
         lengths: `(B,)` integers in `[0, T]`.
 
-    Example:
+    Examples:
         >>> ids = jnp.array([[5, 2, 7], [3, 1, 0]])                  # the second is 2 long
         >>> logits, _ = model.apply(params, state, jdnn.Padded(ids, jnp.array([3, 2])))
     """
@@ -85,7 +85,7 @@ class Padded:
 def sequence_mask(lengths: Any, length: int) -> jax.Array:
     """`(B, length)` bool, True where `t < lengths[b]`.
 
-    Example:
+    Examples:
         >>> sequence_mask(jnp.array([2, 0]), 3)   # [[True, True, False], [False] * 3]
     """
     return jnp.arange(length)[None, :] < jnp.asarray(lengths)[:, None]
@@ -107,9 +107,11 @@ def apply_child(layer: Layer, params: Any, state: State, x: Any, *, key: Any = N
 
     Args:
         layer: the child.
-        params, state: the child's.
+        params: the child's params.
+        state: the child's state.
         x: a plain array, or a `Padded`.
-        key, train: as in `apply`.
+        key: as in `apply`.
+        train: as in `apply`.
 
     Returns:
         `(y, new_state)`, `y` a `Padded` where the padding rule keeps it.

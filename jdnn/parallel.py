@@ -99,7 +99,7 @@ def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = DATA_AXIS
     Returns:
         A `jax.sharding.Mesh` of shape `{axis: len(devices)}`.
 
-    Example:
+    Examples:
         >>> mesh = jdnn.parallel.data_mesh()            # e.g. Mesh('data': 8)
     """
     devices = jax.devices() if devices is None else list(devices)
@@ -131,7 +131,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         already lives on a device of the mesh may share its buffer with the result; since the
         epoch donates its train state, keep using only the returned tree.
 
-    Example:
+    Examples:
         >>> train_state = jdnn.parallel.replicate(train_state, mesh)
     """
     return jax.device_put(tree, replicated(mesh))
@@ -150,7 +150,7 @@ def put_data(tree: Any, mesh: Mesh) -> Any:
     Returns:
         The same tree of replicated `jax.Array`s.
 
-    Example:
+    Examples:
         >>> x, y = jdnn.parallel.put_data((x, y), mesh)
     """
     return replicate(tree, mesh)
@@ -196,7 +196,7 @@ def make_parallel_epoch(step: Callable, batch_size: int, mesh: Mesh, *,
     Raises:
         ValueError: `batch_size` not divisible by the size of `axis`, or no such axis.
 
-    Example:
+    Examples:
         >>> mesh = jdnn.parallel.data_mesh()
         >>> step = jdnn.train.step.train_step_fn(model, loss, optimizer, metrics=("accuracy",))
         >>> epoch = jdnn.parallel.make_parallel_epoch(step, 256, mesh)

@@ -23,12 +23,14 @@ from jax import tree_util
 from jdnn.core import Array, Params, is_under, path_of  # path_of, is_under: their old home
 
 Where = Callable[[str], bool] | str
+"""Which leaves a penalty or a freeze touches: a callable `path -> bool`, or a regex string
+matched with `re.search` against each leaf's path (e.g. `"0_dense/w"`)."""
 
 
 def leaf_paths(params: Params) -> list[str]:
     """The paths of every leaf of `params`, in `jax.tree_util` order.
 
-    Example:
+    Examples:
         >>> jdnn.regularizers.leaf_paths({"0_dense": {"w": w, "b": b}})  # ["0_dense/b", ...]
     """
     return [path_of(keypath) for keypath, _ in tree_util.tree_flatten_with_path(params)[0]]
@@ -88,7 +90,7 @@ def l1(params: Params, *, where: Where = is_weight) -> Array:
     Returns:
         A scalar; `0.0` when `where` selects nothing.
 
-    Example:
+    Examples:
         >>> loss = data_loss + 1e-4 * jdnn.regularizers.l1(params)
     """
     return _sum_over(params, where, _abs)
@@ -106,7 +108,7 @@ def l2(params: Params, *, where: Where = is_weight) -> Array:
     Returns:
         A scalar; `0.0` when `where` selects nothing.
 
-    Example:
+    Examples:
         >>> loss = data_loss + 1e-4 * jdnn.regularizers.l2(params, where=r"dense/w$")
     """
     return _sum_over(params, where, jnp.square)
@@ -163,7 +165,7 @@ def penalty(*, l1: float = 0.0, l2: float = 0.0, where: Where = is_weight) -> Pe
     Raises:
         ValueError: if a strength is negative or not finite, or `where` is a bad regex.
 
-    Example:
+    Examples:
         >>> reg = jdnn.regularizers.penalty(l2=1e-4)  # reg(params) is a scalar
     """
     _selector(where)  # a bad regex or filter fails here, not at the first step
@@ -205,7 +207,7 @@ def l1_proximal(strength: float, learning_rate: float | optax.Schedule, *,
         ValueError: at construction, for a bad strength, learning rate or regex; in `update`, if
             `params` is None.
 
-    Example:
+    Examples:
         >>> opt = optax.chain(optax.sgd(lr), jdnn.regularizers.l1_proximal(1e-3, lr))
     """
     _check_strength("l1_proximal", "strength", strength)
@@ -261,7 +263,7 @@ def freeze(optimizer: optax.GradientTransformation, params: Params,
     Raises:
         ValueError: if a prefix matches no parameter (a typo would otherwise freeze nothing).
 
-    Example:
+    Examples:
         >>> tx = jdnn.freeze(optax.adam(1e-3), params, ["0_conv2d", "1_batchnorm"])
     """
     prefixes = [paths] if isinstance(paths, str) else list(paths)

@@ -41,7 +41,8 @@ from jdnn.train.fit import DATA_AXIS, auto_mesh, axis_size, epoch_fn, epoch_shar
 
 __all__ = ["MIN_SIZE", "device_bytes", "fsdp_shardings", "make_fsdp_epoch", "shard_state"]
 
-MIN_SIZE = 1024   # arrays with fewer elements stay replicated
+MIN_SIZE = 1024
+"""Arrays with fewer elements stay replicated (the default `min_size`)."""
 
 
 def _leaf_spec(shape: tuple[int, ...], devices: int, axis: str, min_size: int) -> P:
@@ -73,7 +74,7 @@ def fsdp_shardings(tree: Any, mesh: Mesh, axis: str = DATA_AXIS, *,
     Raises:
         ValueError: if `mesh` has no axis `axis`.
 
-    Example:
+    Examples:
         >>> shardings = jdnn.sharding.fsdp_shardings(train_state, mesh)
         >>> shardings.params["0_dense"]["w"].spec          # PartitionSpec('data', None)
     """
@@ -92,7 +93,7 @@ def shard_state(train_state: Any, mesh: Mesh, axis: str = DATA_AXIS, *,
                 min_size: int = MIN_SIZE) -> Any:
     """`train_state` placed by `fsdp_shardings`: each device holds only its slices.
 
-    Example:
+    Examples:
         >>> train_state = jdnn.sharding.shard_state(train_state, mesh)
     """
     return put_global(train_state, fsdp_shardings(train_state, mesh, axis, min_size=min_size))
@@ -124,7 +125,7 @@ def make_fsdp_epoch(step: Callable, batch_size: int, mesh: Mesh, train_state: An
     Raises:
         ValueError: `batch_size` not divisible by the size of `axis`, or no such axis.
 
-    Example:
+    Examples:
         >>> epoch = jdnn.sharding.make_fsdp_epoch(step, 256, mesh, train_state)
         >>> train_state = jdnn.sharding.shard_state(train_state, mesh)
         >>> x, y = jdnn.parallel.put_data((x, y), mesh)
@@ -150,7 +151,7 @@ def device_bytes(tree: Any) -> dict[jax.Device, int]:
     its shards (`array.addressable_shards`). Under FSDP about `1 / devices` of the whole
     state plus the replicated small arrays; under data parallelism the whole state.
 
-    Example:
+    Examples:
         >>> max(jdnn.sharding.device_bytes(train_state).values())   # the busiest device
     """
     held: dict[jax.Device, int] = {}

@@ -25,7 +25,7 @@ a combinator: its children's together): a pruned model (`jdnn.compress`) shows h
 each layer is. The table gains a "Zero weights" column and a totals line only when some weight
 is zero, so a dense model's table reads as before.
 
-Example:
+Examples:
     >>> print(jdnn.summary(jdnn.serial(jdnn.Dense(3), jdnn.Sigmoid(), jdnn.Dense(1)), (1, 2)))
 """
 
@@ -210,7 +210,7 @@ def layer_flops(spec: Spec, input_shape: Shape, output_shape: Shape) -> int | No
         input_shape: its input shape, batch axis first (the batch size is divided out).
         output_shape: its output shape, batch axis first.
 
-    Example:
+    Examples:
         >>> layer_flops(jdnn.Dense(10).spec, (1, 64), (1, 10))
         1280
     """
@@ -355,7 +355,7 @@ def summary(model: Layer,
         LayerError: if the model does not accept `input_shape` (from `model.init`).
         ValueError: if `params` do not have the paths and shapes of the model's params.
 
-    Example:
+    Examples:
         >>> model = jdnn.serial(jdnn.Conv2D(8, 3), jdnn.Relu(), jdnn.Flatten(), jdnn.Dense(10))
         >>> print(jdnn.summary(model, (1, 8, 8, 1)))
         >>> print(jdnn.summary(model, (1, 8, 8, 1), params=jdnn.compress.prune(p, 0.8)[0]))

@@ -126,7 +126,7 @@ def save(path: PathLike, train_state: TrainState, model: Layer, *,
             params, state or metadata nest more than 64 levels deep (`restore` would refuse
             the file).
 
-    Example:
+    Examples:
         >>> jdnn.checkpoint.save("ckpt/last.safetensors", ts, model, metadata={"epoch": 3})
     """
     # The one import not at the top: `__version__` is defined in `jdnn/__init__.py`, which
@@ -209,7 +209,7 @@ class Checkpoint:
             CheckpointError: if the optimizer's state differs from the saved one, listing a few
                 paths that are saved but not produced, produced but not saved, or reshaped.
 
-        Example:
+        Examples:
             >>> ts = jdnn.checkpoint.restore("ckpt/last.safetensors").train_state(optax.adam(1e-3))
         """
         template = jax.eval_shape(optimizer.init, self.params)
@@ -256,7 +256,7 @@ def restore(path: PathLike, model: Layer | None = None, *,
             than 64 levels deep (see `jdnn.checkpoint.fileformat.MAX_DEPTH`), or a file that
             does not match `model` or `like` (every difference listed in one message).
 
-    Example:
+    Examples:
         >>> ckpt = jdnn.checkpoint.restore("ckpt/last.safetensors", model)
         >>> ts = ckpt.train_state(optax.adam(1e-3))
     """

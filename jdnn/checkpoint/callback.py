@@ -176,7 +176,7 @@ class ModelCheckpoint(Callback):
         ValueError: for `every` or `keep` not a positive int.
         CheckpointError: in `on_train_begin`, if `directory` cannot be created or written.
 
-    Example:
+    Examples:
         >>> jdnn.fit(..., callbacks=[jdnn.ModelCheckpoint("runs/mlp/checkpoints", keep=3)])
         >>> ts = jdnn.checkpoint.restore(jdnn.ModelCheckpoint.latest("runs/mlp/checkpoints"),
         ...                              model).train_state(optimizer)

@@ -32,6 +32,7 @@ import safetensors
 import safetensors.numpy
 
 FORMAT_VERSION = 1
+"""The checkpoint format this jdnn writes and reads: the manifest's `format_version`."""
 MANIFEST_KEY = "jdnn"
 MAX_DEPTH = 64
 

@@ -117,7 +117,7 @@ def save_sharded(directory: str | os.PathLike, train_state: TrainState, model: L
     Returns:
         The directory, as an absolute `pathlib.Path`.
 
-    Example:
+    Examples:
         >>> jdnn.checkpoint.multiprocess.save_sharded("ckpt/step_100", ts, model)
     """
     ocp = _orbax("save_sharded")
@@ -151,7 +151,7 @@ def restore_sharded(directory: str | os.PathLike, like: TrainState,
     Raises:
         CheckpointError: if the directory holds no `jdnn.json` (not a `save_sharded` checkpoint).
 
-    Example:
+    Examples:
         >>> ts = restore_sharded("ckpt/step_100", like, jdnn.sharding.fsdp_shardings(like, mesh))
     """
     ocp = _orbax("restore_sharded")

@@ -160,7 +160,7 @@ def restore_matching(path: str | os.PathLike, params: Params, *, state: State | 
     Warns:
         UserWarning: when no layer at all was loaded.
 
-    Example:
+    Examples:
         >>> _, fresh, fresh_state = new_model.init(jax.random.key(1), (32, 784))
         >>> params, state, report = jdnn.checkpoint.restore_matching(
         ...     path, fresh, state=fresh_state, exclude="3_dense")   # a new head

@@ -104,7 +104,7 @@ def magnitude_masks(params: Params, fraction: Array | float, *, where: Where = i
         A tree of `params`' structure with a bool array per leaf (True: kept); unselected
         leaves all True.
 
-    Example:
+    Examples:
         >>> masks = magnitude_masks(params, 0.5)   # masks["0_dense"]["w"].mean() == 0.5
     """
     select = _selector(where)
@@ -149,7 +149,7 @@ def prune(params: Params, sparsity: float, *, where: Where = is_weight,
         ValueError: for a sparsity outside `[0, 1)`, an unknown scope, or a `where` that
             selects no leaf (the message lists the paths).
 
-    Example:
+    Examples:
         >>> pruned, masks = jdnn.compress.prune(train_state.params, 0.8)
         >>> jdnn.compress.sparsity(pruned)["0_dense/w"]   # 0.8
     """
@@ -163,7 +163,7 @@ def prune(params: Params, sparsity: float, *, where: Where = is_weight,
 def sparsity(params: Params, *, where: Where = is_weight) -> dict[str, float]:
     """The fraction of exact zeros in each selected leaf, by path (host floats).
 
-    Example:
+    Examples:
         >>> jdnn.compress.sparsity(pruned)   # {"0_dense/w": 0.8, "2_dense/w": 0.8}
     """
     select = _selector(where)
@@ -196,7 +196,7 @@ def polynomial_sparsity(target_sparsity: float, begin_step: int, end_step: int, 
     Returns:
         An optax schedule `step -> sparsity`.
 
-    Example:
+    Examples:
         >>> schedule = polynomial_sparsity(0.9, 0, 1000, frequency=100)
         >>> schedule(0), schedule(1000)   # 0.0, 0.9
     """
@@ -268,7 +268,7 @@ def gradual(optimizer: optax.GradientTransformation, target_sparsity: float, *,
         ValueError: at construction for bad schedule arguments, a bad scope or regex; in
             `init`, if `where` selects no leaf; in `update`, if `params` is None.
 
-    Example:
+    Examples:
         >>> steps = epochs * steps_per_epoch
         >>> tx = jdnn.compress.gradual(optax.adam(1e-3), 0.8, end_step=steps // 2, frequency=50)
         >>> train_state, history = jdnn.fit(model, (x, y), loss=loss, optimizer=tx, ...)

@@ -94,7 +94,7 @@ def quantize_kernel(w: Array, axis: int = -1) -> tuple[Array, Array]:
         `(q, scale)`: `q` int8 of `w`'s shape, `scale` float32 `(w.shape[axis],)`, with
         `w ~ q * scale` along `axis`.
 
-    Example:
+    Examples:
         >>> q, scale = quantize_kernel(params["0_dense"]["w"])   # int8 (64, 256), (256,)
     """
     axis = _channel_axis(axis, w.ndim)
@@ -168,7 +168,7 @@ def input_absmax(model: Layer, params: Params, state: State,
     """`{path: max |input|}` of every layer declaring the `quantize` trait, over `batches`,
     from the float model in eval mode (one compiled forward pass per batch shape).
 
-    Example:
+    Examples:
         >>> input_absmax(model, params, state, [x[:128], x[128:256]])   # {"0_dense": 1.0, ...}
     """
     def forward(params, state, x):
@@ -268,7 +268,7 @@ def quantize(model: Layer, params: Params, state: State, calibration: Any = None
         ValueError: if no layer of the model declares the `quantize` trait, or `calibration`
             is empty.
 
-    Example:
+    Examples:
         >>> qmodel, qparams = jdnn.compress.quantize(model, ts.params, ts.state,
         ...                                          calibration=[x_train[:256]])
         >>> logits, _ = jax.jit(qmodel.apply)(qparams, ts.state, x_test)

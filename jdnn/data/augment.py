@@ -88,7 +88,7 @@ def random_shift(max_shift: int | tuple[int, int]) -> Augmentation:
     Raises:
         ValueError: for a negative or non-int `max_shift`; at call time, for `x` not of rank 4.
 
-    Example:
+    Examples:
         >>> shifted = random_shift(2)(jax.random.key(0), x)   # x: (B, 28, 28, 1)
     """
     max_dy, max_dx = _int_pair("random_shift", "max_shift", max_shift, 0)
@@ -131,7 +131,7 @@ def random_crop(size: int | tuple[int, int], padding: int | tuple[int, int] = 0
         ValueError: for a bad `size` or `padding`; at call time, for `x` not of rank 4 or a
             window larger than the padded image.
 
-    Example:
+    Examples:
         >>> crops = random_crop(32, padding=4)(jax.random.key(0), x)   # (B, 32, 32, 3) -> same
     """
     crop_h, crop_w = _int_pair("random_crop", "size", size, 1)
@@ -182,7 +182,7 @@ def random_flip(horizontal: bool = True, vertical: bool = False, p: float = 0.5
         ValueError: if `p` is outside `[0, 1]` or both axes are disabled; at call time, for `x`
             not of rank 4.
 
-    Example:
+    Examples:
         >>> flipped = random_flip(p=0.5)(jax.random.key(0), x)
     """
     p = _check_float("random_flip", "p", p, 0.0, 1.0)
@@ -220,7 +220,7 @@ def gaussian_noise(stddev: float) -> Augmentation:
         ValueError: for a negative or non-finite `stddev`; at call time, for an integer `x`
             (cast it first, e.g. `x.astype(jnp.float32) / 255`).
 
-    Example:
+    Examples:
         >>> noisy = gaussian_noise(0.1)(jax.random.key(0), x)
     """
     stddev = _check_float("gaussian_noise", "stddev", stddev, 0.0, math.inf)
@@ -253,7 +253,7 @@ def compose(*augmentations: Augmentation) -> Augmentation:
         ValueError: if an argument is not callable (e.g. `random_flip` instead of
             `random_flip()`).
 
-    Example:
+    Examples:
         >>> augment = compose(random_shift(2), random_flip(), gaussian_noise(0.05))
         >>> x_aug = augment(jax.random.key(0), x)
     """

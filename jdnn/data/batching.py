@@ -49,7 +49,7 @@ def epoch_order(key_data: np.ndarray, step: int, n: int) -> np.ndarray:
     Returns:
         `(n,)` int32: a permutation from NumPy's PCG64 seeded with the key's words and `step`.
 
-    Example:
+    Examples:
         >>> order = epoch_order(jax.random.key_data(train_state.key), int(train_state.step), n)
     """
     words = [int(w) for w in np.asarray(key_data, np.uint32).ravel()]
@@ -99,7 +99,7 @@ def epoch_batches(key: jax.Array | None, n: int, batch_size: int, *,
         `(indices, mask)`, both `(num_batches, batch_size)`: int32 example indices and a bool
         mask that is False on padding.
 
-    Example:
+    Examples:
         >>> idx, mask = epoch_batches(jax.random.key(0), 10, 4)  # 3 batches, last has 2 real
         >>> x_batches = x[idx]                                    # (3, 4, ...)
     """

@@ -66,7 +66,7 @@ def read_cifar_batch(path: str | os.PathLike, *, records: int | None = RECORDS_P
         ValueError: naming the file, if its size is not a whole number of records (truncated
             or corrupt), differs from `records` records, or a label lies outside 0..9.
 
-    Example:
+    Examples:
         >>> images, labels = read_cifar_batch("cifar-10-batches-bin/test_batch.bin")
     """
     path = Path(path)
@@ -110,7 +110,7 @@ def load_cifar10(path: str | os.PathLike, *, layout: str = "nhwc", normalize: bo
         ValueError: for a bad `layout`, or a truncated or corrupt file or a label outside 0..9
             (naming the file; see `read_cifar_batch`).
 
-    Example:
+    Examples:
         >>> (x_train, y_train), (x_test, y_test) = jdnn.data.load_cifar10(
         ...     jdnn.data.download_cifar10("~/data/cifar10"))
     """
@@ -199,7 +199,7 @@ def download_cifar10(dest: str | os.PathLike, *, url: str = CIFAR10_URL,
         ValueError: on a checksum mismatch, a tarball without the six batches, or bad arguments.
         OSError: if the server cannot be reached or the transfer fails (see `download_mnist`).
 
-    Example:
+    Examples:
         >>> (x_train, y_train), _ = jdnn.data.load_cifar10(jdnn.data.download_cifar10("~/c10"))
     """
     if not isinstance(url, str) or "/" not in url.rstrip("/"):

@@ -74,7 +74,7 @@ def xor(*, repeat: int = 1) -> Split:
     Raises:
         ValueError: if `repeat` is not an int >= 1.
 
-    Example:
+    Examples:
         >>> (x, y), _ = jdnn.data.xor()
         >>> x.shape, y.tolist()
         ((4, 2), [0.0, 1.0, 1.0, 0.0])
@@ -106,7 +106,7 @@ def moons(n: int = 1000, *, noise: float = 0.1, test_fraction: float = 0.25,
         ValueError: for `n` < 4, negative `noise`, `test_fraction` outside `(0, 1)` or a split
             too small to hold both classes on each side.
 
-    Example:
+    Examples:
         >>> (x_train, y_train), (x_test, y_test) = jdnn.data.moons(400, noise=0.2)
         >>> x_train.shape, x_test.shape
         ((300, 2), (100, 2))
@@ -148,7 +148,7 @@ def spirals(n: int = 1000, *, classes: int = 2, noise: float = 0.2, turns: float
         ValueError: for `classes` < 2, `n` < 2 * classes, negative `noise`, `turns` <= 0,
             `test_fraction` outside `(0, 1)` or a split too small to hold every class.
 
-    Example:
+    Examples:
         >>> (x_train, y_train), _ = jdnn.data.spirals(600, classes=3)
         >>> x_train.shape, sorted(set(y_train.tolist()))
         ((450, 2), [0, 1, 2])
@@ -198,7 +198,7 @@ def digits(*, layout: str = "flat", test_fraction: float = 0.25, seed: int = 0,
     Raises:
         ValueError: for an unknown `layout` or `test_fraction` outside `(0, 1)`.
 
-    Example:
+    Examples:
         >>> (x_train, y_train), (x_test, y_test) = jdnn.data.digits(layout="nhwc")
         >>> x_train.shape, x_test.shape
         ((1347, 8, 8, 1), (450, 8, 8, 1))

@@ -232,7 +232,7 @@ def download_mnist(dest: str | os.PathLike, *, base_url: str | None = None,
             `Content-Length`; `TimeoutError` (an `OSError`) if a file takes longer than
             `deadline`.
 
-    Example:
+    Examples:
         >>> digests = jdnn.data.download_mnist("~/data/mnist")    # about 12 MB, four files
         >>> (x_train, y_train), _ = jdnn.data.load_mnist("~/data/mnist")
     """

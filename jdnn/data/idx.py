@@ -105,7 +105,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             an array can address), or data whose length differs from the product of the
             dimensions (truncated or overlong file).
 
-    Example:
+    Examples:
         >>> images = read_idx("mnist/train-images-idx3-ubyte.gz")   # uint8 (60000, 28, 28)
     """
     path = Path(path)
@@ -167,7 +167,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = Tr
         ValueError: for a scalar, an unsupported dtype (e.g. int64: cast to int32 first) or a
             dimension too large for IDX's int32 sizes.
 
-    Example:
+    Examples:
         >>> write_idx("tiny-labels-idx1-ubyte.gz", np.array([3, 1, 4], np.uint8))
     """
     path, array = Path(path), np.asarray(array)
@@ -257,7 +257,7 @@ def load_mnist(path: str | os.PathLike, *, layout: str = "nhwc", normalize: bool
             uint8 `(N, H, W)`, labels that are not uint8 `(N,)` or outside `[0, 10)`, or image
             and label counts that differ.
 
-    Example:
+    Examples:
         >>> jdnn.data.download_mnist("~/data/mnist")
         >>> (x_train, y_train), (x_test, y_test) = jdnn.data.load_mnist("~/data/mnist")
     """
@@ -273,7 +273,7 @@ def load_fashion_mnist(path: str | os.PathLike, *, layout: str = "nhwc",
     7 sneaker, 8 bag, 9 ankle boot). Keep it in its own directory. See `load_mnist` for the
     arguments, results and errors.
 
-    Example:
+    Examples:
         >>> jdnn.data.download_mnist("~/data/fashion", fashion=True)
         >>> (x_train, y_train), _ = jdnn.data.load_fashion_mnist("~/data/fashion", layout="flat")
     """

@@ -311,7 +311,7 @@ def pipeline(source: Any, batch_size: int, *, key: Any = None, shuffle: bool = T
             `shuffle=True` without a `key`.
         TypeError: for a source or key of the wrong kind.
 
-    Example:
+    Examples:
         >>> train = jdnn.data.pipeline(("mnist/train-images-idx3-ubyte.gz",
         ...                             "mnist/train-labels-idx1-ubyte.gz"), 128,
         ...                            key=jax.random.key(0), workers=2)

@@ -141,7 +141,7 @@ def prefetch_to_device(iterable: Iterable, size: int = 2) -> Iterator:
     Returns:
         A generator of the items as `jax.Array` pytrees.
 
-    Example:
+    Examples:
         >>> for x, y in jdnn.data.prefetch.prefetch_to_device(loader):
         ...     train_state, metrics = train_step(train_state, x, y)
     """

@@ -49,7 +49,7 @@ def adding_problem(n: int = 2000, length: int = 50, *, variable: bool = False,
         `((x_train, y_train), (x_test, y_test))`: x float32 `(N, length, 2)` (or a `Padded`
         of those with int32 lengths), y float32 `(N, 1)`.
 
-    Example:
+    Examples:
         >>> (x, y), (x_test, y_test) = jdnn.data.adding_problem(n=1000, length=100)
     """
     n = _check_int("adding_problem", "n", n, 2)
@@ -91,7 +91,7 @@ def copy_task(n: int = 2000, length: int = 10, *, delay: int = 10, symbols: int 
         `((x_train, y_train), (x_test, y_test))`: x and y int32 `(N, T)`,
         `T = 2 * length + delay`; the vocabulary has `symbols + 2` ids.
 
-    Example:
+    Examples:
         >>> (x, y), _ = jdnn.data.copy_task(n=1000, length=5, delay=20)   # x, y (800, 30)
     """
     n = _check_int("copy_task", "n", n, 2)

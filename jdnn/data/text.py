@@ -27,7 +27,7 @@ class Vocabulary:
     Attributes:
         chars: the characters, `chars[i]` has id `i`.
 
-    Example:
+    Examples:
         >>> vocab = Vocabulary.of("hello")     # chars ('e', 'h', 'l', 'o')
         >>> vocab.encode("hole")                # array([1, 3, 2, 0], dtype=int32)
         >>> vocab.decode([1, 0])                # 'he'
@@ -94,7 +94,7 @@ def python_corpus(max_chars: int = 200_000, *, skip_chars: int = 0) -> str:
     Returns:
         The text, `max_chars` characters long (shorter only if the stdlib is).
 
-    Example:
+    Examples:
         >>> text = jdnn.data.text.python_corpus(50_000)
     """
     for name, value in (("max_chars", max_chars), ("skip_chars", skip_chars)):
@@ -134,7 +134,7 @@ def char_windows(text: str, vocab: Vocabulary, length: int, *, stride: int | Non
     Raises:
         ValueError: for bad arguments, or a text too short for one window on each side.
 
-    Example:
+    Examples:
         >>> text = python_corpus(100_000); vocab = Vocabulary.of(text)
         >>> (x, y), (x_val, y_val) = char_windows(text, vocab, 64)    # x (N, 64) ids
     """

@@ -60,7 +60,7 @@ def as_arrays(data: Any, name: str = "train_data") -> tuple[np.ndarray, np.ndarr
     Raises:
         ValueError: if `data` is not a pair, or `x` or `y` is None or cannot be made an array.
 
-    Example:
+    Examples:
         >>> x, y = as_arrays((x_train, y_train), "train_data")
     """
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
@@ -383,7 +383,7 @@ def check_data(x: Any, y: Any, *, model: Layer | None = None, loss: Callable | N
         ValueError: naming `name`, what was expected and what was found (with counts and the
             index of the first offending value).
 
-    Example:
+    Examples:
         >>> (x, y), _ = jdnn.data.digits()
         >>> model = jdnn.serial(jdnn.Dense(64), jdnn.Relu(), jdnn.Dense(10))
         >>> check_data(x, y, model=model, loss=jdnn.losses.softmax_cross_entropy)  # passes
@@ -446,7 +446,7 @@ def check_labels(y: Any, *, loss: Callable | None, model: Layer | None = None,
         ValueError: as `check_data`, e.g. `"per_example_grads: y has 1 negative class
             label(s); the first is y[2] = -1. Class labels must lie in [0, classes)"`.
 
-    Example:
+    Examples:
         >>> check_labels(y, loss=jdnn.losses.softmax_cross_entropy, model=model,
         ...              x_shape=x.shape, name="per_example_grads")
     """

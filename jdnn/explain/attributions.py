@@ -71,7 +71,7 @@ def saliency(model: Layer, params: Any, state: Any, x: Any, target: Any, *,
             without a batch axis, or a model whose output is not `(B, classes)`; a
             `jdnn.LayerError` names the layer an `x` of the wrong shape does not fit.
 
-    Example:
+    Examples:
         >>> grads = jdnn.explain.saliency(model, ts.params, ts.state, x_test[:8], y_test[:8])
     """
     state, x, target = prepare("saliency", model, params, state, x, target, output)
@@ -163,7 +163,7 @@ def integrated_gradients(model: Layer, params: Any, state: Any, x: Any, target: 
         ValueError: for `steps` below 1 (2 for the trapezoid), an unknown `method`, or a
             baseline of the wrong shape; and as `saliency` raises.
 
-    Example:
+    Examples:
         >>> attr, delta = jdnn.explain.integrated_gradients(
         ...     model, ts.params, ts.state, x_test[:8], y_test[:8], steps=64, return_delta=True)
     """
@@ -229,7 +229,7 @@ def smoothgrad(model: Layer, params: Any, state: Any, x: Any, target: Any, *, ke
     Raises:
         ValueError: for `samples` below 1 or a negative `noise`; and as `saliency` raises.
 
-    Example:
+    Examples:
         >>> smooth = jdnn.explain.smoothgrad(model, ts.params, ts.state, x_test[:8],
         ...                                  y_test[:8], key=jax.random.key(0), noise=0.15)
     """

@@ -209,7 +209,7 @@ def activation_maximization(model: Layer, params: Any, state: Any, target: Any, 
             that is not an image, or a bad step count, range or setting.
         TypeError: for a `TrainState` passed as params, or a target that is not ints.
 
-    Example:
+    Examples:
         >>> digits = jdnn.explain.activation_maximization(
         ...     model, ts.params, ts.state, range(10), shape=(8, 8, 1), key=0,
         ...     value_range=(0, 1))                                    # (10, 8, 8, 1)

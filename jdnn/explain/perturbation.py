@@ -105,7 +105,7 @@ def occlusion(model: Layer, params: Any, state: Any, x: Any, target: Any, *,
         ValueError: for a window or stride that is not positive ints, one per leading input
             axis, or a window larger than the input; and as `saliency` raises.
 
-    Example:
+    Examples:
         >>> occ = jdnn.explain.occlusion(model, ts.params, ts.state, x_test[:8], y_test[:8],
         ...                              window=(2, 2), stride=1)
     """

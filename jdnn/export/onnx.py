@@ -258,7 +258,7 @@ def to_onnx(path: str | os.PathLike, model: Layer, train_state: TrainState, inpu
         ExportError: for a bad `input_shape`, `batch` or `dtype`, or a converted model that
             disagrees with jax.
 
-    Example:
+    Examples:
         >>> jdnn.export.to_onnx("digits.onnx", model, train_state, (1, 64))
     """
     _require()

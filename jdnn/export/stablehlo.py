@@ -131,7 +131,7 @@ def save(path: str | os.PathLike, model: Layer, train_state: TrainState, input_s
             that cannot be exported so (e.g. one that needs a fixed batch size).
         TypeError: for a `model` that is not a `Layer`.
 
-    Example:
+    Examples:
         >>> jdnn.export.save("export/digits", model, train_state, (1, 64))
         >>> jdnn.export.load("export/digits")(x_test).argmax(-1)
     """
@@ -236,7 +236,7 @@ def load(path: str | os.PathLike) -> Artifact:
         ExportError: for a model.json of another format, or a model.stablehlo whose hash is
             not the one model.json records (a torn or corrupted copy).
 
-    Example:
+    Examples:
         >>> predict = jdnn.export.load("export/digits")
         >>> labels = np.asarray(predict(x_test)).argmax(-1)
     """

@@ -128,7 +128,7 @@ def PRelu(alpha_init: float = 0.25) -> Layer:
     Args:
         alpha_init: the initial slope for negative inputs, a finite float.
 
-    Example:
+    Examples:
         >>> _, params, _ = jdnn.PRelu().init(jax.random.key(0), (8, 16))  # params["alpha"]: (16,)
     """
     ok = isinstance(alpha_init, (int, float)) and math.isfinite(alpha_init)

@@ -95,7 +95,7 @@ def MultiHeadAttention(num_heads: int, head_features: int, *, causal: bool = Fal
         A `Layer` mapping `(B, T, F)` (or a `Padded` of it) to `(B, T, F_out)` (a `Padded` with
         the same lengths).
 
-    Example:
+    Examples:
         >>> layer = jdnn.MultiHeadAttention(4, 32, causal=True)
         >>> out_shape, params, state = layer.init(jax.random.key(0), (8, 50, 128))  # (8, 50, 128)
         >>> y, _ = layer.apply(params, state, jdnn.Padded(x, lengths))               # Padded

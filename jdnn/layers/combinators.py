@@ -48,7 +48,7 @@ def serial(*layers: Layer) -> Layer:
     Returns:
         A `Layer` whose spec has the layers' specs as children.
 
-    Example:
+    Examples:
         >>> model = jdnn.serial(jdnn.Dense(128), jdnn.Relu(), jdnn.Dense(10))
         >>> out_shape, params, state = model.init(jax.random.key(0), (32, 784))
         >>> logits, state = model.apply(params, state, x)
@@ -96,7 +96,7 @@ def residual(layer: Layer) -> Layer:
     Returns:
         A `Layer` with the inner layer's spec as its only child.
 
-    Example:
+    Examples:
         >>> block = jdnn.residual(jdnn.serial(jdnn.Dense(64), jdnn.Relu(), jdnn.Dense(64)))
     """
     _check_layers("residual", (layer,))
@@ -148,7 +148,7 @@ def branches(*layers: Layer, merge: str = "concat") -> Layer:
     Returns:
         A `Layer` whose spec has the branches' specs as children.
 
-    Example:
+    Examples:
         >>> block = jdnn.branches(jdnn.Conv2D(8, 1), jdnn.Conv2D(8, 3), jdnn.MaxPool2D(3, 1,
         ...                       "SAME"))   # (N, H, W, C) -> (N, H, W, 16 + C)
     """

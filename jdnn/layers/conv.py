@@ -220,7 +220,7 @@ def Conv2D(features: int, kernel_size: int | tuple[int, int], strides: int | tup
     Returns:
         A `Layer` mapping `(N, H, W, C)` to `(N, H', W', features)`.
 
-    Example:
+    Examples:
         >>> conv = jdnn.Conv2D(32, (3, 3), padding="SAME")
         >>> out_shape, params, _ = conv.init(jax.random.key(0), (64, 28, 28, 1))  # (64, 28, 28, 32)
     """

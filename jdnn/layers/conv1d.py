@@ -40,7 +40,7 @@ PADDINGS = ("SAME", "VALID", "CAUSAL")
 def window_span(kernel_size: int, dilation: int = 1) -> int:
     """How many consecutive steps one window covers: `(kernel_size - 1) * dilation + 1`.
 
-    Example:
+    Examples:
         >>> window_span(3, dilation=2)   # 5
     """
     return (kernel_size - 1) * dilation + 1
@@ -50,7 +50,7 @@ def output_length(length, span: int, stride: int, padding: str):
     """`T'` for a sequence of `length` steps (an int, or an int array of lengths), see the
     module docstring; never below 0.
 
-    Example:
+    Examples:
         >>> output_length(jnp.array([10, 9, 2]), 3, 2, "VALID")   # [4, 4, 0]
     """
     if padding == "VALID":
@@ -62,7 +62,7 @@ def output_length(length, span: int, stride: int, padding: str):
 def left_pad(length: int, span: int, stride: int, padding: str) -> int:
     """The zeros (or `-inf`s) before the first step of a sequence of `length` steps.
 
-    Example:
+    Examples:
         >>> left_pad(9, 3, 2, "SAME"), left_pad(10, 3, 2, "SAME")   # (1, 0)
     """
     if padding == "VALID":
@@ -79,7 +79,7 @@ def check_sequences(kind: str, shape: tuple[int, ...], span: int, padding: str) 
     Raises:
         LayerError: naming `kind`, the shape received and the fix.
 
-    Example:
+    Examples:
         >>> check_sequences("MaxPool1D", (8, 2, 4), 3, "VALID")   # LayerError: 2 steps < 3
     """
     if len(shape) != 3:
@@ -113,7 +113,7 @@ def windows_input(x: jax.Array, lengths: jax.Array | None, span: int, stride: in
     Returns:
         `xp`; `T'` windows of `span` steps fit it, `stride` apart, with no further padding.
 
-    Example:
+    Examples:
         >>> windows_input(jnp.ones((2, 5, 3)), None, 3, 1, "CAUSAL").shape   # (2, 7, 3)
     """
     steps = x.shape[1]
@@ -268,7 +268,7 @@ def Conv1D(features: int, kernel_size: int, strides: int = 1, padding: str = "SA
     Returns:
         A `Layer` mapping `(B, T, C)` to `(B, T', F)` (a `Padded` to a `Padded`).
 
-    Example:
+    Examples:
         >>> conv = jdnn.Conv1D(64, 3, padding="CAUSAL", dilation=2)
         >>> out_shape, params, _ = conv.init(jax.random.key(0), (32, 100, 16))  # (32, 100, 64)
     """

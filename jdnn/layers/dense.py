@@ -47,7 +47,7 @@ def Dense(features: int, *, use_bias: bool = True, w_init: str | initializers.In
     Returns:
         A `Layer` mapping `(..., in_features)` to `(..., features)`.
 
-    Example:
+    Examples:
         >>> layer = jdnn.Dense(10, w_init="he_normal")
         >>> out_shape, params, state = layer.init(jax.random.key(0), (32, 64))  # (32, 10)
     """

@@ -51,7 +51,7 @@ def Dropout(rate: float, *, rate_in_state: bool = False) -> Layer:
         A parameter-free, shape-preserving `Layer`; its state is `{}`, or `{"rate": ...}` with
         `rate_in_state`.
 
-    Example:
+    Examples:
         >>> drop = jdnn.Dropout(0.5)
         >>> y, _ = drop.apply({}, {}, x, key=jax.random.key(1), train=True)
         >>> tunable = jdnn.Dropout(0.5, rate_in_state=True)

@@ -47,7 +47,7 @@ def id_problem(vocab_size: int, ids: np.ndarray) -> str | None:
         None when every id is an integer in `[0, vocab_size)`; otherwise a message naming the
         first offending value, its position (index into `ids`) and the fix.
 
-    Example:
+    Examples:
         >>> id_problem(10, np.array([[1, 12]]))   # 'id 12 at position (0, 1) is outside ...'
     """
     ids = np.asarray(ids)
@@ -111,7 +111,7 @@ def Embedding(vocab_size: int, features: int, *,
     Returns:
         A `Layer` mapping integer ids `(B, ...)` (typically `(B, T)`) to `(B, ..., features)`.
 
-    Example:
+    Examples:
         >>> layer = jdnn.Embedding(1000, 64)
         >>> out_shape, params, state = layer.init(jax.random.key(0), (32, 20))  # (32, 20, 64)
         >>> y, _ = layer.apply(params, state, jnp.zeros((32, 20), jnp.int32))
@@ -151,7 +151,7 @@ def sinusoidal_table(length: int, features: int) -> np.ndarray:
     `i` of features turns at its own frequency, from one radian per step (i = 0) down to
     1/10000. An odd `F` ends on a sine whose cosine partner is dropped.
 
-    Example:
+    Examples:
         >>> sinusoidal_table(3, 4)[1]   # [sin 1, cos 1, sin 0.01, cos 0.01]
     """
     t = np.arange(length, dtype=np.float64)[:, None]
@@ -203,7 +203,7 @@ def PositionalEmbedding(max_length: int, encoding: str = "learned") -> Layer:
     Raises:
         LayerError: at `init` or `apply`, for sequences longer than `max_length`.
 
-    Example:
+    Examples:
         >>> layer = jdnn.serial(jdnn.Embedding(1000, 64), jdnn.PositionalEmbedding(128))
         >>> out_shape, params, state = layer.init(jax.random.key(0), (32, 20))  # (32, 20, 64)
     """

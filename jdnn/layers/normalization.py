@@ -66,7 +66,7 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     Returns:
         A shape-preserving `Layer` with parameters and state.
 
-    Example:
+    Examples:
         >>> bn = jdnn.BatchNorm(momentum=0.99)
         >>> _, params, state = bn.init(jax.random.key(0), (32, 128))
         >>> y, state = bn.apply(params, state, x, train=True)
@@ -172,7 +172,7 @@ def LayerNorm(eps: float = 1e-5, *, use_scale: bool = True, use_bias: bool = Tru
     Returns:
         A shape-preserving `Layer` on `(..., F)`.
 
-    Example:
+    Examples:
         >>> ln = jdnn.LayerNorm()
         >>> _, params, state = ln.init(jax.random.key(0), (32, 20, 64))
         >>> y, _ = ln.apply(params, state, x)   # each y[b, t] has mean 0, variance ~1

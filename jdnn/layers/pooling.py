@@ -139,7 +139,7 @@ def MaxPool2D(window: int | tuple[int, int], strides: int | tuple[int, int] | No
     Returns:
         A parameter-free `Layer` mapping `(N, H, W, C)` to `(N, H', W', C)`.
 
-    Example:
+    Examples:
         >>> pool = jdnn.MaxPool2D(2)  # (N, 28, 28, C) -> (N, 14, 14, C)
     """
     return _pool("MaxPool2D", window, strides, padding, _max)
@@ -160,7 +160,7 @@ def AvgPool2D(window: int | tuple[int, int], strides: int | tuple[int, int] | No
     Returns:
         A parameter-free `Layer` mapping `(N, H, W, C)` to `(N, H', W', C)`.
 
-    Example:
+    Examples:
         >>> pool = jdnn.AvgPool2D((2, 2), strides=1, padding="SAME")  # shape-preserving
     """
     return _pool("AvgPool2D", window, strides, padding, _mean)
@@ -243,7 +243,7 @@ def MaxPool1D(window: int, strides: int | None = None, padding: str = "VALID") -
     Returns:
         A parameter-free `Layer` mapping `(B, T, C)` to `(B, T', C)`.
 
-    Example:
+    Examples:
         >>> pool = jdnn.MaxPool1D(2)   # (B, 100, C) -> (B, 50, C)
     """
     return _pool_1d("MaxPool1D", window, strides, padding, _max, _max_of_padded)
@@ -264,7 +264,7 @@ def AvgPool1D(window: int, strides: int | None = None, padding: str = "VALID") -
     Returns:
         A parameter-free `Layer` mapping `(B, T, C)` to `(B, T', C)`.
 
-    Example:
+    Examples:
         >>> pool = jdnn.AvgPool1D(3, strides=1, padding="SAME")   # length-preserving smoothing
     """
     return _pool_1d("AvgPool1D", window, strides, padding, _mean, _mean_of_padded)
@@ -346,7 +346,7 @@ def GlobalAvgPool() -> Layer:
     Returns:
         A parameter-free `Layer`.
 
-    Example:
+    Examples:
         >>> jdnn.GlobalAvgPool().init(jax.random.key(0), (8, 7, 7, 32))[0]   # (8, 32)
     """
     return _global("GlobalAvgPool", _global_mean)
@@ -363,7 +363,7 @@ def GlobalMaxPool() -> Layer:
     Returns:
         A parameter-free `Layer`.
 
-    Example:
+    Examples:
         >>> jdnn.GlobalMaxPool().init(jax.random.key(0), (8, 100, 64))[0]   # (8, 64)
     """
     return _global("GlobalMaxPool", _global_max)

@@ -241,7 +241,7 @@ def SimpleRNN(features: int, *, return_sequences: bool = True, reverse: bool = F
     Returns:
         A `Layer` mapping `(B, T, F)` (or a `jdnn.Padded` of it) to `(B, T, H)` or `(B, H)`.
 
-    Example:
+    Examples:
         >>> rnn = jdnn.SimpleRNN(32)
         >>> out_shape, params, _ = rnn.init(jax.random.key(0), (8, 20, 5))   # (8, 20, 32)
     """
@@ -279,7 +279,7 @@ def GRU(features: int, *, return_sequences: bool = True, reverse: bool = False,
     Returns:
         A `Layer` mapping `(B, T, F)` (or a `jdnn.Padded` of it) to `(B, T, H)` or `(B, H)`.
 
-    Example:
+    Examples:
         >>> model = jdnn.serial(jdnn.GRU(128, return_sequences=False), jdnn.Dense(10))
         >>> logits, _ = model.apply(params, state, jdnn.Padded(x, lengths))   # (B, 10)
     """
@@ -319,7 +319,7 @@ def LSTM(features: int, *, return_sequences: bool = True, reverse: bool = False,
     Returns:
         A `Layer` mapping `(B, T, F)` (or a `jdnn.Padded` of it) to `(B, T, H)` or `(B, H)`.
 
-    Example:
+    Examples:
         >>> lstm = jdnn.LSTM(64, reverse=True)
         >>> out_shape, params, _ = lstm.init(jax.random.key(0), (8, 20, 5))   # (8, 20, 64)
     """
@@ -370,7 +370,7 @@ def bidirectional(layer: Layer, merge: str = "concat") -> Layer:
     Returns:
         A combinator `Layer` whose spec has both directions' specs as children.
 
-    Example:
+    Examples:
         >>> encoder = jdnn.bidirectional(jdnn.GRU(64))   # (B, T, F) -> (B, T, 128)
     """
     check_hparam("bidirectional", "layer", layer,

@@ -17,7 +17,7 @@ def Flatten() -> Layer:
     Returns:
         A parameter-free `Layer`.
 
-    Example:
+    Examples:
         >>> jdnn.Flatten().init(jax.random.key(0), (64, 7, 7, 32))[0]
         (64, 1568)
     """

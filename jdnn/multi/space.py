@@ -21,7 +21,10 @@ from jdnn.core import whole_number
 from jdnn.multi.members import one_key
 
 VECTORIZED = ("learning_rate", "momentum", "l1", "l2", "dropout", "seed")
+"""The hyper-parameters `jdnn.search` vectorizes: members of one compiled program differ in
+them. Every other name is structural (one program per value) or goes to `model_fn`."""
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform")
+"""The distributions random search draws from: `(name, low, high)` with one of these names."""
 
 
 def _real(value: Any) -> bool:

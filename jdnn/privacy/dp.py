@@ -165,7 +165,7 @@ def make_dp_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransf
         TypeError: for a loss, optimizer or metric of the wrong kind (e.g. `optax.sgd`, not
             called).
 
-    Example:
+    Examples:
         >>> step = jdnn.make_dp_train_step(model, jdnn.losses.softmax_cross_entropy,
         ...                                optax.sgd(0.1), l2_norm_clip=1.0, noise_multiplier=1.1)
         >>> train_state, m = step(train_state, x, y)

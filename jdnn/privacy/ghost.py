@@ -145,9 +145,10 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
     needs a rule, as in `per_example_grads`: `"batch_stats"` (this batch's statistics, held
     fixed) or `"running"`. Only models built from jdnn's own layers can be tapped.
 
+    `model`, `loss`, `params`, `state`, `x`, `y`, `key`, `train`, `mask` and `batch_norm` are
+    as in `jdnn.per_example_grads`.
+
     Args:
-        model, loss, params, state, x, y, key, train, mask, batch_norm: as in
-            `jdnn.per_example_grads`.
         l2_norm_clip: the largest L2 norm an example's gradient keeps, `> 0`.
         return_aux: also return a `PerExampleAux(loss, outputs, state)`.
 
@@ -162,7 +163,7 @@ def ghost_clipped_grad(model: Layer, loss: Loss, params: Any, state: Any, x: jax
         jdnn.core.MissingKeyError: for Dropout with `train=True` and no `key`, naming
             `ghost_clipped_grad`.
 
-    Example:
+    Examples:
         >>> grad, norms = jdnn.ghost_clipped_grad(model, jdnn.losses.softmax_cross_entropy,
         ...                                       params, state, x, y, l2_norm_clip=1.0, key=k)
     """

@@ -151,7 +151,8 @@ def per_example_grads(model: Layer, loss: Loss, params: Any, state: Any, x: jax.
     Args:
         model: the network.
         loss: a per-example loss `loss(outputs, y) -> (B,)`, e.g. `jdnn.losses.mse`.
-        params, state: the model's parameters and layer state.
+        params: the model's parameters.
+        state: the model's layer state.
         x: `(B, ...)` inputs; y: `(B, ...)` targets.
         key: the dropout key (needed with `train=True` if the model has Dropout).
         train: training mode (dropout, batch statistics) or evaluation mode.
@@ -175,7 +176,7 @@ def per_example_grads(model: Layer, loss: Loss, params: Any, state: Any, x: jax.
         jdnn.core.MissingKeyError: (a `LayerError`) for Dropout with `train=True` and no
             `key`, naming `per_example_grads`.
 
-    Example:
+    Examples:
         >>> grads = jdnn.per_example_grads(model, jdnn.losses.softmax_cross_entropy, params,
         ...                                state, x, y, key=jax.random.key(1))
         >>> grads["0_dense"]["w"].shape                       # (B, in_features, features)
@@ -229,7 +230,7 @@ def clip_and_aggregate(per_example: Any, l2_norm_clip: float, *,
         `(mean, norms)`: the mean clipped gradient (the params' tree) and `(B,)` the norms of the
         per-example gradients before clipping (0 for masked-out examples).
 
-    Example:
+    Examples:
         >>> grad, norms = jdnn.clip_and_aggregate(per_example, 1.0)
     """
     leaves, treedef = jax.tree.flatten(per_example)

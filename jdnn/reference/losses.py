@@ -89,7 +89,7 @@ def mean_weights(mask, batch: int, dtype=None) -> np.ndarray:
     Raises:
         ValueError: if `mask` does not have shape `(batch,)`.
 
-    Example:
+    Examples:
         >>> grad = mse_grad(outputs, targets, mean_weights(mask, len(outputs), outputs.dtype))
     """
     if dtype is None:
@@ -112,7 +112,7 @@ def masked_mean(values, mask=None):
     Returns:
         A NumPy scalar of the values' float type; `0.0` for an all-zero mask.
 
-    Example:
+    Examples:
         >>> loss = masked_mean(softmax_cross_entropy(logits, labels), mask)
     """
     values = np.asarray(values)
@@ -139,7 +139,7 @@ def mse(outputs, targets) -> np.ndarray:
     Returns:
         `(B,)` per-example losses.
 
-    Example:
+    Examples:
         >>> mse(np.array([[1.0], [3.0]]), np.array([0.0, 1.0]))  # array([1., 4.])
     """
     outputs = _floating(outputs)
@@ -150,7 +150,7 @@ def mse(outputs, targets) -> np.ndarray:
 def mse_grad(outputs, targets, weights) -> np.ndarray:
     """`d(sum_b weights_b * mse_b)/d outputs`, shape of `outputs`; see `mse` for the formula.
 
-    Example:
+    Examples:
         >>> dout = mse_grad(outputs, targets, mean_weights(None, len(outputs)))
     """
     outputs = _floating(outputs)
@@ -183,7 +183,7 @@ def binary_cross_entropy(logits, labels) -> np.ndarray:
     Returns:
         `(B,)` per-example losses.
 
-    Example:
+    Examples:
         >>> binary_cross_entropy(np.array([[0.0]]), np.array([1.0]))  # array([0.6931...])
     """
     z = _floating(logits)
@@ -194,7 +194,7 @@ def binary_cross_entropy(logits, labels) -> np.ndarray:
 def binary_cross_entropy_grad(logits, labels, weights) -> np.ndarray:
     """`d(sum_b weights_b * bce_b)/d logits`, shape of `logits`; see `binary_cross_entropy`.
 
-    Example:
+    Examples:
         >>> dz = binary_cross_entropy_grad(logits, labels, mean_weights(mask, len(logits)))
     """
     z = _floating(logits)
@@ -264,7 +264,7 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0) -> np
         ValueError: for logits without a class axis of size >= 2, labels that fit neither form,
             out-of-range indices, or `label_smoothing` outside `[0, 1)`.
 
-    Example:
+    Examples:
         >>> softmax_cross_entropy(np.zeros((1, 4)), np.array([2]))  # array([1.3862...]) = log 4
     """
     z = _floating(logits)
@@ -276,7 +276,7 @@ def softmax_cross_entropy_grad(logits, labels, weights, *,
                                label_smoothing: float = 0.0) -> np.ndarray:
     """`d(sum_b weights_b * ce_b)/d logits`, shape of `logits`; see `softmax_cross_entropy`.
 
-    Example:
+    Examples:
         >>> dz = softmax_cross_entropy_grad(logits, labels, mean_weights(None, len(logits)))
     """
     z = _floating(logits)

@@ -227,7 +227,7 @@ class Network:
     Args:
         spec: the model's `spec` (or `spec.to_dict()`).
 
-    Example:
+    Examples:
         >>> net = jdnn.reference.build(model.spec)
         >>> loss, grads, new_state = net.loss_and_grads(params, state, x, y, loss="mse")
     """
@@ -268,7 +268,8 @@ class Network:
         the penalties over the leaves `where` selects (weights only, by default).
 
         Args:
-            params, state: as `jdnn`'s `init` returns them (any array type; cast to `dtype`).
+            params: as `jdnn`'s `init` returns them (any array type; cast to `dtype`).
+            state: as `jdnn`'s `init` returns it (any array type; cast to `dtype`).
             x: inputs `(B, ...)`; y: targets (integer labels stay integers).
             loss: `"mse"`, `"binary_cross_entropy"` or `"softmax_cross_entropy"`, or a loss twin
                 `numpy_fn(outputs, y, **loss_kwargs) -> (loss (B,), dloss like outputs)` (see
@@ -276,7 +277,9 @@ class Network:
             label_smoothing: for the softmax cross-entropy.
             loss_kwargs: keyword arguments for a loss twin.
             mask: `(B,)`, which examples count (all by default).
-            l1, l2: penalty strengths; where: which leaves they cover (path predicate or regex).
+            l1: the L1 penalty's strength.
+            l2: the L2 penalty's strength.
+            where: which leaves the penalties cover (path predicate or regex).
             train: training mode (batch statistics, dropout).
             masks: dropout keep masks, when training with dropout.
             dtype: the float type of the computation (float64 by default).

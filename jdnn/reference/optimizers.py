@@ -80,7 +80,7 @@ def sgd(learning_rate: float, momentum: float = 0.0, nesterov: bool = False) -> 
     Raises:
         ValueError: if `learning_rate` is not finite or `momentum` is outside `[0, 1]`.
 
-    Example:
+    Examples:
         >>> opt = sgd(0.1, momentum=0.9); state = opt.init(params)
         >>> params, state = opt.update(grads, state, params)
     """
@@ -135,7 +135,7 @@ def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999,
     Raises:
         ValueError: if a hyper-parameter is out of its range or not finite.
 
-    Example:
+    Examples:
         >>> opt = adam(1e-3); state = opt.init(params)
         >>> params, state = opt.update(grads, state, params)
     """
@@ -195,7 +195,7 @@ def rmsprop(learning_rate: float, decay: float = 0.9, eps: float = 1e-8, *,
     Raises:
         ValueError: if a hyper-parameter is out of its range or not finite.
 
-    Example:
+    Examples:
         >>> opt = rmsprop(1e-3); state = opt.init(params)
         >>> params, state = opt.update(grads, state, params)
     """

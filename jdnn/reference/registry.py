@@ -59,7 +59,7 @@ def register_layer(kind: str, forward: Callable, backward: Callable) -> None:
             the extras `state`, `train` and `keep_mask`.
         backward: `backward(params, cache, dy) -> (dx, dparams)`.
 
-    Example:
+    Examples:
         >>> def forward(params, x, *, beta):
         ...     s = 1 / (1 + np.exp(-beta * x))
         ...     return x * s, (x, s, beta)
@@ -115,7 +115,7 @@ def register_loss(loss_fn: Callable, numpy_fn: Callable) -> None:
         loss_fn: the loss as `fit` and `check_gradients` take it: `loss_fn(outputs, y) -> (B,)`.
         numpy_fn: `numpy_fn(outputs, y, **kwargs) -> (loss, dloss)`, see the module docstring.
 
-    Example:
+    Examples:
         >>> def huber_twin(outputs, y, delta=1.0):
         ...     r = outputs - y.reshape(outputs.shape)
         ...     small = np.abs(r) <= delta

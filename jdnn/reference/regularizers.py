@@ -28,7 +28,7 @@ Where = Callable[[str], bool] | str
 def leaf_paths(params: Tree) -> list[str]:
     """The path of every leaf, in the order of `jax.tree_util` (sorted keys, depth first).
 
-    Example:
+    Examples:
         >>> leaf_paths({"0_dense": {"w": w, "b": b}})  # ["0_dense/b", "0_dense/w"]
     """
     return [path for path, _ in tree_paths(params)]
@@ -96,7 +96,7 @@ def l1(params: Tree, *, where: Where = is_weight) -> np.floating:
     Raises:
         ValueError: if `where` is an invalid regex. TypeError: if it is neither kind.
 
-    Example:
+    Examples:
         >>> l1({"0_dense": {"w": np.array([1.0, -2.0]), "b": np.array([5.0])}})  # 3.0
     """
     return _penalty(params, where, np.abs)
@@ -105,7 +105,7 @@ def l1(params: Tree, *, where: Where = is_weight) -> np.floating:
 def l1_grad(params: Tree, *, where: Where = is_weight) -> Tree:
     """`d l1 / d params`: `sign(w)` on the selected leaves (`sign(0) = 0`), zeros elsewhere.
 
-    Example:
+    Examples:
         >>> l1_grad({"0_dense": {"w": np.array([1.0, -2.0, 0.0])}})  # w: [1., -1., 0.]
     """
     return _gradient(params, where, np.sign)
@@ -117,7 +117,7 @@ def l1_grad(params: Tree, *, where: Where = is_weight) -> Tree:
 def l2(params: Tree, *, where: Where = is_weight) -> np.floating:
     """The squared L2 norm of the selected leaves: `sum w^2` (no 1/2), see `l1` for arguments.
 
-    Example:
+    Examples:
         >>> l2({"0_dense": {"w": np.array([1.0, -2.0])}})  # 5.0
     """
     return _penalty(params, where, np.square)
@@ -126,7 +126,7 @@ def l2(params: Tree, *, where: Where = is_weight) -> np.floating:
 def l2_grad(params: Tree, *, where: Where = is_weight) -> Tree:
     """`d l2 / d params`: `2 w` on the selected leaves, zeros elsewhere.
 
-    Example:
+    Examples:
         >>> l2_grad({"0_dense": {"w": np.array([1.0, -2.0])}})  # w: [2., -4.]
     """
     return _gradient(params, where, lambda w: 2.0 * w)
@@ -154,7 +154,7 @@ def soft_threshold(params: Tree, threshold: float, *, where: Where = is_weight) 
     Raises:
         ValueError: if `threshold` is negative or not finite, or `where` is an invalid regex.
 
-    Example:
+    Examples:
         >>> soft_threshold({"0_dense": {"w": np.array([0.5, -2.0])}}, 1.0)  # w: [0., -1.]
     """
     if isinstance(threshold, bool) or not math.isfinite(threshold) or threshold < 0:

@@ -28,7 +28,7 @@ def tree_map_with_path(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
     Raises:
         ValueError: if the trees' keys differ somewhere; the message names the path.
 
-    Example:
+    Examples:
         >>> tree_map_with_path(lambda path, w: w if path.endswith("w") else 0 * w, params)
     """
     return _walk(fn, (tree, *rest), "")
@@ -64,7 +64,7 @@ def tree_map(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
     Raises:
         ValueError: if the trees' keys differ somewhere; the message names the path.
 
-    Example:
+    Examples:
         >>> tree_map(lambda p, g: p - 0.1 * g, params, grads)
     """
     return _walk(lambda path, *leaves: fn(*leaves), (tree, *rest), "")
@@ -75,7 +75,7 @@ def tree_paths(tree: Tree) -> list[tuple[str, Any]]:
 
     A bare leaf (not a dict) has the path `""`.
 
-    Example:
+    Examples:
         >>> [path for path, _ in tree_paths({"0_dense": {"w": w, "b": b}})]  # ["0_dense/b", ...]
     """
     pairs: list[tuple[str, Any]] = []

@@ -54,7 +54,7 @@ def check_loss(where: str, loss: Any) -> Callable:
     """`loss` if it is a per-example loss function; a `TypeError` that says which one to pass
     otherwise (e.g. for the string `"mse"`).
 
-    Example:
+    Examples:
         >>> check_loss("fit", jdnn.losses.mse)        # returns it
         >>> check_loss("fit", "mse")                  # TypeError: ... pass loss=jdnn.losses.mse
     """
@@ -80,7 +80,7 @@ def check_optimizer(where: str, optimizer: Any) -> Any:
     """`optimizer` if it is an optax `GradientTransformation` (anything with `init` and
     `update`); a `TypeError` otherwise, e.g. for `optax.adam` passed uncalled.
 
-    Example:
+    Examples:
         >>> check_optimizer("fit", optax.adam)   # TypeError: ... optimizer=optax.adam(1e-3)
     """
     if callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None)):
@@ -101,7 +101,7 @@ def check_callbacks(where: str, callbacks: Any) -> tuple:
     (`jdnn.Callback`s, or objects with its three hooks); a `TypeError` otherwise, e.g. for a
     single callback or a class passed instead of an instance.
 
-    Example:
+    Examples:
         >>> check_callbacks("fit", jdnn.EarlyStopping())   # TypeError: ... callbacks=[...]
     """
     if isinstance(callbacks, Callback) or (inspect.isclass(callbacks)
@@ -130,7 +130,7 @@ def check_augment(where: str, augment: Any) -> Callable | None:
     callable, but calling it with `(key, x)` fails inside the compiled step), as `compose`
     does.
 
-    Example:
+    Examples:
         >>> check_augment("fit", jdnn.data.augment.random_flip)   # TypeError: random_flip()
     """
     if augment is None:
@@ -155,7 +155,7 @@ def check_step(where: str, step: Any, **options: Any) -> Callable:
     `options` (`penalty`, `augment`, `frozen_state`: they configure `fit`'s own step) is set,
     since a step of one's own would silently ignore it.
 
-    Example:
+    Examples:
         >>> check_step("fit", jdnn.make_dp_train_step)   # TypeError: ... build the step first
     """
     if not callable(step) or inspect.isclass(step):

@@ -110,7 +110,7 @@ class EarlyStopping(Callback):
         mode: `"min"`, `"max"`, or `"auto"` (max for accuracies, min otherwise).
         restore_best: end with the parameters of the best epoch, not the last.
 
-    Example:
+    Examples:
         >>> jdnn.fit(..., validation_data=(x_val, y_val),
         ...          callbacks=[jdnn.EarlyStopping("val_loss", patience=5)])
     """
@@ -147,7 +147,7 @@ class EarlyStopping(Callback):
 class TerminateOnNaN(Callback):
     """The NaN guard: stops on a non-finite training loss and keeps the last good state.
 
-    Example:
+    Examples:
         >>> jdnn.fit(..., callbacks=[jdnn.TerminateOnNaN()])
     """
 
@@ -174,11 +174,15 @@ class ReduceLROnPlateau(Callback):
     `optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)` (inside a chain is fine).
 
     Args:
-        monitor: a history key; factor: in (0, 1); patience: epochs without improvement;
-        min_delta: the smallest improvement; min_lr: the floor; cooldown: epochs to wait after a
-        reduction; mode: `"min"`, `"max"` or `"auto"`.
+        monitor: a history key.
+        factor: in (0, 1).
+        patience: epochs without improvement.
+        min_delta: the smallest improvement.
+        min_lr: the floor.
+        cooldown: epochs to wait after a reduction.
+        mode: `"min"`, `"max"` or `"auto"`.
 
-    Example:
+    Examples:
         >>> optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
         >>> jdnn.fit(..., optimizer=optimizer, callbacks=[jdnn.ReduceLROnPlateau(patience=2)])
     """

@@ -55,7 +55,7 @@ def enable_compilation_cache() -> str | None:
         The folder jdnn's cache is on in, or None if jdnn did not turn it on (off, configured
         by you, or no writable folder).
 
-    Example:
+    Examples:
         >>> jdnn.train.enable_compilation_cache()   # '/home/me/.cache/jdnn/jax'
         >>> # JDNN_CACHE_DIR=off python train.py     # never turned on
     """

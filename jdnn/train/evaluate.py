@@ -105,7 +105,7 @@ def evaluate(model: Layer, train_state: TrainState, data: Any, *, loss: Loss,
             targets `(N,)` for outputs `(N, 1)` under a loss of one's own, or accuracy asked
             for on targets that are not class labels.
 
-    Example:
+    Examples:
         >>> jdnn.evaluate(model, train_state, (x_test, y_test),
         ...               loss=jdnn.losses.softmax_cross_entropy)   # {"loss": ..., "accuracy": ...}
     """
@@ -188,7 +188,7 @@ def predict(model: Layer, train_state: TrainState, x: Any, *,
             axis; a `LayerError` (a `ValueError`) names the layer an `x` of the wrong shape
             does not fit.
 
-    Example:
+    Examples:
         >>> labels = jdnn.predict(model, train_state, x_test).argmax(-1)
     """
     if batch_size is not None or not is_stream(x):

@@ -77,6 +77,7 @@ def epoch_orders(train_state: TrainState, n: int) -> np.ndarray:
 # `jdnn.parallel` (which builds on this module) and `fit(..., mesh=)` run one and the same epoch.
 
 DATA_AXIS = "data"
+"""The name of the mesh axis a batch is split along (`jdnn.parallel.data_mesh`)."""
 
 
 class EpochSharding(NamedTuple):
@@ -149,7 +150,7 @@ def epoch_sharding(mesh: Mesh, batch_size: int, axis: str = DATA_AXIS) -> EpochS
         TypeError: if `mesh` is not a `jax.sharding.Mesh`.
         ValueError: if `mesh` has no `axis`, or `batch_size` is not a multiple of its size.
 
-    Example:
+    Examples:
         >>> epoch = make_epoch(step, 256, sharding=epoch_sharding(jdnn.parallel.data_mesh(), 256))
     """
     check_batch_size(batch_size, mesh, axis)
@@ -421,7 +422,7 @@ def fit(model: Layer, train_data: Any, *, loss: Loss, optimizer: optax.GradientT
             labels). For a step that does not advance `train_state.step` by one per batch
             (after the first epoch).
 
-    Example:
+    Examples:
         >>> (x, y), (x_test, y_test) = jdnn.data.digits()
         >>> model = jdnn.serial(jdnn.Dense(128), jdnn.Relu(), jdnn.Dense(10))
         >>> train_state, history = jdnn.fit(model, (x, y),

@@ -77,7 +77,7 @@ class Precision:
     Raises:
         ValueError: for a dtype outside those (float16 compute, bfloat16 params).
 
-    Example:
+    Examples:
         >>> policy = jdnn.Precision(compute="bfloat16")     # params and output float32
         >>> jdnn.fit(model, (x, y), ..., precision=policy)   # same as precision="bfloat16"
     """
@@ -139,7 +139,7 @@ def _cast_floating(tree: Any, dtype: str) -> Any:
 def cast_to_compute(policy: Precision, tree: Any) -> Any:
     """`tree` (params and inputs) in the policy's compute dtype; unchanged for `"float32"`.
 
-    Example:
+    Examples:
         >>> params, x = cast_to_compute(Precision("bfloat16"), (params, x))   # bfloat16 leaves
     """
     return _cast_floating(tree, policy.compute) if policy.casts else tree

@@ -90,7 +90,7 @@ def _fingerprint(obj: Any, depth: int, active: set[int]) -> Any:
 class ProgramCache:
     """A small least-recently-used cache of compiled programs keyed by `fingerprint`.
 
-    Example:
+    Examples:
         >>> epochs = ProgramCache(16)
         >>> run_epoch = epochs.get((model, loss, optimizer), lambda: jax.jit(...))
     """

@@ -148,7 +148,7 @@ class TrainState(NamedTuple):
         Returns:
             A `TrainState` at step 0.
 
-        Example:
+        Examples:
             >>> ts = jdnn.TrainState.create(model, optax.adam(1e-3), jax.random.key(0), (32, 784))
         """
         return _create(model, optimizer, key_or_seed("TrainState.create", key),
@@ -160,7 +160,7 @@ class TrainState(NamedTuple):
         """A state at step 0 around existing params and layer state (e.g. partially restored
         for fine-tuning), with a fresh optimizer state.
 
-        Example:
+        Examples:
             >>> params, state, report = jdnn.checkpoint.restore_matching(path, fresh_params)
             >>> ts = jdnn.TrainState.from_params(params, state, optax.adam(1e-3), 0)
         """

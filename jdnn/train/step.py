@@ -163,7 +163,7 @@ def make_train_step(model: Layer, loss: Loss, optimizer: optax.GradientTransform
         The compiled step. Its metrics dict holds `"loss"` (the masked mean data loss), then
         `"penalty"` if a penalty is given, then each requested metric; all scalars.
 
-    Example:
+    Examples:
         >>> step = jdnn.make_train_step(model, jdnn.losses.softmax_cross_entropy, optax.adam(1e-3))
         >>> train_state, m = step(train_state, x, y)   # x: (B, ...), y: (B,)
     """
@@ -211,7 +211,7 @@ def make_eval_step(model: Layer, loss: Loss, *, metrics: Metrics = (),
     Returns:
         The compiled function; its dict holds `"loss"` and each metric, masked means.
 
-    Example:
+    Examples:
         >>> evaluate = jdnn.make_eval_step(model, jdnn.losses.softmax_cross_entropy,
         ...                                metrics=("accuracy",))
         >>> evaluate(train_state, x_test, y_test)   # {"loss": ..., "accuracy": ...}

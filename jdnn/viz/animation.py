@@ -111,7 +111,8 @@ def render_gif(model: Layer, frames: Sequence[Frame], x: Any, y: Any, path, *,
     Args:
         model: a small dense classifier on 2 features.
         frames: the snapshots (`Frame`s) to draw, in order.
-        x, y: the data drawn under the decision regions.
+        x: the inputs drawn under the decision regions.
+        y: their labels.
         path: the `.gif` to write (its folder is created).
         example: the input whose activations color the nodes (default: `x[2]`, or `x[0]`).
         resolution: grid points per axis of the decision regions.
@@ -173,7 +174,8 @@ def animate_training(path="xor_training.gif", *, steps: int = 600, every: int = 
         path: the `.gif` to write, or None to train and collect the frames only.
         steps: full-batch training steps; every: steps between frames.
         seed: initializes the net.
-        learning_rate, momentum: of the SGD optimizer.
+        learning_rate: of the SGD optimizer.
+        momentum: of the SGD optimizer.
         example: the input whose activations color the nodes.
         resolution: grid points per axis of the decision regions.
         fps: frames per second; dpi: pixels per inch.
@@ -181,7 +183,7 @@ def animate_training(path="xor_training.gif", *, steps: int = 600, every: int = 
     Returns:
         A `Training`: the model, the final train state, the frames and the path.
 
-    Example:
+    Examples:
         >>> result = animate_training("figures/xor/training.gif")
         >>> result.frames[-1].accuracy
         1.0

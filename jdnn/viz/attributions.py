@@ -75,7 +75,7 @@ def plot_attributions(x: Any, attributions: Any, *, labels: Sequence[Any] | None
         ValueError: for attributions whose shape differs from `x`'s, or shapes that are not
             batches of images or rows.
 
-    Example:
+    Examples:
         >>> attr = jdnn.explain.integrated_gradients(model, ts.params, ts.state, x, y)
         >>> plot_attributions(x, {"integrated gradients": attr}, labels=y, path="ig.png")
     """
@@ -146,7 +146,7 @@ def plot_maximized_inputs(images: Any, *, titles: Sequence[Any] | None = None,
         ValueError: for `images` that are not a batch of images or rows, or titles of the
             wrong length.
 
-    Example:
+    Examples:
         >>> best = jdnn.explain.activation_maximization(model, ts.params, ts.state, range(10),
         ...                                             shape=(8, 8, 1), key=0)
         >>> plot_maximized_inputs(best, path="classes.png")

@@ -76,7 +76,7 @@ def decision_grid(model: Layer, params: Any, state: Any, x: Any, *, resolution: 
     Returns:
         A `Grid`.
 
-    Example:
+    Examples:
         >>> grid = decision_grid(model, params, None, x, resolution=50)
         >>> grid.classes.shape   # (50, 50)
     """
@@ -120,7 +120,7 @@ def plot_decision_boundary(model: Layer, params: Any, state: Any, x: Any, y: Any
         The `Figure`; `fig.jdnn_data` holds the `Grid` fields (`xx`, `yy`, `outputs`,
         `classes`, `threshold`) and the points' `predicted` classes.
 
-    Example:
+    Examples:
         >>> (x, y), _ = jdnn.data.moons(400)
         >>> plot_decision_boundary(model, params, state, x, y, path="moons.png")
     """

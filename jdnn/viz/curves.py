@@ -82,7 +82,7 @@ def plot_history(history: History | Mapping | Sequence, *, path=None,
         The `Figure`; `fig.jdnn_data` holds `"series"` (`{key: (epochs, values)}`),
         `"best"` (`(epoch, monitor, value)` or None), `"stop_epoch"` and `"stop_reason"`.
 
-    Example:
+    Examples:
         >>> train_state, history = jdnn.fit(...)
         >>> plot_history(history, path="runs/mlp/curves.png")
     """

@@ -51,7 +51,7 @@ def plot_filters(w: Any, *, path=None, max_tiles: int = 64, title: str | None = 
         The `Figure`; `fig.jdnn_data` holds `"tiles"` (the 2-D or RGB arrays drawn, in order),
         `"labels"` (`(filter, channel)` per tile; channel None for RGB) and `"vmax"`.
 
-    Example:
+    Examples:
         >>> plot_filters(train_state.params["0_conv2d"]["w"], path="filters.png")
     """
     w = np.asarray(w["w"] if isinstance(w, dict) else w, dtype=np.float32)
@@ -112,7 +112,7 @@ def plot_feature_maps(model: Layer, params: Any, state: Any, x: Any, *, layer: s
         The `Figure`; `fig.jdnn_data` holds `"maps"`, the layer's output for the image
         (`(h, w, channels)`, or `(features,)` after a `Flatten`/`Dense`), and `"layer"`.
 
-    Example:
+    Examples:
         >>> plot_feature_maps(model, params, state, x_test[0], layer="2_relu", path="maps.png")
     """
     batch = one_example(x)

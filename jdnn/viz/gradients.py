@@ -101,7 +101,7 @@ class GradientFlow(Callback):
         every: measure after every `every`-th epoch.
         key: the dropout key of the measuring pass (default `jax.random.key(0)`).
 
-    Example:
+    Examples:
         >>> flow = GradientFlow(x[:256], y[:256], jdnn.losses.softmax_cross_entropy)
         >>> jdnn.fit(model, (x, y), ..., callbacks=[flow])
         >>> plot_gradient_flow(flow, path="gradient_flow.png")
@@ -168,7 +168,7 @@ def plot_gradient_flow(source: GradientFlow | Sequence[Mapping] | Mapping[str, A
     Returns:
         The `Figure`; `fig.jdnn_data["runs"]` holds the records drawn, by run name.
 
-    Example:
+    Examples:
         >>> plot_gradient_flow({"sigmoid": flow_a, "relu + batch norm": flow_b}, path="flow.png")
     """
     runs = _as_runs(source)

@@ -73,7 +73,7 @@ def node_activations(model: Layer, params: Any, state: Any, x: Any) -> list[np.n
     Returns:
         `[x, column 1, ..., output]`: 1-D arrays, the input first.
 
-    Example:
+    Examples:
         >>> acts = node_activations(model, params, {}, np.array([1.0, 0.0]))  # XOR: 2, 3, 2, 1
     """
     columns = dense_columns(model, params, max_units=np.iinfo(np.int32).max)
@@ -234,7 +234,7 @@ def draw_network(model: Layer, params: Any = None, state: Any = None, x: Any = N
         column, as `node_activations` returns), `"node_colors"` (RGBA per node),
         `"value_range"`, `"weights"`, or, for a block diagram, `"summary"`.
 
-    Example:
+    Examples:
         >>> fig = draw_network(model, params, {}, np.array([1.0, 0.0]), path="xor.png")
     """
     columns = None if params is None else dense_columns(model, params, max_units)

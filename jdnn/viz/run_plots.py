@@ -28,7 +28,7 @@ def save_run_plots(run_dir, history: History, *, model: Layer | None = None,
     Returns:
         The paths written.
 
-    Example:
+    Examples:
         >>> train_state, history = jdnn.fit(model, (x, y), ...)
         >>> save_run_plots("runs/mlp-moons", history, model=model, train_state=train_state,
         ...                data=(x_test, y_test))

@@ -73,7 +73,7 @@ def layer_outputs(model: Layer | Spec, params: Any, state: Any, x: jax.Array, *,
         `{path: output}` for every layer, leaves and combinators (e.g. `"0_dense"`,
         `"2_residual/0_serial/1_gelu"`); the model's own output under the key `""`.
 
-    Example:
+    Examples:
         >>> outs = layer_outputs(model, params, state, x)
         >>> outs["1_sigmoid"].shape   # (B, 3): the first hidden layer's activations
     """

@@ -16,7 +16,7 @@ that returns three values, `(y, cache, new_state)`.
 `KINDS` maps each spec kind to its pair, e.g. `KINDS["Dense"] is dense` and
 `KINDS["Relu"] is activations.relu`; each value has `.forward` and `.backward`.
 
-Example:
+Examples:
     >>> y, cache = KINDS["Dense"].forward({"w": w, "b": b}, x)
     >>> dx, dparams = KINDS["Dense"].backward({"w": w, "b": b}, cache, dy)
 
