@@ -30,6 +30,7 @@ from jdnn.data.batching import epoch_batches, epoch_order
 from jdnn.train.arguments import checked_data
 from jdnn.train.fit import host_key_and_step
 from jdnn.train.history import History
+from jdnn.train.program_cache import ProgramCache
 from jdnn.train.state import TrainState, as_key
 from jdnn.losses import Loss
 from jdnn.metrics import Metrics, resolve_metrics
@@ -170,6 +171,14 @@ class Tracker(NamedTuple):
     stopped: jax.Array     # (K,) frozen: the state no longer changes
 
 
+def fresh_tracker(k: int) -> Tracker:
+    """The bookkeeping of `k` members before their first epoch. Every leaf has a fixed dtype
+    (a weakly typed `best` would make the second compiled call, which gets the first one's
+    strongly typed output, compile again)."""
+    return Tracker(jnp.zeros((), jnp.int32), jnp.full(k, -jnp.inf, jnp.float32),
+                   jnp.zeros(k, jnp.int32), jnp.zeros(k, jnp.int32), jnp.zeros(k, bool))
+
+
 def _where(mask: jax.Array, old: Any, new: Any) -> Any:
     """`new`, with the members where `mask` `(K,)` is set taken from `old`."""
     def pick(o, n):
@@ -224,7 +233,13 @@ def _program(member_epoch: Callable, evaluate: Callable | None, monitor: str | N
     # On CPU, LLVM's -O1 compiles this program ~1.3x faster than the default -O2 and runs it as
     # fast: its time goes to library matmuls and memory-bound fusions (jdnn bench, vectorized).
     options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-    return jax.jit(chunk, donate_argnums=0, compiler_options=options)
+    # Kept between calls, as `jdnn.fit` keeps its programs: a search or ensemble of the same
+    # model, loss and settings run again (another key, another space) does not compile again.
+    return _PROGRAMS.get((member_epoch, evaluate, monitor, sign, patience, keep_best),
+                         lambda: jax.jit(chunk, donate_argnums=0, compiler_options=options))
+
+
+_PROGRAMS = ProgramCache(16)
 
 
 def _ordered(record: dict, index: int | None = None) -> dict[str, float]:
@@ -298,8 +313,7 @@ def train_members(train_state: TrainState, hparams: Any, member_epoch: Callable,
     length = chunk_length(epochs, epochs_per_call) if epochs else 1
     run = _program(member_epoch, evaluate, monitor, sign, patience, keep_best)
     best = jax.tree.map(jnp.copy, train_state) if keep_best else None
-    tracker = Tracker(jnp.zeros((), jnp.int32), jnp.full(k, -jnp.inf), jnp.zeros(k, jnp.int32),
-                      jnp.zeros(k, jnp.int32), jnp.zeros(k, bool))
+    tracker = fresh_tracker(k)
     carry = (train_state, best, tracker)
     histories, combined = [History() for _ in range(k)], History()
     bar = tqdm(total=epochs, desc=desc, unit="epoch", file=sys.stderr,

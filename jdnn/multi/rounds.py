@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from jdnn.losses import Loss
 from jdnn.metrics import Metrics
-from jdnn.multi.members import (Tracker, _ordered, _program, chunk_length, chunk_orders,
+from jdnn.multi.members import (_ordered, _program, chunk_length, chunk_orders, fresh_tracker,
                                 member_evaluator, stack)
 from jdnn.multi.structure import Group, member_epoch_fn, member_hparams, member_state
 from jdnn.train.history import History
@@ -131,9 +131,7 @@ class Rounds:
         states = stack([self._fresh(c) for _, c in first])
         hparams = member_hparams([c for _, c in first])
         best = jax.tree.map(jnp.copy, states) if self.keep_best else None
-        tracker = Tracker(jnp.zeros((), jnp.int32), jnp.full(k, -jnp.inf),
-                          jnp.zeros(k, jnp.int32), jnp.zeros(k, jnp.int32), jnp.zeros(k, bool))
-        carry, done, ended = (states, best, tracker), 0, []
+        carry, done, ended = (states, best, fresh_tracker(k)), 0, []
         while any(slots):
             began = time.perf_counter()
             orders = chunk_orders(carry[0], self.x.shape[0], self.length, self.steps_per_epoch)

@@ -240,9 +240,12 @@ def member_epoch_fn(group: Group, config: dict[str, Any], loss: Loss,
     step_optimizer = _optimizer(group.optimizer, DEFAULT_LEARNING_RATE,
                                 0.0 if "momentum" in config else None)
 
+    model, batch_size = group.model, group.batch_size  # what the closure holds: compared by
+    # content when the members engine looks its compiled program up
+
     def member_epoch(train_state, hp, x, y, order):
-        step = train_step_fn(group.model, loss, step_optimizer,
-                             penalty=Penalty(**hp) if hp else None, metrics=metrics)
-        return epoch_fn(step, group.batch_size)(train_state, x, y, order)
+        step = train_step_fn(model, loss, step_optimizer, penalty=Penalty(**hp) if hp else None,
+                             metrics=metrics)
+        return epoch_fn(step, batch_size)(train_state, x, y, order)
 
     return member_epoch
