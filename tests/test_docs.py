@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,7 +45,8 @@ def _build(site: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
          str(ROOT / "mkdocs.yml"), "--site-dir", str(site)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})  # no banner about Material's future
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +70,9 @@ def site(build):
 
 def test_the_site_builds_without_warnings(build):
     result, _ = build
-    assert result.returncode == 0, (
-        "`mkdocs build --strict` failed (any warning fails it):\n" + result.stdout
-        + result.stderr)
+    if result.returncode != 0:
+        pytest.fail("`mkdocs build --strict` failed (any warning fails it):\n" + result.stdout
+                    + result.stderr)
 
 
 class _Page(HTMLParser):
@@ -184,6 +186,17 @@ def test_the_api_reference_documents_every_public_name(site):
     assert not missing, (
         "public names no page of docs/reference/ documents (add a `::: name` directive, or a "
         "docstring where the name has none):\n" + "\n".join(missing))
+
+
+def test_every_jdnn_name_the_pages_use_exists():
+    """`jdnn.NAME` in a page's text or code names something `import jdnn` reaches, so a
+    renamed or removed function cannot linger in the documentation (no build needed)."""
+    pattern = re.compile(r"\bjdnn((?:\.[A-Za-z_]\w*)+)")
+    missing = [f"{page.relative_to(ROOT)}:{number}: jdnn{match[1]}"
+               for page in sorted(DOCS.rglob("*.md"))
+               for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+               for match in pattern.finditer(line) if _resolve("jdnn" + match[1]) is _MISSING]
+    assert not missing, "names the pages use that jdnn does not have:\n" + "\n".join(missing)
 
 
 def _executable_pages() -> list[Path]:
