@@ -184,3 +184,46 @@ class Asker:
             self.study.tell(trial, state=states.FAIL)
         else:
             self.study.tell(trial, float(value))
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) \
+        and not isinstance(value, (bool, np.bool_))
+
+
+def study_of(optuna, result: Any):
+    """An Optuna study holding a finished search's trials, for Optuna's tools (importances,
+    plots): the Bayesian search's own study, or for grid and random search one built from the
+    rows. A name whose values are all numbers gets a float (or int) distribution over the
+    values tried, on a log scale where they span two decades or more and are all positive;
+    other names a categorical one; a name with one value is left out."""
+    if result.study is not None:
+        return result.study
+    configs = result.configs
+    dists = {}
+    for name in configs[0]:
+        values = [c[name] for c in configs]
+        if len({_label(v) for v in values}) < 2:
+            continue
+        if all(_real(v) for v in values):
+            low, high = min(values), max(values)
+            log = low > 0 and high / low >= 100
+            dists[name] = (optuna.distributions.IntDistribution(int(low), int(high), log=log)
+                           if all(isinstance(v, (int, np.integer)) for v in values) else
+                           optuna.distributions.FloatDistribution(float(low), float(high),
+                                                                  log=log))
+        else:
+            dists[name] = optuna.distributions.CategoricalDistribution(
+                sorted({_label(v) for v in values}))
+    study = optuna.create_study(direction="maximize" if result.mode == "max" else "minimize")
+    states = optuna.trial.TrialState
+    for row in sorted(result.rows, key=lambda r: r["trial"]):
+        config = configs[row["trial"]]
+        value = row.get(result.metric, math.nan)
+        finite = math.isfinite(value)
+        study.add_trial(optuna.trial.create_trial(
+            params={n: config[n] if not isinstance(d, optuna.distributions.CategoricalDistribution)
+                    else _label(config[n]) for n, d in dists.items()},
+            distributions=dists, value=float(value) if finite else None,
+            state=states.COMPLETE if finite else states.FAIL))
+    return study

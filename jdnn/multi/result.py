@@ -78,6 +78,16 @@ class SearchResult:
     def best_model(self) -> Layer:
         return self.model(self.rows[0]["trial"])
 
+    def best_so_far(self) -> np.ndarray:
+        """The best `metric` among the first t trials, for t = 1..N, in trial order (NaN
+        until a trial gives a finite value): `(N,)`. Search strategies compared under the
+        same budget of trials plot this (`jdnn.viz.plot_search_progress`)."""
+        values = np.array([row.get(self.metric, math.nan)
+                           for row in sorted(self.rows, key=lambda r: r["trial"])], float)
+        values[~np.isfinite(values)] = np.nan
+        pick = np.fmax if self.mode == "max" else np.fmin
+        return pick.accumulate(values) if values.size else values
+
     def _member(self, where: str, trial: int) -> tuple:
         if isinstance(trial, (bool, np.bool_)) or trial not in self.members:
             raise ValueError(f"SearchResult.{where}: trial must be a trial's index, an int in "

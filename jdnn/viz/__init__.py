@@ -14,12 +14,13 @@ from jdnn.viz.filters import plot_feature_maps, plot_filters
 from jdnn.viz.gradients import GradientFlow, plot_gradient_flow
 from jdnn.viz.network import draw_network, node_activations
 from jdnn.viz.run_plots import save_run_plots
+from jdnn.viz.search import plot_importances, plot_search_progress
 from jdnn.viz.trace import layer_outputs
 
 __all__ = [
     "animate_training", "best_epoch", "decision_grid", "draw_network", "GradientFlow",
     "layer_outputs", "node_activations", "plot_attributions", "plot_decision_boundary",
     "plot_feature_maps", "plot_filters", "plot_gradient_flow", "plot_history",
-    "plot_maximized_inputs", "render_gif", "save",
+    "plot_importances", "plot_maximized_inputs", "plot_search_progress", "render_gif", "save",
     "save_run_plots", "xor_frames",
 ]
