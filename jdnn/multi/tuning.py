@@ -161,8 +161,10 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
         ...                 loss=jdnn.losses.softmax_cross_entropy, epochs=20, batch_size=32,
         ...                 key=0, validation_data=test)
         >>> print(result); result.best_config
-        >>> bayes = search(model_fn, train, {...same space...}, strategy="bayes", trials=32,
-        ...                batch=8, pruner="median", ...)   # needs jdnn[search]
+        >>> bayes = search(model_fn, train, {"learning_rate": ("log_uniform", 1e-4, 1e-1),
+        ...                "dropout": ("uniform", 0.0, 0.5)}, strategy="bayes", trials=32,
+        ...                batch=8, pruner="median", loss=jdnn.losses.softmax_cross_entropy,
+        ...                epochs=20, batch_size=32, key=0, validation_data=test)
     """
     if strategy not in STRATEGIES:
         close = difflib.get_close_matches(str(strategy), STRATEGIES, n=1)
