@@ -122,6 +122,16 @@ def test_every_link_and_picture_in_the_site_resolves(site):
     assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
 
 
+def test_every_relative_link_in_the_readme_resolves():
+    """The README is the front door: its links into `docs/` (and elsewhere in the checkout)
+    lead to files that exist."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    broken = [link for link in links if not urlsplit(link).scheme
+              and not (ROOT / unquote(urlsplit(link).path)).exists()]
+    assert links and not broken, f"README links to files that do not exist: {broken}"
+
+
 def _public_names(module) -> list[str]:
     """What `module` exports: its `__all__`, or else what its source defines at the top level
     (functions, classes, assignments) and its submodules, less `_private` names."""
