@@ -208,15 +208,34 @@ def make_group(model_fn: Callable, trials: list[int], configs: list[dict], batch
     return Group(trials, structural, model, batch_size, kind)
 
 
+def _placeholder_optimizer(group: Group, config: dict[str, Any]):
+    """The group's optimizer with placeholder hyper-parameters: `optax.inject_hyperparams`
+    keeps the values in the optimizer state, so one optimizer serves every member, and the
+    compiled step and initialization are the same program for all of them."""
+    return _optimizer(group.optimizer, DEFAULT_LEARNING_RATE,
+                      0.0 if "momentum" in config else None)
+
+
 def member_state(group: Group, config: dict[str, Any], key: jax.Array,
                  input_shape: tuple[int, ...]) -> TrainState:
     """One trial's fresh `TrainState`: its own learning rate and momentum in the optimizer
-    state (as data), its key `fold_in(key, seed)`, and its dropout rate in the layer state."""
-    train_state = TrainState.create(
-        group.model, _optimizer(group.optimizer, config.get("learning_rate",
-                                                             DEFAULT_LEARNING_RATE),
-                                config.get("momentum")),
-        jax.random.fold_in(key, int(config.get("seed", 0))), input_shape)
+    state (as data), its key `fold_in(key, seed)`, and its dropout rate in the layer state.
+
+    The state is created with the placeholder optimizer (one compiled initialization for
+    every trial; a value built into it would compile once per trial) and the trial's values
+    are then written into `opt_state.hyperparams`, where `optax.inject_hyperparams` reads
+    them."""
+    train_state = TrainState.create(group.model, _placeholder_optimizer(group, config),
+                                    jax.random.fold_in(key, int(config.get("seed", 0))),
+                                    input_shape)
+    hyperparams = dict(train_state.opt_state.hyperparams)
+    values = {"learning_rate": config.get("learning_rate", DEFAULT_LEARNING_RATE)}
+    if "momentum" in config:  # the slot `_optimizer` filled: momentum (SGD) or b1 (Adam)
+        values["momentum" if "momentum" in hyperparams else "b1"] = config["momentum"]
+    for name, value in values.items():
+        hyperparams[name] = jnp.asarray(value, hyperparams[name].dtype)
+    train_state = train_state._replace(
+        opt_state=train_state.opt_state._replace(hyperparams=hyperparams))
     if "dropout" in config:
         rate = jnp.asarray(config["dropout"])
         train_state = train_state._replace(state=_set_dropout(group.model, train_state.state,
@@ -237,8 +256,7 @@ def member_epoch_fn(group: Group, config: dict[str, Any], loss: Loss,
     tells which hyper-parameters the space sets."""
     # The step's optimizer only routes the update: inject_hyperparams reads the values from
     # each member's state, so these placeholders never count.
-    step_optimizer = _optimizer(group.optimizer, DEFAULT_LEARNING_RATE,
-                                0.0 if "momentum" in config else None)
+    step_optimizer = _placeholder_optimizer(group, config)
 
     model, batch_size = group.model, group.batch_size  # what the closure holds: compared by
     # content when the members engine looks its compiled program up
