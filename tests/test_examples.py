@@ -187,3 +187,26 @@ def test_explain_digits(tmp_path):
     assert "the model sees [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]" in output
     for name in ("attributions.png", "classes.png", "units.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- hyper-parameter search --------------------------------------------------------------------
+
+
+def test_bayes_search(tmp_path):
+    pytest.importorskip("optuna")
+    output = output_of("bayes_search.py", "--seeds", "1", "--trials", "4", "--epochs", "1",
+                       "--out", str(tmp_path))
+    progress = re.findall(r"^ +(\d+) +([0-9.]+) +([0-9.]+) +([0-9.]+)$", output, re.MULTILINE)
+    assert [int(row[0]) for row in progress] == [1, 2, 3, 4], output
+    for strategy in ("grid", "random", "bayes"):
+        assert number(output, f"best {strategy}") > 0.1   # better than chance after an epoch
+    for column in list(zip(*progress))[1:]:
+        values = [float(v) for v in column]
+        assert values == sorted(values), f"the best so far decreased: {values}"
+    (ratio,) = finite(output, r"^vectorized vs sequential: ([0-9.]+)x$")
+    assert ratio > 0
+    for side in ("vectorized", "sequential"):
+        seconds, best = finite(output, rf"^{side} \(.*\): ([0-9.]+) s, best ([0-9.]+)$")
+        assert seconds > 0 and 0 <= best <= 1
+    for name in ("bayes_search.png", "importances.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

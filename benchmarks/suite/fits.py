@@ -1,12 +1,17 @@
-"""Vectorized training against sequential training, end to end: an ensemble of 16 and a
-16-configuration search, each against 16 `jdnn.fit` calls, on scikit-learn's digits (MLP
-64-128-10, Adam, batch 32, validation on the test split every epoch).
+"""Vectorized training against sequential training, end to end: an ensemble of 16, a
+16-configuration search and a 16-trial Bayesian search, each against 16 `jdnn.fit` calls, on
+scikit-learn's digits (MLP 64-128-10, Adam, batch 32, validation on the test split every epoch).
 
   ensemble  `jdnn.fit_ensemble(size=16)` against `jdnn.fit` with each member's key
             (`jdnn.multi.ensemble.ensemble_keys`), which trains that member identically
   search    `jdnn.search` over 16 configurations of one structure (4 learning rates x 2 L2
             strengths x 2 dropout rates) against `jdnn.fit` per configuration (a fixed-rate
             `jdnn.Dropout`, `jdnn.regularizers.penalty(l2=...)`, the trial's key)
+  bayes     `jdnn.search(strategy="bayes", sampler="tpe")`, 16 trials asked and trained in
+            rounds of 8, against an Optuna study (`TPESampler` with the search's seed) whose
+            16 trials each call `jdnn.fit` (`optax.adam(lr)`, a fixed-rate `jdnn.Dropout`, the
+            trial's key) and return the best validation accuracy, as the search tells Optuna.
+            Needs Optuna (`jdnn[search]`); without it the part raises `Skipped`.
 
 As a user runs them in a fresh process: the first `jdnn.fit` compiles its programs and the 15
 after it reuse them (`fit` keeps its compiled programs across calls,
@@ -31,12 +36,16 @@ import jdnn
 from benchmarks.suite import timing
 from benchmarks.suite.compilation import Recorder
 from benchmarks.suite.context import Context
+from benchmarks.suite.sides.base import require
+from jdnn.multi import bayes
 from jdnn.multi.ensemble import ensemble_keys
 from jdnn.multi.space import grid
 from jdnn.train import program_cache
 
 MEMBERS, WIDTH, BATCH, LEARNING_RATE = 16, 128, 32, 1e-3
 SPACE = {"learning_rate": [3e-4, 1e-3, 3e-3, 1e-2], "l2": [0.0, 1e-4], "dropout": [0.0, 0.2]}
+BAYES_SPACE = {"learning_rate": ("log_uniform", 1e-4, 1e-1), "dropout": ("uniform", 0.0, 0.5)}
+BAYES_ROUND = 8   # Bayesian trials asked, and trained as members of one program, together
 LOSS = jdnn.losses.softmax_cross_entropy
 
 
@@ -126,6 +135,42 @@ def search_sides(data, test, plan: Plan) -> tuple[Callable, Callable[[Sequence[i
     return vectorized, sequential
 
 
+def bayes_sides(data, test, plan: Plan) -> tuple[Callable, Callable[[Sequence[int]], None]]:
+    """`(vectorized(), sequential(trials))`: a Bayesian `jdnn.search` of 16 TPE trials in rounds
+    of 8, and an Optuna study of `len(trials)` trials, each a `fit`, with the same TPE seed.
+
+    Raises:
+        Skipped: where Optuna is not installed.
+    """
+    optuna = require("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    common = _common(plan, test)
+    seed = bayes.seed_of(jax.random.key(0))   # the TPE seed search(key=0) uses
+    trial_key = jax.random.fold_in(jax.random.key(0), 0)  # search(key=0), a trial of seed 0
+    rates, dropouts = BAYES_SPACE["learning_rate"][1:], BAYES_SPACE["dropout"][1:]
+
+    def vectorized():
+        result = jdnn.search(lambda: mlp(jdnn.Dropout(0.0, rate_in_state=True)), data,
+                             BAYES_SPACE, strategy="bayes", trials=MEMBERS, batch=BAYES_ROUND,
+                             sampler="tpe", key=0, **common)
+        jax.block_until_ready(result.best_train_state)
+
+    def objective(trial) -> float:
+        rate = trial.suggest_float("learning_rate", *rates, log=True)
+        dropout = trial.suggest_float("dropout", *dropouts)
+        ts, history = jdnn.fit(mlp(jdnn.Dropout(dropout)), data, optimizer=optax.adam(rate),
+                               key=trial_key, **common)
+        jax.block_until_ready(ts)
+        return max(history["val_accuracy"])
+
+    def sequential(trials):
+        study = optuna.create_study(direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=seed))
+        study.optimize(objective, n_trials=len(trials))
+
+    return vectorized, sequential
+
+
 def end_to_end(vectorized: Callable, sequential: Callable, plan: Plan, *,
                pause_s: float = 0.05) -> dict:
     """Times both sides in `plan.rounds` alternating rounds; the sequential side's time is that
@@ -163,13 +208,18 @@ def end_to_end(vectorized: Callable, sequential: Callable, plan: Plan, *,
 
 
 def run_one(kind: str, ctx: Context, plan: Plan | None = None) -> dict:
-    """`kind` is `"ensemble"` or `"search"`; the plan defaults to QUICK or FULL by `ctx`."""
+    """`kind` is `"ensemble"`, `"search"` or `"bayes"`; the plan defaults to QUICK or FULL by
+    `ctx`. `"bayes"` raises `Skipped` where Optuna is not installed."""
     plan = plan or (QUICK if ctx.quick else FULL)
     data, test = jdnn.data.digits()
-    build = {"ensemble": ensemble_sides, "search": search_sides}[kind]
+    build = {"ensemble": ensemble_sides, "search": search_sides, "bayes": bayes_sides}[kind]
     labels = {"ensemble": (f"jdnn.fit_ensemble(size={MEMBERS})", f"{MEMBERS} x jdnn.fit"),
               "search": (f"jdnn.search, {MEMBERS}-configuration grid {SPACE}",
-                         f"{MEMBERS} x jdnn.fit, one per configuration")}[kind]
+                         f"{MEMBERS} x jdnn.fit, one per configuration"),
+              "bayes": (f"jdnn.search(strategy='bayes', sampler='tpe'), {MEMBERS} trials in "
+                        f"rounds of {BAYES_ROUND}, space {BAYES_SPACE}",
+                        f"optuna study.optimize, {MEMBERS} TPE trials (same seed), each a "
+                        f"jdnn.fit")}[kind]
     result = end_to_end(*build(data, test, plan), plan, pause_s=ctx.settings.pause_s)
     return {"description": f"digits MLP 64-{WIDTH}-10, Adam, batch {BATCH}, {plan.epochs} "
                            f"epochs with validation",

@@ -9,10 +9,14 @@
   against 16 epochs one after another: the compute alone, compiled once each.
 - `ensemble_end_to_end`, `search_end_to_end`: `fit_ensemble(size=16)` and a 16-configuration
   `search` against 16 `jdnn.fit` calls, as a user runs them (`benchmarks.suite.fits`).
+- `bayes_end_to_end`: a 16-trial Bayesian `search` (TPE, rounds of 8) against an Optuna study
+  of 16 `jdnn.fit` trials (`benchmarks.suite.fits.bayes_sides`); needs Optuna.
 
 Everything is timed like the rest of the suite (`compare`: warm-up, interleaved rounds, medians
 and IQRs, compile time apart). A part that raises is reported in the payload's `failed` (and
-the run's exit status) without losing the others. The targets (issue 6) are in `targets_for`.
+the run's exit status) without losing the others; one whose optional library is missing
+raises `Skipped` and is reported in `skipped`, with the reason, and its target as SKIP. The
+targets (issues 6 and 17) are in `targets_for`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from benchmarks.suite import dp_sgd, fits, targets
 from benchmarks.suite.compare import compare
 from benchmarks.suite.context import Context
 from benchmarks.suite.sides import jdnn_side
-from benchmarks.suite.sides.base import Runner
+from benchmarks.suite.sides.base import Runner, Skipped
 from benchmarks.suite.workloads import Workload, digits_mlp, make_problem, mlp
 from jdnn.train import epoch_fn, make_epoch
 from jdnn.train.fit import epoch_orders
@@ -123,6 +127,7 @@ def parts(ctx: Context) -> dict[str, Callable[[], dict]]:
     out["ensemble"] = lambda: ensemble(ctx)
     out["ensemble_end_to_end"] = lambda: fits.run_one("ensemble", ctx)
     out["search_end_to_end"] = lambda: fits.run_one("search", ctx)
+    out["bayes_end_to_end"] = lambda: fits.run_one("bayes", ctx)
     return out
 
 
@@ -130,12 +135,15 @@ def _sides_ratio(results: dict, key: str, side: str) -> dict | None:
     return results.get(key, {}).get("sides", {}).get(side, {}).get("ratio")
 
 
-def targets_for(results: dict, failed: dict | None = None) -> list[dict]:
-    """Issue 6's targets from this section's results (SKIP where a part did not run)."""
-    failed = failed or {}
+def targets_for(results: dict, failed: dict | None = None,
+                skipped: dict | None = None) -> list[dict]:
+    """Issues 6 and 17's targets from this section's results (SKIP where a part did not run:
+    `failed` and `skipped` map a part's key to why)."""
+    failed, skipped = failed or {}, skipped or {}
 
     def why(key: str) -> str:
-        return f"failed: {failed[key]}" if key in failed else ""
+        return (f"failed: {failed[key]}" if key in failed
+                else f"skipped: {skipped[key]}" if key in skipped else "")
 
     out = [targets.from_ratio(
         "dp_sgd/b128", f"DP-SGD step (ghost clipping + noise) <= {DP_RATIO:g}x a plain step, "
@@ -150,8 +158,13 @@ def targets_for(results: dict, failed: dict | None = None) -> list[dict]:
         "(max relative difference)",
         None if check is None else check["grads_max_relative_difference"],
         dp_sgd.TOLERANCE, "<=", unit="", note=note))
-    for key, text in (("ensemble_end_to_end", f"ensemble of {fits.MEMBERS} (fit_ensemble)"),
-                      ("search_end_to_end", f"{fits.MEMBERS}-configuration search")):
+    for key, text, against in (
+            ("ensemble_end_to_end", f"ensemble of {fits.MEMBERS} (fit_ensemble)",
+             f"{fits.MEMBERS} sequential fits"),
+            ("search_end_to_end", f"{fits.MEMBERS}-configuration search",
+             f"{fits.MEMBERS} sequential fits"),
+            ("bayes_end_to_end", f"{fits.MEMBERS}-trial Bayesian search (TPE, rounds of "
+             f"{fits.BAYES_ROUND})", f"{fits.MEMBERS} sequential Optuna trials of fit")):
         r = results.get(key, {})
         note = why(key)
         if r.get("sequential_scale", 1) != 1:
@@ -159,18 +172,22 @@ def targets_for(results: dict, failed: dict | None = None) -> list[dict]:
                     f"timed per round, scaled x{r['sequential_scale']:g}")
         out.append(targets.from_ratio(
             f"{key.split('_')[0]}_vs_sequential",
-            f"{text} >= {SPEEDUP:g}x faster than {fits.MEMBERS} sequential fits, end to end",
+            f"{text} >= {SPEEDUP:g}x faster than {against}, end to end",
             _sides_ratio(results, key, "sequential"), SPEEDUP, ">=", note=note))
     return out
 
 
 def run(ctx: Context) -> dict:
-    results, failed = {}, {}
+    results, failed, skipped = {}, {}, {}
     for key, measure in parts(ctx).items():
         print(f"  {key}", flush=True)
         try:
             results[key] = measure()
+        except Skipped as reason:  # an optional library is missing: not a failure
+            print(f"    skipped: {reason}", flush=True)
+            skipped[key] = str(reason)
         except Exception as error:  # one broken part must not lose the others
             traceback.print_exc(file=sys.stderr)
             failed[key] = f"{type(error).__name__}: {error}"
-    return {"results": results, "targets": targets_for(results, failed), "failed": failed}
+    return {"results": results, "targets": targets_for(results, failed, skipped),
+            "failed": failed, "skipped": skipped}
