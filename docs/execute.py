@@ -2,8 +2,10 @@
 
 Every fenced block that opens with ```python is executed, in page order, in ONE namespace
 shared by the whole page (like a notebook). Blocks fenced ```py (shown, not run), ```bash and
-```text are skipped. Figures are saved by the page under `images/`, relative to the working
-directory:
+```text are skipped. A block that needs an optional package says so on the line above its
+fence, `<!-- requires: optuna -->` (names of modules, comma-separated): where one of them is not
+installed the block is skipped, with a note, so a page runs also without the optional extras.
+Figures are saved by the page under `images/`, relative to the working directory:
 
 - without `--images` the page runs in a fresh temporary directory holding an empty `images/`,
   so a check (tests/test_docs.py) never touches the committed pictures;
@@ -17,6 +19,7 @@ exit status is 1.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -29,10 +32,13 @@ DOCS = Path(__file__).resolve().parent
 
 # An opening fence: three or more backticks (or tildes), then the info string's first word.
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[^\s`]*)")
+# The line above a block that needs optional packages: <!-- requires: optuna, qwix -->
+REQUIRES = re.compile(r"^\s*<!--\s*requires:\s*(?P<modules>[\w., ]+?)\s*-->\s*$")
 
 
-def python_blocks(text: str) -> list[tuple[int, str]]:
-    """The page's ```python blocks, as `(line number of the opening fence, code)` pairs."""
+def python_blocks(text: str) -> list[tuple[int, str, list[str]]]:
+    """The page's ```python blocks, as `(line number of the opening fence, code, the modules
+    it requires)` triples."""
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         opening = FENCE.match(lines[i])
@@ -47,14 +53,25 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
             i += 1
         i += 1  # the closing fence
         if opening["lang"] == "python":
-            blocks.append((start + 1, "\n".join(body) + "\n"))
+            needs = REQUIRES.match(lines[start - 1]) if start else None
+            modules = [m.strip() for m in needs["modules"].split(",")] if needs else []
+            blocks.append((start + 1, "\n".join(body) + "\n", modules))
     return blocks
 
 
-def run(page: Path, blocks: list[tuple[int, str]]) -> int:
+def missing(modules: list[str]) -> list[str]:
+    """Those of `modules` that cannot be imported here."""
+    return [m for m in modules if importlib.util.find_spec(m.split(".")[0]) is None]
+
+
+def run(page: Path, blocks: list[tuple[int, str, list[str]]]) -> int:
     """Executes `blocks` in order in one namespace; 0 if all ran, 1 at the first failure."""
     namespace = {"__name__": "__main__"}
-    for index, (line, code) in enumerate(blocks, start=1):
+    for index, (line, code, requires) in enumerate(blocks, start=1):
+        if absent := missing(requires):
+            print(f"block {index}/{len(blocks)} (line {line}): skipped, "
+                  f"{', '.join(absent)} not installed", file=sys.stderr)
+            continue
         started = time.perf_counter()
         try:
             # Compiled under the page's name and line, so tracebacks point into the page.
