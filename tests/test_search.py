@@ -267,8 +267,8 @@ def test_bad_search_arguments_name_search_before_anything_compiles():
         options = {**QUICK, **changes}
         search(counting_model_fn, TRAIN, options.pop("space", space), **options)
 
-    with pytest.raises(ValueError, match=r"search: strategy must be one of \('grid', 'random', 'bayes'\), got "
-                                         r"'rnadom'; did you mean 'random'\?"):
+    with pytest.raises(ValueError, match=r"search: strategy must be one of \('grid', 'random', "
+                                         r"'bayes'\), got 'rnadom'; did you mean 'random'\?"):
         run(strategy="rnadom")
     with pytest.raises(ValueError, match=r"search: strategy='random' needs trials="):
         run(strategy="random")

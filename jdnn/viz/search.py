@@ -43,7 +43,7 @@ def plot_search_progress(results: Mapping[str, SearchResult | Sequence[SearchRes
     Raises:
         ValueError: for no results, or results ranked by different metrics.
 
-    Example:
+    Examples:
         >>> plot_search_progress({"random": [r0, r1], "bayes": [b0, b1]}, path="progress.png")
     """
     if not results:
@@ -98,7 +98,7 @@ def plot_importances(result: SearchResult | Any, *, evaluator: Any = None,
         ValueError: for a search with fewer than two completed trials, or one in which no
             hyper-parameter varied.
 
-    Example:
+    Examples:
         >>> plot_importances(jdnn.search(..., strategy="bayes", trials=32), path="imp.png")
     """
     optuna = bayes.require_optuna("plot_importances")
