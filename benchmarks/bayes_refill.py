@@ -1,18 +1,20 @@
 """Pruning in a vectorized Bayesian search: refilling a pruned trial's slot against leaving it.
 
     python benchmarks/bayes_refill.py [--trials 32] [--batch 8] [--epochs 10] [--rounds 3]
+                                      [--pruners median halving] [--widths 128 1024]
                                       [--out benchmarks/results/bayes_refill.json]
 
 `jdnn.search(strategy="bayes")` trains `--batch` trials as the members of one vmapped program.
 When the pruner stops a trial, its member slot either takes the next asked configuration at once
 (`refill=True`) or stays frozen until every member of its round has ended (`refill=False`); a
-frozen member still costs its share of every vmapped step. Three searches of the same budget on
-scikit-learn's digits (MLP 64-128-10 with `Dropout(rate_in_state=True)`, Adam, batch 32,
-validation on the test split; learning_rate ~ log-uniform(1e-4, 1e-1), dropout ~ uniform(0,
-0.5); TPE seeded from `key=0`):
+frozen member still costs its share of every vmapped step. For each pruner in `--pruners`
+(Optuna's `MedianPruner()`, `SuccessiveHalvingPruner()`, ...; `search`'s names), three searches of
+the same budget on scikit-learn's digits (an MLP 64-width-10, for each width in `--widths`, with
+`Dropout(rate_in_state=True)`, Adam, batch 32, validation on the test split; learning_rate ~
+log-uniform(1e-4, 1e-1), dropout ~ uniform(0, 0.5); TPE seeded from `key=0`):
 
-  refill     pruner="median", refill=True
-  stop       pruner="median", refill=False
+  refill     pruner=<pruner>, refill=True
+  stop       pruner=<pruner>, refill=False
   no_pruner  pruner=None (every trial runs all its epochs)
 
 With a pruner the program runs one epoch per call (the host reports to Optuna between calls);
@@ -41,44 +43,53 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))   # run 
 import jdnn  # noqa: E402
 from benchmarks.suite import machine, timing  # noqa: E402
 from benchmarks.suite.compilation import Recorder  # noqa: E402
-from benchmarks.suite.fits import BAYES_SPACE, BATCH, LOSS, mlp, no_persistent_cache  # noqa: E402
+from benchmarks.suite.fits import BAYES_SPACE, BATCH, LOSS, WIDTH, no_persistent_cache  # noqa: E402
 from jdnn.train import program_cache  # noqa: E402
 
-SIDES = {"refill": dict(pruner="median", refill=True),
-         "stop": dict(pruner="median", refill=False),
-         "no_pruner": dict(pruner=None)}
+SIDES = ("refill", "stop", "no_pruner")
 BASELINE = "refill"
-DESCRIPTION = ("jdnn.search(strategy='bayes', sampler='tpe', key=0) on digits, MLP 64-128-10 "
+DESCRIPTION = ("jdnn.search(strategy='bayes', sampler='tpe', key=0) on digits, MLP 64-<width>-10 "
                "with Dropout(rate_in_state=True), Adam, batch 32, validation on the test split")
 OUT = pathlib.Path("benchmarks") / "results" / "bayes_refill.json"
 
 
-def searches(trials: int, batch: int, epochs: int) -> dict:
+def sides(pruner: str) -> dict[str, dict]:
+    """`search`'s options of each side, for `pruner` (a `search` pruner name)."""
+    return {"refill": dict(pruner=pruner, refill=True),
+            "stop": dict(pruner=pruner, refill=False),
+            "no_pruner": dict(pruner=None)}
+
+
+def searches(trials: int, batch: int, epochs: int, pruner: str, width: int = WIDTH) -> dict:
     """One `() -> SearchResult` per side, all of the same budget and seed."""
     data, test = jdnn.data.digits()
 
+    def model_fn() -> jdnn.Layer:
+        return jdnn.serial(jdnn.Dense(width), jdnn.Relu(), jdnn.Dropout(0.0, rate_in_state=True),
+                           jdnn.Dense(10))
+
     def side(options: dict):
-        return lambda: jdnn.search(lambda: mlp(jdnn.Dropout(0.0, rate_in_state=True)), data,
-                                   BAYES_SPACE, strategy="bayes", trials=trials, batch=batch,
-                                   sampler="tpe", key=0, loss=LOSS, epochs=epochs,
+        return lambda: jdnn.search(model_fn, data, BAYES_SPACE, strategy="bayes", trials=trials,
+                                   batch=batch, sampler="tpe", key=0, loss=LOSS, epochs=epochs,
                                    batch_size=BATCH, validation_data=test, progress=False,
                                    **options)
 
-    return {name: side(options) for name, options in SIDES.items()}
+    return {name: side(options) for name, options in sides(pruner).items()}
 
 
 def outcome(result: jdnn.SearchResult) -> dict:
     """What a search found and what it trained: the best validation accuracy, the trials the
-    pruner stopped and the epochs all trials trained."""
+    pruner stopped (and after how many epochs each) and the epochs all trials trained."""
+    pruned = sorted(row["epochs"] for row in result.rows if row["stopped"] == "pruned")
     return {"best_val_accuracy": result.rows[0]["val_accuracy"],
-            "best_config": result.best_config,
-            "pruned": sum(row["stopped"] == "pruned" for row in result.rows),
+            "best_config": result.best_config, "pruned": len(pruned), "pruned_after": pruned,
             "trial_epochs": sum(len(h) for h in result.history)}
 
 
-def measure(trials: int, batch: int, epochs: int, rounds: int, pause_s: float = 0.5) -> dict:
+def measure(trials: int, batch: int, epochs: int, rounds: int, pruner: str,
+            width: int = WIDTH, pause_s: float = 0.5) -> dict:
     """Warm-up, then the sides interleaved; seconds, ratios, compile time and outcomes."""
-    runs = searches(trials, batch, epochs)
+    runs = searches(trials, batch, epochs, pruner, width)
     outcomes: dict[str, list[dict]] = {name: [] for name in runs}
     compile_s: dict[str, list[float]] = {name: [] for name in runs}
     with Recorder() as recorder, no_persistent_cache() as cache_was_on:
@@ -101,7 +112,8 @@ def measure(trials: int, batch: int, epochs: int, rounds: int, pause_s: float = 
         times = timing.interleave(variants, rounds, pause_s=pause_s, warm=False)
     training = {name: [t - c for t, c in zip(times[name], compile_s[name], strict=True)]
                 for name in times}
-    return {"persistent_cache": f"off while timed (was {'on' if cache_was_on else 'off'})",
+    return {"pruner": pruner, "sides": sides(pruner),
+            "persistent_cache": f"off while timed (was {'on' if cache_was_on else 'off'})",
             "baseline": BASELINE, "warm_up_s": warm_up,
             "wall": timing.table(times, BASELINE),
             "without_compile": timing.table(training, BASELINE),
@@ -135,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--widths", type=int, nargs="+", default=[WIDTH],
+                        help=f"the hidden layer's units, each measured in turn (default {WIDTH})")
+    parser.add_argument("--pruners", nargs="+", default=["median"],
+                        help="search's pruner names, each measured in turn (default median)")
     parser.add_argument("--out", type=pathlib.Path, default=OUT,
                         help=f"the JSON results file (default {OUT}); '-' writes none")
     args = parser.parse_args(argv)
@@ -146,15 +162,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} rounds on {info['device']} ({info['cpu_count']} CPUs, load "
           f"{info['load_average']})", flush=True)
     began = time.perf_counter()
-    result = measure(args.trials, args.batch, args.epochs, args.rounds)
+    runs = {}
+    for width in args.widths:
+        for pruner in args.pruners:
+            name = f"width{width}/{pruner}"
+            runs[name] = {"width": width, **measure(args.trials, args.batch, args.epochs,
+                                                    args.rounds, pruner, width)}
+            print(f"MLP 64-{width}-10, pruner={pruner!r}:\n{render(runs[name])}", flush=True)
     info["load_average_end"] = machine.load_average()
-    print(render(result))
     payload = {"name": "bayes_refill", "description": DESCRIPTION,
                "settings": {"trials": args.trials, "batch": args.batch, "epochs": args.epochs,
                             "rounds": args.rounds, "space": BAYES_SPACE, "batch_size": BATCH,
-                            "sides": SIDES},
+                            "widths": args.widths,
+                            "pruners": args.pruners},
                "machine": info, "optuna": metadata.version("optuna"),
-               "seconds": time.perf_counter() - began, **result}
+               "seconds": time.perf_counter() - began, "runs": runs}
     if str(args.out) != "-":
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=1, default=str))
