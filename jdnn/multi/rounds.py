@@ -14,6 +14,7 @@ vectorized search (`refill=False` shows the difference; benchmarks/README.md has
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -57,11 +58,6 @@ class Ended:
     history: History
     chosen: int
     train_state: TrainState
-
-
-def _put(stacked: Any, j: int, one: Any) -> Any:
-    """`stacked` with member `j` replaced by `one` (the same tree without the member axis)."""
-    return jax.tree.map(lambda s, o: s.at[j].set(o), stacked, one)
 
 
 class Rounds:
@@ -167,25 +163,48 @@ class Rounds:
     def _refill(self, slots: list[Slot | None], freed: list[int], refill: Callable,
                 carry: tuple, hparams: dict, done: int) -> tuple[tuple, dict]:
         """Puts the next trials into the freed slots (a fresh member each, its early-stopping
-        bookkeeping reset); a slot with no next trial stays frozen."""
-        states, best, tracker = carry
-        stopped = np.array(jax.device_get(tracker.stopped))
+        bookkeeping reset) in one compiled update; a slot with no next trial stays frozen."""
+        k = len(slots)
+        stopped = np.array(jax.device_get(carry[2].stopped))
+        placed = []
         for j in freed:
             nxt = refill()
             stopped[j] = nxt is None
-            if nxt is None:
-                continue
-            trial, config = nxt
-            slots[j] = Slot(trial, config, done)
-            fresh = self._fresh(config)
-            states = _put(states, j, fresh)
-            best = _put(best, j, fresh) if best is not None else None
-            hparams = {n: v.at[j].set(config[n]) for n, v in hparams.items()}
-            tracker = tracker._replace(best=tracker.best.at[j].set(-jnp.inf),
-                                       best_epoch=tracker.best_epoch.at[j].set(0),
-                                       wait=tracker.wait.at[j].set(0))
-        tracker = tracker._replace(stopped=jnp.asarray(stopped))
-        return (states, best, tracker), hparams
+            if nxt is not None:
+                slots[j] = Slot(*nxt, done)
+                placed.append((j, nxt[1]))
+        if not placed:
+            return carry[:2] + (carry[2]._replace(stopped=jnp.asarray(stopped)),), hparams
+        # Always K entries, so the update compiles once: the padding's index is K, out of
+        # range, and `mode="drop"` drops it.
+        index = np.full(k, k, np.int32)
+        index[:len(placed)] = [j for j, _ in placed]
+        configs = [c for _, c in placed] + [placed[0][1]] * (k - len(placed))
+        fresh = [self._fresh(c) for _, c in placed]
+        fresh = stack(fresh + [fresh[0]] * (k - len(placed)))
+        return _place(carry, hparams, jnp.asarray(index), fresh, member_hparams(configs),
+                      jnp.asarray(stopped))
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _place(carry: tuple, hparams: dict, index: jax.Array, fresh: TrainState,
+           fresh_hparams: dict, stopped: jax.Array) -> tuple[tuple, dict]:
+    """Members `index` `(K,)` of the stacked states (and best states, and hyper-parameters)
+    replaced by `fresh`'s, their early-stopping bookkeeping reset; indices equal to K are
+    padding and dropped."""
+    states, best, tracker = carry
+
+    def put(old, new):
+        return old.at[index].set(new, mode="drop")
+
+    states = jax.tree.map(put, states, fresh)
+    best = None if best is None else jax.tree.map(put, best, fresh)
+    hparams = jax.tree.map(put, hparams, fresh_hparams)
+    tracker = tracker._replace(best=tracker.best.at[index].set(-jnp.inf, mode="drop"),
+                               best_epoch=tracker.best_epoch.at[index].set(0, mode="drop"),
+                               wait=tracker.wait.at[index].set(0, mode="drop"),
+                               stopped=stopped)
+    return (states, best, tracker), hparams
 
 
 def progress_bar(total: int, desc: str, show: bool):
