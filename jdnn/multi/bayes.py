@@ -100,20 +100,27 @@ def seed_of(key: jax.Array) -> int:
     return int(np.random.default_rng(data).integers(2**31 - 1))
 
 
-def make_sampler(optuna, sampler: Any, seed: int, *, where: str = "search"):
+def make_sampler(optuna, sampler: Any, seed: int, batch: int = 1, *, where: str = "search"):
     """An Optuna sampler from a name (`"tpe"`, `"gp"`, `"random"`, each seeded with `seed`) or
-    an Optuna `BaseSampler` passed through as it is."""
+    an Optuna `BaseSampler` passed through as it is.
+
+    TPE and the GP draw their first `min(10, batch)` trials at random before their model
+    takes over (`n_startup_trials`; Optuna's default is 10). Asked `batch` at a time, the whole
+    first round is random anyway (nothing has been told yet); the model then starts with the
+    second round instead of after 10 trials (which would leave a 16-trial budget in rounds of
+    8 only 6 modelled trials)."""
     if isinstance(sampler, optuna.samplers.BaseSampler):
         return sampler
+    startup = min(10, batch)
     if sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
     if sampler == "gp":
         missing = [m for m in ("torch", "scipy") if importlib.util.find_spec(m) is None]
         if missing:
             raise ImportError(f"{where}: sampler='gp' is Optuna's GPSampler, which needs "
                               f"{' and '.join(missing)} (pip install {' '.join(missing)}); "
                               f"sampler='tpe' needs neither")
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"{where}: sampler must be one of {SAMPLERS} or an optuna.samplers."
@@ -146,19 +153,19 @@ class Asker:
 
     Examples:
         >>> asker = Asker(optuna, {"x": ("uniform", -5, 5)}, mode="min", sampler="tpe",
-        ...               pruner=None, epochs=1, seed=0)
+        ...               pruner=None, epochs=1, seed=0, batch=4)
         >>> trial, config = asker.ask()          # config == {"x": ...}
         >>> asker.tell(trial, (config["x"] - 1) ** 2)
     """
 
     def __init__(self, optuna, space: Mapping[str, Any], *, mode: str, sampler: Any,
-                 pruner: Any, epochs: int, seed: int, where: str = "search"):
+                 pruner: Any, epochs: int, seed: int, batch: int = 1, where: str = "search"):
         self.optuna = optuna
         self.names = list(space)
         self.distributions, self.fixed, self.decode = distributions(optuna, space, where=where)
         self.study = optuna.create_study(
             direction="maximize" if mode == "max" else "minimize",
-            sampler=make_sampler(optuna, sampler, seed, where=where),
+            sampler=make_sampler(optuna, sampler, seed, batch, where=where),
             pruner=make_pruner(optuna, pruner, epochs, where=where))
 
     def ask(self) -> tuple[Any, dict[str, Any]]:

@@ -124,8 +124,10 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
             program (default `min(trials, 8)`). Configurations of different structures are
             trained one structure after another.
         sampler: Bayesian search: `"tpe"` (Optuna's `TPESampler`), `"gp"` (`GPSampler`, which
-            needs PyTorch and SciPy), `"random"`, each seeded from `key`, or any
-            `optuna.samplers.BaseSampler`.
+            needs PyTorch and SciPy), `"random"`, each seeded with
+            `jdnn.multi.bayes.seed_of(key)` and, for TPE and the GP, random for the first
+            `min(10, batch)` trials (`jdnn.multi.bayes.make_sampler`); or any
+            `optuna.samplers.BaseSampler`, used as it is.
         pruner: Bayesian search: None (no pruning), `"median"` (`MedianPruner`), `"halving"`
             (`SuccessiveHalvingPruner`), `"hyperband"` (`HyperbandPruner` up to `epochs`) or
             any `optuna.pruners.BasePruner`. Each member reports its `metric` every epoch; a
@@ -255,7 +257,7 @@ def _bayes(model_fn: Callable[..., Layer], data: Any, validation_data: Any,
                          "validation_data")
     bayes.check_ranges(space)
     asker = bayes.Asker(optuna, space, mode=mode, sampler=sampler, pruner=pruner, epochs=epochs,
-                        seed=bayes.seed_of(key))
+                        seed=bayes.seed_of(key), batch=batch)
     groups: dict[str, Rounds] = {}
     pending: list = []
     asked = 0
