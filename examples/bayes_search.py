@@ -21,7 +21,7 @@ What to expect (measured on a shared 2-core CPU with the defaults, about 1.5 min
 strategy ends near 0.99 validation accuracy (grid 0.991, random and TPE 0.989; one of the 269
 validation images is 0.004). The grid's curve climbs last, since its first 4 trials all use the
 smallest learning rate (about 0.88 until trial 5); random and TPE pass 0.98 within 2-3 trials
-and are level at 16 (TPE's first 10 trials are random draws, Optuna's default). The vectorized
+and are level at 16 (TPE's first round of 8 trials is random draws). The vectorized
 Bayesian search is about 10x faster than the sequential study (about 2 s against 20 s): most of
 a sequential trial's time is compiling its `fit`, because each trial's learning rate and dropout
 rate are constants of its program, while the search compiles one program for all its trials

@@ -8,7 +8,7 @@ scikit-learn's digits (MLP 64-128-10, Adam, batch 32, validation on the test spl
             strengths x 2 dropout rates) against `jdnn.fit` per configuration (a fixed-rate
             `jdnn.Dropout`, `jdnn.regularizers.penalty(l2=...)`, the trial's key)
   bayes     `jdnn.search(strategy="bayes", sampler="tpe")`, 16 trials asked and trained in
-            rounds of 8, against an Optuna study (`TPESampler` with the search's seed) whose
+            rounds of 8, against an Optuna study (the search's `TPESampler`, same seed) whose
             16 trials each call `jdnn.fit` (`optax.adam(lr)`, a fixed-rate `jdnn.Dropout`, the
             trial's key) and return the best validation accuracy, as the search tells Optuna.
             Needs Optuna (`jdnn[search]`); without it the part raises `Skipped`.
@@ -165,7 +165,7 @@ def bayes_sides(data, test, plan: Plan) -> tuple[Callable, Callable[[Sequence[in
 
     def sequential(trials):
         study = optuna.create_study(direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=seed))
+                                    sampler=bayes.make_sampler(optuna, "tpe", seed, BAYES_ROUND))
         study.optimize(objective, n_trials=len(trials))
 
     return vectorized, sequential

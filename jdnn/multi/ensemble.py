@@ -34,6 +34,7 @@ from jdnn.data.batching import num_batches
 from jdnn.data.validate import as_arrays, check_data
 from jdnn.train.fit import epoch_fn
 from jdnn.train.history import History
+from jdnn.train.compilation_cache import enable_compilation_cache
 from jdnn.multi.members import (EVAL_BATCH_SIZE, member, member_evaluator, members_of, one_key,
                                 outputs_fn, prepare_data, stack, train_members)
 from jdnn.train.state import TrainState
@@ -199,6 +200,7 @@ def fit_ensemble(model: Layer, train_data: Any, *, size: int, loss: Loss,
     combine = _check_combine(where, default_combine(loss) if combine is None else combine)
     keys = _keys(where, key, size)
     x, y, validation = prepare_data(model, loss, train_data, validation_data, where=where)
+    enable_compilation_cache()   # as fit does: before anything compiles, where safe
     states = init_members(model, optimizer, keys, (batch_size, *x.shape[1:]))
     epoch = epoch_fn(train_step_fn(model, loss, optimizer, penalty=penalty, metrics=metrics),
                      batch_size)

@@ -41,6 +41,7 @@ from jdnn.multi.space import VECTORIZED, check, check_space, grid, sample
 from jdnn.multi.structure import (DEFAULT_LEARNING_RATE, HANDLED, Group, _check_dropout,
                                   _optimizer, _set_dropout, check_model_fn, make_group,
                                   member_epoch_fn, member_hparams, member_state)
+from jdnn.train.compilation_cache import enable_compilation_cache
 from jdnn.train.step import check_step_arguments
 
 # Old names of what moved to jdnn.multi.structure and jdnn.multi.result.
@@ -201,6 +202,7 @@ def search(model_fn: Callable[..., Layer], data: Any, space: Mapping[str, Any], 
                          + ("" if validation_data is not None else
                             " (val_* metrics need validation_data)"))
     key = one_key("search", key)
+    enable_compilation_cache()   # as fit does: before anything compiles, where it is safe
     engine = dict(loss=loss, metrics=metrics, epochs=epochs, mode=mode, patience=patience,
                   epochs_per_call=epochs_per_call, progress=progress)
     if strategy == "bayes":

@@ -4,7 +4,7 @@ A small job is compile-bound: `fit` on digits spends most of its first second co
 every new Python process compiles the same programs again. JAX can keep them on disk; jdnn turns
 that on for you when it is safe to, and only then:
 
-- when `fit` runs (or the `jdnn` command), never at `import jdnn`;
+- when `fit`, `fit_ensemble` or `search` runs (or the `jdnn` command), never at `import jdnn`;
 - unless `JDNN_CACHE_DIR` is `off` (or `0`, `none`, `false`, `no`, empty);
 - unless JAX's cache is configured already, by you (`JAX_COMPILATION_CACHE_DIR`,
   `jax.config.update("jax_compilation_cache_dir", ...)`): yours is left as it is, thresholds
@@ -43,7 +43,8 @@ def enable_compilation_cache() -> str | None:
     """Turns on JAX's persistent compilation cache, so that a second run (a new process)
     reuses the programs the first one compiled instead of compiling them again.
 
-    `fit` calls it before it compiles anything, and so does the `jdnn` command
+    `fit`, `fit_ensemble` and `search` call it before they compile anything, and so does the
+    `jdnn` command
     (`jdnn.cli.commands.enable_compilation_cache` is this function). It turns the cache on
     only where that is safe (see the module docstring): not when `JDNN_CACHE_DIR` is `off`,
     not when JAX's cache folder is configured already (yours stays, untouched), and only in a
