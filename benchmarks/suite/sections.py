@@ -293,6 +293,8 @@ def vectorized(payload: dict) -> list[str]:
             lines += _vmap_timing(name, r)
     for name, why in payload.get("failed", {}).items():
         lines.append(f"- {name}: FAILED, {why}")
+    for name, why in payload.get("skipped", {}).items():
+        lines.append(f"- {name}: skipped, {why}")
     return lines
 
 
