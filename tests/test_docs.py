@@ -198,6 +198,17 @@ def test_the_api_reference_documents_every_public_name(site):
         "docstring where the name has none):\n" + "\n".join(missing))
 
 
+def test_the_benchmarks_page_tables_are_the_committed_report_s():
+    """docs/benchmarks.md's tables are transcribed from benchmarks/results/report.md: a row that
+    is not there (the report was re-run, the page was not) is a stale number."""
+    report = set((ROOT / "benchmarks" / "results" / "report.md").read_text().splitlines())
+    rows = [line for line in (DOCS / "benchmarks.md").read_text().splitlines()
+            if line.startswith("|")]
+    stale = [row for row in rows if row not in report]
+    assert rows and not stale, ("docs/benchmarks.md rows not in benchmarks/results/report.md "
+                                "(copy the tables again):\n" + "\n".join(stale[:10]))
+
+
 def test_every_jdnn_name_the_pages_use_exists():
     """`jdnn.NAME` in a page's text or code names something `import jdnn` reaches, so a
     renamed or removed function cannot linger in the documentation (no build needed)."""
