@@ -18,6 +18,8 @@ def test_every_finding_names_a_target_family_the_suite_checks():
     families = set(re.findall(r'f"([a-z_]+)/', source)) | set(re.findall(r'"([a-z_]+)/', source))
     families |= {f"vs_{side}" for side in SIDES}  # f"vs_{side}/{name}" in training.py
     families |= {f"headline_{target[0]}" for target in headline.TARGETS}
+    # f"{key.split('_')[0]}_vs_sequential" for each end-to-end part in vectorized.py:
+    families |= {f"{kind}_vs_sequential" for kind in ("ensemble", "search", "bayes")}
     for prefix in found:
         assert prefix.split("/")[0] in families, prefix
 
