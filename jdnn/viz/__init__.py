@@ -9,7 +9,7 @@ from jdnn.viz.animation import animate_training, render_gif, xor_frames
 from jdnn.viz.attributions import plot_attributions, plot_maximized_inputs
 from jdnn.viz.boundary import decision_grid, plot_decision_boundary
 from jdnn.viz.common import save
-from jdnn.viz.curves import best_epoch, plot_history
+from jdnn.viz.curves import best_epoch, plot_histories, plot_history
 from jdnn.viz.filters import plot_feature_maps, plot_filters
 from jdnn.viz.gradients import GradientFlow, plot_gradient_flow
 from jdnn.viz.network import draw_network, node_activations
@@ -20,7 +20,7 @@ from jdnn.viz.trace import layer_outputs
 __all__ = [
     "animate_training", "best_epoch", "decision_grid", "draw_network", "GradientFlow",
     "layer_outputs", "node_activations", "plot_attributions", "plot_decision_boundary",
-    "plot_feature_maps", "plot_filters", "plot_gradient_flow", "plot_history",
+    "plot_feature_maps", "plot_filters", "plot_gradient_flow", "plot_histories", "plot_history",
     "plot_importances", "plot_maximized_inputs", "plot_search_progress", "render_gif", "save",
     "save_run_plots", "xor_frames",
 ]

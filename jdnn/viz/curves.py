@@ -146,3 +146,66 @@ def plot_history(history: History | Mapping | Sequence, *, path=None,
         fig.suptitle("\n".join(textwrap.wrap(stop_reason, 110)), fontsize=8, color=STOP)
     return finish(fig, path, series=series, best=best, stop_epoch=stop_epoch,
                   stop_reason=stop_reason)
+
+
+def plot_histories(histories: Mapping[str, History | Mapping | Sequence],
+                   quantities: Sequence[str] = ("loss", "val_accuracy"), *,
+                   title: str | None = None, path=None, dpi: float = 100) -> Figure:
+    """Several runs on the same axes: one panel per quantity, one line per run.
+
+    Where `plot_history` draws one run in detail, this compares runs (activations,
+    optimizers, learning rates) epoch by epoch. A loss panel whose values span more than 30x
+    gets a log scale.
+
+    Args:
+        histories: run name -> its `History` (or `to_dict()`, or list of epoch records).
+        quantities: the recorded quantities to draw, e.g. `("loss", "val_accuracy")`.
+        title: the figure's title.
+        path: save the figure there (`.png`, `.svg`, `.pdf`).
+        dpi: the figure's resolution.
+
+    Returns:
+        The `Figure`; `fig.jdnn_data["series"]` maps each quantity to
+        `{run: (epochs, values)}`.
+
+    Raises:
+        ValueError: for no histories, no quantities, a run with no records, or a quantity no
+            run recorded (naming the quantities the runs have).
+
+    Examples:
+        >>> plot_histories({"sgd": h_sgd, "adam": h_adam}, ("loss", "val_accuracy"),
+        ...                path="optimizers.png")
+    """
+    if not histories or not quantities:
+        raise ValueError("plot_histories: give at least one run ({name: history}) and one "
+                         "quantity, e.g. ('loss', 'val_accuracy')")
+    runs = {}
+    for name, history in histories.items():
+        runs[name] = _records(history)[0]
+        if not runs[name]:
+            raise ValueError(f"plot_histories: run {name!r} has no records (no epoch has run)")
+    present = {key for records in runs.values() for record in records for key in record}
+    missing = [q for q in quantities if q not in present]
+    if missing:
+        raise ValueError(f"plot_histories: no run recorded {missing}; the runs record "
+                         f"{sorted(present - {'epoch', 'seconds'})}")
+    fig = new_figure(4.5 * len(quantities), 3.4, dpi)
+    series: dict[str, dict[str, Any]] = {}
+    for ax, quantity in zip(fig.subplots(1, len(quantities), squeeze=False)[0], quantities):
+        series[quantity] = {}
+        for name, records in runs.items():
+            epochs, values = _series(records, quantity)
+            if epochs:
+                series[quantity][name] = (epochs, values)
+                ax.plot(epochs, values, label=name, marker="." if len(epochs) < 30 else None)
+        finite = [v for _, values in series[quantity].values() for v in values
+                  if math.isfinite(v)]
+        if finite and min(finite) > 0 and max(finite) / min(finite) > 30:
+            ax.set_yscale("log")
+        ax.set_title(quantity)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return finish(fig, path, series=series)
