@@ -13,6 +13,7 @@ import pytest
 
 import jdnn
 from jdnn import core, losses, metrics, parallel, regularizers
+from jdnn.train import epoch as epoch_module
 from jdnn.train import step as step_module
 
 fit_module = importlib.import_module("jdnn.train.fit")   # jdnn.train.fit is the function
@@ -28,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1] / "jdnn"
     ("resolve_metrics", metrics, [step_module]),
     ("Metric", metrics, [step_module]),
     ("Metrics", metrics, [step_module]),
-    ("check_batch_size", fit_module, [parallel]),
-    ("DATA_AXIS", fit_module, [parallel]),
+    ("check_batch_size", epoch_module, [parallel, fit_module]),
+    ("DATA_AXIS", epoch_module, [parallel, fit_module]),
 ])
 def test_helpers_live_in_their_home_and_keep_their_old_import_paths(name, home, old_homes):
     for old in old_homes:

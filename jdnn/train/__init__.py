@@ -5,8 +5,9 @@ evaluation/prediction over whole datasets, and the persistent compilation cache 
 from jdnn.train.callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, PrintLogger,
                                   ReduceLROnPlateau, Run, TerminateOnNaN)
 from jdnn.train.compilation_cache import enable_compilation_cache
+from jdnn.train.epoch import epoch_fn, make_epoch
 from jdnn.train.evaluate import evaluate, make_evaluator, predict
-from jdnn.train.fit import epoch_fn, fit, make_epoch
+from jdnn.train.fit import fit
 from jdnn.train.history import History
 from jdnn.train.precision import Precision
 from jdnn.train.state import TrainState

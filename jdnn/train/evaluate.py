@@ -21,7 +21,8 @@ from jdnn.train.precision import Precision, cast_to_compute, cast_to_output, res
 from jdnn.train.program_cache import ProgramCache
 from jdnn.train.state import TrainState
 from jdnn.train.step import check_step_arguments, eval_step_fn
-from jdnn.train.stream import evaluate_stream, is_stream, predict_stream
+from jdnn.train.stream import is_stream
+from jdnn.train.stream_eval import evaluate_stream, predict_stream
 
 DEFAULT_BATCH_SIZE = 1024
 

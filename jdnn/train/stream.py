@@ -32,15 +32,19 @@ trained on). A re-iterable source that cannot save its position is fast-forwarde
 new iterator, the batches the state has already trained on read again and skipped. An
 iterator that cannot is taken where it stands: after an interrupt, the (at most 3) batches
 read ahead are lost to it.
+
+Here: what a stream is (`is_stream`) and `fit`'s epochs over one (`open_stream`,
+`StreamEpochs`, `stream_evaluator`). One batch and the source it comes from are
+`jdnn.train.stream_source`; `evaluate` and `predict` over a stream are `jdnn.train.stream_eval`.
+Their names still import from here, their first home.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import numpy as np
@@ -49,15 +53,17 @@ from jdnn.core import Layer, whole_number
 from jdnn.data.validate import check_data
 from jdnn.data.prefetch import Prefetcher
 from jdnn.metrics import resolve_metrics
-from jdnn.padded import Padded, apply_child
+from jdnn.padded import Padded
 from jdnn.train.arguments import checked_data
 from jdnn.train.callbacks import Run
-from jdnn.train.precision import cast_to_compute, cast_to_output
-from jdnn.train.program_cache import ProgramCache
 from jdnn.train.state import DonationGuard, TrainState
-from jdnn.train.step import eval_step_fn
+from jdnn.train.stream_eval import evaluate_stream, predict_stream
+from jdnn.train.stream_source import (PREFETCH, BatchSpec, Source, check, decode, encode,
+                                      host_means, padded, spec_of, unpack)
 
-PREFETCH = 2   # batches put on the device ahead of the step: double buffering
+__all__ = ["BatchSpec", "PREFETCH", "Source", "StreamEpochs", "StreamRun", "check", "decode",
+           "encode", "evaluate_stream", "is_stream", "open_stream", "padded", "predict_stream",
+           "source_for", "spec_of", "stream_evaluator", "unpack"]
 
 
 def is_stream(data: Any) -> bool:
@@ -67,179 +73,8 @@ def is_stream(data: Any) -> bool:
     return isinstance(data, Iterable) or callable(getattr(data, "__iter__", None))
 
 
-def _describe(item: Any) -> str:
-    if isinstance(item, (tuple, list)):
-        return f"a {type(item).__name__} of length {len(item)}"
-    if isinstance(item, dict):
-        return f"a dict with keys {sorted(map(str, item))}"
-    if hasattr(item, "shape"):
-        return f"a single array of shape {tuple(item.shape)}"
-    return f"{type(item).__name__} {item!r:.60}"
-
-
 # ---------------------------------------------------------------------------------------------
-# One batch: unpacked, checked against the first, padded to the batch size.
-
-
-class BatchSpec(NamedTuple):
-    """What every batch of a stream must be: at most `size` examples of `x`'s and `y`'s
-    per-example shapes and dtypes (`y` None for `predict`)."""
-
-    size: int
-    x: tuple[tuple, np.dtype]
-    y: tuple[tuple, np.dtype] | None
-
-
-def unpack(where: str, name: str, index: int, item: Any, targets: bool
-           ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A batch as host arrays `(x (B, ...), y (B, ...))` (`y` None without `targets`).
-
-    Raises:
-        ValueError: for an item that is not an `(x, y)` pair (with `targets`), an `x` with no
-            batch axis or no example, or an `x` and `y` of different batch sizes.
-    """
-    pair = isinstance(item, (tuple, list)) and len(item) == 2
-    if targets and not pair:
-        raise ValueError(f"{where}: {name} batch {index} must be an (x, y) pair of arrays, got "
-                         f"{_describe(item)}; make the source yield (x, y) tuples, e.g. map a "
-                         f"record to (record['image'], record['label'])")
-    x, y = item if pair else (item, None)
-    x = np.asarray(x)
-    if x.ndim == 0 or x.shape[0] == 0:
-        raise ValueError(f"{where}: {name} batch {index} has x of shape {x.shape}, expected "
-                         f"(B, ...) with B >= 1 examples on the first axis; batch the source "
-                         f"(e.g. grain's .batch(batch_size))")
-    if not targets:
-        return x, None
-    y = np.asarray(y)
-    if y.ndim == 0 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"{where}: {name} batch {index} has x of shape {x.shape} but y of "
-                         f"shape {y.shape}; x and y must hold the same examples, "
-                         f"{x.shape[0]} of them on the first axis of both")
-    return x, y
-
-
-def spec_of(x: np.ndarray, y: np.ndarray | None, batch_size: int | None) -> BatchSpec:
-    """The spec set by the first batch (its size unless `batch_size` is given)."""
-    return BatchSpec(batch_size or x.shape[0], (x.shape[1:], x.dtype),
-                     None if y is None else (y.shape[1:], y.dtype))
-
-
-def check(where: str, name: str, index: int, x: np.ndarray, y: np.ndarray | None,
-          spec: BatchSpec) -> None:
-    """Raises a `ValueError` naming batch `index` unless `(x, y)` fits `spec`."""
-    if x.shape[0] > spec.size:
-        raise ValueError(f"{where}: {name} batch {index} has {x.shape[0]} examples, more than "
-                         f"the batch size {spec.size} (the first batch's, or batch_size=); "
-                         f"pass batch_size= the largest batch the source yields")
-    for part, array, (shape, dtype) in (("x", x, spec.x), ("y", y, spec.y or (None, None))):
-        if array is None:
-            continue
-        if array.shape[1:] != shape or array.dtype != dtype:
-            raise ValueError(f"{where}: {name} batch {index} has {part} of shape "
-                             f"{array.shape} and dtype {array.dtype}, expected (<={spec.size}, "
-                             f"{', '.join(map(str, shape))}) of dtype {dtype} like batch 0; "
-                             f"the step is compiled for one shape, so every batch needs the "
-                             f"same per-example shape and dtype (resize or cast in the "
-                             f"pipeline)")
-
-
-def padded(x: np.ndarray, y: np.ndarray | None, size: int):
-    """`(x, y, mask)` with `size` examples: a short batch is filled with its own examples
-    repeated, `mask` `(size,)` False on them (never copies of one example: batch-norm
-    statistics see the padding)."""
-    real = x.shape[0]
-    mask = np.arange(size) < real
-    if real == size:
-        return x, y, mask
-    fill = np.resize(np.arange(real), size)
-    return x[fill], None if y is None else y[fill], mask
-
-
-# ---------------------------------------------------------------------------------------------
-# The source: one iterator read by the prefetch thread, a new pass for a re-iterable that runs
-# dry, and its position (get_state/set_state) in a form JSON keeps.
-
-
-def encode(state: Any) -> Any:
-    """A source's state as JSON can hold it: bytes (grain's `DataLoader`) as base64."""
-    if isinstance(state, bytes):
-        return {"base64": base64.b64encode(state).decode("ascii")}
-    return state
-
-
-def decode(state: Any) -> Any:
-    """`encode`'s inverse."""
-    if isinstance(state, dict) and set(state) == {"base64"}:
-        return base64.b64decode(state["base64"])
-    return state
-
-
-class Source:
-    """A run's batches from `data`, one iterator at a time (see the module).
-
-    `next` is called by the prefetch thread only; everything else by the training loop while
-    no prefetch thread runs."""
-
-    def __init__(self, data: Any):
-        self.data = data
-        self.one_shot = isinstance(data, Iterator)
-        self.iterator = data if self.one_shot else None
-        self.pending: list = []      # the first batch, read ahead for its shapes
-        self.before_first: Any = None
-        self.at: int | None = 0      # the step the iterator stands at (None: unknown)
-
-    def _open(self) -> None:
-        self.iterator = self.data if self.one_shot else iter(self.data)
-
-    def __next__(self) -> Any:
-        if self.pending:
-            return self.pending.pop()
-        if self.iterator is None:
-            self._open()
-        try:
-            return next(self.iterator)
-        except StopIteration:
-            if self.one_shot:
-                raise
-            self._open()             # a re-iterable: its next pass (an empty one stops)
-            return next(self.iterator)
-
-    def __iter__(self) -> Source:
-        return self
-
-    def first(self) -> Any:
-        """The next batch, read ahead and kept: the next `next` returns it again."""
-        if self.iterator is None:
-            self._open()
-        self.before_first = self.position()
-        item = next(self)
-        self.pending.append(item)
-        return item
-
-    @property
-    def resumable(self) -> bool:
-        """Whether the iterator can save and restore its position."""
-        if self.iterator is None:
-            self._open()
-        return all(callable(getattr(self.iterator, name, None))
-                   for name in ("get_state", "set_state"))
-
-    def position(self) -> Any:
-        """The position after the last batch handed out (encoded), or None."""
-        if self.pending:
-            return self.before_first
-        return encode(self.iterator.get_state()) if self.resumable else None
-
-    def seek(self, state: Any) -> None:
-        """Moves the iterator to an encoded `position`."""
-        self.pending.clear()
-        self.iterator.set_state(decode(state))
-
-    def skip(self, count: int) -> None:
-        """Reads `count` batches and drops them (for a source that cannot `seek`)."""
-        for _ in range(count):
-            next(self)
+# fit's epochs over a stream.
 
 
 # Sources continued in this process: a re-iterable source -> its Source, so that a run
@@ -266,11 +101,6 @@ def _keep(source: Source, step: int) -> None:
             _LIVE[source.data] = source
         except TypeError:
             pass
-
-
-# ---------------------------------------------------------------------------------------------
-# fit's epochs over a stream.
-
 
 @dataclasses.dataclass
 class StreamRun(Run):
@@ -426,7 +256,7 @@ class StreamEpochs:
                 batches.close()
                 self._settle(run, count + len(reports), early=len(reports) < steps)
                 guard.release()
-        return run.train_state, _means(reports, counts)
+        return run.train_state, host_means(reports, counts)
 
     def _at(self, step: int, mark: Any) -> dict | None:
         return None if mark is None else {"step": step, "state": mark}
@@ -459,87 +289,3 @@ class StreamEpochs:
                           f"an iterator cannot start again: pass a re-iterable source (e.g. the "
                           f"grain dataset or loader itself, not iter() of it), make it repeat "
                           f"(grain's .repeat(), num_epochs=None), or lower steps_per_epoch")
-
-
-def _means(reports: list[dict], counts: list[int]) -> dict:
-    """Per-batch means -> means over all real examples, on the host (one transfer)."""
-    reports = jax.device_get(reports)
-    weights = np.asarray(counts, np.float64)
-    return {k: float(np.sum(np.stack([r[k] for r in reports]) * weights) / np.sum(weights))
-            for k in reports[0]}
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluate and predict over a stream: one pass, a compiled step per batch.
-
-_EVAL_STEPS = ProgramCache(64)
-_APPLY = ProgramCache(64)
-
-
-def _prepared(where: str, name: str, data: Any, batch_size: int | None, targets: bool,
-              check_first: Callable | None = None) -> Iterator:
-    """One pass over `data`: `((x, y, mask), real)` per batch, padded and on the device,
-    prepared ahead by the prefetch thread. `check_first(x, y)` checks the first batch."""
-    source = Source(data)
-    try:
-        item = source.first()
-    except StopIteration:
-        raise ValueError(f"{where}: {name} yielded no batches") from None
-    source.one_shot = True        # one pass: a re-iterable is not started again
-    x, y = unpack(where, name, 0, item, targets)
-    if check_first is not None:
-        check_first(x, y)
-    spec = spec_of(x, y, batch_size)
-
-    def prepare(i: int, batch: Any):
-        bx, by = unpack(where, name, i, batch, targets)
-        check(where, name, i, bx, by, spec)
-        bx, by, mask = padded(bx, by, spec.size)
-        return jax.device_put((bx, by, mask)), int(mask.sum())
-
-    with Prefetcher(source, prepare, size=PREFETCH) as batches:
-        for prepared, _ in batches:
-            yield prepared
-
-
-def evaluate_stream(where: str, model: Layer, loss: Callable, metrics: tuple, policy: Any,
-                    train_state: TrainState, data: Any, batch_size: int | None,
-                    name: str = "data", check_first: Callable | None = None) -> dict[str, float]:
-    """`evaluate` over a stream of `(x, y)` batches: the means over all its real examples.
-
-    Args:
-        metrics: resolved, as `(name, fn)` pairs; `policy`: a resolved `Precision`.
-        batch_size: the largest batch; None: the first batch's size.
-        check_first: `check_first(x, y)` run on the first batch (e.g. `check_data`).
-    """
-    step = _EVAL_STEPS.get((model, loss, metrics, policy), lambda: jax.jit(
-        eval_step_fn(model, loss, metrics=dict(metrics), precision=policy)))
-    reports, counts = [], []
-    for (x, y, mask), real in _prepared(where, name, data, batch_size, True, check_first):
-        reports.append(step(train_state, x, y, mask))
-        counts.append(real)
-    return _means(reports, counts)
-
-
-def _apply_fn(model: Layer, policy: Any) -> Callable:
-    """The model in evaluation mode on one batch, under the precision policy, compiled."""
-
-    def apply(train_state, x):
-        params, x = cast_to_compute(policy, (train_state.params, x))
-        outputs, _ = apply_child(model, params, train_state.state, x, train=False)
-        return cast_to_output(policy, outputs)
-
-    return jax.jit(apply)
-
-
-def predict_stream(model: Layer, policy: Any, train_state: TrainState, data: Any,
-                   batch_size: int | None) -> np.ndarray:
-    """`predict` over a stream of `x` batches (or `(x, y)` pairs, `y` unused): the outputs
-    `(N, ...)` of all its examples in order, as one NumPy array."""
-    apply = _APPLY.get((model, policy), lambda: _apply_fn(model, policy))
-    outputs, counts = [], []
-    for (x, _, _), real in _prepared("predict", "x", data, batch_size, False):
-        outputs.append(apply(train_state, x))
-        counts.append(real)
-    return np.concatenate([np.asarray(out)[:real]
-                           for out, real in zip(jax.device_get(outputs), counts)])
