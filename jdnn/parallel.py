@@ -13,11 +13,11 @@ axis into a local sum plus an all-reduce. That gives, with no collective written
   which XLA computes with an all-reduce), so the result does not depend on the device count;
 - the loss and metrics of the global batch.
 
-The epoch is `jdnn.train.fit`'s own `epoch_fn`, handed a sharding hook (`EpochSharding`: where
-the state, the batches and the plan live), the epoch `fit(..., mesh=)` runs too; this module
-builds the mesh and places the arrays. The math is the single-device math; only the order of
-floating-point additions changes, so a run on 8 devices matches a run on one to float
-tolerance (tests/test_parallel.py checks it).
+The epoch is `jdnn.fit`'s own `epoch_fn` (`jdnn.train.epoch`), handed a sharding hook
+(`EpochSharding`: where the state, the batches and the plan live), the epoch `fit(..., mesh=)`
+runs too; this module builds the mesh and places the arrays. The math is the single-device math;
+only the order of floating-point additions changes, so a run on 8 devices matches a run on one
+to float tolerance (tests/test_parallel.py checks it).
 
 Design decisions:
 
@@ -76,8 +76,9 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-# The epoch and its sharding hook live in jdnn.train.fit (fit(..., mesh=) runs them too); this
-# module builds on them, so imports run one way. check_batch_size and DATA_AXIS are re-exported.
+# The epoch and its sharding hook live in jdnn.train.epoch (re-exported by jdnn.train.fit, whose
+# fit(..., mesh=) runs them too); this module builds on them, so imports run one way.
+# check_batch_size and DATA_AXIS are re-exported.
 from jdnn.train.fit import (DATA_AXIS, auto_mesh, axis_size, check_batch_size, epoch_fn,
                             epoch_sharding, make_epoch)
 
@@ -158,10 +159,10 @@ def put_data(tree: Any, mesh: Mesh) -> Any:
 
 def parallel_epoch_fn(step: Callable, batch_size: int, mesh: Mesh, *,
                       drop_remainder: bool = False, axis: str = DATA_AXIS) -> Callable:
-    """`jdnn.train.fit.epoch_fn` with every batch sharded along `axis`; uncompiled.
+    """`jdnn.train.epoch.epoch_fn` with every batch sharded along `axis`; uncompiled.
 
     The same epoch (the epoch's `order`, the padded and masked last batch, the scan over
-    `step`), given the sharding hook `jdnn.train.fit.epoch_sharding(mesh, batch_size, axis)`:
+    `step`), given the sharding hook `jdnn.train.epoch.epoch_sharding(mesh, batch_size, axis)`:
     only the batch indices, the gathered batches and the masks carry a sharding constraint.
     `make_parallel_epoch` compiles it.
 
@@ -175,12 +176,12 @@ def parallel_epoch_fn(step: Callable, batch_size: int, mesh: Mesh, *,
 def make_parallel_epoch(step: Callable, batch_size: int, mesh: Mesh, *,
                         drop_remainder: bool = False, axis: str = DATA_AXIS) -> Callable:
     """One data-parallel epoch, compiled: `epoch(train_state, x, y, order) -> (train_state,
-    means)`, `order` the epoch's permutation (`jdnn.train.fit.epoch_orders`).
+    means)`, `order` the epoch's permutation (`jdnn.train.epoch.epoch_orders`).
 
     Each batch is split along `axis` of `mesh` (every device computes `batch_size / devices`
     examples); the train state and the data are replicated (`replicate`, `put_data`); gradients,
     batch-norm statistics, the loss and metrics are those of the global batch. The incoming
-    train state is donated, as in `jdnn.train.fit.make_epoch`, whose drop-in replacement this is.
+    train state is donated, as in `jdnn.train.epoch.make_epoch`, whose drop-in replacement this is.
 
     Args:
         step: the pure training step, `jdnn.train.step.train_step_fn(...)`.
@@ -202,7 +203,7 @@ def make_parallel_epoch(step: Callable, batch_size: int, mesh: Mesh, *,
         >>> epoch = jdnn.parallel.make_parallel_epoch(step, 256, mesh)
         >>> train_state = jdnn.parallel.replicate(train_state, mesh)
         >>> x, y = jdnn.parallel.put_data((x, y), mesh)
-        >>> order = jdnn.train.fit.epoch_orders(train_state, len(x))   # this epoch's shuffle
+        >>> order = jdnn.train.epoch.epoch_orders(train_state, len(x))   # this epoch's shuffle
         >>> train_state, means = epoch(train_state, x, y, order)   # means["loss"], ...
     """
     return make_epoch(step, batch_size, drop_remainder=drop_remainder,

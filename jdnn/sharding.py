@@ -104,7 +104,7 @@ def make_fsdp_epoch(step: Callable, batch_size: int, mesh: Mesh, train_state: An
                     min_size: int = MIN_SIZE) -> Callable:
     """One FSDP epoch, compiled: `epoch(train_state, x, y, order) -> (train_state, means)`.
 
-    `jdnn.train.fit`'s epoch (the same batches, padding and masks as on one device) with the
+    `jdnn.train.epoch`'s epoch (the same batches, padding and masks as on one device) with the
     batch split along `axis` and the train state sharded by `fsdp_shardings`: its inputs and
     outputs, and the state at the entry and exit of every step, so the scan's carry stays
     sharded. The incoming train state is donated.

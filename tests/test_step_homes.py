@@ -61,7 +61,9 @@ def _function_level_imports(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("path", ["train/fit.py", "train/step.py", "train/arguments.py",
+@pytest.mark.parametrize("path", ["train/fit.py", "train/epoch.py", "train/stream.py",
+                                  "train/stream_source.py", "train/stream_eval.py",
+                                  "train/step.py", "train/arguments.py",
                                   "train/evaluate.py", "parallel.py", "data/validate.py",
                                   "metrics.py", "losses.py", "regularizers.py"])
 def test_no_imports_hide_inside_functions(path):
