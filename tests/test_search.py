@@ -12,20 +12,14 @@ import optax
 import pytest
 
 import jdnn
+from tests.blobs import blobs
 from jdnn.multi.tuning import SearchResult, _set_dropout, search
 
 CE = jdnn.losses.softmax_cross_entropy
 EPOCHS = 3
 
 
-def _blobs(n, seed, d=6, classes=3):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n).astype(np.int32)
-    centers = np.random.default_rng(99).normal(size=(classes, d)) * 2
-    return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y
-
-
-TRAIN, TEST = _blobs(70, 0), _blobs(40, 1)
+TRAIN, TEST = blobs(70, 0), blobs(40, 1)
 SPACE = {"width": [4, 8], "learning_rate": ("log_uniform", 1e-2, 1e-1),
          "momentum": ("uniform", 0.0, 0.9), "l2": [0.0, 1e-3], "dropout": ("uniform", 0.0, 0.5),
          "seed": [0, 1, 2]}

@@ -11,6 +11,7 @@ import pytest
 
 import jdnn
 from jdnn.multi import bayes
+from tests.blobs import blobs
 from jdnn.multi.tuning import search
 from tests.compiles import Compiles
 
@@ -20,14 +21,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 CE = jdnn.losses.softmax_cross_entropy
 
 
-def _blobs(n, seed, d=6, classes=3):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n).astype(np.int32)
-    centers = np.random.default_rng(99).normal(size=(classes, d)) * 2
-    return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y
-
-
-TRAIN, TEST = _blobs(70, 0), _blobs(40, 1)
+TRAIN, TEST = blobs(70, 0), blobs(40, 1)
 SPACE = {"learning_rate": ("log_uniform", 1e-3, 3e-1), "momentum": ("uniform", 0.0, 0.9),
          "dropout": ("uniform", 0.0, 0.5)}
 OPTIONS = dict(loss=CE, epochs=3, batch_size=16, validation_data=TEST, optimizer="sgd",

@@ -8,16 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.suite import targets
-
-_TINY = {"rounds": 2, "chunk_s": 0.0, "pause_s": 0.0, "max_steps": 1, "warm_s": 0.0}
-
-
-def _tiny_context():
-    from benchmarks.suite import compare
-    from benchmarks.suite.context import Context
-
-    return Context(quick=True, settings=compare.Settings(**_TINY))
-
+from benchmarks.tests.helpers import spy_calls, tiny_context
 
 def test_bayes_sides_train_with_the_public_api(monkeypatch):
     optuna = pytest.importorskip("optuna")
@@ -26,18 +17,8 @@ def test_bayes_sides_train_with_the_public_api(monkeypatch):
     import jdnn
     from benchmarks.suite import fits
 
-    calls = {"search": [], "fit": [], "create_study": []}
-
-    def spy(name, real):
-        def wrapper(*args, **kwargs):
-            result = real(*args, **kwargs)
-            calls[name].append((args, kwargs, result))
-            return result
-        return wrapper
-
-    monkeypatch.setattr(jdnn, "search", spy("search", jdnn.search))
-    monkeypatch.setattr(jdnn, "fit", spy("fit", jdnn.fit))
-    monkeypatch.setattr(optuna, "create_study", spy("create_study", optuna.create_study))
+    calls = spy_calls(monkeypatch, search=(jdnn, "search"), fit=(jdnn, "fit"),
+                      create_study=(optuna, "create_study"))
     (x, y), (tx, ty) = jdnn.data.digits()
     data = (x[:64], y[:64])
     vectorized, sequential = fits.bayes_sides(data, (tx[:32], ty[:32]),
@@ -99,7 +80,7 @@ def test_without_optuna_the_part_is_skipped_not_failed(monkeypatch, tmp_path):
     real = vectorized.parts
     monkeypatch.setattr(vectorized, "parts",
                         lambda ctx: {"bayes_end_to_end": real(ctx)["bayes_end_to_end"]})
-    payload = vectorized.run(_tiny_context())
+    payload = vectorized.run(tiny_context())
     assert payload["failed"] == {} and payload["results"] == {}
     assert "optuna is not installed" in payload["skipped"]["bayes_end_to_end"]
     (target,) = [t for t in payload["targets"] if t["key"] == "bayes_vs_sequential"]

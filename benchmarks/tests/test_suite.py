@@ -16,6 +16,7 @@ import jdnn
 from benchmarks.suite import compare, report, roofline, targets, timing, workloads
 from benchmarks.suite.sides import SIDES, Skipped, require
 from benchmarks.suite.sides.equinox_side import from_channel_first, to_channel_first
+from benchmarks.tests.helpers import spy_calls, tiny_context
 
 # --- timing -----------------------------------------------------------------------------------
 
@@ -323,15 +324,6 @@ def test_run_lists_the_benchmarks(capsys):
 
 # --- the vmap section: per-example gradients, DP-SGD, ensembles, search ------------------------
 
-_NO_WAIT = compare.Settings(rounds=2, chunk_s=0.0, pause_s=0.0, max_steps=1, warm_s=0.0)
-
-
-def _tiny_context():
-    from benchmarks.suite.context import Context
-
-    return Context(quick=True, settings=_NO_WAIT)
-
-
 def _tiny_digits():
     return workloads.Workload("tiny_digits", "mlp", hidden=(8,), example_shape=(64,), batch=8,
                               batches=3, data="digits")
@@ -386,17 +378,7 @@ def test_search_sides_train_with_the_public_api(monkeypatch):
     import jdnn
     from benchmarks.suite import fits
 
-    calls = {"search": [], "fit": []}
-
-    def spy(name, real):
-        def wrapper(*args, **kwargs):
-            result = real(*args, **kwargs)
-            calls[name].append((args, kwargs, result))
-            return result
-        return wrapper
-
-    monkeypatch.setattr(jdnn, "search", spy("search", jdnn.search))
-    monkeypatch.setattr(jdnn, "fit", spy("fit", jdnn.fit))
+    calls = spy_calls(monkeypatch, search=(jdnn, "search"), fit=(jdnn, "fit"))
     (x, y), (tx, ty) = jdnn.data.digits()
     data = (x[:64], y[:64])
     vectorized, sequential = fits.search_sides(data, (tx[:32], ty[:32]),
@@ -485,7 +467,7 @@ def test_vmap_section_runs_at_tiny_size_and_reports(tmp_path, monkeypatch):
             "search_end_to_end": broken}
 
     monkeypatch.setattr(vectorized, "parts", tiny_parts)
-    payload = vectorized.run(_tiny_context())
+    payload = vectorized.run(tiny_context())
     results = payload["results"]
     assert set(results["dp_sgd_b128"]["sides"]) == {"plain", "dp_ghost", "dp_ghost_no_noise",
                                                     "dp_vmap"}

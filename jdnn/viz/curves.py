@@ -63,6 +63,13 @@ def _series(records, key):
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def _log_scale_if_wide(ax, values: Sequence[float]) -> None:
+    """A log y-axis where the finite values are all positive and span more than 30x."""
+    finite = [v for v in values if math.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 30:
+        ax.set_yscale("log")
+
+
 def plot_history(history: History | Mapping | Sequence, *, path=None,
                  monitor: str | None = None, dpi: float = 100) -> Figure:
     """Plots a training run: loss and each metric, train vs validation, one panel each.
@@ -111,10 +118,8 @@ def plot_history(history: History | Mapping | Sequence, *, path=None,
             series[key] = (epochs, values)
             ax.plot(epochs, values, color=color, label=label, marker="." if len(epochs) < 30
                     else None)
-        positive = [v for key in (name, f"val_{name}") if key in series for v in series[key][1]
-                    if math.isfinite(v)]
-        if positive and min(positive) > 0 and max(positive) / min(positive) > 30:
-            ax.set_yscale("log")
+        _log_scale_if_wide(ax, [v for key in (name, f"val_{name}") if key in series
+                                for v in series[key][1]])
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -198,10 +203,7 @@ def plot_histories(histories: Mapping[str, History | Mapping | Sequence],
             if epochs:
                 series[quantity][name] = (epochs, values)
                 ax.plot(epochs, values, label=name, marker="." if len(epochs) < 30 else None)
-        finite = [v for _, values in series[quantity].values() for v in values
-                  if math.isfinite(v)]
-        if finite and min(finite) > 0 and max(finite) / min(finite) > 30:
-            ax.set_yscale("log")
+        _log_scale_if_wide(ax, [v for _, values in series[quantity].values() for v in values])
         ax.set_title(quantity)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
